@@ -1,0 +1,242 @@
+"""Shared pieces of the torch -> Flax converters.
+
+The Flax ports name their modules exactly like the torch module paths (``layer1/0/conv1``), so the
+name map is mechanical and lives here; layouts are the only per-leaf work:
+
+  ============================  ======================================  =================
+  Flax leaf                     torch key                               layout
+  ============================  ======================================  =================
+  params/<path>/kernel (4-D)    <path>.weight  [O, I/g, kh, kw]         -> [kh, kw, I/g, O]
+  params/<path>/kernel (2-D)    <path>.weight  [out, in]                -> [in, out]
+  params/<path>/scale           <path>.weight  (norm layers)            as is
+  params/<path>/bias            <path>.bias                             as is
+  batch_stats/<path>/mean       <path>.running_mean                     as is
+  batch_stats/<path>/var        <path>.running_var                      as is
+  (none)                        <path>.num_batches_tracked              ignored
+  ============================  ======================================  =================
+
+Validation is strict: every missing, unexpected or mis-shaped key is collected and reported in a
+single :class:`ConversionError`, before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+
+IGNORED_SUFFIXES = ("num_batches_tracked",)
+
+
+class ConversionError(ValueError):
+    """A checkpoint cannot be converted; the message names the file and every problem."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_torch_file(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with clear errors for the usual failures."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ConversionError(f"{path}: the file is empty (interrupted download?)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ConversionError(
+            f"{path}: not a weights-only checkpoint; it holds arbitrary Python objects that "
+            f"ppjax refuses to unpickle (torch.load weights_only=True said: {str(e).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ConversionError(
+            f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'no detail'})"
+        ) from None
+
+
+def extract_state_dict(obj: Any, path: str | Path, strip_prefixes=("module.",)) -> dict:
+    """Unwrap ``{"state_dict": ...}`` if present and strip a common ``module.`` prefix."""
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        raise ConversionError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not hasattr(v, "shape")]
+    if bad:
+        raise ConversionError(f"{path}: entries that are not tensors: {', '.join(map(str, bad[:20]))}")
+    for prefix in strip_prefixes:
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+            for k, v in obj.items()}
+
+
+def _torch_key_and_layout(flat_key: tuple[str, ...], ndim: int) -> tuple[str, str]:
+    collection, *path, leaf = flat_key
+    base = ".".join(path)
+    if collection == "params":
+        if leaf == "kernel":
+            return f"{base}.weight", "conv" if ndim == 4 else ("linear" if ndim == 2 else "id")
+        if leaf == "scale":
+            return f"{base}.weight", "id"
+        if leaf == "bias":
+            return f"{base}.bias", "id"
+    if collection == "batch_stats":
+        if leaf == "mean":
+            return f"{base}.running_mean", "id"
+        if leaf == "var":
+            return f"{base}.running_var", "id"
+    raise ConversionError(f"no torch name rule for Flax leaf {'/'.join(flat_key)}")
+
+
+def _to_flax_layout(a: np.ndarray, layout: str) -> np.ndarray:
+    if layout == "conv":
+        return np.transpose(a, (2, 3, 1, 0))
+    if layout == "linear":
+        return a.T
+    return a
+
+
+def _to_torch_layout(a: np.ndarray, layout: str) -> np.ndarray:
+    if layout == "conv":
+        return np.transpose(a, (3, 2, 0, 1))
+    if layout == "linear":
+        return a.T
+    return a
+
+
+def expected_torch_shapes(abstract_variables: Any) -> dict[str, tuple[tuple[int, ...], tuple, str]]:
+    """torch key -> (torch shape, flax flat key, layout) for every leaf of the Flax tree."""
+    out = {}
+    for flat_key, leaf in traverse_util.flatten_dict(dict(abstract_variables)).items():
+        key, layout = _torch_key_and_layout(flat_key, len(leaf.shape))
+        shape = tuple(leaf.shape)
+        if layout == "conv":
+            shape = (shape[3], shape[2], shape[0], shape[1])
+        elif layout == "linear":
+            shape = (shape[1], shape[0])
+        out[key] = (shape, flat_key, layout)
+    return out
+
+
+def torch_to_flax(state_dict: dict, abstract_variables: Any, source: str, arch: str) -> dict:
+    """Map a (prefix-stripped) torch state dict onto the Flax tree, strictly.
+
+    Raises:
+      ConversionError: listing every missing, unexpected and mis-shaped key at once.
+    """
+    expected = expected_torch_shapes(abstract_variables)
+    given = {k: v for k, v in state_dict.items() if not k.endswith(IGNORED_SUFFIXES)}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    misshaped = sorted(
+        f"{k}: file has {tuple(given[k].shape)}, {arch} needs {expected[k][0]}"
+        for k in set(expected) & set(given)
+        if tuple(given[k].shape) != expected[k][0]
+    )
+    if missing or unexpected or misshaped:
+        lines = [f"{source}: does not match {arch} "
+                 f"({len(missing)} missing, {len(unexpected)} unexpected, "
+                 f"{len(misshaped)} mis-shaped keys)"]
+        for title, items in (("missing", missing), ("unexpected", unexpected),
+                             ("mis-shaped", misshaped)):
+            if items:
+                lines.append(f"  {title}:")
+                lines.extend(f"    {item}" for item in items)
+        raise ConversionError("\n".join(lines))
+    flat = {}
+    for key, (_, flat_key, layout) in expected.items():
+        flat[flat_key] = np.ascontiguousarray(_to_flax_layout(given[key], layout), np.float32)
+    return traverse_util.unflatten_dict(flat)
+
+
+def random_torch_state_dict(abstract_variables: Any, seed: int = 0) -> dict:
+    """A torch-named state dict of random weights shaped for ``abstract_variables``.
+
+    Weights are He-normal, BatchNorm affine and running statistics are randomised (so a stand-in or
+    replica exercises every leaf), and ``num_batches_tracked`` is present as in real files.
+    """
+    import torch
+
+    rng = np.random.default_rng(seed)
+    sd = {}
+    for key, (shape, flat_key, layout) in sorted(expected_torch_shapes(abstract_variables).items()):
+        leaf = flat_key[-1]
+        if leaf == "kernel":
+            fan_in = int(np.prod(shape[1:]))
+            a = rng.normal(0.0, np.sqrt(2.0 / max(fan_in, 1)), shape)
+        elif leaf == "scale":
+            a = rng.uniform(0.5, 1.0, shape)
+        elif leaf == "bias":
+            a = rng.normal(0.0, 0.05, shape)
+        elif leaf == "mean":
+            a = rng.normal(0.0, 0.1, shape)
+        else:  # var
+            a = rng.uniform(0.5, 1.5, shape)
+        sd[key] = torch.from_numpy(a.astype(np.float32))
+        if leaf == "mean":
+            sd[key.replace("running_mean", "num_batches_tracked")] = torch.tensor(0, dtype=torch.long)
+    return sd
+
+
+def conversion_metadata(spec, source: Path, standin: bool) -> dict:
+    import datetime
+
+    return {
+        "judge": spec.name,
+        "architecture": spec.architecture,
+        "preprocessing": spec.preprocessing,
+        "input_hw": list(spec.input_hw),
+        "output": spec.output,
+        "source_file": source.name,
+        "source_url": spec.url,
+        "sha256": sha256_file(source),
+        "standin": bool(standin),
+        "converted_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def convert_torch_checkpoint(spec, src: str | Path, weights_dir=None, standin: bool = False,
+                             strip_prefixes=("module.",), out_dir=None) -> Path:
+    """Load ``src`` weights-only, map it strictly onto ``spec``'s Flax tree and save it.
+
+    Nothing is written unless the whole checkpoint validates.
+    """
+    from ppjax.checkpoint import save_converted
+    from ppjax.judges import judge_dir
+
+    src = Path(src)
+    obj = load_torch_file(src)
+    sd = extract_state_dict(obj, src, strip_prefixes)
+    variables = torch_to_flax(sd, spec.abstract_variables(), str(src), spec.architecture)
+    out = Path(out_dir) if out_dir else judge_dir(spec.name, weights_dir, standin)
+    return save_converted(out, variables, conversion_metadata(spec, src, standin))
+
+
+def write_standin_file(spec, wrap, weights_dir=None, seed: int = 0) -> Path:
+    """Write random weights in the original file layout (``wrap(state_dict) -> saved object``)
+    next to where the real download would go, suffixed ``.standin``."""
+    import torch
+
+    from ppjax.config import downloads_dir
+
+    path = downloads_dir(weights_dir) / (spec.filename + ".standin")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = random_torch_state_dict(spec.abstract_variables(), seed)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(wrap(sd), tmp)
+    tmp.replace(path)
+    return path

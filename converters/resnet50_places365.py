@@ -1,0 +1,51 @@
+"""Convert the CSAIL ``resnet50_places365.pth.tar`` (the 2019 judge) to ppjax.
+
+The published file is ``{"epoch", "arch", "state_dict", "best_prec1"}`` whose ``state_dict`` was
+saved from ``DataParallel``: every key is a torchvision ResNet-50 name prefixed ``module.``. A plain
+state dict (with or without the prefix) is accepted too.
+
+    python -m converters.resnet50_places365 resnet50_places365.pth.tar [--weights-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from converters.common import convert_torch_checkpoint, write_standin_file
+from ppjax.judges import get_spec
+
+NAME = "resnet50_places365"
+
+
+def convert(src, weights_dir=None, standin: bool = False, out_dir=None) -> Path:
+    return convert_torch_checkpoint(get_spec(NAME), src, weights_dir, standin,
+                                    strip_prefixes=("module.",), out_dir=out_dir)
+
+
+def csail_layout(state_dict: dict) -> dict:
+    """Wrap a torchvision-named state dict exactly as the CSAIL model-zoo file is laid out."""
+    return {
+        "epoch": 90,
+        "arch": "resnet50",
+        "state_dict": {f"module.{k}": v for k, v in state_dict.items()},
+        "best_prec1": 0.0,
+    }
+
+
+def make_standin(weights_dir=None, seed: int = 0) -> Path:
+    """Random weights in the CSAIL layout, converted by :func:`convert` and flagged as stand-in."""
+    src = write_standin_file(get_spec(NAME), csail_layout, weights_dir, seed)
+    return convert(src, weights_dir, standin=True)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("src", help="path to resnet50_places365.pth.tar")
+    p.add_argument("--weights-dir", default=None)
+    a = p.parse_args(argv)
+    print(convert(a.src, a.weights_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,6 @@
+"""ppjax: protect photos from automatic inference (MediaEval Pixel Privacy), in JAX/Flax."""
+
+from ppjax.judges import JUDGES, Judge, load_judge
+
+__all__ = ["JUDGES", "Judge", "load_judge"]
+__version__ = "0.1.0"

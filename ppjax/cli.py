@@ -1,0 +1,39 @@
+"""``ppjax`` command line. Each sub-command lives in its own module exposing
+``add_parser(subparsers)``; the module sets ``func`` on its parser. This file only dispatches."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Modules providing sub-commands (each has add_parser(subparsers)).
+COMMAND_MODULES = [
+    "ppjax.commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ppjax", description="Protect photos from automatic inference.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod).add_parser(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

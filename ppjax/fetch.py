@@ -1,0 +1,114 @@
+"""Getting the judges' official checkpoints and the task's label files.
+
+``ppjax fetch`` downloads from the public URLs with a progress bar, then converts. Offline it fails
+within seconds, naming the URL and the path where the file can be placed by hand.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ppjax import config
+
+# Label files and lists, relative to the data directory -> public URL.
+DATA_FILES = {
+    "places365/categories_places365.txt":
+        "https://raw.githubusercontent.com/CSAILVision/places365/master/categories_places365.txt",
+    "places365/IO_places365.txt":
+        "https://raw.githubusercontent.com/CSAILVision/places365/master/IO_places365.txt",
+    "pixelprivacy/MEPP18senscats.txt":
+        "https://raw.githubusercontent.com/MediaEval-PixelPrivacy/PixelPrivacy2018/master/MEPP18senscats.txt",
+    "pixelprivacy/MEPP18val.csv":
+        "https://raw.githubusercontent.com/MediaEval-PixelPrivacy/PixelPrivacy2018/master/MEPP18val.csv",
+    "pixelprivacy/MEPP18test.csv":
+        "https://raw.githubusercontent.com/MediaEval-PixelPrivacy/PixelPrivacy2018/master/MEPP18test.csv",
+    "pixelprivacy/MEPP19test.csv":
+        "https://raw.githubusercontent.com/MediaEval-PixelPrivacy/PixelPrivacy2019/master/MEPP19test.csv",
+}
+
+TIMEOUT_S = 10.0
+
+
+class FetchError(RuntimeError):
+    """A download failed; the message says how to get the file by hand."""
+
+
+def missing_weights_message(spec, weights_dir=None) -> str:
+    dest = config.downloads_dir(weights_dir) / spec.filename
+    return (
+        f"judge {spec.name!r} has not been converted yet (looked in "
+        f"{config.weights_dir(weights_dir) / spec.name}).\n"
+        f"  * online:  ppjax fetch {spec.name}\n"
+        f"  * by hand: download {spec.url}\n"
+        f"             to {dest}\n"
+        f"             then run: ppjax convert {spec.name} {dest}\n"
+        f"  * or pass --standin to run on random stand-in weights (results are meaningless and "
+        f"are labelled as such)."
+    )
+
+
+def download(url: str, dest: Path, desc: str | None = None, timeout: float = TIMEOUT_S) -> Path:
+    """Download ``url`` to ``dest`` atomically, with a progress bar. Fails fast when offline."""
+    from tqdm import tqdm
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=desc or dest.name) as bar:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as e:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(e, "reason", e)
+        raise FetchError(
+            f"could not download {url} ({reason}).\n"
+            f"  If this machine is offline, download it elsewhere and place it at:\n    {dest}"
+        ) from None
+    os.replace(tmp, dest)
+    return dest
+
+
+def fetch_judge(name: str, weights_dir=None, force: bool = False) -> Path:
+    """Download the official checkpoint of judge ``name`` (unless present) and convert it."""
+    from ppjax.judges import get_spec
+
+    spec = get_spec(name)
+    dest = config.downloads_dir(weights_dir) / spec.filename
+    if force or not dest.exists():
+        download(spec.url, dest, desc=spec.filename)
+    converter = importlib.import_module(spec.converter)
+    return converter.convert(dest, weights_dir)
+
+
+def fetch_data(data_dir=None, force: bool = False, source_dir: str | None = None) -> list[Path]:
+    """Download the label files and lists into the data directory.
+
+    ``source_dir``: copy from a local mirror (a directory with the same layout) instead.
+    """
+    root = config.data_dir(data_dir)
+    done = []
+    for rel, url in DATA_FILES.items():
+        dest = root / rel
+        if dest.exists() and not force:
+            done.append(dest)
+            continue
+        if source_dir:
+            src = Path(source_dir) / rel
+            if not src.exists():
+                raise FetchError(f"{src} does not exist (copying {rel} from --from {source_dir})")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+        else:
+            download(url, dest, desc=rel)
+        done.append(dest)
+    return done

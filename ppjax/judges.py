@@ -1,0 +1,172 @@
+"""Judges: the white-box models that ppjax protects photos from, loaded by name.
+
+A judge is a pure function ``x01 -> output`` on ``x01: [B, H, W, 3] float32 in [0, 1]``; the
+original model's preprocessing lives inside the Flax module. ``Judge`` is a pytree (its variables
+are leaves, everything else is static), so it can be passed straight into ``jax.jit``.
+
+Converted weights live in ``<weights_dir>/<name>/`` (see :mod:`ppjax.checkpoint`). A random-weight
+stand-in lives in ``<weights_dir>/<name>.standin/`` and is only ever used when asked for
+explicitly (``standin=True`` / ``--standin``); every judge carries a ``standin`` flag that reports
+and logs must print.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ppjax import config
+from ppjax.checkpoint import load_converted
+
+log = logging.getLogger("ppjax")
+
+STANDIN_WARNING = (
+    "STAND-IN JUDGE: '{name}' runs on RANDOM weights, not the real checkpoint. "
+    "Its predictions mean nothing; figures produced with it only exercise the pipeline."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeSpec:
+    """Static description of a judge (hashable; no callables)."""
+
+    name: str
+    model: str  # "module.path:Factory"
+    input_hw: tuple[int, int]  # (height, width) the judge expects
+    output: str  # "logits" [B, C] | "score" [B] | "distribution" [B, K] (probabilities)
+    filename: str  # the original checkpoint's file name
+    url: str  # where the original checkpoint is published
+    converter: str  # module under converters/ with convert() and write_standin()
+    architecture: str
+    preprocessing: str
+    model_kwargs: tuple[tuple[str, Any], ...] = ()
+    year: int = 2019
+
+    def make_module(self, **overrides) -> nn.Module:
+        mod_name, attr = self.model.split(":")
+        factory = getattr(importlib.import_module(mod_name), attr)
+        return factory(**{**dict(self.model_kwargs), **overrides})
+
+    def abstract_variables(self, module: nn.Module | None = None):
+        module = module or self.make_module()
+        h, w = self.input_hw
+        return jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, h, w, 3), jnp.float32))
+
+
+JUDGES: dict[str, JudgeSpec] = {}
+
+
+def register(spec: JudgeSpec) -> JudgeSpec:
+    JUDGES[spec.name] = spec
+    return spec
+
+
+register(
+    JudgeSpec(
+        name="resnet50_places365",
+        model="ppjax.models.resnet:ResNet50",
+        model_kwargs=(("num_classes", 365),),
+        input_hw=(256, 256),
+        output="logits",
+        filename="resnet50_places365.pth.tar",
+        url="http://places2.csail.mit.edu/models_places365/resnet50_places365.pth.tar",
+        converter="converters.resnet50_places365",
+        architecture="torchvision ResNet-50, 365 classes (Places365-Standard, CSAIL model zoo)",
+        preprocessing="RGB [0,1], ImageNet mean/std normalisation, 256x256, no resize, no crop",
+        year=2019,
+    )
+)
+
+
+def get_spec(name: str) -> JudgeSpec:
+    try:
+        return JUDGES[name]
+    except KeyError:
+        raise KeyError(f"unknown judge {name!r}; known judges: {', '.join(sorted(JUDGES))}") from None
+
+
+def judge_dir(name: str, weights_dir=None, standin: bool = False) -> Path:
+    return config.weights_dir(weights_dir) / (f"{name}.standin" if standin else name)
+
+
+@struct.dataclass
+class Judge:
+    """A loaded judge: ``judge(x01)`` returns its output (see ``spec.output``)."""
+
+    variables: Any
+    module: nn.Module = struct.field(pytree_node=False)
+    spec: JudgeSpec = struct.field(pytree_node=False)
+    standin: bool = struct.field(pytree_node=False, default=False)
+
+    def check_input(self, x01: jnp.ndarray) -> None:
+        h, w = self.spec.input_hw
+        if x01.ndim != 4 or x01.shape[-1] != 3:
+            raise ValueError(
+                f"judge {self.spec.name!r} expects images [B, H, W, 3] in [0, 1], got shape "
+                f"{tuple(x01.shape)}"
+            )
+        if tuple(x01.shape[1:3]) != (h, w):
+            raise ValueError(
+                f"judge {self.spec.name!r} expects {h}x{w} (HxW) images, got "
+                f"{x01.shape[1]}x{x01.shape[2]}; bring them to the task's size first "
+                f"(ppjax.imageio.to_task_size)"
+            )
+
+    def __call__(self, x01: jnp.ndarray) -> jnp.ndarray:
+        self.check_input(x01)
+        return self.module.apply(self.variables, x01)
+
+    def score(self, x01: jnp.ndarray) -> jnp.ndarray:
+        """Scalar score per image, ``[B]``: the MOS for score judges, the mean of the
+        distribution (sum_i i * p_i, i = 1..K) for distribution judges."""
+        out = self(x01)
+        if self.spec.output == "score":
+            return out.reshape(out.shape[0])
+        if self.spec.output == "distribution":
+            k = out.shape[-1]
+            return jnp.sum(out * jnp.arange(1, k + 1, dtype=out.dtype), axis=-1)
+        raise TypeError(f"judge {self.spec.name!r} outputs logits; it has no scalar score")
+
+    def with_dtype(self, dtype) -> Judge:
+        """Same weights, compute in ``dtype`` (e.g. ``jnp.bfloat16``); outputs stay float32."""
+        return self.replace(module=self.module.clone(dtype=dtype))
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.name} (STAND-IN, random weights)" if self.standin else self.spec.name
+
+
+def load_judge(name: str, weights_dir=None, standin: bool = False, dtype=jnp.float32) -> Judge:
+    """Load a converted judge by name.
+
+    Args:
+      name: a key of :data:`JUDGES`.
+      weights_dir: overrides ``$PPJAX_WEIGHTS_DIR`` / the user cache.
+      standin: load (creating it on first use) the random-weight stand-in instead of the real
+        weights. Never happens implicitly.
+    Raises:
+      FileNotFoundError: with instructions, when the judge has not been converted yet.
+    """
+    spec = get_spec(name)
+    path = judge_dir(name, weights_dir, standin)
+    if standin and not (path / "metadata.json").exists():
+        converter = importlib.import_module(spec.converter)
+        converter.make_standin(weights_dir=weights_dir)
+    if not (path / "metadata.json").exists():
+        from ppjax.fetch import missing_weights_message
+
+        raise FileNotFoundError(missing_weights_message(spec, weights_dir))
+    module = spec.make_module(dtype=dtype)
+    variables, meta = load_converted(path, spec.abstract_variables(module))
+    judge = Judge(variables=variables, module=module, spec=spec, standin=bool(meta.get("standin")))
+    if judge.standin:
+        log.warning(STANDIN_WARNING.format(name=name))
+    return judge

@@ -1,0 +1,172 @@
+"""ResNet with torchvision semantics (the 2019 judge: ResNet-50 trained on Places365).
+
+torchvision details that matter for parity:
+  * the bottleneck's stride sits on its 3x3 conv (``conv2``), not the first 1x1;
+  * BatchNorm eps 1e-5 (flax's default is 1e-5 too, torch momentum is irrelevant in eval);
+  * stem: 7x7/2 conv with padding 3, then a 3x3/2 max-pool with padding 1 (pads with -inf);
+  * the downsample branch is ``Sequential(conv1x1, bn)`` named ``downsample.0`` / ``downsample.1``.
+Module names mirror torch module paths (``layer1/0/conv1``), so the converter is a plain name map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Dtype = Any
+
+
+def normalize(x01: jnp.ndarray, mean: Sequence[float], std: Sequence[float]) -> jnp.ndarray:
+    """``(x - mean) / std`` per channel; ``x01``: [B, H, W, 3] in [0, 1]."""
+    mean = jnp.asarray(mean, x01.dtype)
+    std = jnp.asarray(std, x01.dtype)
+    return (x01 - mean) / std
+
+
+def _conv(features, kernel, stride, padding, dtype, name):
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        use_bias=False,
+        dtype=dtype,
+        name=name,
+    )
+
+
+def _bn(dtype, name):
+    return nn.BatchNorm(use_running_average=True, epsilon=1e-5, dtype=dtype, name=name)
+
+
+class Downsample(nn.Module):
+    """torch ``Sequential(conv1x1(stride), BatchNorm2d)``: children named ``0`` and ``1``."""
+
+    features: int
+    stride: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = _conv(self.features, 1, self.stride, 0, self.dtype, "0")(x)
+        return _bn(self.dtype, "1")(x)
+
+
+class Bottleneck(nn.Module):
+    planes: int
+    stride: int = 1
+    downsample: bool = False
+    dtype: Dtype = jnp.float32
+    expansion: int = 4
+
+    @nn.compact
+    def __call__(self, x):
+        identity = x
+        out = nn.relu(_bn(self.dtype, "bn1")(_conv(self.planes, 1, 1, 0, self.dtype, "conv1")(x)))
+        out = _conv(self.planes, 3, self.stride, 1, self.dtype, "conv2")(out)
+        out = nn.relu(_bn(self.dtype, "bn2")(out))
+        out = _conv(self.planes * self.expansion, 1, 1, 0, self.dtype, "conv3")(out)
+        out = _bn(self.dtype, "bn3")(out)
+        if self.downsample:
+            identity = Downsample(self.planes * self.expansion, self.stride, self.dtype,
+                                  name="downsample")(x)
+        return nn.relu(out + identity)
+
+
+class BasicBlock(nn.Module):
+    planes: int
+    stride: int = 1
+    downsample: bool = False
+    dtype: Dtype = jnp.float32
+    expansion: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        identity = x
+        out = nn.relu(_bn(self.dtype, "bn1")(_conv(self.planes, 3, self.stride, 1, self.dtype,
+                                                   "conv1")(x)))
+        out = _bn(self.dtype, "bn2")(_conv(self.planes, 3, 1, 1, self.dtype, "conv2")(out))
+        if self.downsample:
+            identity = Downsample(self.planes, self.stride, self.dtype, name="downsample")(x)
+        return nn.relu(out + identity)
+
+
+class _Layer(nn.Module):
+    """torch ``Sequential`` of blocks named ``0``, ``1``, ..."""
+
+    block_cls: Any
+    planes: int
+    blocks: int
+    stride: int
+    in_planes: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        exp = self.block_cls.expansion
+        needs_ds = self.stride != 1 or self.in_planes != self.planes * exp
+        for i in range(self.blocks):
+            x = self.block_cls(
+                self.planes,
+                stride=self.stride if i == 0 else 1,
+                downsample=needs_ds and i == 0,
+                dtype=self.dtype,
+                name=str(i),
+            )(x)
+        return x
+
+
+def max_pool_torch(x: jnp.ndarray) -> jnp.ndarray:
+    """``nn.MaxPool2d(3, 2, padding=1)``: padding never wins the max (flax pads with -inf)."""
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class ResNet(nn.Module):
+    """torchvision ResNet on NHWC input in [0, 1]; normalisation happens inside.
+
+    Attributes:
+      stage_sizes: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
+      num_classes: 365 for Places365.
+      dtype: compute dtype (params stay float32); bf16 gives the fast CPU/GPU path.
+    Returns logits ``[B, num_classes]`` in float32.
+    """
+
+    stage_sizes: Sequence[int]
+    block_cls: Any = Bottleneck
+    num_classes: int = 365
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x01, *, capture: bool = False):
+        feats = {}
+        x = normalize(x01.astype(jnp.float32), self.mean, self.std).astype(self.dtype)
+        x = _conv(64, 7, 2, 3, self.dtype, "conv1")(x)
+        x = nn.relu(_bn(self.dtype, "bn1")(x))
+        x = max_pool_torch(x)
+        feats["stem"] = x
+        in_planes = 64
+        for i, blocks in enumerate(self.stage_sizes):
+            planes = 64 * 2**i
+            x = _Layer(self.block_cls, planes, blocks, 1 if i == 0 else 2, in_planes, self.dtype,
+                       name=f"layer{i + 1}")(x)
+            in_planes = planes * self.block_cls.expansion
+            feats[f"layer{i + 1}"] = x
+        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        feats["pool"] = x
+        logits = nn.Dense(self.num_classes, dtype=jnp.float32, name="fc")(x)
+        if capture:
+            return logits, feats
+        return logits
+
+
+ResNet18 = partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
+ResNet50 = partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
