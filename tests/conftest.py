@@ -1,0 +1,76 @@
+"""Shared fixtures. Real photos and lists come from the shared data directory
+(``../shared/data`` beside the checkout, or ``$PPJAX_TEST_DATA``); they are never committed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PPJAX_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED / "images").is_dir():
+        raise FileNotFoundError(
+            f"shared test data not found at {SHARED}; set PPJAX_TEST_DATA to the data directory"
+        )
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def photo_paths(shared_data) -> list[Path]:
+    return sorted(p for p in (shared_data / "images").iterdir() if p.is_file())
+
+
+def photos_at(paths, hw: tuple[int, int], n: int) -> np.ndarray:
+    """``n`` float32 images [n, H, W, 3] in [0, 1] (8-bit values) cut from the real photos:
+    each photo is resized (Pillow bicubic) and also cropped at several offsets so that a batch
+    of ``n`` distinct real images exists even from a couple of photos."""
+    h, w = hw
+    out = []
+    i = 0
+    while len(out) < n:
+        im = Image.open(paths[i % len(paths)]).convert("RGB")
+        k = i // len(paths)
+        if k == 0:
+            im = im.resize((w, h), Image.BICUBIC)
+        else:
+            scale = 1.0 + 0.35 * k
+            big = im.resize((int(w * scale), int(h * scale)), Image.BICUBIC)
+            ox = (k * 37) % (big.width - w + 1)
+            oy = (k * 53) % (big.height - h + 1)
+            im = big.crop((ox, oy, ox + w, oy + h))
+        out.append(np.asarray(im, np.float32) / 255.0)
+        i += 1
+    return np.stack(out)
+
+
+@pytest.fixture(scope="session")
+def photos_256(photo_paths) -> np.ndarray:
+    return photos_at(photo_paths, (256, 256), 8)
+
+
+@pytest.fixture(scope="session")
+def standin_weights(tmp_path_factory) -> Path:
+    """A weights directory with the ResNet-50-Places365 stand-in (made by the real converter)."""
+    d = tmp_path_factory.mktemp("weights")
+    from converters import resnet50_places365
+
+    resnet50_places365.make_standin(weights_dir=d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def resnet_standin(standin_weights):
+    from ppjax import load_judge
+
+    return load_judge("resnet50_places365", weights_dir=standin_weights, standin=True)
