@@ -173,7 +173,7 @@ def random_torch_state_dict(abstract_variables: Any, seed: int = 0) -> dict:
 
     rng = np.random.default_rng(seed)
     sd = {}
-    for key, (shape, flat_key, layout) in sorted(expected_torch_shapes(abstract_variables).items()):
+    for key, (shape, flat_key, _layout) in sorted(expected_torch_shapes(abstract_variables).items()):
         leaf = flat_key[-1]
         if leaf == "kernel":
             fan_in = int(np.prod(shape[1:]))

@@ -9,28 +9,31 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from ppjax import config
 
-# Label files and lists, relative to the data directory -> public URL.
+# Label files and lists, relative to the data directory -> public URL (as linked from the
+# task pages of 2018 and 2019).
+_PP18 = ("https://raw.githubusercontent.com/multimediaeval/2018-Pixel-Privacy-Task/"
+         "82b3352c75c3e3bba736fc837864bbead83138b1/MEPP18labels/")
+_PP19 = "https://raw.githubusercontent.com/multimediaeval/2019-Pixel-Privacy-Task/master/"
+_PLACES = "https://raw.githubusercontent.com/CSAILVision/places365/master/"
 DATA_FILES = {
-    "places365/categories_places365.txt":
-        "https://raw.githubusercontent.com/CSAILVision/places365/master/categories_places365.txt",
-    "places365/IO_places365.txt":
-        "https://raw.githubusercontent.com/CSAILVision/places365/master/IO_places365.txt",
-    "pixelprivacy/MEPP18senscats.txt":
-        "https://raw.githubusercontent.com/MediaEval-PixelPrivacy/PixelPrivacy2018/master/MEPP18senscats.txt",
-    "pixelprivacy/MEPP18val.csv":
-        "https://raw.githubusercontent.com/MediaEval-PixelPrivacy/PixelPrivacy2018/master/MEPP18val.csv",
-    "pixelprivacy/MEPP18test.csv":
-        "https://raw.githubusercontent.com/MediaEval-PixelPrivacy/PixelPrivacy2018/master/MEPP18test.csv",
-    "pixelprivacy/MEPP19test.csv":
-        "https://raw.githubusercontent.com/MediaEval-PixelPrivacy/PixelPrivacy2019/master/MEPP19test.csv",
+    "places365/categories_places365.txt": _PLACES + "categories_places365.txt",
+    "places365/IO_places365.txt": _PLACES + "IO_places365.txt",
+    "pixelprivacy/MEPP18senscats.txt": _PP19 + "MEPP18senscats.txt",
+    "pixelprivacy/MEPP18val.csv": _PP18 + "MEPP18val.csv",
+    "pixelprivacy/MEPP18test.csv": _PP18 + "MEPP18test.csv",
+    "pixelprivacy/MEPP19test.csv": _PP19 + "MEPP19labels/MEPP19test.csv",
+    "pixelprivacy/MEPP19test_manual.csv": _PP19 + "MEPP19labels/MEPP19data_man.csv",
 }
+# Official Places365 validation labels (``Places365_val_00000001.jpg 165``) ship inside the devkit's
+# file-list archive; fetch-data extracts that one member.
+PLACES365_FILELIST = "http://data.csail.mit.edu/places/places365/filelist_places365-standard.tar"
+PLACES365_VAL = "places365/places365_val.txt"
 
 TIMEOUT_S = 10.0
 
@@ -67,7 +70,7 @@ def download(url: str, dest: Path, desc: str | None = None, timeout: float = TIM
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
                     bar.update(len(chunk))
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as e:
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
         tmp.unlink(missing_ok=True)
         reason = getattr(e, "reason", e)
         raise FetchError(
@@ -111,4 +114,30 @@ def fetch_data(data_dir=None, force: bool = False, source_dir: str | None = None
         else:
             download(url, dest, desc=rel)
         done.append(dest)
+    done.append(_fetch_val_labels(root, force, source_dir))
     return done
+
+
+def _fetch_val_labels(root: Path, force: bool, source_dir: str | None) -> Path:
+    import tarfile
+
+    dest = root / PLACES365_VAL
+    if dest.exists() and not force:
+        return dest
+    if source_dir:
+        src = Path(source_dir) / PLACES365_VAL
+        if not src.exists():
+            raise FetchError(
+                f"{src} does not exist; places365_val.txt comes from {PLACES365_FILELIST}")
+        shutil.copyfile(src, dest)
+        return dest
+    tar = download(PLACES365_FILELIST, root / "places365" / "filelist_places365-standard.tar")
+    with tarfile.open(tar) as t:
+        member = next((m for m in t.getmembers() if m.name.endswith("places365_val.txt")), None)
+        if member is None:
+            raise FetchError(f"{tar} has no places365_val.txt")
+        data = t.extractfile(member).read()
+    tmp = dest.with_name(dest.name + ".part")
+    tmp.write_bytes(data)
+    os.replace(tmp, dest)
+    return dest

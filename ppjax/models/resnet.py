@@ -25,8 +25,8 @@ Dtype = Any
 
 def normalize(x01: jnp.ndarray, mean: Sequence[float], std: Sequence[float]) -> jnp.ndarray:
     """``(x - mean) / std`` per channel; ``x01``: [B, H, W, 3] in [0, 1]."""
-    mean = jnp.asarray(mean, x01.dtype)
-    std = jnp.asarray(std, x01.dtype)
+    mean = jnp.asarray(mean, x01.dtype).reshape((1,) * (x01.ndim - 1) + (-1,))
+    std = jnp.asarray(std, x01.dtype).reshape((1,) * (x01.ndim - 1) + (-1,))
     return (x01 - mean) / std
 
 
