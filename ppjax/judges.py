@@ -85,6 +85,77 @@ register(
     )
 )
 
+register(
+    JudgeSpec(
+        name="koncept512",
+        model="ppjax.models.koncept:KonCept512",
+        model_kwargs=(("pool", "cadene"),),
+        input_hw=(384, 512),
+        output="score",
+        filename="KonCept512.pth",
+        # No direct file URL is published: this is the share page named by the README of
+        # github.com/ZhengyuZhao/koniq-PyTorch ("pre-trained model"); save the file it offers
+        # as KonCept512.pth.
+        url="https://surfdrive.surf.nl/files/index.php/s/oeGv7wEyyMwwbIO",
+        converter="converters.koncept512",
+        architecture=(
+            "KonCept512 (KonIQ-10k BIQA), PyTorch re-implementation ZhengyuZhao/koniq-PyTorch "
+            "model_qa: base = Cadene pretrainedmodels InceptionResNetV2 children[:-1] (ending in "
+            "its AvgPool2d(8), i.e. the top-left 8x8 of the 10x14 map at 384x512), fc = "
+            "1536-2048-1024-256-1 MLP with ReLU, BatchNorm1d, Dropout; checkpoint from the "
+            "repository's documented share link (no direct download URL)"
+        ),
+        preprocessing="RGB [0,1], 512x384 (WxH), Normalize(mean 0.5, std 0.5) i.e. [-1,1], "
+                      "no resize, no crop; output: MOS on the KonIQ scale (~0..100)",
+        year=2020,
+    )
+)
+
+register(
+    JudgeSpec(
+        name="nima_mobilenet",
+        model="ppjax.models.nima:NimaMobileNet",
+        input_hw=(224, 224),
+        output="distribution",
+        filename="mobilenet_weights.h5",
+        # Release asset of github.com/titu1994/neural-image-assessment (the same file name is
+        # attached to releases v0.1..v0.5; v0.3 is the one downstream projects pin).
+        url="https://github.com/titu1994/neural-image-assessment/releases/download/v0.3/"
+            "mobilenet_weights.h5",
+        converter="converters.nima_keras",
+        architecture=(
+            "NIMA (AVA), titu1994 Keras: keras.applications.MobileNet(alpha=1.0, "
+            "include_top=False, pooling='avg') + Dropout(0.75) + Dense(10, softmax); legacy "
+            "Keras h5 weights"
+        ),
+        preprocessing="RGB [0,1] -> x/127.5 - 1 on 0..255 (= 2*x01 - 1), 224x224; "
+                      "score = sum_i i*p_i, i=1..10",
+        year=2019,
+    )
+)
+
+register(
+    JudgeSpec(
+        name="nima_mobilenetv2",
+        model="ppjax.models.nima:NimaMobileNetV2",
+        input_hw=(224, 224),
+        output="distribution",
+        filename="nima224.pth",
+        # nima224.pth is the pre-trained model of github.com/truskovskiyk/nima.pytorch (branch
+        # v1, settings.ini MODEL_URL), saved under that name by the projects that use it.
+        url="https://s3-us-west-1.amazonaws.com/models-nima/pretrain-model.pth",
+        converter="converters.nima_mobilenetv2",
+        architecture=(
+            "NIMA (AVA), truskovskiyk/nima.pytorch v1: base_model = Sequential(MobileNetV2 "
+            "features, tonylins layout: ReLU stem/last conv, 8-child InvertedResidual convs, "
+            "AvgPool2d(7)), head = ReLU, Dropout(0.75), Linear(1280, 10), Softmax"
+        ),
+        preprocessing="RGB [0,1], ImageNet mean/std normalisation, 224x224; "
+                      "score = sum_i i*p_i, i=1..10",
+        year=2020,
+    )
+)
+
 
 def get_spec(name: str) -> JudgeSpec:
     try:
@@ -132,7 +203,8 @@ class Judge:
             return out.reshape(out.shape[0])
         if self.spec.output == "distribution":
             k = out.shape[-1]
-            return jnp.sum(out * jnp.arange(1, k + 1, dtype=out.dtype), axis=-1)
+            bins = jnp.arange(1, k + 1, dtype=out.dtype).reshape((1,) * (out.ndim - 1) + (k,))
+            return jnp.sum(out * bins, axis=-1)
         raise TypeError(f"judge {self.spec.name!r} outputs logits; it has no scalar score")
 
     def with_dtype(self, dtype) -> Judge:

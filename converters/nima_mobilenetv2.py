@@ -1,0 +1,44 @@
+"""Convert the PyTorch NIMA ``nima224.pth`` (truskovskiyk/nima.pytorch v1, MobileNetV2) to ppjax.
+
+The file is a plain state dict of ``NIMA`` from that repository's ``nima/model.py``:
+``base_model.0.<i>...`` (``base_model = Sequential(MobileNetV2.features)``; see
+:mod:`ppjax.models.mobilenet_v2` for the exact child layout) and ``head.2.weight`` [10, 1280] /
+``head.2.bias``. A ``module.`` prefix (DataParallel) or a ``{"state_dict": ...}`` wrapper is
+accepted too; ``num_batches_tracked`` entries are optional (the original was saved by an old torch).
+
+    python -m converters.nima_mobilenetv2 nima224.pth [--weights-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from converters.common import convert_torch_checkpoint, write_standin_file
+from ppjax.judges import get_spec
+
+NAME = "nima_mobilenetv2"
+
+
+def convert(src, weights_dir=None, standin: bool = False, out_dir=None) -> Path:
+    return convert_torch_checkpoint(get_spec(NAME), src, weights_dir, standin,
+                                    strip_prefixes=("module.",), out_dir=out_dir)
+
+
+def make_standin(weights_dir=None, seed: int = 0) -> Path:
+    """Random weights saved as a plain state dict (the ``nima224.pth`` layout), converted by
+    :func:`convert` and flagged as stand-in."""
+    src = write_standin_file(get_spec(NAME), dict, weights_dir, seed)
+    return convert(src, weights_dir, standin=True)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("src", help="path to nima224.pth")
+    p.add_argument("--weights-dir", default=None)
+    a = p.parse_args(argv)
+    print(convert(a.src, a.weights_dir))
+
+
+if __name__ == "__main__":
+    main()
