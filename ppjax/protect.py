@@ -1,0 +1,471 @@
+"""``ppjax protect``: turn a test set into a submission run, resumably.
+
+Output directory layout (``--out DIR``)::
+
+    DIR/config.json          # the settings of the run; a resume with other settings is refused
+    DIR/manifest.jsonl       # one JSON line per finished file (ok or error), appended + fsynced
+    DIR/images/<runcode>_<stem>.png   # lossless 8-bit PNGs at the task's size
+    DIR/<runcode>.zip        # the submission: every protected PNG, flat, as the organisers ask
+    DIR/summary.json         # counts, success rate, per-file errors of the last invocation
+
+Guarantees:
+
+* **Atomic writes.** Every PNG, the zip and the JSON files are written to a temporary sibling,
+  fsynced and renamed. A manifest line is appended (and fsynced) only after its PNG is in place,
+  with the PNG's sha256.
+* **Resume.** Rerunning the same command skips every file whose manifest entry is ``ok`` and whose
+  PNG still has the recorded sha256; everything else is (re)done. Each image's attack seed is
+  derived from its name (:func:`image_seed`) and batches are padded to a fixed size, so results do
+  not depend on which images share a batch: a resumed run is byte-identical to an uninterrupted one.
+* **Bad input** never stops the run: each failure is a manifest entry with its error, logged, and
+  the exit code is 1 when any file failed.
+* **Names** are sanitised (:func:`output_name`): unicode is kept (NFC), path separators and other
+  unsafe characters become ``_``, and the result is checked to lie inside the output folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+import unicodedata
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ppjax import data, imageio
+from ppjax.report import write_json
+
+log = logging.getLogger("ppjax.protect")
+
+MANIFEST = "manifest.jsonl"
+CONFIG = "config.json"
+IMAGES = "images"
+RUN_CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtectConfig:
+    """Everything that determines the output bytes of a run (stored as ``config.json``).
+    ``batch_size`` is deliberately absent: it does not change results."""
+
+    task: int
+    attack: str
+    run_code: str
+    images: str
+    judge: str
+    list_file: str | None = None
+    labels_file: str | None = None
+    preset: str | None = None
+    overrides: tuple[tuple[str, object], ...] = ()
+    seed: int = 0
+    standin: bool = False
+    resize: str = "resize"
+    judge_sha256: str | None = None
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["overrides"] = [list(kv) for kv in self.overrides]
+        return d
+
+
+class ResumeMismatch(Exception):
+    """The output folder holds a run made with other settings."""
+
+
+def parse_overrides(pairs) -> tuple[tuple[str, object], ...]:
+    """``["eps=0.03", "steps=10", "loss=ce"]`` -> sorted ``(("eps", 0.03), ...)``; values are
+    parsed as JSON when possible (numbers, booleans), ``a/b`` as a fraction (``eps=8/255``), else
+    kept as strings."""
+    out = {}
+    for s in pairs or ():
+        if "=" not in s:
+            raise ValueError(f"--set expects key=value, got {s!r}")
+        k, v = s.split("=", 1)
+        k = k.strip()
+        if not k.isidentifier():
+            raise ValueError(f"--set key {k!r} is not a valid name")
+        frac = re.fullmatch(r"\s*(-?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*", v)
+        if frac and float(frac.group(2)) != 0:  # eps=8/255
+            out[k] = float(frac.group(1)) / float(frac.group(2))
+            continue
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return tuple(sorted(out.items()))
+
+
+def image_seed(name: str, seed: int = 0) -> int:
+    """Stable per-image uint32 seed from the file name (sha256), independent of batch layout."""
+    h = hashlib.sha256(f"{int(seed)}\x00{name}".encode()).digest()
+    return int.from_bytes(h[:4], "little")
+
+
+_UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
+
+
+def safe_stem(name: str) -> str:
+    """A file-name-safe stem of ``name`` (an original file name, possibly with directories):
+    NFC unicode, every run of characters other than letters, digits, ``_ . -`` (including path
+    separators) replaced by ``_``, no leading dots, at most 150 characters."""
+    stem = name
+    base = os.path.basename(stem.replace("\\", "/"))
+    if "." in base.strip("."):
+        stem = stem[: len(stem) - len(base)] + base.rsplit(".", 1)[0]
+    stem = unicodedata.normalize("NFC", stem)
+    stem = "".join(ch for ch in stem if unicodedata.category(ch)[0] != "C")
+    stem = _UNSAFE.sub("_", stem).lstrip(".") or "image"
+    stem = re.sub(r"\.{2,}", "_", stem)
+    return stem[:150]
+
+
+def output_name(run_code: str, name: str) -> str:
+    """``<runcode>_<safe stem of name>.png``."""
+    return f"{run_code}_{safe_stem(name)}.png"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def file_sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def read_manifest(path: Path) -> dict[str, dict]:
+    """Last entry per name; a torn last line (a kill mid-write) is ignored."""
+    out: dict[str, dict] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(e, dict) and "name" in e:
+            out[e["name"]] = e
+    return out
+
+
+class Manifest:
+    """Append-only JSON lines, each fsynced before the next image is reported done."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if path.exists() and path.stat().st_size:
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+            if torn:  # a kill left half a line: start the next entry on its own line
+                with open(path, "ab") as f:
+                    f.write(b"\n")
+        self._f = open(path, "a", encoding="utf-8")
+
+    def append(self, entry: dict) -> None:
+        self._f.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def check_or_store_config(out: Path, cfg: ProtectConfig) -> None:
+    """Store ``cfg`` in ``out``; if a different one is there already, refuse (ResumeMismatch)."""
+    path = out / CONFIG
+    new = json.loads(json.dumps(cfg.to_json()))
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            lines = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+            raise ResumeMismatch(
+                f"{out} holds a run made with other settings ({lines}); use another --out, or "
+                f"the same settings to resume"
+            )
+        return
+    write_json(path, new)
+
+
+def write_zip(out: Path, run_code: str, files: list[Path]) -> Path:
+    """Deterministic zip (sorted, fixed timestamps, stored) of ``files``, flat, atomically."""
+    import io
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for p in sorted(files, key=lambda q: q.name):
+            info = zipfile.ZipInfo(p.name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.create_system = 3
+            z.writestr(info, p.read_bytes())
+    dst = out / f"{run_code}.zip"
+    imageio.atomic_write_bytes(dst, buf.getvalue())
+    return dst
+
+
+@functools.cache
+def _predict_fn():
+    """Jitted top-1 of a classifier judge (made once per process: resumes reuse the compile)."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.jit(lambda j, x: jnp.argmax(j(x), axis=-1))
+
+
+class _Tag(logging.LoggerAdapter):
+    def process(self, msg, kwargs):
+        return (f"{self.extra['tag']}{msg}", kwargs)
+
+
+def _clean_tmp(folder: Path) -> None:
+    for p in folder.glob(".*.tmp"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, batch_size: int = 4,
+                progress: bool = True, max_pixels: int | None = None) -> dict:
+    """Protect every image of the set described by ``cfg`` into ``out`` (see the module
+    docstring). Returns the summary dict (also written to ``out/summary.json``); its ``failed``
+    count is non-zero when any file failed."""
+    import jax.numpy as jnp
+    from tqdm import tqdm
+
+    import ppjax
+    from ppjax.attacks import get_attack
+    from ppjax.judges import get_spec, judge_dir
+
+    tag = "STAND-IN: " if cfg.standin else ""
+    L = _Tag(log, {"tag": tag})
+    if not RUN_CODE_RE.match(cfg.run_code):
+        raise ValueError(f"run code {cfg.run_code!r} must be letters, digits, '_', '.', '-' "
+                         f"(it names the zip and every file)")
+    task = data.get_task(cfg.task)
+    spec = get_spec(cfg.judge)
+    try:  # a bad attack name, preset or setting is one clear error, before any work
+        get_attack(cfg.attack, cfg.preset, **dict(cfg.overrides))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"attack settings: {e}") from None
+    if tuple(spec.input_hw) != task.hw:
+        raise ValueError(f"judge {cfg.judge} takes {spec.input_hw}, task {cfg.task} is {task.hw}")
+    out = Path(out).resolve()
+    img_dir = out / IMAGES
+    img_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = judge_dir(cfg.judge, weights_dir, cfg.standin) / "metadata.json"
+    judge = None
+    if not meta_path.exists():  # first use of a stand-in creates it; else a clear error
+        judge = ppjax.load_judge(cfg.judge, weights_dir, standin=cfg.standin)
+    sha = json.loads(meta_path.read_text()).get("sha256") if meta_path.exists() else None
+    cfg = dataclasses.replace(cfg, judge_sha256=sha)
+    check_or_store_config(out, cfg)  # before the (slow) judge load: a mismatch fails fast
+    if judge is None:
+        judge = ppjax.load_judge(cfg.judge, weights_dir, standin=cfg.standin)
+    _clean_tmp(img_dir)
+    _clean_tmp(out)
+
+    items = data.dataset_items(cfg.images, cfg.list_file, cfg.labels_file)
+    done = read_manifest(out / MANIFEST)
+    manifest = Manifest(out / MANIFEST)
+    by_output: dict[str, str] = {}
+    todo, n_skip, n_fail, n_ok, n_succ = [], 0, 0, 0, 0
+    pre_errors = []
+    seen: set[str] = set()
+    for it in items:
+        if it.name in seen:
+            L.warning("%s: listed more than once; protected once", it.name)
+            continue
+        seen.add(it.name)
+        oname = output_name(cfg.run_code, it.name)
+        if oname in by_output:
+            pre_errors.append((it, oname, f"output name {oname} collides with that of "
+                                          f"{by_output[oname]!r}"))
+            continue
+        by_output[oname] = it.name
+        if not _inside(img_dir / oname, img_dir):
+            pre_errors.append((it, oname, "unsafe name: output would leave the output folder"))
+            continue
+        e = done.get(it.name)
+        if (e and e.get("status") == "ok" and e.get("output") == oname
+                and file_sha256(img_dir / oname) == e.get("sha256")):
+            n_skip += 1
+            n_ok += 1
+            n_succ += bool(e.get("success"))
+            continue
+        todo.append(it)
+    if n_skip:
+        L.info("resuming: %d of %d images already done, skipped", n_skip, len(items))
+    for it, oname, err in pre_errors:
+        L.error("%s: %s", it.name, err)
+        manifest.append({"name": it.name, "status": "error", "error": err, "output": oname})
+        n_fail += 1
+
+    seeds_all = {it.name: image_seed(it.name, cfg.seed) for it in items}
+    predict = _predict_fn() if spec.output == "logits" else None
+    overrides = dict(cfg.overrides)
+    bar = tqdm(total=len(seen), initial=n_skip + n_fail, unit="img", disable=not progress,
+               desc=f"{tag}protect {cfg.run_code}", file=sys.stderr, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    n_new = 0
+    try:
+        for batch in data.iter_batches(todo, cfg.task, batch_size, cfg.resize, max_pixels):
+            for b in batch:
+                if b.error is not None:
+                    L.error("%s: %s", b.item.name, b.error)
+                    manifest.append({"name": b.item.name, "status": "error", "error": b.error,
+                                     "output": None, "notes": b.notes})
+                    n_fail += 1
+                    bar.update(1)
+            ok, x = data.stack_ok(batch, pad_to=batch_size)
+            if not ok:
+                continue
+            x01 = jnp.asarray(imageio.to_float01(x))
+            labels, label_src = None, None
+            if spec.output == "logits":
+                given = [b.item.label for b in ok]
+                clean = np.asarray(predict(judge, x01))
+                lab = np.array([g if g is not None else int(c)
+                                for g, c in zip(given, clean[: len(ok)], strict=True)]
+                               + [0] * (x.shape[0] - len(ok)), np.int32)
+                lab[len(ok):] = lab[len(ok) - 1]
+                labels = jnp.asarray(lab)
+                label_src = ["list" if g is not None else "clean prediction" for g in given]
+            seeds = [seeds_all[b.item.name] for b in ok]
+            seeds += [seeds[-1]] * (x.shape[0] - len(ok))
+            try:
+                res = ppjax.attack(cfg.attack, judge, x01, labels, preset=cfg.preset,
+                                   seeds=jnp.asarray(np.array(seeds, np.uint32)), **overrides)
+            except Exception as e:  # recorded per file; the run goes on
+                err = f"attack failed: {type(e).__name__}: {e}"
+                for b in ok:
+                    L.error("%s: %s", b.item.name, err)
+                    manifest.append({"name": b.item.name, "status": "error", "error": err,
+                                     "output": None, "notes": b.notes})
+                    n_fail += 1
+                    bar.update(1)
+                continue
+            adv = imageio.to_uint8(np.asarray(res.images))
+            succ = np.asarray(res.success)
+            steps = np.asarray(res.steps)
+            linf = np.asarray(res.linf)
+            for i, b in enumerate(ok):
+                oname = output_name(cfg.run_code, b.item.name)
+                png = imageio.save_png_atomic(img_dir / oname, adv[i])
+                entry = {"name": b.item.name, "status": "ok", "output": oname,
+                         "sha256": hashlib.sha256(png).hexdigest(), "notes": b.notes,
+                         "seed": seeds[i], "success": bool(succ[i]), "steps": int(steps[i]),
+                         "linf_levels": round(float(linf[i]) * 255.0, 3)}
+                if labels is not None:
+                    entry["label"] = int(lab[i])
+                    entry["label_source"] = label_src[i]
+                manifest.append(entry)
+                for note in b.notes:
+                    L.info("%s: %s", b.item.name, note)
+                n_ok += 1
+                n_new += 1
+                n_succ += bool(succ[i])
+                bar.update(1)
+                dt = time.perf_counter() - t0
+                bar.set_postfix_str(f"{tag}success {n_succ}/{n_ok} ({100.0 * n_succ / n_ok:.1f}%)"
+                                    f", {n_new / max(dt, 1e-9):.2f} img/s new")
+    finally:
+        bar.close()
+        manifest.close()
+
+    final = read_manifest(out / MANIFEST)
+    wanted = {it.name for it in items}
+    ok_files = [img_dir / e["output"] for n, e in final.items()
+                if n in wanted and e.get("status") == "ok"]
+    errors = [{"name": n, "error": e.get("error")} for n, e in final.items()
+              if n in wanted and e.get("status") != "ok"]
+    zpath = write_zip(out, cfg.run_code, ok_files)
+    n_ok_final = len(ok_files)
+    n_succ_final = sum(bool(final[n].get("success")) for n in wanted
+                       if n in final and final[n].get("status") == "ok")
+    summary = {
+        "standin": cfg.standin, "run_code": cfg.run_code, "task": cfg.task,
+        "judge": judge.label, "attack": cfg.attack, "preset": cfg.preset,
+        "images": len(seen), "protected": n_ok_final, "done": n_ok_final, "failed": len(errors),
+        "skipped_on_resume": n_skip, "attack_success": n_succ_final,
+        "attack_success_rate": n_succ_final / n_ok_final if n_ok_final else None,
+        "zip": zpath.name, "errors": errors,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_json(out / "summary.json", summary)
+    rate = f"{100.0 * n_succ_final / n_ok_final:.1f}%" if n_ok_final else "n/a"
+    L.info("done: %d protected, %d failed, attack success %s; zip %s", n_ok_final,
+           len(errors), rate, zpath)
+    return summary
+
+
+# ---------------------------------------------------------------- CLI
+
+def _cmd(args) -> int:
+    from ppjax.judges import get_spec
+
+    task = data.get_task(args.task)
+    judge = args.judge or task.judge
+    try:
+        get_spec(judge)
+        cfg = ProtectConfig(
+            task=int(args.task), attack=args.attack, run_code=args.run_code,
+            images=str(Path(args.images).resolve()), judge=judge,
+            list_file=str(Path(args.list).resolve()) if args.list else None,
+            labels_file=str(Path(args.labels).resolve()) if args.labels else None,
+            preset=args.preset, overrides=parse_overrides(args.set), seed=int(args.seed),
+            standin=bool(args.standin), resize=args.resize,
+        )
+        summary = run_protect(cfg, args.out, weights_dir=args.weights_dir,
+                              batch_size=args.batch_size, progress=not args.no_progress)
+    except (ResumeMismatch, ValueError, KeyError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    tag = "STAND-IN " if summary["standin"] else ""
+    print(f"{tag}{summary['run_code']}: {summary['protected']}/{summary['images']} protected, "
+          f"{summary['failed']} failed -> {Path(args.out) / summary['zip']}")
+    for e in summary["errors"]:
+        print(f"{tag}error: {e['name']}: {e['error']}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("protect", help="protect a test set and write a submission run (resumable)")
+    p.add_argument("--task", type=int, required=True, choices=sorted(data.TASKS))
+    p.add_argument("--attack", required=True, help="attack name (see ppjax.attacks)")
+    p.add_argument("--preset", default=None, help="named preset of the attack")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an attack setting (repeatable), e.g. --set steps=20")
+    p.add_argument("--images", required=True, help="folder of the images")
+    p.add_argument("--list", default=None, help="MEPP list (CSV) naming the images to use")
+    p.add_argument("--labels", default=None, help="Places365 places365_val.txt for labels")
+    p.add_argument("--out", required=True, help="output folder (created; resumable)")
+    p.add_argument("--run-code", required=True, help="TEAM_RUN: names the zip and each PNG")
+    p.add_argument("--judge", default=None, help="override the task's judge (default: the task's)")
+    p.add_argument("--standin", action="store_true",
+                   help="use a random-weight STAND-IN judge (tests/demos only)")
+    p.add_argument("--weights-dir", default=None)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0, help="base seed; per-image seeds derive from it")
+    p.add_argument("--resize", default="resize", choices=imageio.RESIZE_RULES,
+                   help="rule for images not at the task's size (see ppjax.imageio)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd)
