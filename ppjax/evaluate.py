@@ -242,7 +242,8 @@ def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLik
 
     rep = _summarise(task, spec, run, cfg, run_code, judge, appeal, appeal_err, standin,
                      per_image, errors)
-    figs = _figures(out, task, spec, per_image, pairs, appeal is not None)
+    figs = _figures(out, task, spec, per_image, pairs, appeal is not None,
+                    "STAND-IN (random weights): " if standin else "")
     rep["figures"] = figs
     report.write_json(out / "report.json", rep)
     (out / "report.md").write_text(report.markdown_report(rep), encoding="utf-8")
@@ -292,27 +293,29 @@ def _summarise(task, spec, run, cfg, run_code, judge, appeal, appeal_err, standi
     }
 
 
-def _figures(out: Path, task, spec, per_image, pairs, have_nima) -> list[str]:
+def _figures(out: Path, task, spec, per_image, pairs, have_nima, tag: str = "") -> list[str]:
+    """Figures of the report; ``tag`` prefixes every title (STAND-IN runs say so on the image)."""
     figs = []
     if pairs:
-        report.before_after_grid(pairs, out / "grid.png")
-        report.perturbation_heatmap(pairs, out / "heatmap.png")
+        report.before_after_grid(pairs, out / "grid.png",
+                                 title=tag + "original | protected | |difference| x10")
+        report.perturbation_heatmap(pairs, out / "heatmap.png", tag=tag)
         figs += ["grid.png", "heatmap.png"]
     before = [r.get("score_clean") for r in per_image]
     after = [r.get("score") for r in per_image]
     if any(v is not None for v in before + after):
         if task == 2019:
             report.histogram(before, after, out / "hist_protection.png",
-                             "P(true label): before (clean) vs after (protected)", "probability")
+                             tag + "P(true label): before (clean) vs after (protected)", "probability")
         else:
             report.histogram(before, after, out / "hist_protection.png",
-                             "BIQA score after JPEG-90: before vs after", "score",
+                             tag + "BIQA score after JPEG-90: before vs after", "score",
                              threshold=spec.threshold)
         figs.append("hist_protection.png")
     if have_nima:
         report.histogram([r.get("nima_clean") for r in per_image],
                          [r.get("nima") for r in per_image], out / "hist_nima.png",
-                         "NIMA mean score: before vs after", "NIMA score")
+                         tag + "NIMA mean score: before vs after", "NIMA score")
         figs.append("hist_nima.png")
     return figs
 

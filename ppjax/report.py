@@ -171,7 +171,7 @@ def before_after_grid(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], path,
 
 
 def perturbation_heatmap(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], path,
-                         tile: int = 192) -> None:
+                         tile: int = 192, tag: str = "") -> None:
     """Per image, the per-pixel max over channels of |protected - original| (8-bit levels),
     coloured with :func:`hot_colormap` on a shared scale; the scale is written on the figure."""
     pad, head = 6, 16
@@ -183,7 +183,7 @@ def perturbation_heatmap(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], pa
     h = head + pad + rows * (tile + head + pad) + 30
     canvas = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(canvas)
-    d.text((pad, 2), f"perturbation |protected - original| (max over RGB), 0..{vmax} levels",
+    d.text((pad, 2), f"{tag}perturbation |protected - original| (max over RGB), 0..{vmax} levels",
            fill="black", font=_font())
     for i, ((name, _, _), m) in enumerate(zip(pairs, maps, strict=True)):
         x = pad + (i % cols) * (tile + pad)
