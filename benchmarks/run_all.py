@@ -14,6 +14,7 @@ from pathlib import Path
 
 BENCHMARKS = [
     ("jpeg_fidelity", []),
+    ("jpeg_survival", []),
     ("judges", []),
     ("attacks", []),
     ("throughput", []),
