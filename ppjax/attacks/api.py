@@ -1,0 +1,107 @@
+"""The simple call: ``ppjax.attack("pgd", judge, images, labels, eps=8/255)``."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from ppjax.attacks.config import AttackConfig
+from ppjax.attacks.loop import run
+from ppjax.attacks.objectives import class_mask
+from ppjax.attacks.registry import get_attack
+
+
+class AttackResult(NamedTuple):
+    """Per-image results of an attack (a pytree of arrays).
+
+    images: [B, H, W, 3] float32 on the 8-bit grid (k/255): the kept image per image (best
+      success, or the last iterate if it never succeeded).
+    success: [B] bool, judged on ``images`` (after the exact-forward JPEG if the config judges
+      after JPEG).
+    steps: [B] int32 updates applied. success_step: [B] int32, updates applied when the image
+      first succeeded (-1 if never).
+    linf, l2: [B] float32 distortion of ``images`` in [0, 1] pixel units.
+    extras: dict of [B] arrays: score_before / score_after (label margin z_y - max_other for
+      classifiers, the score for score judges), tracked_success, labels, iterations, const (C&W).
+    """
+
+    images: Any
+    success: Any
+    steps: Any
+    success_step: Any
+    linf: Any
+    l2: Any
+    extras: dict
+
+
+def default_seeds(batch: int, seed: int = 0, offset: int = 0) -> np.ndarray:
+    """[batch] uint32 per-image seeds ``hash(seed) + offset + index``. Pass your own seeds (e.g.
+    derived from file names) when results must not depend on how images are batched."""
+    base = (int(seed) * 0x9E3779B1) & 0xFFFFFFFF
+    return ((base + offset + np.arange(batch, dtype=np.uint64)) & 0xFFFFFFFF).astype(np.uint32)
+
+
+def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str | None = None,
+           seeds=None, targets=None, group=None, dtype=None, driver: str = "auto",
+           chunk: int = 1, seed: int = 0, extra_judges: dict | None = None,
+           **overrides) -> AttackResult:
+    """Run a named attack (or an :class:`AttackConfig`) on a batch.
+
+    Args:
+      name: a key of :data:`ppjax.attacks.ATTACKS` (or an alias), or an ``AttackConfig``.
+      judge: a :class:`ppjax.Judge`.
+      images: [B, H, W, 3] float in [0, 1]; snapped to the 8-bit grid on entry.
+      labels: [B] int true classes for classifier judges; None (or -1 entries) = the judge's
+        clean top-1.
+      preset: preset name of the attack (default "default").
+      seeds: [B] uint32 per-image seeds (default :func:`default_seeds` of ``seed``).
+      targets: [B] int target classes (objective "targeted").
+      group: class set of objective "group": indices or a [C] bool mask.
+      dtype: compute dtype of the judge (e.g. ``jnp.bfloat16``); loss and bookkeeping stay f32.
+      driver: "auto" | "python" | "scan" | "while" (see :mod:`ppjax.attacks.loop`).
+      chunk: iterations per compiled call with the Python driver.
+      extra_judges: more judges for the objective, e.g. ``{"appeal": nima}``.
+      **overrides: any :class:`AttackConfig` field (``eps=4/255``, ``steps=20``, ...).
+    """
+    cfg = name.replace(**overrides) if isinstance(name, AttackConfig) else get_attack(
+        name, preset, **overrides)
+    x = jnp.asarray(images)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"attack: images must be [B, H, W, 3] in [0, 1], got shape {x.shape}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"attack: images must be float in [0, 1], got dtype {x.dtype}")
+    judge.check_input(x)
+    x = jnp.clip(jnp.round(x.astype(jnp.float32) * 255.0), 0, 255) / 255.0
+    b = x.shape[0]
+
+    def per_image(v, what):
+        v = jnp.asarray(v, jnp.int32).reshape(-1)
+        if v.shape != (b,):
+            raise ValueError(f"attack: {what} must have shape [{b}], got {v.shape}")
+        return v
+
+    aux = {"labels": per_image(labels if labels is not None else np.full(b, -1), "labels"),
+           "targets": per_image(targets if targets is not None else np.full(b, -1), "targets")}
+    if cfg.objective == "targeted" and targets is None:
+        raise ValueError("attack: objective 'targeted' needs targets=[B] class indices")
+    if cfg.objective == "group":
+        if group is None:
+            raise ValueError("attack: objective 'group' needs group= (class indices or a mask)")
+        g = np.asarray(group)
+        num_classes = judge.module.num_classes if hasattr(judge.module, "num_classes") else None
+        if g.dtype != bool:
+            if num_classes is None:
+                raise ValueError("attack: pass group as a [C] bool mask for this judge")
+            g = class_mask(g.tolist(), num_classes)
+        aux["group"] = jnp.asarray(g)
+    if seeds is None:
+        seeds = default_seeds(b, seed)
+    seeds = jnp.asarray(seeds).astype(jnp.uint32).reshape(-1)
+    if seeds.shape != (b,):
+        raise ValueError(f"attack: seeds must have shape [{b}], got {seeds.shape}")
+    models = {"judge": judge.with_dtype(dtype) if dtype is not None else judge}
+    models.update(extra_judges or {})
+    out = run(cfg, models, x, aux, seeds, driver=driver, chunk=chunk)
+    return AttackResult(**out)

@@ -1,0 +1,165 @@
+"""Attack configuration: one frozen dataclass, hashable, no callables.
+
+Fields fall in two groups (see :data:`TRACED_FIELDS`):
+
+* **static** fields choose the program (which parts are composed, loop lengths, shapes); changing
+  one compiles a new program;
+* **traced** fields are plain values (eps, step sizes, C&W constant, ACE lambda, JPEG quality
+  range, ...). They enter the compiled program as array arguments, so a sweep over them compiles
+  once. ``hyper`` carries extra traced values by name (e.g. an appeal weight) for objectives that
+  are registered later, without touching this class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+# Fields whose values are passed to the compiled program as traced f32 scalars.
+TRACED_FIELDS = (
+    "eps", "step_size", "step_size_min", "step_size2", "step_size2_min", "momentum",
+    "kappa", "const", "lam", "theta_min", "theta_max", "threshold", "margin",
+    "eot_quality_lo", "eot_quality_hi", "judge_quality", "adam_b1", "adam_b2",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    """A complete attack: composition (static) plus hyperparameter values (traced).
+
+    Composition (static):
+      objective: key of :data:`ppjax.attacks.objectives.OBJECTIVES` ("ce", "margin", "targeted",
+        "least_likely", "topk", "group", "score_below", ...).
+      param: parameterisation of the change: "delta" (x = x0 + delta), "tanh" (C&W change of
+        variables x = (tanh(w) + 1) / 2), "ace" (per-channel monotone K-piece colour curve).
+      step: step rule: "sign", "l2" (per-image L2-normalised gradient), "momentum" (MI-FGSM:
+        L1-normalised gradient accumulated with decay ``momentum``, then sign), "adam", "sgd".
+      norm: constraint on x - x0: "linf", "l2" or "none" (radius ``eps``).
+      formulation: what is differentiated: "attack" (objective loss [+ lam * param regulariser]),
+        "penalty" (C&W: distortion + const * objective loss), "alternate" (PerC-AL: objective
+        loss while not adversarial, distortion once adversarial, with step sizes ``step_size``
+        and ``step_size2`` respectively).
+      distortion: what "best" minimises among successes: "linf", "l2", "l2sq", "ciede2000"
+        (L2 norm of the CIEDE2000 map), "reg" (the parameterisation's regulariser, ACE).
+      best: which iterate is kept per image: "distortion" (smallest distortion among
+        successes), "appeal" (highest appeal among successes; needs an objective that reports
+        one), "last" (the last success, e.g. after margin steps) or "final" (the final iterate,
+        successful or not). An image that never succeeds keeps its final iterate.
+      steps: updates per round. rounds = restarts (PGD) or search_steps (C&W binary search).
+      random_start: start uniformly inside the eps ball ("delta" only).
+      early_stop: an image stops once it succeeds, after ``extra_steps`` more updates.
+      schedule: "constant" or "cosine" (from step_size down to step_size_min over ``steps``).
+      round_every_step: snap the image to the 8-bit grid after every update (PerC-AL).
+      k: pieces of the ACE curve.
+      topk: k of the top-k objective.
+      eot: "none" or "jpeg": the gradient is taken through ``ppjax.jpeg.jpeg`` (rounding="ste")
+        with a random per-image quality in [eot_quality_lo, eot_quality_hi], averaged over
+        ``eot_samples`` draws.
+      judge_jpeg: success is judged after the exact-forward differentiable JPEG at quality
+        ``judge_quality`` (besides 8-bit rounding).
+      subsampling: chroma subsampling of those JPEGs.
+      fused_eval: when no EOT transform is on, the forward pass used for the gradient is run on
+        the 8-bit rounded iterate (straight-through), so it also decides success: one forward
+        pass per step instead of two.
+    """
+
+    name: str = "custom"
+    objective: str = "ce"
+    param: str = "delta"
+    step: str = "sign"
+    norm: str = "linf"
+    formulation: str = "attack"
+    distortion: str = "linf"
+    best: str = "distortion"
+    steps: int = 10
+    restarts: int = 1
+    search_steps: int = 1
+    random_start: bool = False
+    early_stop: bool = True
+    extra_steps: int = 0
+    schedule: str = "constant"
+    round_every_step: bool = False
+    k: int = 64
+    topk: int = 5
+    eot: str = "none"
+    eot_samples: int = 1
+    judge_jpeg: bool = False
+    subsampling: str = "420"
+    fused_eval: bool = True
+    # traced values
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    step_size_min: float = 0.0
+    step_size2: float = 0.0
+    step_size2_min: float = 0.0
+    momentum: float = 1.0
+    kappa: float = 0.0
+    const: float = 1.0
+    lam: float = 0.0
+    theta_min: float = 0.0
+    theta_max: float = 1e9
+    threshold: float = 50.0
+    margin: float = 0.0
+    eot_quality_lo: float = 80.0
+    eot_quality_hi: float = 95.0
+    judge_quality: float = 90.0
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    hyper: tuple[tuple[str, float], ...] = ()
+
+    _CHOICES = {
+        "param": ("delta", "tanh", "ace"),
+        "step": ("sign", "l2", "momentum", "adam", "sgd"),
+        "norm": ("linf", "l2", "none"),
+        "formulation": ("attack", "penalty", "alternate"),
+        "distortion": ("linf", "l2", "l2sq", "ciede2000", "reg"),
+        "best": ("distortion", "appeal", "last", "final"),
+        "schedule": ("constant", "cosine"),
+        "eot": ("none", "jpeg"),
+    }
+
+    def __post_init__(self):
+        for field, choices in self._CHOICES.items():
+            if getattr(self, field) not in choices:
+                raise ValueError(f"attack {self.name!r}: {field}={getattr(self, field)!r}; "
+                                 f"choose one of {', '.join(choices)}")
+        for field in ("steps", "restarts", "search_steps", "k", "eot_samples"):
+            if int(getattr(self, field)) < 1:
+                raise ValueError(f"attack {self.name!r}: {field} must be >= 1")
+        if self.extra_steps < 0:
+            raise ValueError(f"attack {self.name!r}: extra_steps must be >= 0")
+        if self.restarts > 1 and self.search_steps > 1:
+            raise ValueError(f"attack {self.name!r}: restarts and search_steps cannot both be > 1")
+        if self.random_start and self.param != "delta":
+            raise ValueError(f"attack {self.name!r}: random_start needs param='delta'")
+        if self.distortion == "reg" and self.param != "ace":
+            raise ValueError(f"attack {self.name!r}: distortion='reg' needs param='ace'")
+        if self.param == "tanh" and self.norm != "none":
+            raise ValueError(f"attack {self.name!r}: param='tanh' is unconstrained; use norm='none'")
+
+    @property
+    def rounds(self) -> int:
+        return max(self.restarts, self.search_steps)
+
+    def static(self) -> AttackConfig:
+        """This config with every traced value blanked: the part that keys compilation."""
+        blank = {f: 0.0 for f in TRACED_FIELDS}
+        return dataclasses.replace(self, name="", hyper=tuple((k, 0.0) for k, _ in self.hyper),
+                                   **blank)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The traced values, as a dict of Python floats (the caller makes them arrays)."""
+        hp = {f: float(getattr(self, f)) for f in TRACED_FIELDS}
+        hp.update({k: float(v) for k, v in self.hyper})
+        return hp
+
+    def replace(self, **overrides) -> AttackConfig:
+        """``dataclasses.replace`` with a readable error for unknown names."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"attack {self.name!r}: unknown setting(s) {', '.join(unknown)}; "
+                            f"known: {', '.join(sorted(known))}")
+        if "hyper" in overrides and isinstance(overrides["hyper"], dict):
+            overrides["hyper"] = tuple(sorted(overrides["hyper"].items()))
+        return dataclasses.replace(self, **overrides)

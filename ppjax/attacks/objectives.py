@@ -1,0 +1,273 @@
+"""Objectives: per-image, unreduced losses (to MINIMISE) and success tests.
+
+An :class:`Objective` is built from an :class:`~ppjax.attacks.config.AttackConfig` by a factory
+registered in :data:`OBJECTIVES`. Its ``evaluate(models, x, aux, hp)`` sees:
+
+* ``models``: a dict of judges (pytrees), ``models["judge"]`` being the attacked one; extra
+  judges (e.g. ``models["appeal"]``, a NIMA) ride along without the loop knowing them;
+* ``x``: [B, H, W, 3] float32 in [0, 1], the image the judge sees (8-bit rounded, or passed
+  through an EOT transform);
+* ``aux``: per-batch data: ``labels`` [B] int32 (true classes), ``targets`` [B] int32,
+  ``group`` [C] bool (class set of the group objective);
+* ``hp``: traced hyperparameters (f32 scalars: ``kappa``, ``threshold``, ``margin``, ...).
+
+and returns :class:`Terms`. New objectives (an appeal term, quality camouflage, ...) are added by
+registering a factory; the loop is untouched. :func:`with_appeal` shows the pattern.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Terms(NamedTuple):
+    """What an objective reports for a batch (all [B])."""
+
+    loss: jnp.ndarray  # float32, to minimise
+    success: jnp.ndarray  # bool: the judge is fooled
+    score: jnp.ndarray  # float32, a readable per-image figure (label margin, judge score)
+    appeal: jnp.ndarray | None = None  # float32, higher is better (None: no appeal term)
+
+
+class Objective(NamedTuple):
+    """``evaluate(models, x, aux, hp) -> Terms``; ``output`` is the judge output it needs."""
+
+    evaluate: Callable[..., Terms]
+    output: str = "logits"  # "logits" | "score"
+
+
+OBJECTIVES: dict[str, Callable[[Any], Objective]] = {}
+
+
+def register(name: str):
+    """Decorator: register an objective factory ``factory(cfg) -> Objective`` under ``name``."""
+
+    def deco(factory):
+        OBJECTIVES[name] = factory
+        return factory
+
+    return deco
+
+
+def make_objective(cfg) -> Objective:
+    try:
+        return OBJECTIVES[cfg.objective](cfg)
+    except KeyError:
+        raise KeyError(f"unknown objective {cfg.objective!r}; known: "
+                       f"{', '.join(sorted(OBJECTIVES))}") from None
+
+
+# ----------------------------------------------------------------------------- logit helpers
+
+
+def _logits(models, x) -> jnp.ndarray:
+    out = models["judge"](x)
+    if out.ndim != 2:
+        raise TypeError(f"this objective needs a judge that outputs logits [B, C]; got {out.shape}")
+    return out.astype(jnp.float32)
+
+
+def _pick(z: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
+    return jnp.take_along_axis(z, idx[:, None].astype(jnp.int32), axis=-1)[:, 0]
+
+
+def label_margin(z: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """``z_y - max_{j != y} z_j``: [B]; negative means the label is no longer top-1."""
+    onehot = jax.nn.one_hot(labels, z.shape[-1], dtype=bool)
+    other = jnp.max(jnp.where(onehot, -jnp.inf, z), axis=-1)
+    return _pick(z, labels) - other
+
+
+def cross_entropy(z: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """Per-image cross-entropy [B] of logits ``z`` [B, C] against integer ``labels`` [B]."""
+    return -_pick(jax.nn.log_softmax(z, axis=-1), labels)
+
+
+# ----------------------------------------------------------------------------- classifiers
+
+
+@register("ce")
+def untargeted_ce(cfg) -> Objective:
+    """Untargeted: raise the cross-entropy of the true label; success = top-1 != label."""
+
+    def evaluate(models, x, aux, hp):
+        z = _logits(models, x)
+        m = label_margin(z, aux["labels"])
+        return Terms(-cross_entropy(z, aux["labels"]), jnp.argmax(z, -1) != aux["labels"], m)
+
+    return Objective(evaluate)
+
+
+@register("margin")
+def untargeted_margin(cfg) -> Objective:
+    """C&W margin ``max(z_y - max_{j!=y} z_j, -kappa)``; success = margin < -kappa (kappa >= 0),
+    which for kappa = 0 is top-1 != label."""
+
+    def evaluate(models, x, aux, hp):
+        z = _logits(models, x)
+        m = label_margin(z, aux["labels"])
+        return Terms(jnp.maximum(m, -hp["kappa"]), m < -hp["kappa"], m)
+
+    return Objective(evaluate)
+
+
+@register("targeted")
+def targeted(cfg) -> Objective:
+    """Targeted: lower the cross-entropy of ``aux["targets"]``; success = top-1 == target."""
+
+    def evaluate(models, x, aux, hp):
+        z = _logits(models, x)
+        t = aux["targets"]
+        return Terms(cross_entropy(z, t), jnp.argmax(z, -1) == t, -label_margin(z, t))
+
+    return Objective(evaluate)
+
+
+@register("least_likely")
+def least_likely(cfg) -> Objective:
+    """Iterative least-likely class (Kurakin et al.): descend the cross-entropy of the clean
+    image's least likely class (``aux["targets"]``, filled in by the loop); success = top-1 !=
+    the true label."""
+
+    def evaluate(models, x, aux, hp):
+        z = _logits(models, x)
+        return Terms(cross_entropy(z, aux["targets"]), jnp.argmax(z, -1) != aux["labels"],
+                     label_margin(z, aux["labels"]))
+
+    return Objective(evaluate)
+
+
+@register("topk")
+def topk(cfg) -> Objective:
+    """The true label must leave the top-k (``cfg.topk``): loss ``max(z_y - z_(k), -kappa)``
+    where ``z_(k)`` is the k-th largest other logit; success = at least k classes above it."""
+    k = int(cfg.topk)
+
+    def evaluate(models, x, aux, hp):
+        z = _logits(models, x)
+        y = aux["labels"]
+        onehot = jax.nn.one_hot(y, z.shape[-1], dtype=bool)
+        kth = jax.lax.top_k(jnp.where(onehot, -jnp.inf, z), k)[0][:, k - 1]
+        m = _pick(z, y) - kth
+        above = jnp.sum(z > _pick(z, y)[:, None], axis=-1)
+        return Terms(jnp.maximum(m, -hp["kappa"]), above >= k, m)
+
+    return Objective(evaluate)
+
+
+@register("group")
+def group(cfg) -> Objective:
+    """Group protection: the top-1 must leave a set of classes (``aux["group"]`` [C] bool, e.g.
+    the 60 sensitive categories or all indoor classes). Loss = margin between the best class
+    inside the set and the best outside, floored at ``-kappa``; success = top-1 outside."""
+
+    def evaluate(models, x, aux, hp):
+        z = _logits(models, x)
+        g = aux["group"].astype(bool)[None, :]
+        m = jnp.max(jnp.where(g, z, -jnp.inf), -1) - jnp.max(jnp.where(g, -jnp.inf, z), -1)
+        top_in = jnp.take(aux["group"].astype(bool), jnp.argmax(z, -1))
+        return Terms(jnp.maximum(m, -hp["kappa"]), ~top_in, m)
+
+    return Objective(evaluate)
+
+
+# ----------------------------------------------------------------------------- score judges
+
+
+def _score(models, x) -> jnp.ndarray:
+    return models["judge"].score(x).astype(jnp.float32)
+
+
+@register("score_below")
+def score_below(cfg) -> Objective:
+    """Regression judges (``judge.score(x)`` [B]): push the score below ``threshold`` with a
+    ``margin``: loss = ``max(score - (threshold - margin), 0)``; success = score < threshold."""
+
+    def evaluate(models, x, aux, hp):
+        s = _score(models, x)
+        return Terms(jnp.maximum(s - (hp["threshold"] - hp["margin"]), 0.0), s < hp["threshold"], s)
+
+    return Objective(evaluate, output="score")
+
+
+@register("score_mse")
+def score_mse(cfg) -> Objective:
+    """Pull the score toward ``threshold - margin`` (squared error, as the 2020 I-FGSM baseline
+    pulled KonCept512 toward 30); success = score < threshold."""
+
+    def evaluate(models, x, aux, hp):
+        s = _score(models, x)
+        return Terms((s - (hp["threshold"] - hp["margin"])) ** 2, s < hp["threshold"], s)
+
+    return Objective(evaluate, output="score")
+
+
+# ----------------------------------------------------------------------------- extensions
+
+
+def with_appeal(base: Callable[[Any], Objective], judge_key: str = "appeal",
+                weight: str = "appeal_weight") -> Callable[[Any], Objective]:
+    """Wrap an objective factory with an appeal term: ``appeal = models[judge_key].score(x)``
+    (e.g. a NIMA mean score) and ``loss -= hp[weight] * appeal``; the weight is a traced value
+    passed through ``AttackConfig.hyper``. Register the result under a new name, e.g.
+    ``register("ce+appeal")(with_appeal(untargeted_ce))``, and set ``best="appeal"`` to keep
+    the most appealing success."""
+
+    def factory(cfg) -> Objective:
+        inner = base(cfg)
+
+        def evaluate(models, x, aux, hp):
+            t = inner.evaluate(models, x, aux, hp)
+            a = models[judge_key].score(x).astype(jnp.float32)
+            return t._replace(loss=t.loss - hp[weight] * a, appeal=a)
+
+        return Objective(evaluate, inner.output)
+
+    return factory
+
+
+# ----------------------------------------------------------------------------- class sets
+
+
+def read_sensitive_categories(path: str | Path) -> tuple[int, ...]:
+    """Places365 indices of ``MEPP18senscats.txt`` (lines ``/b/bedroom 52``; the file starts
+    with a UTF-8 byte-order mark and has trailing spaces)."""
+    out = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise ValueError(f"{path}:{n}: expected '<category> <index>', got {line!r}")
+        out.append(int(parts[1]))
+    return tuple(sorted(set(out)))
+
+
+def read_indoor_classes(path: str | Path) -> tuple[int, ...]:
+    """Indices of the indoor classes of ``IO_places365.txt`` (line i = class i, ``1`` = indoor,
+    ``2`` = outdoor)."""
+    out = []
+    lines = [ln for ln in Path(path).read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        parts = line.split()
+        if len(parts) != 2 or parts[1] not in ("1", "2"):
+            raise ValueError(f"{path}:{i + 1}: expected '<category> 1|2', got {line!r}")
+        if parts[1] == "1":
+            out.append(i)
+    return tuple(out)
+
+
+def class_mask(indices, num_classes: int) -> np.ndarray:
+    """Boolean mask [num_classes] with True at ``indices``."""
+    idx = np.asarray(list(indices), np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= num_classes):
+        raise ValueError(f"class indices must lie in [0, {num_classes}); got {idx.min()}..{idx.max()}")
+    m = np.zeros(num_classes, bool)
+    m[idx] = True
+    return m
