@@ -166,3 +166,22 @@ class WithNormalisation(nn.Module):
 def with_normalisation(model: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                        channels_last: bool = False) -> nn.Module:
     return WithNormalisation(model, mean, std, channels_last)
+
+
+def load_from_judge(net: nn.Module, judge) -> nn.Module:
+    """Copy a ppjax judge's weights into the matching torch model with the converter's own
+    name map read backwards (HWIO -> OIHW, Dense transposed, BatchNorm statistics), so both
+    engines of a benchmark compute with the very same numbers."""
+    import numpy as np
+    from flax import traverse_util
+
+    from converters.common import _to_torch_layout, expected_torch_shapes
+
+    flat = traverse_util.flatten_dict(dict(judge.variables))
+    state = {key: torch.from_numpy(np.ascontiguousarray(
+        _to_torch_layout(np.asarray(flat[flat_key], np.float32), layout)))
+        for key, (_, flat_key, layout) in expected_torch_shapes(judge.variables).items()}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
+        raise RuntimeError(f"weight copy failed: missing {missing}, unexpected {unexpected}")
+    return net

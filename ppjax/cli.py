@@ -11,6 +11,9 @@ import sys
 # Modules providing sub-commands (each has add_parser(subparsers)).
 COMMAND_MODULES = [
     "ppjax.commands",
+    "ppjax.protect",
+    "ppjax.evaluate",
+    "ppjax.sweep",
 ]
 
 
@@ -25,8 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    # force: importing jax/orbax may already have configured the root logger, which would make
+    # basicConfig a silent no-op; libraries stay at WARNING, ppjax's own loggers at INFO.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
+                        force=True)
+    logging.getLogger("ppjax").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         rc = args.func(args)
     except KeyboardInterrupt:

@@ -1,0 +1,378 @@
+"""``ppjax sweep CONFIG``: a grid of attacks and values, one CSV/JSON row per grid point, and a
+Pareto plot of protection against distortion.
+
+A config (TOML or JSON) names the judge, the images and one or more grids::
+
+    judge = "resnet50_places365"
+    standin = false                  # true: random-weight stand-in (pipeline checks only)
+    images = ["photos/"]             # files or directories (jpg/png); resized to the judge's size
+    max_images = 64
+    batch = 8
+    output = "sweep-out"             # results.csv, results.json, pareto.png
+    appeal_judge = "nima_mobilenetv2"   # optional: scored on every result; enables appeal_weight
+
+    [[grid]]
+    attack = "pgd"                   # a name of ppjax.attacks.ATTACKS
+    preset = "default"
+    eps = [0.01, 0.02, 0.03]         # every list is an axis of the grid ...
+    steps = [10]
+    step_size = [0.004]
+    eot_quality = [[80, 95], [60, 90]]  # -> eot_quality_lo / eot_quality_hi
+    appeal_weight = [0.0, 0.1]       # the appeal term's weight (objective "<objective>+appeal")
+
+Every key of a grid besides ``attack``/``preset`` is an :class:`~ppjax.attacks.AttackConfig`
+field (a scalar is a one-value axis). Values of traced fields (eps, step sizes, JPEG quality
+range, appeal weight, ...) enter the compiled program as arguments, so a grid over them compiles
+once per static configuration: the ``recompiles`` column counts traces per row and reads 0 after
+the first row of each static configuration. Rows already in ``results.csv`` (same ``key``) are
+skipped, so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import logging
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("ppjax")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+RESULT_FIELDS = ("key", "attack", "preset", "settings", "images", "protection", "success_rate",
+                 "mean_steps", "mean_linf", "mean_l2", "mean_psnr", "mean_appeal",
+                 "mean_appeal_before", "seconds", "recompiles")
+# Grid keys that are not AttackConfig fields.
+ALIASES = {"eot_quality": ("eot_quality_lo", "eot_quality_hi")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """One grid: an attack (and preset) and its axes ``((field, (v1, v2, ...)), ...)``."""
+
+    attack: str
+    preset: str = "default"
+    axes: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    def points(self) -> list[tuple[tuple[str, Any], ...]]:
+        """Every combination, as ``((field, value), ...)`` with aliases expanded."""
+        names = [n for n, _ in self.axes]
+        out = []
+        for combo in itertools.product(*(vals for _, vals in self.axes)):
+            settings = []
+            for name, value in zip(names, combo, strict=True):
+                if name in ALIASES:
+                    settings += list(zip(ALIASES[name], value, strict=True))
+                else:
+                    settings.append((name, value))
+            out.append(tuple(settings))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """A whole sweep (see the module docstring for the file format)."""
+
+    judge: str
+    images: tuple[str, ...]
+    grids: tuple[Grid, ...]
+    output: str = "sweep-out"
+    standin: bool = False
+    weights_dir: str | None = None
+    max_images: int = 64
+    batch: int = 8
+    seed: int = 0
+    appeal_judge: str | None = None
+    driver: str = "auto"
+
+
+def _as_tuple(v) -> tuple:
+    return tuple(v) if isinstance(v, list | tuple) else (v,)
+
+
+def parse_config(data: dict, base: Path | None = None) -> SweepConfig:
+    """A :class:`SweepConfig` from the decoded TOML/JSON ``data``; relative paths resolve
+    against ``base`` (the config file's directory)."""
+    from ppjax.attacks import AttackConfig, get_attack
+
+    data = dict(data)
+    for required in ("judge", "images", "grid"):
+        if required not in data:
+            raise ValueError(f"sweep config: missing {required!r}")
+    base = base or Path.cwd()
+    fields = {f.name for f in dataclasses.fields(AttackConfig)} - {"name", "hyper"}
+    grids = []
+    for i, g in enumerate(_as_tuple(data.pop("grid"))):
+        g = dict(g)
+        if "attack" not in g:
+            raise ValueError(f"sweep config: grid {i} has no 'attack'")
+        attack, preset = g.pop("attack"), g.pop("preset", "default")
+        get_attack(attack, preset)  # unknown names fail here, before any compilation
+        axes = []
+        for name, values in g.items():
+            values = _as_tuple(values)
+            if name in ALIASES:
+                values = tuple(tuple(v) for v in values)
+                if any(len(v) != len(ALIASES[name]) for v in values):
+                    raise ValueError(f"sweep config: grid {i}: {name} takes pairs "
+                                     f"{list(ALIASES[name])}, got {list(values)}")
+            elif name != "appeal_weight" and name not in fields:
+                raise ValueError(f"sweep config: grid {i}: unknown setting {name!r}; settings are "
+                                 f"AttackConfig fields, eot_quality or appeal_weight")
+            axes.append((name, values))
+        grids.append(Grid(attack, preset, tuple(axes)))
+    images = tuple(str((base / p) if not Path(p).is_absolute() else p)
+                   for p in _as_tuple(data.pop("images")))
+    output = data.pop("output", "sweep-out")
+    output = str(base / output) if not Path(output).is_absolute() else output
+    known = {f.name for f in dataclasses.fields(SweepConfig)} - {"grids", "images", "output"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"sweep config: unknown key(s) {', '.join(unknown)}")
+    return SweepConfig(images=images, grids=tuple(grids), output=output, **data)
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    path = Path(path)
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    return parse_config(data, path.parent)
+
+
+def row_key(grid: Grid, settings) -> str:
+    """Stable identity of a grid point (the resume key)."""
+    return json.dumps({"attack": grid.attack, "preset": grid.preset,
+                       "settings": [[k, v] for k, v in settings]}, sort_keys=True)
+
+
+def read_done(csv_path: Path) -> dict[str, dict]:
+    if not csv_path.exists():
+        return {}
+    with csv_path.open(newline="") as f:
+        return {r["key"]: r for r in csv.DictReader(f)}
+
+
+def list_images(paths) -> list[Path]:
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"sweep: no such image or directory: {p}")
+    if not out:
+        raise FileNotFoundError(f"sweep: no images found in {list(map(str, paths))}")
+    return out
+
+
+def load_images(paths, hw: tuple[int, int], max_images: int) -> np.ndarray:
+    """[N, H, W, 3] float32 in [0, 1] on the 8-bit grid (Pillow bicubic resize to ``hw``)."""
+    from PIL import Image
+
+    h, w = hw
+    out = []
+    for p in list_images(paths)[:max_images]:
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            if im.size != (w, h):
+                im = im.resize((w, h), Image.BICUBIC)
+            out.append(np.asarray(im, np.float32) / 255.0)
+    return np.stack(out)
+
+
+def _attack_config(grid: Grid, settings, has_appeal: bool):
+    from ppjax.attacks import OBJECTIVES, get_attack, with_appeal
+    from ppjax.attacks.objectives import register
+
+    s = dict(settings)
+    weight = s.pop("appeal_weight", None)
+    cfg = get_attack(grid.attack, grid.preset, **s)
+    if weight is not None:
+        if not has_appeal:
+            raise ValueError("sweep: appeal_weight needs appeal_judge in the config")
+        name = f"{cfg.objective}+appeal"
+        if name not in OBJECTIVES:
+            register(name)(with_appeal(OBJECTIVES[cfg.objective]))
+        hyper = dict(cfg.hyper) | {"appeal_weight": float(weight)}
+        cfg = cfg.replace(objective=name, hyper=tuple(sorted(hyper.items())))
+    return cfg
+
+
+def run_point(cfg, judge, images: np.ndarray, batch: int, seed: int, appeal=None,
+              driver: str = "auto") -> dict:
+    """Attack all ``images`` [N, H, W, 3] with ``cfg`` in batches; per-image results (numpy).
+    Every batch has the same shape (the last is padded by repeating its last image), so a sweep
+    never compiles for a ragged tail."""
+    from ppjax.attacks import attack, default_seeds
+    from ppjax.metrics import psnr
+
+    n = len(images)
+    cols: dict[str, list] = {k: [] for k in ("success", "steps", "linf", "l2", "psnr", "appeal",
+                                             "appeal_before")}
+    for start in range(0, n, batch):
+        chunk = images[start:start + batch]
+        real = len(chunk)
+        if real < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, 0)])
+        extra = {"appeal": appeal} if appeal is not None and "appeal" in cfg.objective else None
+        res = attack(cfg, judge, chunk, seeds=default_seeds(batch, seed, start), driver=driver,
+                     extra_judges=extra)
+        x0 = np.round(chunk * 255) / 255
+        cols["success"].append(np.asarray(res.success)[:real])
+        cols["steps"].append(np.asarray(res.steps)[:real])
+        cols["linf"].append(np.asarray(res.linf)[:real])
+        cols["l2"].append(np.asarray(res.l2)[:real])
+        cols["psnr"].append(np.asarray(psnr(res.images, x0))[:real])
+        if appeal is not None:
+            cols["appeal"].append(np.asarray(appeal.score(res.images))[:real])
+            cols["appeal_before"].append(np.asarray(appeal.score(x0))[:real])
+    return {k: np.concatenate(v) for k, v in cols.items() if v}
+
+
+def summarise(grid: Grid, settings, per_image: dict, seconds: float, recompiles: int) -> dict:
+    def mean(k):
+        return float(np.mean(per_image[k])) if k in per_image else ""
+
+    success = float(np.mean(per_image["success"]))
+    return {"key": row_key(grid, settings), "attack": grid.attack, "preset": grid.preset,
+            "settings": json.dumps(dict(settings)), "images": len(per_image["success"]),
+            "protection": success, "success_rate": success, "mean_steps": mean("steps"),
+            "mean_linf": mean("linf"), "mean_l2": mean("l2"), "mean_psnr": mean("psnr"),
+            "mean_appeal": mean("appeal"), "mean_appeal_before": mean("appeal_before"),
+            "seconds": seconds, "recompiles": recompiles}
+
+
+def run_sweep(cfg: SweepConfig, judge=None, appeal=None) -> list[dict]:
+    """Run every grid point not yet in ``<output>/results.csv``; append each row as it finishes
+    (so an interrupted sweep resumes), then rewrite ``results.json`` and ``pareto.png``.
+    ``judge`` / ``appeal`` override loading by name (tests)."""
+    from ppjax import load_judge
+    from ppjax.attacks import TRACES
+
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "results.csv"
+    done = read_done(csv_path)
+    judge = judge or load_judge(cfg.judge, cfg.weights_dir, standin=cfg.standin)
+    if appeal is None and cfg.appeal_judge:
+        appeal = load_judge(cfg.appeal_judge, cfg.weights_dir, standin=cfg.standin)
+    images = load_images(cfg.images, judge.spec.input_hw, cfg.max_images)
+    batch = min(cfg.batch, len(images))
+    new_file = not csv_path.exists()
+    with csv_path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, RESULT_FIELDS)
+        if new_file:
+            writer.writeheader()
+        for grid in cfg.grids:
+            for settings in grid.points():
+                key = row_key(grid, settings)
+                if key in done:
+                    continue
+                acfg = _attack_config(grid, settings, appeal is not None)
+                before = sum(TRACES.values())
+                t0 = time.perf_counter()
+                per_image = run_point(acfg, judge, images, batch, cfg.seed, appeal, cfg.driver)
+                row = summarise(grid, settings, per_image, time.perf_counter() - t0,
+                                sum(TRACES.values()) - before)
+                writer.writerow(row)
+                f.flush()
+                done[key] = row
+                log.info("sweep %s %s: protection %.3f, PSNR %.2f dB, %d recompiles",
+                         grid.attack, dict(settings), row["protection"], row["mean_psnr"],
+                         row["recompiles"])
+    rows = list(read_done(csv_path).values())
+    (out / "results.json").write_text(json.dumps(
+        {"judge": judge.label, "standin": judge.standin, "rows": rows}, indent=2))
+    pareto_plot(rows, out / "pareto.png", label=judge.label)
+    return rows
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points not dominated when ``x`` is minimised and ``y`` maximised, ordered
+    by ``x``."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -np.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def pareto_plot(rows: list[dict], path: Path, label: str = "", x_key: str = "mean_l2",
+                y_key: str = "protection", size=(720, 480)) -> None:
+    """Scatter of protection (success rate) against distortion (mean L2), the Pareto front as a
+    line; points coloured by attack. Drawn with Pillow."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    pts = [(float(r[x_key]), float(r[y_key]), r["attack"]) for r in rows
+           if r.get(x_key) not in ("", None)]
+    w, h = size
+    left, right, top, bottom = 70, 20, 40, 60
+    im = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(im)
+    font = ImageFont.load_default()
+    d.text((left, 10), f"Pixel Privacy sweep: {label}", fill="black", font=font)
+    d.rectangle([left, top, w - right, h - bottom], outline="black")
+    if not pts:
+        im.save(path)
+        return
+    xmax = max(p[0] for p in pts) * 1.05 or 1.0
+    sx = lambda x: left + (w - left - right) * x / xmax
+    sy = lambda y: h - bottom - (h - top - bottom) * y
+    for k in range(6):  # ticks
+        y = k / 5
+        d.line([left - 4, sy(y), left, sy(y)], fill="black")
+        d.text((left - 40, sy(y) - 6), f"{y:.1f}", fill="black", font=font)
+        x = xmax * k / 5
+        d.line([sx(x), h - bottom, sx(x), h - bottom + 4], fill="black")
+        d.text((sx(x) - 12, h - bottom + 8), f"{x:.3g}", fill="black", font=font)
+    d.text(((w - left) // 2, h - 22), "distortion: mean L2 (pixels in [0,1])", fill="black",
+           font=font)
+    d.text((6, top - 16), "protection (success rate)", fill="black", font=font)
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
+    attacks = sorted({p[2] for p in pts})
+    colour = {a: palette[i % len(palette)] for i, a in enumerate(attacks)}
+    front = pareto_front([(p[0], p[1]) for p in pts])
+    d.line([(sx(pts[i][0]), sy(pts[i][1])) for i in front], fill="#888888", width=2)
+    for x, y, a in pts:
+        d.ellipse([sx(x) - 4, sy(y) - 4, sx(x) + 4, sy(y) + 4], fill=colour[a], outline="black")
+    for i, a in enumerate(attacks):  # legend
+        d.ellipse([w - 150, top + 10 + 16 * i, w - 142, top + 18 + 16 * i], fill=colour[a])
+        d.text((w - 136, top + 7 + 16 * i), a, fill="black", font=font)
+    im.save(path)
+
+
+def _cmd(args) -> int:
+    try:
+        cfg = load_config(args.config)
+    except (ValueError, KeyError, OSError, tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.output:
+        cfg = dataclasses.replace(cfg, output=args.output)
+    if args.standin:
+        cfg = dataclasses.replace(cfg, standin=True)
+    if args.weights_dir:
+        cfg = dataclasses.replace(cfg, weights_dir=args.weights_dir)
+    rows = run_sweep(cfg)
+    print(f"{len(rows)} rows in {Path(cfg.output) / 'results.csv'}; plot: "
+          f"{Path(cfg.output) / 'pareto.png'}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="run a grid of attacks and values (resumable)")
+    p.add_argument("config", help="TOML or JSON sweep config")
+    p.add_argument("--output", default=None, help="output directory (overrides the config)")
+    p.add_argument("--standin", action="store_true", help="random-weight stand-in judges")
+    p.add_argument("--weights-dir", default=None)
+    p.set_defaults(func=_cmd)

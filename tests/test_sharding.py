@@ -1,0 +1,98 @@
+"""Batch sharding over 8 forced CPU devices gives the results of one device.
+
+``--xla_force_host_platform_device_count`` only acts before JAX starts, so the sharded run lives
+in a child process; it computes the single-device reference too (same process, same compiler),
+and the parent compares. The batch (6) does not divide over 8 devices: the padding path runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ppjax import sharding
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import dataclasses, json, sys
+import jax, jax.numpy as jnp, numpy as np
+from ppjax.judges import Judge, get_spec
+from ppjax.models.resnet import ResNet18
+from ppjax import sharding
+
+spec = dataclasses.replace(get_spec("resnet50_places365"), name="tiny_resnet18",
+                           model="ppjax.models.resnet:ResNet18", input_hw=(32, 32))
+module = ResNet18(num_classes=10)
+x = np.random.default_rng(0).random((6, 32, 32, 3), np.float32)
+judge = Judge(module.init(jax.random.key(0), x[:1]), module, spec)
+labels = np.arange(6, dtype=np.int32) % 10
+
+def step(judge, x, labels):
+    def loss(x):
+        ll = jax.nn.log_softmax(judge(x))
+        return -jnp.sum(jnp.take_along_axis(ll, labels[:, None], axis=1))
+    g = jax.grad(loss)(x)
+    return {"logits": judge(x), "grad": g,
+            "x_next": jnp.clip(x + (2 / 255) * jnp.sign(g), 0.0, 1.0)}
+
+with jax.default_device(jax.devices()[0]):
+    ref = jax.tree.map(np.asarray, jax.jit(step)(judge, jnp.asarray(x), jnp.asarray(labels)))
+mesh = sharding.batch_mesh()
+got = sharding.sharded_call(step, judge, x, labels, mesh=mesh)
+placed = sharding.shard_batch(sharding.pad_batch(x, sharding.padded_size(6, mesh)), mesh)
+json.dump({
+    "devices": jax.device_count(),
+    "layout": sharding.describe(placed),
+    "distributed": sharding.init_distributed(),
+    "ref": {k: v.tolist() for k, v in ref.items()},
+    "got": {k: np.asarray(v).tolist() for k, v in got.items()},
+}, sys.stdout)
+"""
+
+
+@pytest.fixture(scope="module")
+def eight_devices() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PPJAX_", "JAX_", "SLURM"))}
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", CHILD], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+def test_batch_is_split_over_eight_devices(eight_devices):
+    assert eight_devices["devices"] == 8
+    assert eight_devices["layout"] == "8 shards of [1, 32, 32, 3] on cpu"
+    assert eight_devices["distributed"] is False  # nothing set: single host, no-op
+
+
+@pytest.mark.parametrize("key", ["logits", "grad", "x_next"])
+def test_sharded_equals_one_device(eight_devices, key):
+    ref = np.asarray(eight_devices["ref"][key], np.float32)
+    got = np.asarray(eight_devices["got"][key], np.float32)
+    assert got.shape == ref.shape and got.shape[0] == 6  # padding cut off
+    scale = np.max(np.abs(ref))
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * scale)
+
+
+def test_pad_batch_repeats_last_image():
+    x = np.arange(3 * 2, dtype=np.float32).reshape(3, 2)
+    np.testing.assert_array_equal(sharding.pad_batch(x, 5), np.concatenate([x, x[-1:], x[-1:]]))
+    with pytest.raises(ValueError, match="cannot pad"):
+        sharding.pad_batch(x, 2)
+
+
+def test_init_distributed_rejects_partial_settings(monkeypatch):
+    monkeypatch.setenv("PPJAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+    for name in sharding.ENV_NUM_PROCESSES + sharding.ENV_PROCESS_ID:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="set all three"):
+        sharding.init_distributed()

@@ -1,0 +1,125 @@
+"""``ppjax sweep``: value-only grid changes compile nothing new, rows match direct attacks,
+the sweep resumes, and the Pareto front is the brute-force one.
+
+A small ResNet-18 judge at 32x32 on real photo crops keeps compilation cheap."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from ppjax import sweep
+from ppjax.attacks import attack, default_seeds
+from ppjax.judges import Judge, get_spec
+from ppjax.models.resnet import ResNet18
+from tests.conftest import photos_at
+
+EPS = (2 / 255, 4 / 255, 8 / 255)
+
+
+@pytest.fixture(scope="module")
+def tiny_judge() -> Judge:
+    spec = dataclasses.replace(get_spec("resnet50_places365"), name="tiny_resnet18",
+                               model="ppjax.models.resnet:ResNet18", input_hw=(32, 32))
+    module = ResNet18(num_classes=10)
+    return Judge(module.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32)), module,
+                 spec)
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory, photo_paths):
+    d = tmp_path_factory.mktemp("sweep_images")
+    for i, x in enumerate(photos_at(photo_paths, (32, 32), 4)):
+        Image.fromarray(np.round(x * 255).astype(np.uint8)).save(d / f"img{i}.png")
+    return d
+
+
+def _config(image_dir, out, eps=EPS) -> sweep.SweepConfig:
+    return sweep.parse_config({
+        "judge": "resnet50_places365", "images": [str(image_dir)], "batch": 4,
+        "output": str(out),
+        "grid": [{"attack": "pgd", "eps": list(eps), "steps": 3, "step_size": 1 / 255}],
+    })
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_judge, image_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep_out")
+    cfg = _config(image_dir, out)
+    return cfg, sweep.run_sweep(cfg, judge=tiny_judge)
+
+
+def test_value_only_changes_do_not_recompile(first_run):
+    _, rows = first_run
+    assert len(rows) == 3
+    recompiles = [int(r["recompiles"]) for r in rows]
+    assert recompiles[0] >= 1  # the first point compiles (unless cached by an earlier test)...
+    assert recompiles[1:] == [0, 0]  # ...the other eps values reuse the same programs
+
+
+def test_rows_match_direct_attacks(first_run, tiny_judge, image_dir):
+    cfg, rows = first_run
+    images = sweep.load_images([image_dir], (32, 32), 64)
+    for row, eps in zip(rows, EPS, strict=True):
+        assert json.loads(row["settings"]) == {"eps": eps, "steps": 3, "step_size": 1 / 255}
+        res = attack("pgd", tiny_judge, images, eps=eps, steps=3, step_size=1 / 255,
+                     seeds=default_seeds(4, cfg.seed, 0))
+        assert float(row["protection"]) == pytest.approx(float(np.mean(res.success)))
+        assert float(row["mean_linf"]) == pytest.approx(float(np.mean(res.linf)), rel=1e-5)
+        assert float(row["mean_linf"]) <= eps + 0.5 / 255  # the L-inf budget, after 8-bit rounding
+        x0 = np.round(images * 255) / 255
+        mse = np.mean((np.asarray(res.images) - x0) ** 2, axis=(1, 2, 3))
+        assert float(row["mean_psnr"]) == pytest.approx(float(np.mean(-10 * np.log10(mse))),
+                                                        rel=1e-4)
+
+
+def test_sweep_resumes(first_run, tiny_judge, image_dir, monkeypatch):
+    cfg, _ = first_run
+    ran = []
+    real = sweep.run_point
+    monkeypatch.setattr(sweep, "run_point", lambda acfg, *a, **k: ran.append(acfg.eps)
+                        or real(acfg, *a, **k))
+    rows = sweep.run_sweep(_config(image_dir, cfg.output, EPS + (1 / 255,)), judge=tiny_judge)
+    assert ran == [pytest.approx(1 / 255)]  # only the new grid point ran
+    assert len(rows) == 4
+    with open(f"{cfg.output}/results.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    with open(f"{cfg.output}/results.json") as f:
+        assert len(json.load(f)["rows"]) == 4
+    with Image.open(f"{cfg.output}/pareto.png") as im:
+        assert im.size == (720, 480)
+
+
+def test_pareto_front_is_brute_force():
+    rng = np.random.default_rng(0)
+    pts = [tuple(p) for p in rng.random((40, 2))]
+    dominated = {i for i, (x, y) in enumerate(pts)
+                 for (x2, y2) in pts if (x2 <= x and y2 >= y) and (x2, y2) != (x, y)}
+    assert sorted(sweep.pareto_front(pts)) == sorted(set(range(40)) - dominated)
+
+
+def test_bad_configs_are_reported(tmp_path):
+    with pytest.raises(ValueError, match="unknown setting 'epsilon'"):
+        sweep.parse_config({"judge": "x", "images": ["a"], "grid": [{"attack": "pgd",
+                                                                     "epsilon": [0.1]}]})
+    with pytest.raises(KeyError, match="unknown attack"):
+        sweep.parse_config({"judge": "x", "images": ["a"], "grid": [{"attack": "nope"}]})
+    bad = tmp_path / "bad.toml"
+    bad.write_text('judge = "resnet50_places365"\nimages = ["a"]\n')
+    from ppjax.cli import main
+
+    assert main(["sweep", str(bad)]) == 1
+
+
+def test_grid_expands_aliases():
+    g = sweep.Grid("ifgsm_score", axes=(("eot_quality", ((80, 95), (60, 90))),
+                                        ("appeal_weight", (0.0, 0.5))))
+    pts = g.points()
+    assert len(pts) == 4
+    assert pts[0] == (("eot_quality_lo", 80), ("eot_quality_hi", 95), ("appeal_weight", 0.0))
