@@ -69,6 +69,7 @@ class ProtectConfig:
     standin: bool = False
     resize: str = "resize"
     judge_sha256: str | None = None
+    appeal: str | None = None  # appeal judge (e.g. "nima_mobilenet") of an appeal-aware attack
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -263,7 +264,9 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
     task = data.get_task(cfg.task)
     spec = get_spec(cfg.judge)
     try:  # a bad attack name, preset or setting is one clear error, before any work
-        get_attack(cfg.attack, cfg.preset, **dict(cfg.overrides))
+        get_attack(cfg.attack, cfg.preset, appeal=bool(cfg.appeal), **dict(cfg.overrides))
+        if cfg.appeal:
+            get_spec(cfg.appeal)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"attack settings: {e}") from None
     if tuple(spec.input_hw) != task.hw:
@@ -280,6 +283,9 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
     check_or_store_config(out, cfg)  # before the (slow) judge load: a mismatch fails fast
     if judge is None:
         judge = ppjax.load_judge(cfg.judge, weights_dir, standin=cfg.standin)
+    extra = {}
+    if cfg.appeal:  # the appeal term's judge (a stand-in too when the run uses stand-ins)
+        extra["appeal"] = ppjax.load_judge(cfg.appeal, weights_dir, standin=cfg.standin)
     _clean_tmp(img_dir)
     _clean_tmp(out)
 
@@ -353,7 +359,8 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
             seeds += [seeds[-1]] * (x.shape[0] - len(ok))
             try:
                 res = ppjax.attack(cfg.attack, judge, x01, labels, preset=cfg.preset,
-                                   seeds=jnp.asarray(np.array(seeds, np.uint32)), **overrides)
+                                   seeds=jnp.asarray(np.array(seeds, np.uint32)),
+                                   appeal=bool(cfg.appeal), extra_judges=extra, **overrides)
             except Exception as e:  # recorded per file; the run goes on
                 err = f"attack failed: {type(e).__name__}: {e}"
                 for b in ok:
@@ -374,6 +381,9 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
                          "sha256": hashlib.sha256(png).hexdigest(), "notes": b.notes,
                          "seed": seeds[i], "success": bool(succ[i]), "steps": int(steps[i]),
                          "linf_levels": round(float(linf[i]) * 255.0, 3)}
+                for k in ("appeal_before", "appeal_after"):
+                    if k in res.extras:
+                        entry[k] = round(float(res.extras[k][i]), 6)
                 if labels is not None:
                     entry["label"] = int(lab[i])
                     entry["label_source"] = label_src[i]
@@ -410,6 +420,12 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
         "zip": zpath.name, "errors": errors,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    if cfg.appeal:
+        okd = [final[n] for n in wanted if n in final and final[n].get("status") == "ok"]
+        summary["appeal_judge"] = extra["appeal"].label
+        for k in ("appeal_before", "appeal_after"):
+            v = [e[k] for e in okd if e.get(k) is not None]
+            summary[f"{k}_mean"] = float(np.mean(v)) if v else None
     write_json(out / "summary.json", summary)
     rate = f"{100.0 * n_succ_final / n_ok_final:.1f}%" if n_ok_final else "n/a"
     L.info("done: %d protected, %d failed, attack success %s; zip %s", n_ok_final,
@@ -432,7 +448,7 @@ def _cmd(args) -> int:
             list_file=str(Path(args.list).resolve()) if args.list else None,
             labels_file=str(Path(args.labels).resolve()) if args.labels else None,
             preset=args.preset, overrides=parse_overrides(args.set), seed=int(args.seed),
-            standin=bool(args.standin), resize=args.resize,
+            standin=bool(args.standin), resize=args.resize, appeal=args.appeal,
         )
         summary = run_protect(cfg, args.out, weights_dir=args.weights_dir,
                               batch_size=args.batch_size, progress=not args.no_progress)
@@ -467,5 +483,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="base seed; per-image seeds derive from it")
     p.add_argument("--resize", default="resize", choices=imageio.RESIZE_RULES,
                    help="rule for images not at the task's size (see ppjax.imageio)")
+    p.add_argument("--appeal", default=None, metavar="JUDGE",
+                   help="add an appeal term scored by this judge (e.g. nima_mobilenet; a stand-in "
+                        "with --standin); its weight: --set appeal_weight=W")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd)

@@ -198,8 +198,9 @@ def score_below(cfg) -> Objective:
 
 @register("score_mse")
 def score_mse(cfg) -> Objective:
-    """Pull the score toward ``threshold - margin`` (squared error, as the 2020 I-FGSM baseline
-    pulled KonCept512 toward 30); success = score < threshold."""
+    """Pull the score toward the target ``threshold - margin`` (squared error, as the 2020 I-FGSM
+    baseline pulled KonCept512 toward 30: ``threshold = 50``, ``margin = 20``); success = score <
+    threshold. Both are traced, so a sweep over the target does not recompile."""
 
     def evaluate(models, x, aux, hp):
         s = _score(models, x)
@@ -211,25 +212,79 @@ def score_mse(cfg) -> Objective:
 # ----------------------------------------------------------------------------- extensions
 
 
+def pil_nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Source indices [n_out] int32 of Pillow's ``Image.resize(..., NEAREST)`` along one axis.
+
+    Pillow (``ImagingScaleAffine``) starts at ``a / 2`` with ``a = n_in / n_out``, adds ``a`` in
+    double precision for every output pixel and truncates; the accumulated rounding makes some
+    indices differ from ``floor((i + 0.5) * a)`` (256 -> 224: 3 of every 7 rows), so the loop is
+    copied as is."""
+    a = n_in / n_out
+    v, out = a * 0.5, []
+    for _ in range(n_out):
+        out.append(int(v))
+        v += a
+    return np.minimum(np.asarray(out, np.int32), n_in - 1)
+
+
+def resize_nearest(x: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
+    """Nearest-neighbour resize ``x`` [B, H, W, C] -> [B, h, w, C] with Pillow's sampling grid
+    (what Keras ``load_img(target_size=...)`` and :func:`ppjax.imageio.resize_plain` do). A plain
+    gather: differentiable in ``x`` (each output pixel's gradient lands on its source pixel)."""
+    h, w = hw
+    if tuple(x.shape[1:3]) == (h, w):
+        return x
+    rows = pil_nearest_indices(x.shape[1], h)
+    cols = pil_nearest_indices(x.shape[2], w)
+    return jnp.take(jnp.take(x, rows, axis=1), cols, axis=2)
+
+
+def appeal_score(judge, x: jnp.ndarray) -> jnp.ndarray:
+    """Appeal [B] float32 of ``x`` [B, H, W, 3] in [0, 1]: ``judge.score`` (the NIMA mean for a
+    distribution judge) after a nearest-neighbour resize to the judge's input size.
+
+    Why nearest and not ``jax.image.resize``: the 2019 evaluation scores appeal on images that
+    NIMA's Keras script loads with ``load_img(target_size=(224, 224))``, a Pillow NEAREST resize
+    (:mod:`ppjax.evaluate` does the same), so the attack optimises exactly the figure that is
+    reported; ``jax.image.resize(..., "nearest")`` samples another grid, and an antialiased
+    resize would judge an image the evaluation never shows to NIMA."""
+    spec = getattr(judge, "spec", None)
+    if spec is not None:
+        x = resize_nearest(x, tuple(spec.input_hw))
+    return judge.score(x).astype(jnp.float32)
+
+
 def with_appeal(base: Callable[[Any], Objective], judge_key: str = "appeal",
                 weight: str = "appeal_weight") -> Callable[[Any], Objective]:
-    """Wrap an objective factory with an appeal term: ``appeal = models[judge_key].score(x)``
-    (e.g. a NIMA mean score) and ``loss -= hp[weight] * appeal``; the weight is a traced value
-    passed through ``AttackConfig.hyper``. Register the result under a new name, e.g.
-    ``register("ce+appeal")(with_appeal(untargeted_ce))``, and set ``best="appeal"`` to keep
-    the most appealing success."""
+    """Wrap an objective factory with an appeal term: ``appeal = appeal_score(models[judge_key],
+    x)`` (e.g. NIMA's mean score, on ``x`` resized as the evaluation does) and ``loss -= hp[weight]
+    * appeal``; the weight is a traced value passed through ``AttackConfig.hyper`` (changing it
+    does not recompile). Every objective registered above also exists as ``"<name>+appeal"``
+    (e.g. ``"score_below+appeal"``); set ``best="appeal"`` to keep the most appealing success.
+    The result reports ``appeal_before`` / ``appeal_after`` per image."""
 
     def factory(cfg) -> Objective:
         inner = base(cfg)
 
         def evaluate(models, x, aux, hp):
+            if judge_key not in models:
+                raise KeyError(f"objective {cfg.objective!r} needs an appeal judge: pass "
+                               f"extra_judges={{{judge_key!r}: judge}} (e.g. a NIMA)")
+            if weight not in hp:
+                raise KeyError(f"objective {cfg.objective!r} needs a traced {weight!r}: set "
+                               f"hyper={{{weight!r}: w}} in the attack config")
             t = inner.evaluate(models, x, aux, hp)
-            a = models[judge_key].score(x).astype(jnp.float32)
+            a = appeal_score(models[judge_key], x)
             return t._replace(loss=t.loss - hp[weight] * a, appeal=a)
 
         return Objective(evaluate, inner.output)
 
     return factory
+
+
+for _name in list(OBJECTIVES):
+    register(f"{_name}+appeal")(with_appeal(OBJECTIVES[_name]))
+del _name
 
 
 # ----------------------------------------------------------------------------- class sets

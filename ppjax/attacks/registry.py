@@ -3,6 +3,25 @@
 ``ATTACKS[name][preset]`` is an :class:`AttackConfig`; every attack has a ``"default"`` preset.
 Step sizes are absolute (pixel units in [0, 1], or parameter units for tanh/ACE); overriding
 ``eps`` alone does not rescale them (FGSM takes a step of 1, which the projection clips to eps).
+
+Quality camouflage (2020, KonCept512; success = score < 50 after the organisers' Pillow JPEG-90):
+
+* ``camouflage/pp2020_baseline``: the organisers' published baseline, I-FGSM with eps = step =
+  0.05 in KonCept512's normalised space. That space is ``(x01 - 0.5) / 0.5`` in [-1, 1], twice
+  the [0, 1] pixel range, so eps = step = 0.05 / 2 = 0.025 in pixel units (6.375 grey levels;
+  the returned 8-bit images keep the largest grid step inside it, 6 levels). 20 steps, no early
+  stop, MSE toward a score of 30 (``score_mse``: target = threshold - margin = 50 - 20), no JPEG
+  in the loop (``fused_eval=False``, so the gradient is not taken through the judging JPEG);
+  success is judged as the organisers did, after the exact-forward JPEG-90 (bit-exact to
+  Pillow).
+* ``camouflage`` (default): ours. Hinge below 50 with a margin of 5, EOT through the
+  differentiable JPEG (exact forward, straight-through rounding) at a random quality in 85..95
+  per image and step, 1/255 sign steps inside a smaller ball (6/255), per-image early stop at the
+  first success after the exact JPEG-90, the smallest-distortion success kept.
+* ``camouflage/appeal``: the default plus a NIMA appeal term (objective
+  ``score_below+appeal``, traced ``appeal_weight``), run for all steps, keeping the most
+  appealing success. Needs ``extra_judges={"appeal": nima}``. ``get_attack(..., appeal=True)``
+  adds the same term to any preset.
 """
 
 from __future__ import annotations
@@ -30,6 +49,32 @@ _PERC_AL = AttackConfig(name="perc_al", objective="ce", param="delta", norm="non
                         schedule="cosine", step_size=1.0, step_size_min=0.01, step_size2=0.5,
                         step_size2_min=0.05, round_every_step=True, steps=1000, eps=1.0)
 
+# eps = step = 0.05 in [-1, 1] (Normalize(0.5, 0.5)) = 0.025 in [0, 1] pixel units.
+PP2020_NORMALISED_EPS = 0.05
+_PP2020_BASELINE = AttackConfig(
+    name="camouflage/pp2020_baseline", objective="score_mse", step="sign", norm="linf",
+    eps=PP2020_NORMALISED_EPS / 2, step_size=PP2020_NORMALISED_EPS / 2, steps=20,
+    threshold=50.0, margin=20.0, early_stop=False, best="final", eot="none", judge_jpeg=True,
+    judge_quality=90.0, fused_eval=False, distortion="linf")
+_CAMOUFLAGE = AttackConfig(
+    name="camouflage", objective="score_below", step="sign", norm="linf", eps=6 / 255,
+    step_size=1 / 255, steps=30, threshold=50.0, margin=5.0, early_stop=True, best="distortion",
+    eot="jpeg", eot_quality_lo=85.0, eot_quality_hi=95.0, eot_samples=1, judge_jpeg=True,
+    judge_quality=90.0, distortion="linf")
+APPEAL_WEIGHT = 0.5  # default weight of the appeal term (NIMA mean, 1..10, vs a MOS hinge)
+
+
+def appeal_variant(cfg: AttackConfig, weight: float | None = None) -> AttackConfig:
+    """``cfg`` with a NIMA appeal term: objective ``"<objective>+appeal"`` and a traced
+    ``appeal_weight`` (kept if ``cfg`` has one and ``weight`` is None, else ``weight`` or
+    :data:`APPEAL_WEIGHT`). Idempotent."""
+    hyper = dict(cfg.hyper)
+    if weight is not None or "appeal_weight" not in hyper:
+        hyper["appeal_weight"] = float(APPEAL_WEIGHT if weight is None else weight)
+    obj = cfg.objective if cfg.objective.endswith("+appeal") else f"{cfg.objective}+appeal"
+    return cfg.replace(objective=obj, hyper=hyper)
+
+
 ATTACKS: dict[str, dict[str, AttackConfig]] = {
     "fgsm": {"default": _FGSM},
     "ifgsm": {"default": _IFGSM},
@@ -47,13 +92,21 @@ ATTACKS: dict[str, dict[str, AttackConfig]] = {
     "ifgsm_score": {"default": _IFGSM.replace(
         name="ifgsm_score", objective="score_below", threshold=50.0, margin=5.0, steps=20,
         step_size=2 / 255, eot="jpeg", judge_jpeg=True)},
+    "camouflage": {"default": _CAMOUFLAGE,
+                   "pp2020_baseline": _PP2020_BASELINE,
+                   "appeal": appeal_variant(_CAMOUFLAGE).replace(
+                       name="camouflage/appeal", early_stop=False, best="appeal")},
 }
 ALIASES = {"bim": "ifgsm", "i-fgsm": "ifgsm", "mi-fgsm": "mifgsm", "cw": "cw_l2",
            "perc-al": "perc_al", "pgd_linf": "pgd"}
 
 
-def get_attack(name: str, preset: str | None = None, **overrides) -> AttackConfig:
-    """The config of attack ``name`` (preset ``"default"`` if None), with ``overrides``."""
+def get_attack(name: str, preset: str | None = None, *, appeal: bool = False,
+               **overrides) -> AttackConfig:
+    """The config of attack ``name`` (preset ``"default"`` if None), with ``overrides``.
+
+    ``appeal=True`` adds the appeal term (:func:`appeal_variant`). An override named like one of
+    the config's ``hyper`` values (e.g. ``appeal_weight=0.5``) sets that traced value."""
     key = ALIASES.get(name, name)
     if key not in ATTACKS:
         raise KeyError(f"unknown attack {name!r}; known: {', '.join(sorted(ATTACKS))} "
@@ -63,4 +116,13 @@ def get_attack(name: str, preset: str | None = None, **overrides) -> AttackConfi
     if p not in presets:
         raise KeyError(f"attack {key!r} has no preset {p!r}; presets: {', '.join(presets)}")
     cfg = presets[p]
+    if appeal:
+        cfg = appeal_variant(cfg)
+    hyper = dict(cfg.hyper)
+    named = {k: float(overrides.pop(k)) for k in list(overrides) if k in hyper}
+    if "appeal_weight" in overrides:
+        raise TypeError(f"attack {key!r} preset {p!r} has no appeal term: appeal_weight needs "
+                        f"appeal=True (CLI: --appeal NIMA_JUDGE) or a preset with one")
+    if named:
+        overrides["hyper"] = {**hyper, **named, **dict(overrides.get("hyper", {}) or {})}
     return cfg.replace(**overrides) if overrides else cfg
