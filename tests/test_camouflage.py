@@ -144,10 +144,10 @@ def test_appeal_term_raises_appeal_without_retracing(judge, nima, x):
     assert TRACES == before, "changing appeal_weight recompiled"
 
     for res in (res0, res1):
-        # the engine judges the kept image through its success view (judge_jpeg: the JPEG-90),
-        # the clean one as it is
-        np.testing.assert_allclose(res.extras["appeal_before"], nima_as_evaluated(nima, x),
-                                   rtol=1e-5)
+        # clean and kept images are both judged through the success view (judge_jpeg: the
+        # real-codec-exact JPEG-90), so before/after are comparable
+        np.testing.assert_allclose(res.extras["appeal_before"],
+                                   nima_as_evaluated(nima, pil_jpeg(np.asarray(x), 90)), rtol=1e-5)
         np.testing.assert_allclose(res.extras["appeal_after"],
                                    nima_as_evaluated(nima, pil_jpeg(np.asarray(res.images), 90)),
                                    rtol=1e-5)

@@ -52,11 +52,15 @@ class AttackConfig:
       round_every_step: snap the image to the 8-bit grid after every update (PerC-AL).
       k: pieces of the ACE curve.
       topk: k of the top-k objective.
-      eot: "none" or "jpeg": the gradient is taken through ``ppjax.jpeg.jpeg`` (rounding="ste")
+      eot: "none" or "jpeg": the gradient is taken through ``ppjax.jpeg.jpeg`` (rounding
+        ``eot_rounding``)
         with a random per-image quality in [eot_quality_lo, eot_quality_hi], averaged over
         ``eot_samples`` draws.
       judge_jpeg: success is judged after the exact-forward differentiable JPEG at quality
         ``judge_quality`` (besides 8-bit rounding).
+      eot_rounding: rounding surrogate of the EOT JPEG: "soft_ste" (exact forward, soft-round
+        gradient; measured best in benchmarks.jpeg_fidelity's gradient table), "ste" (exact
+        forward, cubic gradient), "cubic", "soft" or "exact" (identity gradient).
       subsampling: chroma subsampling of those JPEGs.
       fused_eval: when no EOT transform is on, the forward pass used for the gradient is run on
         the 8-bit rounded iterate (straight-through), so it also decides success: one forward
@@ -84,6 +88,7 @@ class AttackConfig:
     eot: str = "none"
     eot_samples: int = 1
     judge_jpeg: bool = False
+    eot_rounding: str = "soft_ste"
     subsampling: str = "420"
     fused_eval: bool = True
     # traced values
@@ -116,6 +121,7 @@ class AttackConfig:
         "best": ("distortion", "appeal", "last", "final"),
         "schedule": ("constant", "cosine"),
         "eot": ("none", "jpeg"),
+        "eot_rounding": ("soft_ste", "ste", "cubic", "soft", "exact"),
     }
 
     def __post_init__(self):

@@ -148,7 +148,7 @@ def _eot_view(cfg: AttackConfig, x, hp, keys, sample: int):
 
     u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, sample), ()))(keys)
     q = jnp.round(hp["eot_quality_lo"] + (hp["eot_quality_hi"] - hp["eot_quality_lo"]) * u)
-    return jpeg(x, q, subsampling=cfg.subsampling, rounding="ste")
+    return jpeg(x, q, subsampling=cfg.subsampling, rounding=cfg.eot_rounding)
 
 
 def _fused(cfg: AttackConfig) -> bool:
@@ -321,11 +321,15 @@ def step_chunk(cfg: AttackConfig, chunk: int, models, x0, hp, seeds, state: Stat
 
 
 def finish(cfg: AttackConfig, models, x0, hp, state: State) -> dict:
-    """Final judgement of the kept images (and of the clean ones, in the same forward pass)."""
+    """Final judgement of the kept images (and of the clean ones, in the same forward pass).
+
+    Clean and kept images are judged the same way (through the judging JPEG when
+    ``judge_jpeg``), so ``*_before`` and ``*_after`` extras are comparable: for the 2020 task both
+    the BIQA score and the appeal are those of the JPEG-90 image, as the organisers judged."""
     obj = _parts(cfg).obj
     b = x0.shape[0]
     x8 = state.best_x
-    both = jnp.concatenate([x0, _judge_view(cfg, x8, hp)], axis=0)
+    both = _judge_view(cfg, jnp.concatenate([x0, x8], axis=0), hp)
     aux2 = {k: (jnp.concatenate([v, v], 0) if k in _PER_IMAGE_AUX else v)
             for k, v in state.aux.items()}
     terms = obj.evaluate(models, both, aux2, hp)
