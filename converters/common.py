@@ -132,6 +132,20 @@ def expected_torch_shapes(abstract_variables: Any) -> dict[str, tuple[tuple[int,
     return out
 
 
+def mismatch_error(source: str, arch: str, missing, unexpected, misshaped, what: str = "keys",
+                   notes=()) -> ConversionError:
+    """One error naming the file and listing every missing, unexpected and mis-shaped entry."""
+    lines = [f"{source}: does not match {arch} ({len(missing)} missing, {len(unexpected)} "
+             f"unexpected, {len(misshaped)} mis-shaped {what})"]
+    lines += [f"  {n}" for n in notes]
+    for title, items in (("missing", missing), ("unexpected", unexpected),
+                         ("mis-shaped", misshaped)):
+        if items:
+            lines.append(f"  {title}:")
+            lines.extend(f"    {item}" for item in items)
+    return ConversionError("\n".join(lines))
+
+
 def torch_to_flax(state_dict: dict, abstract_variables: Any, source: str, arch: str) -> dict:
     """Map a (prefix-stripped) torch state dict onto the Flax tree, strictly.
 
@@ -148,15 +162,7 @@ def torch_to_flax(state_dict: dict, abstract_variables: Any, source: str, arch: 
         if tuple(given[k].shape) != expected[k][0]
     )
     if missing or unexpected or misshaped:
-        lines = [f"{source}: does not match {arch} "
-                 f"({len(missing)} missing, {len(unexpected)} unexpected, "
-                 f"{len(misshaped)} mis-shaped keys)"]
-        for title, items in (("missing", missing), ("unexpected", unexpected),
-                             ("mis-shaped", misshaped)):
-            if items:
-                lines.append(f"  {title}:")
-                lines.extend(f"    {item}" for item in items)
-        raise ConversionError("\n".join(lines))
+        raise mismatch_error(source, arch, missing, unexpected, misshaped)
     flat = {}
     for key, (_, flat_key, layout) in expected.items():
         flat[flat_key] = np.ascontiguousarray(_to_flax_layout(given[key], layout), np.float32)
@@ -240,3 +246,20 @@ def write_standin_file(spec, wrap, weights_dir=None, seed: int = 0) -> Path:
     torch.save(wrap(sd), tmp)
     tmp.replace(path)
     return path
+
+
+def converter_main(doc: str, filename: str, convert, argv=None) -> int:
+    """The command line every converter module shares: ``python -m converters.X SRC``."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("src", help=f"path to {filename}")
+    p.add_argument("--weights-dir", default=None)
+    a = p.parse_args(argv)
+    try:
+        print(convert(a.src, a.weights_dir))
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -12,10 +12,9 @@ missing, unexpected and mis-shaped key; nothing is written in that case.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from converters.common import convert_torch_checkpoint, write_standin_file
+from converters.common import convert_torch_checkpoint, converter_main, write_standin_file
 from ppjax.judges import get_spec
 
 NAME = "koncept512"
@@ -40,13 +39,9 @@ def make_standin(weights_dir=None, seed: int = 0) -> Path:
     return convert(src, weights_dir, standin=True)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("src", help="path to KonCept512.pth")
-    p.add_argument("--weights-dir", default=None)
-    a = p.parse_args(argv)
-    print(convert(a.src, a.weights_dir))
+def main(argv=None) -> int:
+    return converter_main(__doc__, "KonCept512.pth", convert, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -35,14 +35,18 @@ Validation is strict: missing, unexpected and mis-shaped weights are reported in
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
 import numpy as np
 from flax import traverse_util
 
-from converters.common import ConversionError, conversion_metadata
+from converters.common import (
+    ConversionError,
+    conversion_metadata,
+    converter_main,
+    mismatch_error,
+)
 from ppjax.judges import get_spec
 
 NAME = "nima_mobilenet"
@@ -191,17 +195,9 @@ def keras_to_flax(weights: dict, abstract_variables, source: str, arch: str) -> 
     )
     if missing or unexpected or misshaped or notes:
         missing_layers = sorted({k[0] for k in set(expected) - set(weights)})
-        lines = [f"{source}: does not match {arch} ({len(missing)} missing, "
-                 f"{len(unexpected)} unexpected, {len(misshaped)} mis-shaped weights)"]
-        lines += [f"  {n}" for n in notes]
         if missing_layers:
-            lines.append(f"  layers with missing weights: {', '.join(missing_layers)}")
-        for title, items in (("missing", missing), ("unexpected", unexpected),
-                             ("mis-shaped", misshaped)):
-            if items:
-                lines.append(f"  {title}:")
-                lines.extend(f"    {item}" for item in items)
-        raise ConversionError("\n".join(lines))
+            notes = [*notes, f"layers with missing weights: {', '.join(missing_layers)}"]
+        raise mismatch_error(source, arch, missing, unexpected, misshaped, "weights", notes)
     flat = {}
     for key, (_, flat_key, layout) in expected.items():
         a = np.asarray(weights[key], np.float32)
@@ -309,13 +305,9 @@ def _layer_rank(name: str) -> tuple[int, int]:
     return (10_000, 0)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("src", help="path to mobilenet_weights.h5 (legacy Keras h5)")
-    p.add_argument("--weights-dir", default=None)
-    a = p.parse_args(argv)
-    print(convert(a.src, a.weights_dir))
+def main(argv=None) -> int:
+    return converter_main(__doc__, "mobilenet_weights.h5 (legacy Keras h5)", convert, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -11,10 +11,9 @@ accepted too; ``num_batches_tracked`` entries are optional (the original was sav
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from converters.common import convert_torch_checkpoint, write_standin_file
+from converters.common import convert_torch_checkpoint, converter_main, write_standin_file
 from ppjax.judges import get_spec
 
 NAME = "nima_mobilenetv2"
@@ -32,13 +31,9 @@ def make_standin(weights_dir=None, seed: int = 0) -> Path:
     return convert(src, weights_dir, standin=True)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("src", help="path to nima224.pth")
-    p.add_argument("--weights-dir", default=None)
-    a = p.parse_args(argv)
-    print(convert(a.src, a.weights_dir))
+def main(argv=None) -> int:
+    return converter_main(__doc__, "nima224.pth", convert, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -9,10 +9,9 @@ state dict (with or without the prefix) is accepted too.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from converters.common import convert_torch_checkpoint, write_standin_file
+from converters.common import convert_torch_checkpoint, converter_main, write_standin_file
 from ppjax.judges import get_spec
 
 NAME = "resnet50_places365"
@@ -39,13 +38,9 @@ def make_standin(weights_dir=None, seed: int = 0) -> Path:
     return convert(src, weights_dir, standin=True)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("src", help="path to resnet50_places365.pth.tar")
-    p.add_argument("--weights-dir", default=None)
-    a = p.parse_args(argv)
-    print(convert(a.src, a.weights_dir))
+def main(argv=None) -> int:
+    return converter_main(__doc__, "resnet50_places365.pth.tar", convert, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
