@@ -156,7 +156,12 @@ def sharded_call(fn: Callable, replicated_args, *batched, mesh: Mesh | None = No
     size = -(-b // local) * local
     batched = jax.tree.map(lambda a: pad_batch(a, size), batched)
     out = jax.jit(fn)(replicate(replicated_args, mesh), *shard_batch(batched, mesh))
-    out = gather(out)
+    return unpad_batch(gather(out), b, size)
+
+
+def unpad_batch(tree, b: int, size: int):
+    """Cut every gathered leaf whose leading axis is the padded global batch
+    (``num_hosts * size``) back to the real images: [num_hosts * b] (host-major)."""
     hosts = jax.process_count()
 
     def unpad(a):
@@ -164,7 +169,18 @@ def sharded_call(fn: Callable, replicated_args, *batched, mesh: Mesh | None = No
             return a
         return a.reshape(hosts, size, *a.shape[1:])[:, :b].reshape(hosts * b, *a.shape[1:])
 
-    return jax.tree.map(unpad, out)
+    return jax.tree.map(unpad, tree)
+
+
+def run_data_parallel(fn: Callable, replicated_args, batched, mesh: Mesh):
+    """``fn(replicated_args, batched)`` (``fn`` not jitted here: it may drive jitted programs
+    from Python) with ``batched``'s [B, ...] leaves padded, split over ``mesh`` and cut back.
+    Jitted programs inside ``fn`` follow their inputs' shardings (computation follows data)."""
+    local = mesh.size // jax.process_count()
+    (b,) = {np.shape(leaf)[0] for leaf in jax.tree.leaves(batched)}
+    size = -(-b // local) * local
+    batched = shard_batch(jax.tree.map(lambda a: pad_batch(a, size), batched), mesh)
+    return unpad_batch(gather(fn(replicate(replicated_args, mesh), batched)), b, size)
 
 
 def describe(x: jnp.ndarray) -> str:

@@ -47,7 +47,13 @@ with jax.default_device(jax.devices()[0]):
 mesh = sharding.batch_mesh()
 got = sharding.sharded_call(step, judge, x, labels, mesh=mesh)
 placed = sharding.shard_batch(sharding.pad_batch(x, sharding.padded_size(6, mesh)), mesh)
+import ppjax
+one = ppjax.attack("pgd", judge, x, labels, steps=3, mesh=sharding.batch_mesh(jax.devices()[:1]))
+eight = ppjax.attack("pgd", judge, x, labels, steps=3)  # default: every device
+attack = {k: [np.asarray(getattr(r, k)).tolist() for r in (one, eight)]
+          for k in ("images", "success", "steps", "linf")}
 json.dump({
+    "attack": attack,
     "devices": jax.device_count(),
     "layout": sharding.describe(placed),
     "distributed": sharding.init_distributed(),
@@ -81,6 +87,16 @@ def test_sharded_equals_one_device(eight_devices, key):
     assert got.shape == ref.shape and got.shape[0] == 6  # padding cut off
     scale = np.max(np.abs(ref))
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("key", ["images", "success", "steps", "linf"])
+def test_attack_entry_point_shards_and_equals_one_device(eight_devices, key):
+    one, eight = (np.asarray(v) for v in eight_devices["attack"][key])
+    assert one.shape == eight.shape and one.shape[0] == 6  # padding cut off
+    if key == "images":  # 8-bit outputs: a reduction-order difference may flip a rare rounding
+        assert np.mean(np.abs(one - eight) < 0.5 / 255) >= 0.999
+    else:
+        np.testing.assert_allclose(eight, one, rtol=0, atol=1e-6)
 
 
 def test_pad_batch_repeats_last_image():

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppjax import sharding
 from ppjax.attacks.config import AttackConfig
 from ppjax.attacks.loop import run
 from ppjax.attacks.objectives import class_mask
@@ -46,7 +48,7 @@ def default_seeds(batch: int, seed: int = 0, offset: int = 0) -> np.ndarray:
 def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str | None = None,
            seeds=None, targets=None, group=None, dtype=None, driver: str = "auto",
            chunk: int = 1, seed: int = 0, extra_judges: dict | None = None,
-           **overrides) -> AttackResult:
+           mesh=None, **overrides) -> AttackResult:
     """Run a named attack (or an :class:`AttackConfig`) on a batch.
 
     Args:
@@ -63,6 +65,9 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
       driver: "auto" | "python" | "scan" | "while" (see :mod:`ppjax.attacks.loop`).
       chunk: iterations per compiled call with the Python driver.
       extra_judges: more judges for the objective, e.g. ``{"appeal": nima}``.
+      mesh: a 1-D ``jax.sharding.Mesh`` (see :mod:`ppjax.sharding`) to split the batch over;
+        default: every device when there are several, else none. Results equal one device's;
+        with several hosts each host passes its own images and gets all hosts' results back.
       **overrides: any :class:`AttackConfig` field (``eps=4/255``, ``steps=20``, ...).
     """
     cfg = name.replace(**overrides) if isinstance(name, AttackConfig) else get_attack(
@@ -103,5 +108,18 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
         raise ValueError(f"attack: seeds must have shape [{b}], got {seeds.shape}")
     models = {"judge": judge.with_dtype(dtype) if dtype is not None else judge}
     models.update(extra_judges or {})
-    out = run(cfg, models, x, aux, seeds, driver=driver, chunk=chunk)
-    return AttackResult(**out)
+    if mesh is None and jax.device_count() > 1:
+        mesh = sharding.batch_mesh()
+    if mesh is None or mesh.size == 1:
+        return AttackResult(**run(cfg, models, x, aux, seeds, driver=driver, chunk=chunk))
+    per_image = {"x": x, "seeds": seeds, **{k: v for k, v in aux.items() if k != "group"}}
+    shared = {"models": models, "group": aux.get("group")}
+
+    def go(shared, batched):
+        batched = dict(batched)
+        x, seeds = batched.pop("x"), batched.pop("seeds")
+        if shared["group"] is not None:
+            batched["group"] = shared["group"]
+        return run(cfg, shared["models"], x, batched, seeds, driver=driver, chunk=chunk)
+
+    return AttackResult(**sharding.run_data_parallel(go, shared, per_image, mesh))
