@@ -60,3 +60,22 @@ def update_section(name: str, body: str, path: Path = RESULTS_MD) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def shared_photo_paths() -> list[Path]:
+    """The real photos of the shared data directory (``../shared/data/images`` or
+    ``$PPJAX_TEST_DATA/images``), never committed to the repository."""
+    from tests.conftest import SHARED
+
+    d = SHARED / "images"
+    if not d.is_dir():
+        raise FileNotFoundError(f"real photos not found at {d}; set PPJAX_TEST_DATA to the shared "
+                                "data directory (it holds images/)")
+    return sorted(p for p in d.iterdir() if p.is_file())
+
+
+def shared_photos(n: int, hw=(256, 256)):
+    """``n`` distinct real images [n, H, W, 3] float32 in [0, 1] (see ``tests.conftest.photos_at``)."""
+    from tests.conftest import photos_at
+
+    return photos_at(shared_photo_paths(), hw, n)

@@ -21,7 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import ppjax
-from benchmarks._results import machine, markdown_table, update_section, write_json
+from benchmarks._results import (
+    machine,
+    markdown_table,
+    shared_photos,
+    update_section,
+    write_json,
+)
 from ppjax.attacks import TRACES, get_attack, loop
 from ppjax.color import ciede2000_rgb
 from ppjax.jpeg import pil_jpeg
@@ -31,13 +37,6 @@ ATTACKS = ["fgsm", "ifgsm", "pgd", "pgd_l2", "mifgsm", "cw_l2", "ace", "perc_al"
 REDUCED = {"cw_l2": dict(steps=8, search_steps=2), "ace": dict(steps=8),
            "perc_al": dict(steps=8)}
 SWEEP = (2 / 255, 4 / 255, 6 / 255, 8 / 255, 10 / 255)
-
-
-def photos(n: int, hw=(256, 256)) -> np.ndarray:
-    from tests.conftest import SHARED, photos_at
-
-    paths = sorted(p for p in (SHARED / "images").iterdir() if p.is_file())
-    return photos_at(paths, hw, n)
 
 
 def _block(tree):
@@ -121,7 +120,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         wdir = args.weights_dir or tmp
         judge = ppjax.load_judge("resnet50_places365", weights_dir=wdir, standin=True)
-        x = jnp.asarray(photos(args.batch))
+        x = jnp.asarray(shared_photos(args.batch))
         labels = jnp.argmax(judge(x), -1).astype(jnp.int32)
         rows = []
         for name in args.attacks.split(","):

@@ -22,15 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import ppjax
-from benchmarks._results import machine, markdown_table, update_section, write_json
+from benchmarks._results import (
+    machine,
+    markdown_table,
+    shared_photos,
+    update_section,
+    write_json,
+)
 from ppjax.jpeg import pil_jpeg
-
-
-def photos(n: int, hw=(256, 256)) -> np.ndarray:
-    from tests.conftest import SHARED, photos_at
-
-    paths = sorted(p for p in (SHARED / "images").iterdir() if p.is_file())
-    return photos_at(paths, hw, n)
 
 
 def load(weights_dir):
@@ -53,7 +52,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         judge = load(a.weights_dir or tmp)
-        x = photos(a.n)
+        x = shared_photos(a.n)
         predict = jax.jit(lambda j, x: jnp.argmax(j(x), -1))
         labels = np.asarray(predict(judge, x))
         variants = {

@@ -246,7 +246,7 @@ def replica_koncept512(x01, wd: Path, args) -> Replica:
     # As in tests/test_koncept.py: rescale the last Linear so real photos score ~50 +- 10 (MOS
     # scale), or score differences would have no meaningful unit. Calibrated on the benchmark's
     # photos (at least 2, since a spread needs two scores).
-    calib = x01 if len(x01) >= 2 else photos_at(_photo_paths(), (384, 512), 2)
+    calib = x01 if len(x01) >= 2 else photos_at(_results.shared_photo_paths(), (384, 512), 2)
     with torch.no_grad():
         _, feats = net(torch.from_numpy(((calib - 0.5) / 0.5).transpose(0, 3, 1, 2).copy()),
                        capture=True)
@@ -327,16 +327,6 @@ REPLICAS = {
 }
 
 
-def _photo_paths() -> list[Path]:
-    from tests.conftest import SHARED
-
-    d = SHARED / "images"
-    if not d.is_dir():
-        raise FileNotFoundError(f"real photos not found at {d}; set PPJAX_TEST_DATA to the shared "
-                                "data directory (it holds images/)")
-    return sorted(p for p in d.iterdir() if p.is_file())
-
-
 # --------------------------------------------------------------------------- one judge
 
 def bench_judge(name: str, batch: int, args) -> list[dict]:
@@ -346,7 +336,7 @@ def bench_judge(name: str, batch: int, args) -> list[dict]:
     from tests.conftest import photos_at
 
     spec = get_spec(name)
-    x01 = photos_at(_photo_paths(), spec.input_hw, batch)  # [B, H, W, 3] float32 in [0, 1]
+    x01 = photos_at(_results.shared_photo_paths(), spec.input_hw, batch)  # [B, H, W, 3] float32 in [0, 1]
     with tempfile.TemporaryDirectory(prefix=f"ppjax-bench-{name}-") as tmp:
         t0 = time.perf_counter()
         print(f"[{name}] building the replica and converting it ...", flush=True)
