@@ -59,10 +59,12 @@ class JaxVariant:
     path: str = "ynn"
     batch_mult: int = 1  # batch = --batch * batch_mult
     donate: bool = True
+    onednn: bool = False  # convolutions through ppjax.onednn (AMX for bf16)
 
 
 # The configuration ppjax ships as its fastest on CPU (chosen from the lever table).
-BEST = JaxVariant("ppjax best (f32, BN folded, eigen)", fold=True, path="eigen")
+BEST = JaxVariant("ppjax onednn bf16 (BN folded)", dtype="bfloat16", fold=True, onednn=True)
+BEST_XLA = JaxVariant("ppjax XLA only (f32, BN folded, eigen)", fold=True, path="eigen")
 NAIVE = JaxVariant("ppjax naive (f32)", fold=False, path="ynn", donate=False)
 
 LEVERS = [
@@ -76,6 +78,12 @@ LEVERS = [
     JaxVariant("bf16 strict dot/conv math", dtype="bfloat16", path="ynn_strict"),
     JaxVariant("bf16 fold eigen", dtype="bfloat16", fold=True, path="eigen"),
     JaxVariant("f32 fold eigen, batch x2", fold=True, path="eigen", batch_mult=2),
+    JaxVariant("f32 onednn conv", onednn=True),
+    JaxVariant("f32 fold onednn conv", fold=True, onednn=True),
+    JaxVariant("bf16 onednn conv", dtype="bfloat16", onednn=True),
+    JaxVariant("bf16 fold onednn conv", dtype="bfloat16", fold=True, onednn=True),
+    JaxVariant("bf16 fold onednn conv, batch x2", dtype="bfloat16", fold=True, onednn=True,
+               batch_mult=2),
 ]
 
 TORCH_VARIANTS = ("torch eager f32", "torch eager channels-last bf16",
@@ -112,7 +120,11 @@ def make_jax_engine(variant: JaxVariant, judge_name: str, weights_dir: str, batc
     from ppjax.fold import fold_bn
 
     judge = _judge(judge_name, weights_dir)
-    if variant.fold:
+    if variant.onednn:
+        from ppjax.onednn import accelerate
+
+        judge = accelerate(judge, fold=variant.fold, check=False)
+    elif variant.fold:
         judge = fold_bn(judge, check=False)
     judge = judge.with_dtype(jnp.dtype(variant.dtype))
     b = batch * variant.batch_mult

@@ -9,11 +9,12 @@ rounding.
 
 The fold is generic over linen models: :func:`find_conv_bn_pairs` traces the model once
 (``jax.eval_shape``, no FLOPs) with a method interceptor and pairs every ``nn.BatchNorm`` whose
-input is *the very array* an ``nn.Conv`` just returned. The folded judge runs the unchanged model
-under an interceptor that adds ``b'`` after each paired conv and turns each paired BatchNorm into
-the identity, so no model file needs a ``fold_bn`` flag. Because a conv output could in principle
-also be read by something other than its BatchNorm, :func:`fold_bn` checks the folded judge
-against the original on a random batch and raises if they disagree.
+input is *the very array* an ``nn.Conv`` (or a MobileNet ``DepthwiseConv``) just returned. The
+folded judge runs the unchanged model under an interceptor that adds ``b'`` after each paired
+conv and turns each paired BatchNorm into the identity, so no model file needs a ``fold_bn``
+flag. Because a conv output could in principle also be read by something other than its
+BatchNorm, :func:`fold_bn` checks the folded judge against the original on a random batch and
+raises if they disagree.
 
     from ppjax.fold import fold_bn
     fast = fold_bn(load_judge("resnet50_places365"))     # same outputs, fewer ops
@@ -31,6 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppjax.judges import Judge
+from ppjax.models.mobilenet import DepthwiseConv
+
+# Modules whose output is a bias-free linear map with the kernel's last axis as output channel.
+_CONVS = (nn.Conv, DepthwiseConv)
 
 Path = tuple[str, ...]
 FOLDED = "folded"  # variable collection holding the folded biases, keyed by "conv/path"
@@ -97,7 +102,7 @@ def _scan(module, variables, x_shape, **kwargs) -> list[tuple[tuple[Path, Path],
         out = next_fun(*args, **kw)
         if context.method_name != "__call__":
             return out
-        if isinstance(mod, nn.Conv):
+        if isinstance(mod, _CONVS):
             conv_calls[mod.path] = conv_calls.get(mod.path, 0) + 1
             conv_out[id(out)] = (mod.path, out)  # keeps `out` alive, so its id stays unique
         elif isinstance(mod, nn.BatchNorm) and args and id(args[0]) in conv_out:
@@ -165,7 +170,7 @@ class FoldedModule:
             if context.method_name == "__call__":
                 if isinstance(mod, nn.BatchNorm) and mod.path in bns:
                     return a[0]
-                if isinstance(mod, nn.Conv) and _key(mod.path) in biases:
+                if isinstance(mod, _CONVS) and _key(mod.path) in biases:
                     y = next_fun(*a, **kw)
                     return y + _last(biases[_key(mod.path)], y.ndim).astype(y.dtype)
             return next_fun(*a, **kw)

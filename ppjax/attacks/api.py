@@ -45,10 +45,27 @@ def default_seeds(batch: int, seed: int = 0, offset: int = 0) -> np.ndarray:
     return ((base + offset + np.arange(batch, dtype=np.uint64)) & 0xFFFFFFFF).astype(np.uint32)
 
 
+BACKENDS = ("auto", "xla", "onednn")
+
+
+def _use_onednn(backend: str, dtype, mesh) -> bool:
+    if backend not in BACKENDS:
+        raise ValueError(f"attack: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "xla":
+        return False
+    if backend == "onednn":
+        return True  # accelerate() raises OneDnnUnavailable with the reason when it cannot
+    from ppjax import onednn
+
+    single = mesh is None or mesh.size == 1
+    return (dtype is not None and jnp.dtype(dtype) == jnp.bfloat16 and single
+            and jax.default_backend() == "cpu" and onednn.available())
+
+
 def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str | None = None,
            seeds=None, targets=None, group=None, dtype=None, driver: str = "auto",
            chunk: int = 1, seed: int = 0, extra_judges: dict | None = None,
-           mesh=None, **overrides) -> AttackResult:
+           mesh=None, backend: str = "auto", **overrides) -> AttackResult:
     """Run a named attack (or an :class:`AttackConfig`) on a batch.
 
     Args:
@@ -68,6 +85,9 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
       mesh: a 1-D ``jax.sharding.Mesh`` (see :mod:`ppjax.sharding`) to split the batch over;
         default: every device when there are several, else none. Results equal one device's;
         with several hosts each host passes its own images and gets all hosts' results back.
+      backend: how the judges' convolutions run: "xla", "onednn" (:mod:`ppjax.onednn`: BatchNorm
+        folded, convolutions through oneDNN, which reaches AMX in bfloat16), or "auto" = onednn
+        for a bfloat16 ``dtype`` on a single CPU device when the extension is available, else xla.
       **overrides: any :class:`AttackConfig` field (``eps=4/255``, ``steps=20``, ...).
     """
     cfg = name.replace(**overrides) if isinstance(name, AttackConfig) else get_attack(
@@ -106,10 +126,15 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
     seeds = jnp.asarray(seeds).astype(jnp.uint32).reshape(-1)
     if seeds.shape != (b,):
         raise ValueError(f"attack: seeds must have shape [{b}], got {seeds.shape}")
-    models = {"judge": judge.with_dtype(dtype) if dtype is not None else judge}
-    models.update(extra_judges or {})
+    models = {"judge": judge, **(extra_judges or {})}
     if mesh is None and jax.device_count() > 1:
         mesh = sharding.batch_mesh()
+    if _use_onednn(backend, dtype, mesh):
+        from ppjax import onednn
+
+        models["judge"] = onednn.accelerate(models["judge"], check=False)
+    if dtype is not None:
+        models["judge"] = models["judge"].with_dtype(dtype)
     if mesh is None or mesh.size == 1:
         return AttackResult(**run(cfg, models, x, aux, seeds, driver=driver, chunk=chunk))
     per_image = {"x": x, "seeds": seeds, **{k: v for k, v in aux.items() if k != "group"}}

@@ -26,6 +26,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ppjax.models.pooling import max_pool
+
 Dtype = Any
 
 # torch child order of Cadene's InceptionResNetV2 (last_linear, index 16, is not part of the trunk)
@@ -66,7 +68,7 @@ class BasicConv2d(nn.Module):
 
 def max_pool_3x3_s2(x):
     """``nn.MaxPool2d(3, stride=2)``: no padding."""
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+    return max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
 
 
 class _Sequential(nn.Module):

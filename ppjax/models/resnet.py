@@ -17,6 +17,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ppjax.models.pooling import max_pool
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -125,7 +127,7 @@ class _Layer(nn.Module):
 
 def max_pool_torch(x: jnp.ndarray) -> jnp.ndarray:
     """``nn.MaxPool2d(3, 2, padding=1)``: padding never wins the max (flax pads with -inf)."""
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
 class ResNet(nn.Module):
