@@ -70,6 +70,7 @@ class ProtectConfig:
     resize: str = "resize"
     judge_sha256: str | None = None
     appeal: str | None = None  # appeal judge (e.g. "nima_mobilenet") of an appeal-aware attack
+    dtype: str = "float32"  # judge compute dtype; "bfloat16" takes the oneDNN/AMX path on CPU
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -195,6 +196,10 @@ def check_or_store_config(out: Path, cfg: ProtectConfig) -> None:
     new = json.loads(json.dumps(cfg.to_json()))
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
+        # a key added to ProtectConfig later reads as its default in an older run's config
+        defaults = {f.name: f.default for f in dataclasses.fields(ProtectConfig)
+                    if f.default is not dataclasses.MISSING}
+        old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:
             lines = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
@@ -360,7 +365,9 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
             try:
                 res = ppjax.attack(cfg.attack, judge, x01, labels, preset=cfg.preset,
                                    seeds=jnp.asarray(np.array(seeds, np.uint32)),
-                                   appeal=bool(cfg.appeal), extra_judges=extra, **overrides)
+                                   appeal=bool(cfg.appeal), extra_judges=extra,
+                                   dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else None,
+                                   **overrides)
             except Exception as e:  # recorded per file; the run goes on
                 err = f"attack failed: {type(e).__name__}: {e}"
                 for b in ok:
@@ -449,6 +456,7 @@ def _cmd(args) -> int:
             labels_file=str(Path(args.labels).resolve()) if args.labels else None,
             preset=args.preset, overrides=parse_overrides(args.set), seed=int(args.seed),
             standin=bool(args.standin), resize=args.resize, appeal=args.appeal,
+            dtype=args.dtype,
         )
         summary = run_protect(cfg, args.out, weights_dir=args.weights_dir,
                               batch_size=args.batch_size, progress=not args.no_progress)
@@ -486,5 +494,8 @@ def add_parser(sub) -> None:
     p.add_argument("--appeal", default=None, metavar="JUDGE",
                    help="add an appeal term scored by this judge (e.g. nima_mobilenet; a stand-in "
                         "with --standin); its weight: --set appeal_weight=W")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="judge compute dtype; bfloat16 runs the convolutions through oneDNN on "
+                        "AMX CPUs (ppjax.onednn, ~2.5x faster on ResNet-50) and tensor cores on GPUs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd)

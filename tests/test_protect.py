@@ -252,3 +252,19 @@ def test_parse_overrides():
     assert got == {"eps": 8 / 255, "steps": 3, "objective": "ce", "early_stop": False}
     with pytest.raises(ValueError):
         parse_overrides(["noequals"])
+
+
+def test_config_defaults_keep_older_runs_resumable(tmp_path):
+    """A run whose config.json predates a setting (here ``dtype``) resumes with that setting's
+    default and is refused with any other value."""
+    import dataclasses
+
+    from ppjax.protect import CONFIG, ProtectConfig, ResumeMismatch, check_or_store_config
+
+    cfg = ProtectConfig(task=2019, attack="ifgsm", run_code="T_1", images="/x", judge="j")
+    old = cfg.to_json()
+    del old["dtype"]
+    (tmp_path / CONFIG).write_text(json.dumps(old), encoding="utf-8")
+    check_or_store_config(tmp_path, cfg)  # float32 == the default: same settings
+    with pytest.raises(ResumeMismatch, match="dtype: 'float32' -> 'bfloat16'"):
+        check_or_store_config(tmp_path, dataclasses.replace(cfg, dtype="bfloat16"))
