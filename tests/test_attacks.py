@@ -271,6 +271,67 @@ def test_score_judge_pushed_below_threshold(x):
     np.testing.assert_allclose(res.extras["score_after"], after, rtol=1e-5)
 
 
+def _margin(z, labels):
+    """``z_y - max_{j != y} z_j`` in numpy (the label margin, written out independently)."""
+    z = np.asarray(z, np.float64)
+    zy = z[np.arange(len(z)), labels]
+    other = np.where(np.eye(z.shape[1], dtype=bool)[labels], -np.inf, z).max(-1)
+    return zy - other
+
+
+@pytest.mark.parametrize("case", ["pgd_restarts", "cw_search", "eot_judge_jpeg",
+                                  "score_jpeg_appeal"])
+def test_final_judgement_equals_a_fresh_forward_pass(judge, x, case):
+    """``finish`` reports judge outputs kept from ``init`` (clean images) and from the step that
+    took each kept image, without a new forward pass: they must equal the judge run afresh on the
+    returned images (and on the clean ones), through the judging JPEG where there is one."""
+    from ppjax.jpeg import jpeg
+
+    def view(images, q=None):
+        images = jnp.asarray(images)
+        return images if q is None else jpeg(images, q, subsampling="420", rounding="ste")
+
+    tol = dict(rtol=1e-5, atol=1e-5)
+    if case == "score_jpeg_appeal":
+        scorer = Judge(TinyScore().init(jax.random.key(3), jnp.zeros((1, *HW, 3))), TinyScore(),
+                       tiny_spec("score"), standin=True)
+        appeal = Judge(TinyScore().init(jax.random.key(4), jnp.zeros((1, *HW, 3))), TinyScore(),
+                       tiny_spec("score"), standin=True)
+        before = np.asarray(scorer.score(view(x, 80.0)))
+        thr = float(before.min()) - 0.02
+        res = ppjax.attack("ifgsm", scorer, x, objective="score_below+appeal", threshold=thr,
+                           hyper={"appeal_weight": 0.1}, best="appeal", extra_steps=2,
+                           judge_jpeg=True, judge_quality=80.0, eps=2 / 255, steps=6,
+                           step_size=1 / 255, driver="while", extra_judges={"appeal": appeal})
+        after = np.asarray(scorer.score(view(res.images, 80.0)))
+        np.testing.assert_allclose(res.extras["score_before"], before, **tol)
+        np.testing.assert_allclose(res.extras["score_after"], after, **tol)
+        np.testing.assert_array_equal(res.success, after < thr)
+        assert res.success.any() and not res.success.all()  # both outcomes are checked
+        for key, images in (("appeal_before", x), ("appeal_after", res.images)):
+            np.testing.assert_allclose(res.extras[key], appeal.score(view(images, 80.0)), **tol)
+        return
+    q = None
+    if case == "pgd_restarts":  # a round in which protected images sit out
+        res = ppjax.attack("pgd", judge, x, eps=1 / 255, step_size=1 / 255, steps=2, restarts=3)
+    elif case == "cw_search":  # binary search rounds, best = least distorted success
+        res = ppjax.attack("cw_l2", judge, x, steps=3, search_steps=3, step_size=0.005,
+                           const=0.01)
+        assert (res.success_step >= 6).any()  # some kept images come from the third round
+    else:  # non-fused evaluation: EOT gradient, success judged after the JPEG
+        q = 90.0
+        res = ppjax.attack("ifgsm", judge, x, eps=2 / 255, step_size=1 / 255, steps=2,
+                           eot="jpeg", judge_jpeg=True, judge_quality=q)
+    labels = np.asarray(res.extras["labels"])
+    np.testing.assert_array_equal(labels, top1(judge, x))
+    z0, z = judge(view(x, q)), judge(view(res.images, q))
+    np.testing.assert_allclose(res.extras["score_before"], _margin(z0, labels), **tol)
+    np.testing.assert_allclose(res.extras["score_after"], _margin(z, labels), **tol)
+    np.testing.assert_array_equal(res.success, np.argmax(np.asarray(z), -1) != labels)
+    assert res.success.any()
+    assert case == "cw_search" or not res.success.all()  # both outcomes are checked
+
+
 SMALL_PGD = dict(steps=3, restarts=2)  # one program shared by the next three tests
 
 

@@ -78,6 +78,14 @@ class State(NamedTuple):
     lo: jnp.ndarray  # float32: binary search lower bound
     hi: jnp.ndarray  # float32: binary search upper bound (1e10 = none yet)
     iterations: jnp.ndarray  # scalar int32: loop iterations executed (all rounds)
+    # Judge outputs kept for :func:`finish` (what a fresh forward pass would report): the clean
+    # images' (judged once in :func:`init`) and the kept images' (taken in :func:`step` together
+    # with ``best_x``, from the very forward pass that judged it). Appeal: None without one.
+    clean_score: jnp.ndarray  # float32: score of judge_view(x0)
+    clean_appeal: jnp.ndarray | None  # float32: appeal of judge_view(x0)
+    kept_score: jnp.ndarray  # float32: score of judge_view(best_x)
+    kept_success: jnp.ndarray  # bool: success of judge_view(best_x)
+    kept_appeal: jnp.ndarray | None  # float32: appeal of judge_view(best_x)
 
 
 def _image_keys(seeds: jnp.ndarray, *tags) -> jnp.ndarray:
@@ -184,17 +192,35 @@ def end_round(cfg: AttackConfig, state: State) -> State:
     return state._replace(const=const, lo=lo, hi=hi)
 
 
+class _Known:
+    """The judge, except that on the very array ``x`` it returns ``out``, already computed."""
+
+    def __init__(self, judge, x, out):
+        self._judge, self._x, self._out = judge, x, out
+
+    def __call__(self, x):
+        return self._out if x is self._x else self._judge(x)
+
+    def __getattr__(self, name):
+        return getattr(self._judge, name)
+
+
 def init(cfg: AttackConfig, models, x0, aux, hp, seeds) -> State:
     """Initial state. Missing labels (< 0) become the judge's clean top-1; the least-likely
-    objective's targets become the clean bottom-1."""
+    objective's targets become the clean bottom-1. The clean images are judged here once (for
+    :func:`finish`), reusing the labelling forward pass when the judge sees ``x0`` itself."""
     obj = _parts(cfg).obj
     aux = dict(aux)
+    judge_models = models
     if obj.output == "logits" and cfg.objective != "group":
-        z = models["judge"](x0).astype(jnp.float32)
+        out = models["judge"](x0)
+        judge_models = {**models, "judge": _Known(models["judge"], x0, out)}
+        z = out.astype(jnp.float32)
         aux["labels"] = jnp.where(aux["labels"] < 0, jnp.argmax(z, -1), aux["labels"]).astype(
             jnp.int32)
         if cfg.objective == "least_likely":
             aux["targets"] = jnp.argmin(z, -1).astype(jnp.int32)
+    clean = obj.evaluate(judge_models, _judge_view(cfg, x0, hp), aux, hp)
     b = x0.shape[0]
     base = State(
         params=None, opt_state=None, aux=aux, t=jnp.int32(0), r=jnp.int32(0),
@@ -203,7 +229,8 @@ def init(cfg: AttackConfig, models, x0, aux, hp, seeds) -> State:
         stop_at=jnp.full(b, _BIG, jnp.int32), best_x=x0, best_key=jnp.full(b, jnp.inf, jnp.float32),
         round_success=jnp.zeros(b, bool), const=jnp.full(b, hp["const"], jnp.float32),
         lo=jnp.zeros(b, jnp.float32), hi=jnp.full(b, 1e10, jnp.float32),
-        iterations=jnp.int32(0))
+        iterations=jnp.int32(0), clean_score=clean.score, clean_appeal=clean.appeal,
+        kept_score=clean.score, kept_success=clean.success, kept_appeal=clean.appeal)
     return begin_round(cfg, models, x0, hp, seeds, base, 0)
 
 
@@ -231,8 +258,9 @@ def step(cfg: AttackConfig, models, x0, hp, seeds, state: State) -> State:
     def loss_fn(params):
         x = par.render(params, x0)
         if _fused(cfg):
-            # The judge sees exactly x8 (forward); the gradient passes straight through.
-            on_grid = x + jax.lax.stop_gradient(x8 - x)
+            # The judge sees exactly x8 (forward: x8 + 0, bit for bit, so finish can reuse this
+            # judgement); the gradient passes straight through.
+            on_grid = x8 + (x - jax.lax.stop_gradient(x))
             terms = obj.evaluate(models, _judge_view(cfg, on_grid, hp), aux, hp)
             adv = terms.success
         else:
@@ -274,6 +302,9 @@ def step(cfg: AttackConfig, models, x0, hp, seeds, state: State) -> State:
         take = take | (succ & ~state.success)
     best_x = jnp.where(_bcast(take, x8), x8, state.best_x)
     best_key = jnp.where(take & succ, key, jnp.where(take, jnp.inf, state.best_key))
+
+    def keep(new, old):
+        return None if old is None else jnp.where(take, new.astype(old.dtype), old)
     first = succ & (state.success_step < 0)
     success_step = jnp.where(first, state.steps_used, state.success_step)
     new_in_round = succ & ~state.round_success
@@ -305,6 +336,9 @@ def step(cfg: AttackConfig, models, x0, hp, seeds, state: State) -> State:
         stop_at=stop_at,
         best_x=best_x,
         best_key=best_key,
+        kept_score=keep(terms.score, state.kept_score),
+        kept_success=keep(terms.success, state.kept_success),
+        kept_appeal=keep(terms.appeal, state.kept_appeal),
         round_success=state.round_success | succ,
         iterations=state.iterations + 1,
     )
@@ -321,42 +355,38 @@ def step_chunk(cfg: AttackConfig, chunk: int, models, x0, hp, seeds, state: Stat
 
 
 def finish(cfg: AttackConfig, models, x0, hp, state: State) -> dict:
-    """Final judgement of the kept images (and of the clean ones, in the same forward pass).
+    """Final judgement of the kept images and of the clean ones.
 
     Clean and kept images are judged the same way (through the judging JPEG when
     ``judge_jpeg``), so ``*_before`` and ``*_after`` extras are comparable: for the 2020 task both
-    the BIQA score and the appeal are those of the JPEG-90 image, as the organisers judged."""
+    the BIQA score and the appeal are those of the JPEG-90 image, as the organisers judged.
+    No forward pass runs here: the judgements are those :func:`init` made of ``x0`` and
+    :func:`step` made of each kept image when it was taken (the same function of the same
+    image; ``tests/test_attacks.py`` checks them against a fresh forward pass)."""
     obj = _parts(cfg).obj
     b = x0.shape[0]
     x8 = state.best_x
-    both = _judge_view(cfg, jnp.concatenate([x0, x8], axis=0), hp)
-    aux2 = {k: (jnp.concatenate([v, v], 0) if k in _PER_IMAGE_AUX else v)
-            for k, v in state.aux.items()}
-    terms = obj.evaluate(models, both, aux2, hp)
     d = x8 - x0
     extras = {
-        "score_before": terms.score[:b], "score_after": terms.score[b:],
+        "score_before": state.clean_score, "score_after": state.kept_score,
         "tracked_success": state.success, "best_key": state.best_key,
         "iterations": jnp.full(b, state.iterations, jnp.int32),
     }
     if obj.output == "logits":
         extras["labels"] = state.aux["labels"]
-    if terms.appeal is not None:
-        extras["appeal_before"], extras["appeal_after"] = terms.appeal[:b], terms.appeal[b:]
+    if state.clean_appeal is not None:
+        extras["appeal_before"], extras["appeal_after"] = state.clean_appeal, state.kept_appeal
     if cfg.search_steps > 1:
         extras["const"] = state.const
     return {
         "images": x8,
-        "success": terms.success[b:],
+        "success": state.kept_success,
         "steps": state.steps_used,
         "success_step": state.success_step,
         "linf": jnp.max(jnp.abs(d).reshape(b, -1), -1),
         "l2": _per_image_norm(d),
         "extras": extras,
     }
-
-
-_PER_IMAGE_AUX = ("labels", "targets")
 
 
 # ----------------------------------------------------------------------------- drivers
