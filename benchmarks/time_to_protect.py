@@ -115,12 +115,22 @@ def run(args) -> dict:
     torch_s, ppjax_warm = float(np.median(torch_times)), float(np.median(ppjax_times))
     return {"images": args.n, "batch": args.batch, "eps_255": args.eps, "step_255": args.step,
             "steps_budget": args.steps, "driver": args.driver, "fold": args.fold,
+            "ppjax_config": _ppjax_config(args),
             "rounds": args.rounds,
             "torch_config": "eager f32" if args.torch_f32 else "eager channels-last bf16",
             "torch_seconds": torch_s, "torch_success": torch_success,
             "ppjax_seconds_warm": ppjax_warm, "ppjax_seconds_with_compile": ppjax_cold,
             "ppjax_success": ppjax_success, "ppjax_mean_steps": mean_steps,
             "ratio_warm": ppjax_warm / torch_s, "ratio_with_compile": ppjax_cold / torch_s}
+
+
+def _ppjax_config(args) -> str:
+    if not args.bf16:
+        return "f32, XLA" + (", BN folded" if args.fold else "")
+    from ppjax import onednn
+
+    backend = "oneDNN" if onednn.available() else "XLA"
+    return f"bf16, {backend}" + (", BN folded" if args.fold else "")
 
 
 def main(argv=None) -> int:
@@ -133,7 +143,9 @@ def main(argv=None) -> int:
     p.add_argument("--step", type=float, default=2.0, help="step size in 1/255")
     p.add_argument("--steps", type=int, default=10, help="step budget")
     p.add_argument("--driver", default="auto")
-    p.add_argument("--bf16", action="store_true", help="ppjax judge in bf16")
+    p.add_argument("--f32", dest="bf16", action="store_false",
+                   help="ppjax judge in f32 (default: bf16, which takes the oneDNN/AMX path on "
+                        "CPU, like torch's channels-last bf16 autocast)")
     p.add_argument("--no-fold", dest="fold", action="store_false",
                    help="keep BatchNorm unfolded in the ppjax judge")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
@@ -151,7 +163,8 @@ def main(argv=None) -> int:
               ["engine", "seconds", "success", "mean steps", "ratio"],
               [[f"torch fixed-step ({res['torch_config']})", res["torch_seconds"],
                 res["torch_success"], res["steps_budget"], 1.0],
-               [f"ppjax early stop, driver {res['driver']} (warm)", res["ppjax_seconds_warm"],
+               [f"ppjax early stop, {res['ppjax_config']}, driver {res['driver']} (warm)",
+                res["ppjax_seconds_warm"],
                 res["ppjax_success"], res["ppjax_mean_steps"], res["ratio_warm"]],
                ["ppjax early stop (incl. compilation)", res["ppjax_seconds_with_compile"],
                 res["ppjax_success"], res["ppjax_mean_steps"], res["ratio_with_compile"]]]))

@@ -9,6 +9,7 @@ A config (TOML or JSON) names the judge, the images and one or more grids::
     max_images = 64
     batch = 8
     output = "sweep-out"             # results.csv, results.json, pareto.png
+    dtype = "bfloat16"               # optional (default float32): oneDNN/AMX convs on CPU
     appeal_judge = "nima_mobilenetv2"   # optional: scored on every result; enables appeal_weight
 
     [[grid]]
@@ -91,6 +92,7 @@ class SweepConfig:
     seed: int = 0
     appeal_judge: str | None = None
     driver: str = "auto"
+    dtype: str = "float32"  # judge compute dtype; "bfloat16" = oneDNN/AMX on CPU (ppjax.onednn)
 
 
 def _as_tuple(v) -> tuple:
@@ -136,6 +138,9 @@ def parse_config(data: dict, base: Path | None = None) -> SweepConfig:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"sweep config: unknown key(s) {', '.join(unknown)}")
+    if data.get("dtype", "float32") not in ("float32", "bfloat16"):
+        raise ValueError(f"sweep config: dtype must be 'float32' or 'bfloat16', got "
+                         f"{data['dtype']!r}")
     return SweepConfig(images=images, grids=tuple(grids), output=output, **data)
 
 
@@ -207,10 +212,12 @@ def _attack_config(grid: Grid, settings, has_appeal: bool):
 
 
 def run_point(cfg, judge, images: np.ndarray, batch: int, seed: int, appeal=None,
-              driver: str = "auto") -> dict:
+              driver: str = "auto", dtype: str = "float32") -> dict:
     """Attack all ``images`` [N, H, W, 3] with ``cfg`` in batches; per-image results (numpy).
     Every batch has the same shape (the last is padded by repeating its last image), so a sweep
     never compiles for a ragged tail."""
+    import jax.numpy as jnp
+
     from ppjax.attacks import attack, default_seeds
     from ppjax.metrics import psnr
 
@@ -224,7 +231,7 @@ def run_point(cfg, judge, images: np.ndarray, batch: int, seed: int, appeal=None
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, 0)])
         extra = {"appeal": appeal} if appeal is not None and "appeal" in cfg.objective else None
         res = attack(cfg, judge, chunk, seeds=default_seeds(batch, seed, start), driver=driver,
-                     extra_judges=extra)
+                     extra_judges=extra, dtype=None if dtype == "float32" else jnp.bfloat16)
         x0 = np.round(chunk * 255) / 255
         cols["success"].append(np.asarray(res.success)[:real])
         cols["steps"].append(np.asarray(res.steps)[:real])
@@ -279,7 +286,8 @@ def run_sweep(cfg: SweepConfig, judge=None, appeal=None) -> list[dict]:
                 acfg = _attack_config(grid, settings, appeal is not None)
                 before = sum(TRACES.values())
                 t0 = time.perf_counter()
-                per_image = run_point(acfg, judge, images, batch, cfg.seed, appeal, cfg.driver)
+                per_image = run_point(acfg, judge, images, batch, cfg.seed, appeal, cfg.driver,
+                                      cfg.dtype)
                 row = summarise(grid, settings, per_image, time.perf_counter() - t0,
                                 sum(TRACES.values()) - before)
                 writer.writerow(row)

@@ -110,6 +110,11 @@ def test_bad_configs_are_reported(tmp_path):
                                                                      "epsilon": [0.1]}]})
     with pytest.raises(KeyError, match="unknown attack"):
         sweep.parse_config({"judge": "x", "images": ["a"], "grid": [{"attack": "nope"}]})
+    with pytest.raises(ValueError, match="dtype must be"):
+        sweep.parse_config({"judge": "x", "images": ["a"], "dtype": "float16",
+                            "grid": [{"attack": "pgd"}]})
+    assert sweep.parse_config({"judge": "x", "images": ["a"], "dtype": "bfloat16",
+                               "grid": [{"attack": "pgd"}]}).dtype == "bfloat16"
     bad = tmp_path / "bad.toml"
     bad.write_text('judge = "resnet50_places365"\nimages = ["a"]\n')
     from ppjax.cli import main
