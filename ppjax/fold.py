@@ -189,6 +189,17 @@ class FoldedModule:
         return getattr(self.inner, name)
 
 
+def output_difference(ref: Judge, other: Judge, seed: int = 0) -> float:
+    """Max |difference| of two judges' float32 outputs on one random image, relative to the
+    reference's scale (at least 1): how rewrites of a judge (folding, oneDNN) check themselves."""
+    h, w = ref.spec.input_hw
+    x = jax.random.uniform(jax.random.key(seed), (1, h, w, 3), jnp.float32)
+    run = jax.jit(lambda j, x: j(x))
+    want = np.asarray(run(ref.with_dtype(jnp.float32), x), np.float64)
+    got = np.asarray(run(other.with_dtype(jnp.float32), x), np.float64)
+    return float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want)))))
+
+
 def fold_bn(judge: Judge, check: bool = True, atol: float = 1e-3) -> Judge:
     """An equivalent judge with every conv -> eval-mode BatchNorm pair folded into the conv.
 
@@ -212,11 +223,7 @@ def fold_bn(judge: Judge, check: bool = True, atol: float = 1e-3) -> Judge:
     variables = fold_fn(judge.variables)
     folded = judge.replace(variables=variables, module=FoldedModule(judge.module, pairs))
     if check:
-        x = jax.random.uniform(jax.random.key(0), (1, h, w, 3), jnp.float32)
-        run = jax.jit(lambda j, x: j(x))
-        ref = np.asarray(run(judge.with_dtype(jnp.float32), x), np.float64)
-        got = np.asarray(run(folded.with_dtype(jnp.float32), x), np.float64)
-        err = np.max(np.abs(got - ref)) / max(1.0, float(np.max(np.abs(ref))))
+        err = output_difference(judge, folded)
         if not err <= atol:
             raise ValueError(
                 f"folding BatchNorm changed {judge.spec.name!r}'s output (relative error {err:.3g}); "

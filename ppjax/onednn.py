@@ -151,8 +151,7 @@ def kernel_name(x_shape, w_shape, strides=(1, 1), padding=((0, 0), (0, 0)), grou
     lib = _load()
     n, h, w, c = x_shape
     kh, kw, _, o = w_shape
-    oh = (h + padding[0][0] + padding[0][1] - kh) // strides[0] + 1
-    ow = (w + padding[1][0] + padding[1][1] - kw) // strides[1] + 1
+    oh, ow = _out_hw(h, w, kh, kw, strides, padding)
     geo = (ctypes.c_int64 * 16)(n, h, w, c, oh, ow, o, kh, kw, groups, strides[0], strides[1],
                                 padding[0][0], padding[0][1], padding[1][0], padding[1][1])
     buf = ctypes.create_string_buffer(256)
@@ -371,7 +370,7 @@ def accelerate(judge: Judge, *, dtype=None, fold: bool = True, check: bool = Tru
     reason = why_unavailable()
     if reason is not None:
         raise OneDnnUnavailable(reason)
-    from ppjax.fold import FoldedModule, fold_bn
+    from ppjax.fold import FoldedModule, fold_bn, output_difference
 
     if f32_activations is None:
         f32_activations = F32_ACTIVATIONS.get(judge.spec.name, False)
@@ -393,12 +392,7 @@ def accelerate(judge: Judge, *, dtype=None, fold: bool = True, check: bool = Tru
         module = OneDnnModule(judge.module, f32_activations)
     fast = judge.replace(module=module)
     if check:
-        h, w = judge.spec.input_hw
-        x = jax.random.uniform(jax.random.key(1), (1, h, w, 3), jnp.float32)
-        run = jax.jit(lambda j, x: j(x))
-        ref = np.asarray(run(base.with_dtype(jnp.float32), x), np.float64)
-        got = np.asarray(run(fast.with_dtype(jnp.float32), x), np.float64)
-        err = np.max(np.abs(got - ref)) / max(1.0, float(np.max(np.abs(ref))))
+        err = output_difference(base, fast, seed=1)
         if not err <= 1e-3:
             raise ValueError(f"oneDNN convolutions changed {judge.spec.name!r}'s output "
                              f"(relative error {err:.3g})")
