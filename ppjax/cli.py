@@ -26,8 +26,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _persistent_compilation_cache() -> None:
+    """Keep compiled attacks across runs (a resumed ``protect``, the next sweep, the next batch
+    of submissions skip their compilation): ``$JAX_COMPILATION_CACHE_DIR`` when set, else
+    ``~/.cache/ppjax/jax``. ``PPJAX_NO_COMPILATION_CACHE=1`` turns it off."""
+    import os
+
+    if os.environ.get("PPJAX_NO_COMPILATION_CACHE") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    import jax
+
+    from ppjax.config import _cache_root
+
+    jax.config.update("jax_compilation_cache_dir", str(_cache_root() / "jax"))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    _persistent_compilation_cache()
     # force: importing jax/orbax may already have configured the root logger, which would make
     # basicConfig a silent no-op; libraries stay at WARNING, ppjax's own loggers at INFO.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",

@@ -44,12 +44,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppjax.config import _cache_root
 from ppjax.judges import Judge
 from ppjax.models.mobilenet import DepthwiseConv
 
 TARGET = "ppjax_onednn_conv"
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "onednn_conv.cc"
-_DISTS = ("onednn-cpu-gomp", "onednn-devel-cpu-gomp")
 
 
 class OneDnnUnavailable(RuntimeError):
@@ -81,11 +81,6 @@ def _paths() -> tuple[Path, Path]:
     return header.parents[2], lib.parent
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ppjax" / "ext"
-
-
 def _compiler() -> str:
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which(
         "clang++")
@@ -102,7 +97,7 @@ def build(verbose: bool = False) -> Path:
     digest.update(_SOURCE.read_bytes())
     for part in (jax.__version__, str(include), str(libdir), sys.platform):
         digest.update(part.encode())
-    out = _cache_dir() / f"onednn_conv-{digest.hexdigest()[:16]}.so"
+    out = _cache_root() / "ext" / f"onednn_conv-{digest.hexdigest()[:16]}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -123,8 +118,6 @@ def build(verbose: bool = False) -> Path:
 
 @functools.cache
 def _load() -> ctypes.CDLL:
-    if jax.default_backend() != "cpu" and not jax.devices("cpu"):
-        raise OneDnnUnavailable("no CPU backend")
     lib = ctypes.CDLL(str(build()))
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.PpjaxOnednnConv), platform="cpu")
     return lib

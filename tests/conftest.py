@@ -15,6 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PPJAX_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# in-process CLI calls must not fill ~/.cache/ppjax/jax; subprocess tests pass their own cache dir
+os.environ.setdefault("PPJAX_NO_COMPILATION_CACHE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -268,3 +268,22 @@ def test_config_defaults_keep_older_runs_resumable(tmp_path):
     check_or_store_config(tmp_path, cfg)  # float32 == the default: same settings
     with pytest.raises(ResumeMismatch, match="dtype: 'float32' -> 'bfloat16'"):
         check_or_store_config(tmp_path, dataclasses.replace(cfg, dtype="bfloat16"))
+
+
+def test_cli_keeps_a_persistent_compilation_cache(tmp_path, monkeypatch):
+    """The CLI caches compiled programs under the ppjax cache unless told otherwise."""
+    from ppjax.cli import _persistent_compilation_cache
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+        monkeypatch.delenv("PPJAX_NO_COMPILATION_CACHE", raising=False)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+        _persistent_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "ppjax" / "jax")
+        jax.config.update("jax_compilation_cache_dir", before)
+        monkeypatch.setenv("PPJAX_NO_COMPILATION_CACHE", "1")
+        _persistent_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir == before
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
