@@ -176,7 +176,7 @@ def test_accelerated_nima_mobilenetv2_matches_torch(tmp_path, photo_paths):
 
 def test_attack_backend_onednn_equals_xla(resnet_standin, photos_256):
     """The engine's oneDNN backend gives the XLA backend's attack in f32 (same steps, same
-    pixels up to gradient-sign flips at float noise), and "auto" picks it for bf16 on CPU."""
+    pixels up to gradient-sign flips at float noise), and "auto" picks it on one CPU device."""
     import ppjax
     from ppjax.attacks.api import _use_onednn
 
@@ -187,7 +187,7 @@ def test_attack_backend_onednn_equals_xla(resnet_standin, photos_256):
     same = np.mean(np.asarray(a.images) == np.asarray(b.images))
     assert same > 0.99, same
     np.testing.assert_array_equal(np.asarray(a.success), np.asarray(b.success))
-    assert _use_onednn("auto", jnp.bfloat16, None)
-    assert not _use_onednn("auto", None, None) and not _use_onednn("auto", jnp.float32, None)
+    assert _use_onednn("auto", jnp.bfloat16, None) and _use_onednn("auto", None, None)
+    assert not _use_onednn("auto", jnp.float16, None) and not _use_onednn("xla", None, None)
     with pytest.raises(ValueError, match="backend must be one of"):
         _use_onednn("cuda", None, None)
