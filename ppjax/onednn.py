@@ -336,10 +336,11 @@ def is_accelerated(judge: Judge) -> bool:
     return False
 
 
-# f32_activations by judge, chosen by measurement (benchmarks.throughput, batch 8, 2 Xeon cores
-# with AMX): the MobileNets gain ~30% from float32 activations (ReLU6 and the depthwise stages
-# run faster in f32 on XLA:CPU), ResNet-50 loses ~30% (its large activation maps make the
-# doubled memory traffic dominate). Others default to bfloat16 activations.
+# f32_activations by judge, chosen by measurement (PGD step, batch 8, 2 Xeon cores with AMX,
+# 2026-11-22): the MobileNets gain from float32 activations (MobileNetV2 ~30%, Keras MobileNet
+# ~20%: ReLU6 and the depthwise stages run faster in f32 on XLA:CPU); ResNet-50 loses ~30% (its
+# large activation maps make the doubled memory traffic dominate). Others (KonCept512: not
+# measured) default to bfloat16 activations.
 F32_ACTIVATIONS = {"nima_mobilenetv2": True, "nima_mobilenet": True}
 
 # id(judge) -> (judge, accelerated judge): repeated calls (one per batch in `ppjax protect`)
