@@ -14,7 +14,8 @@ same batch of real photos (``tests.conftest.photos_at``), which gives:
 * JAX compile time (``lower`` + ``compile``), apart from the steady state (warm-up call, then
   timed calls, each ended by ``block_until_ready``).
 
-Engines: ppjax ``jax.jit`` f32 and bf16 (``judge.with_dtype(jnp.bfloat16)``); torch eager f32 and
+Engines: ppjax ``jax.jit`` f32 and bf16 (``judge.with_dtype(jnp.bfloat16)``), the same through
+``ppjax.onednn.accelerate`` (BatchNorm folded, convolutions on oneDNN); torch eager f32 and
 torch eager channels-last bf16 autocast (``torch.set_num_threads(os.cpu_count())``). The organisers'
 NIMA is a Keras model with no torch replica: its reference is Keras 3 on the JAX backend (the
 model's ``stateless_call`` under ``jax.jit``), labelled as such. ``OMP_WAIT_POLICY`` defaults to
@@ -104,7 +105,8 @@ def _score_np(out: np.ndarray, output: str) -> np.ndarray | None:
 # --------------------------------------------------------------------------- ppjax engines
 
 def jax_engines(judge, x01: np.ndarray, labels: np.ndarray | None) -> list[Engine]:
-    """ppjax f32 and bf16: jitted forward and jitted input gradient of the attack loss."""
+    """ppjax f32 and bf16, on XLA and through ``ppjax.onednn``: jitted forward and jitted input
+    gradient of the attack loss."""
     import jax
     import jax.numpy as jnp
 
@@ -117,18 +119,26 @@ def jax_engines(judge, x01: np.ndarray, labels: np.ndarray | None) -> list[Engin
             return -jnp.sum(jnp.take_along_axis(logp, y[:, None], axis=1))
         return jnp.sum(j.score(x))
 
+    from ppjax import onednn
+
     forward = jax.jit(lambda j, x: j(x))
     grad = jax.jit(jax.grad(loss, argnums=1))
+    variants = [("jit f32", judge, jnp.float32), ("jit bf16", judge, jnp.bfloat16)]
+    if onednn.available():  # BatchNorm folded, convolutions through oneDNN (AMX in bf16)
+        fast = onednn.accelerate(judge)
+        variants += [("oneDNN f32", fast, jnp.float32), ("oneDNN bf16", fast, jnp.bfloat16)]
+    else:
+        print(f"  oneDNN engines skipped: {onednn.why_unavailable()}", file=sys.stderr)
     engines = []
-    for label, dtype in (("f32", jnp.float32), ("bf16", jnp.bfloat16)):
-        j = judge.with_dtype(dtype)
+    for label, base, dtype in variants:
+        j = base.with_dtype(dtype)
         t0 = time.perf_counter()
         fwd = forward.lower(j, x).compile()
         t1 = time.perf_counter()
         att = grad.lower(j, x, y).compile()
         t2 = time.perf_counter()
         engines.append(Engine(
-            name=f"ppjax jit {label}", family="ppjax",
+            name=f"ppjax {label}", family="ppjax",
             forward=lambda fwd=fwd, j=j: fwd(j, x).block_until_ready(),
             attack=lambda att=att, j=j: att(j, x, y).block_until_ready(),
             to_numpy=np.asarray, compile_forward_s=t1 - t0, compile_attack_s=t2 - t1))

@@ -21,7 +21,6 @@
 #include <sstream>
 #include <string>
 #include <unordered_map>
-#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -193,9 +192,10 @@ ffi::Error Conv(ffi::AnyBuffer in, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer>
       prim_w = memory(e->prim_w, eng);
       e->w_reorder->execute(strm, user_w, prim_w);
     }
-    std::vector<uint8_t> scratch_buf(e->scratch.get_size() + 64);
+    // uninitialised (a std::vector would zero megabytes per call)
+    std::unique_ptr<uint8_t[]> scratch_buf(new uint8_t[e->scratch.get_size() + 64]);
     void* aligned = reinterpret_cast<void*>(
-        (reinterpret_cast<uintptr_t>(scratch_buf.data()) + 63) & ~uintptr_t{63});
+        (reinterpret_cast<uintptr_t>(scratch_buf.get()) + 63) & ~uintptr_t{63});
     memory scratch(e->scratch, eng, aligned);
     if (mode == 0) {
       memory src(e->src, eng, in.untyped_data());
