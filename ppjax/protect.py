@@ -249,6 +249,18 @@ def _clean_tmp(folder: Path) -> None:
             pass
 
 
+def _compute_path(dtype: str) -> dict:
+    """How the judge will run (``ppjax.attack``'s backend="auto"), logged and kept in the
+    summary: bfloat16 on a CPU without native bf16 kernels runs float32, and says so."""
+    import jax.numpy as jnp
+
+    from ppjax.attacks import choose_backend
+
+    path = choose_backend("auto", jnp.bfloat16 if dtype == "bfloat16" else None)
+    used = "float32" if path.dtype is None else jnp.dtype(path.dtype).name
+    return {"requested_dtype": dtype, "dtype": used, "backend": path.name, "note": path.note}
+
+
 def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, batch_size: int = 4,
                 progress: bool = True, max_pixels: int | None = None) -> dict:
     """Protect every image of the set described by ``cfg`` into ``out`` (see the module
@@ -288,6 +300,9 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
     check_or_store_config(out, cfg)  # before the (slow) judge load: a mismatch fails fast
     if judge is None:
         judge = ppjax.load_judge(cfg.judge, weights_dir, standin=cfg.standin)
+    compute = _compute_path(cfg.dtype)
+    L.info("compute: %s on %s%s", compute["dtype"], compute["backend"],
+           f" ({compute['note']})" if compute["note"] else "")
     extra = {}
     if cfg.appeal:  # the appeal term's judge (a stand-in too when the run uses stand-ins)
         extra["appeal"] = ppjax.load_judge(cfg.appeal, weights_dir, standin=cfg.standin)
@@ -424,7 +439,7 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
         "images": len(seen), "protected": n_ok_final, "done": n_ok_final, "failed": len(errors),
         "skipped_on_resume": n_skip, "attack_success": n_succ_final,
         "attack_success_rate": n_succ_final / n_ok_final if n_ok_final else None,
-        "zip": zpath.name, "errors": errors,
+        "zip": zpath.name, "errors": errors, "compute": compute,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if cfg.appeal:

@@ -13,7 +13,7 @@ appealing success (:func:`with_appeal` does all of this for a score judge). EOT 
 """
 
 from ppjax.attacks import loop
-from ppjax.attacks.api import AttackResult, attack, default_seeds
+from ppjax.attacks.api import AttackResult, Backend, attack, choose_backend, default_seeds
 from ppjax.attacks.config import TRACED_FIELDS, AttackConfig
 from ppjax.attacks.loop import TRACES, auto_driver, python_states, run
 from ppjax.attacks.objectives import (
@@ -29,8 +29,8 @@ from ppjax.attacks.objectives import (
 from ppjax.attacks.registry import ALIASES, ATTACKS, get_attack
 
 __all__ = [
-    "ALIASES", "ATTACKS", "AttackConfig", "AttackResult", "OBJECTIVES", "Objective",
-    "TRACED_FIELDS", "TRACES", "Terms", "attack", "auto_driver", "class_mask", "default_seeds",
+    "ALIASES", "ATTACKS", "AttackConfig", "AttackResult", "Backend", "OBJECTIVES", "Objective",
+    "TRACED_FIELDS", "TRACES", "Terms", "attack", "auto_driver", "choose_backend", "class_mask", "default_seeds",
     "get_attack", "loop", "python_states", "read_indoor_classes", "read_sensitive_categories",
     "register", "run", "with_appeal",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, NamedTuple
 
 import jax
@@ -46,22 +47,68 @@ def default_seeds(batch: int, seed: int = 0, offset: int = 0) -> np.ndarray:
 
 
 BACKENDS = ("auto", "xla", "onednn")
+log = logging.getLogger("ppjax.attacks")
+_SAID: set[str] = set()
 
 
-def _use_onednn(backend: str, dtype, mesh) -> bool:
+def _say_once(message: str) -> None:
+    if message not in _SAID:
+        _SAID.add(message)
+        log.warning(message)
+
+
+class Backend(NamedTuple):
+    """The execution path :func:`attack` takes (:func:`choose_backend`).
+
+    name: "xla" or "onednn". dtype: the compute dtype actually used (None = the judge's own,
+    float32). note: one line when the path differs from what was asked (logged once per
+    process, and written to ``ppjax protect``'s summary), else None.
+    """
+
+    name: str
+    dtype: Any
+    note: str | None = None
+
+
+def choose_backend(backend: str = "auto", dtype=None, mesh=None) -> Backend:
+    """Which path a judge's convolutions take, by what this CPU can run natively.
+
+    * "xla": XLA, in ``dtype``.
+    * "onednn": :mod:`ppjax.onednn`; raises :class:`ppjax.onednn.OneDnnUnavailable` when the
+      extension cannot be built, or for bfloat16 on a CPU without native bf16 kernels (the
+      message names the missing feature: AVX512_BF16 or AMX).
+    * "auto": oneDNN in a process with a single CPU device when the extension is available
+      (faster than XLA on every CPU class measured, see ``benchmarks/RESULTS.md``). bfloat16
+      runs on oneDNN where this CPU has native bf16 kernels; elsewhere the attack runs in
+      float32 on oneDNN, and one line says so. Several devices, GPUs, other dtypes, or no
+      oneDNN (no compiler, not x86-64: the reason is logged once) take XLA.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"attack: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    dt = None if dtype is None else jnp.dtype(dtype)
     if backend == "xla":
-        return False
-    if backend == "onednn":
-        return True  # accelerate() raises OneDnnUnavailable with the reason when it cannot
+        return Backend("xla", dt)
     from ppjax import onednn
 
+    if backend == "onednn":
+        onednn.require_native(jnp.float32 if dt is None else dt)
+        return Backend("onednn", dt)
     # one CPU device only: under GSPMD the FFI call would be replicated, and a process with
     # several (forced) CPU devices should give the same numbers on a 1-device mesh as on all
     single = (mesh is None or mesh.size == 1) and jax.device_count() == 1
-    supported = dtype is None or jnp.dtype(dtype) in (jnp.float32, jnp.bfloat16)
-    return supported and single and jax.default_backend() == "cpu" and onednn.available()
+    if not (single and jax.default_backend() == "cpu") or dt not in (None, jnp.float32,
+                                                                     jnp.bfloat16):
+        return Backend("xla", dt)
+    caps = onednn.capabilities()
+    if not caps.available:
+        note = f"oneDNN convolutions unavailable, running on XLA: {caps.reason.splitlines()[0]}"
+        _say_once(note)
+        return Backend("xla", dt, note)
+    if dt == jnp.bfloat16 and not caps.native(dt):
+        note = f"bfloat16 requested, running float32 on oneDNN instead: {caps.bf16_missing}"
+        _say_once(note)
+        return Backend("onednn", jnp.dtype(jnp.float32), note)
+    return Backend("onednn", dt)
 
 
 def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str | None = None,
@@ -88,9 +135,8 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
         default: every device when there are several, else none. Results equal one device's;
         with several hosts each host passes its own images and gets all hosts' results back.
       backend: how the judge's convolutions run: "xla", "onednn" (:mod:`ppjax.onednn`: BatchNorm
-        folded, convolutions through oneDNN, AMX in bfloat16), or "auto" = onednn in a process
-        with a single CPU device when the extension is available (measured faster in f32 and
-        bf16 on ResNet-50 and MobileNetV2), else xla.
+        folded, convolutions through oneDNN, AMX or AVX512_BF16 in bfloat16), or "auto"; see
+        :func:`choose_backend` (bfloat16 on a CPU without native bf16 kernels runs float32).
       **overrides: any :class:`AttackConfig` field (``eps=4/255``, ``steps=20``, ...).
     """
     cfg = name.replace(**overrides) if isinstance(name, AttackConfig) else get_attack(
@@ -132,12 +178,13 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
     models = {"judge": judge, **(extra_judges or {})}
     if mesh is None and jax.device_count() > 1:
         mesh = sharding.batch_mesh()
-    if _use_onednn(backend, dtype, mesh):
+    path = choose_backend(backend, dtype, mesh)
+    if path.name == "onednn":
         from ppjax import onednn
 
         models["judge"] = onednn.accelerate(models["judge"], check=False)
-    if dtype is not None:
-        models["judge"] = models["judge"].with_dtype(dtype)
+    if path.dtype is not None:
+        models["judge"] = models["judge"].with_dtype(path.dtype)
     if mesh is None or mesh.size == 1:
         return AttackResult(**run(cfg, models, x, aux, seeds, driver=driver, chunk=chunk))
     per_image = {"x": x, "seeds": seeds, **{k: v for k, v in aux.items() if k != "group"}}
