@@ -30,7 +30,8 @@ from ppjax.attacks.registry import ALIASES, ATTACKS, get_attack
 
 __all__ = [
     "ALIASES", "ATTACKS", "AttackConfig", "AttackResult", "Backend", "OBJECTIVES", "Objective",
-    "TRACED_FIELDS", "TRACES", "Terms", "attack", "auto_driver", "choose_backend", "class_mask", "default_seeds",
+    "TRACED_FIELDS", "TRACES", "Terms", "attack", "auto_driver", "choose_backend", "class_mask",
+    "default_seeds",
     "get_attack", "loop", "python_states", "read_indoor_classes", "read_sensitive_categories",
     "register", "run", "with_appeal",
 ]
