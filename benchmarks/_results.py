@@ -23,7 +23,20 @@ def machine() -> dict:
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
+        "cpu": cpu(),
     }
+
+
+def cpu() -> dict:
+    """The CPU model, its ISA flags, and what oneDNN runs natively on it (``ppjax.onednn``)."""
+    from ppjax import onednn
+
+    info = dict(onednn.cpu_info())
+    caps = onednn.capabilities()
+    info.update(onednn_isa=caps.isa, cpu_class=caps.cpu_class, native_dtypes=list(caps.native_dtypes),
+                onednn_max_cpu_isa=os.environ.get("ONEDNN_MAX_CPU_ISA"),
+                onednn_unavailable=caps.reason)
+    return info
 
 
 def write_json(path: str | os.PathLike | None, payload: dict) -> None:

@@ -7,7 +7,7 @@ busy machine slows all of them alike; the figures are medians over rounds, as wa
 img·it/s and as img·it per CPU-second of the process (robust to other load on the machine).
 
     python -m benchmarks.throughput --json out.json [--judges resnet50_places365,nima_mobilenetv2]
-        [--batch 8] [--iters 4] [--rounds 3] [--levers] [--torch-compile] [--no-memory]
+        [--batch N] [--iters 4] [--rounds 3] [--levers] [--no-torch-compile] [--no-memory]
 
 The default run measures ppjax naive (f32, XLA), ppjax's best XLA-only configuration and ppjax's
 best configuration (``ppjax.onednn``: BatchNorm folded, convolutions through oneDNN in bf16 on
@@ -65,10 +65,16 @@ class JaxVariant:
     onednn: bool = False  # convolutions through ppjax.onednn (AMX for bf16)
 
 
-# The configuration ppjax ships as its fastest on CPU (chosen from the lever table).
+# ppjax's candidates for its best on this CPU (what ``ppjax.attack(backend="auto")`` runs in
+# f32 and in bf16; bf16 only where oneDNN has native kernels: AVX512_BF16 or AMX).
 BEST = JaxVariant("ppjax onednn bf16 (BN folded)", dtype="bfloat16", fold=True, onednn=True)
+ONEDNN_F32 = JaxVariant("ppjax onednn f32 (BN folded)", fold=True, onednn=True)
 BEST_XLA = JaxVariant("ppjax XLA only (f32, BN folded, eigen)", fold=True, path="eigen")
 NAIVE = JaxVariant("ppjax naive (f32)", fold=False, path="ynn", donate=False)
+DEFAULT_VARIANTS = [NAIVE, BEST_XLA, ONEDNN_F32, BEST]
+NO_BF16 = "n/a (no native bf16)"
+# batch per judge when --batch is not given (KonCept512 at 512x384 is ~8x ResNet-50's work)
+DEFAULT_BATCH = {"koncept512": 2}
 
 LEVERS = [
     NAIVE,
@@ -187,17 +193,21 @@ def make_torch_engine(kind: str, judge_name: str, batch: int, weights_dir: str, 
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(seed)
+    norm = {}
     if judge_name == "resnet50_places365":
         net, hw, output = torch_models.resnet50(365), (256, 256), "logits"
     elif judge_name == "nima_mobilenetv2":
         net, hw, output = torch_models.nima_mobilenet_v2(), (224, 224), "distribution"
+    elif judge_name == "koncept512":
+        net, hw, output = torch_models.koncept512(), (384, 512), "score"
+        norm = {"mean": (0.5,) * 3, "std": (0.5,) * 3}
     else:
         raise KeyError(f"no torch reference for judge {judge_name!r}")
     # the judge's own (stand-in) weights: random torch init can differ in speed (denormals)
     torch_models.load_from_judge(net, _judge(judge_name, weights_dir))
     cl = "channels-last" in kind
     bf16 = "bf16" in kind
-    model = torch_models.with_normalisation(net.eval(), channels_last=cl)
+    model = torch_models.with_normalisation(net.eval(), channels_last=cl, **norm)
     if cl:
         model = model.to(memory_format=torch.channels_last)
     for p in model.parameters():
@@ -213,7 +223,9 @@ def make_torch_engine(kind: str, judge_name: str, batch: int, weights_dir: str, 
         out = out.float()
         if output == "logits":
             return torch.nn.functional.cross_entropy(out, labels, reduction="sum")
-        return -(out * bins).sum()
+        if output == "distribution":
+            return -(out * bins).sum()
+        return -out.sum()
 
     if kind.startswith("torch.compile"):
         loss_fn = torch.compile(loss_fn)
@@ -254,7 +266,7 @@ def peak_rss_child(engine: str, judge: str, batch: int, weights_dir: str) -> flo
 
 
 def _child(engine: str, judge: str, batch: int, weights_dir: str) -> None:
-    variants = {v.name: v for v in LEVERS + [BEST, BEST_XLA]}
+    variants = {v.name: v for v in LEVERS + DEFAULT_VARIANTS}
     if engine in variants:
         run_once, _, _ = make_jax_engine(variants[engine], judge, weights_dir, batch)
     else:
@@ -276,19 +288,42 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def runnable(variant: JaxVariant) -> str | None:
+    """None when this CPU can run ``variant``, else why not (the row's "n/a" text)."""
+    if not variant.onednn:
+        return None
+    from ppjax import onednn
+
+    caps = onednn.capabilities()
+    if not caps.available:
+        return f"n/a (oneDNN unavailable: {caps.reason.splitlines()[0]})"
+    if not caps.native(variant.dtype):
+        return NO_BF16
+    return None
+
+
 def bench_judge(judge: str, args, weights_dir: str) -> list[dict]:
-    jax_variants = LEVERS if args.levers else [NAIVE, BEST_XLA, BEST]
+    jax_variants = (LEVERS + [ONEDNN_F32, BEST]) if args.levers else DEFAULT_VARIANTS
     torch_kinds = [k for k in TORCH_VARIANTS if args.torch_compile or "compile" not in k]
-    engines = {}
+    batch = args.batch or DEFAULT_BATCH.get(judge, 8)
+    engines, skipped = {}, []
     for v in jax_variants:
+        why = runnable(v)
+        if why:
+            print(f"[{judge}] {v.name}: {why}", flush=True)
+            skipped.append({"judge": judge, "engine": "ppjax", "config": v.name, "batch": batch,
+                            "na": why})
+            continue
         print(f"[{judge}] compiling {v.name} ...", flush=True)
-        engines[v.name] = ("ppjax", *make_jax_engine(v, judge, weights_dir, args.batch))
+        engines[v.name] = ("ppjax", *make_jax_engine(v, judge, weights_dir, batch))
     for k in torch_kinds:
         print(f"[{judge}] preparing {k} ...", flush=True)
         try:
-            engines[k] = ("torch", *make_torch_engine(k, judge, args.batch, weights_dir))
-        except Exception as e:  # torch.compile may be unavailable (no compiler on the host)
+            engines[k] = ("torch", *make_torch_engine(k, judge, batch, weights_dir))
+        except Exception as e:  # torch.compile may not finish (no compiler on the host, ...)
             print(f"  {k} unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+            skipped.append({"judge": judge, "engine": "torch", "config": k, "batch": batch,
+                            "na": f"n/a ({type(e).__name__})"})
     samples = {name: [] for name in engines}
     for r in range(args.rounds):
         for name, (_, run_once, _, b) in engines.items():
@@ -312,36 +347,67 @@ def bench_judge(judge: str, args, weights_dir: str) -> list[dict]:
             r["torch_best"] = torch_best["config"]
     if args.memory:
         for r in rows:
-            r["peak_rss_mib"] = peak_rss_child(r["config"], judge, args.batch, weights_dir)
-    return rows
+            r["peak_rss_mib"] = peak_rss_child(r["config"], judge, r["batch"], weights_dir)
+    return rows + skipped
 
 
-def _markdown(rows: list[dict], args, meta: dict) -> str:
-    head = (f"Measured {meta['date']} on {meta['processor']} ({meta['cpus']} CPUs visible), "
-            f"jax {meta['jax']}, batch {args.batch}, {args.rounds} interleaved rounds of "
-            f"{args.iters} iterations; medians. One iteration = forward + input gradient + "
-            "L-inf PGD update. Ratios are against the fastest torch configuration of the same "
-            "run. img·it/CPU-s divides by the process's CPU time, which is robust to other load "
-            "on a shared machine.\n\n")
+def judge_summary(rows: list[dict]) -> dict:
+    """ppjax's best on this CPU / torch's best on this CPU, same run (wall-clock img·it/s; the
+    CPU-time ratio alongside)."""
+    ran = [r for r in rows if "img_it_per_s" in r]
+    best = {e: max((r for r in ran if r["engine"] == e), key=lambda r: r["img_it_per_s"],
+                   default=None) for e in ("ppjax", "torch")}
+    out = {"ppjax_best": best["ppjax"] and best["ppjax"]["config"],
+           "torch_best": best["torch"] and best["torch"]["config"],
+           "batch": ran[0]["batch"] if ran else None,
+           "not_run": {r["config"]: r["na"] for r in rows if "na" in r}}
+    if best["ppjax"] and best["torch"]:
+        out["ppjax_img_it_per_s"] = best["ppjax"]["img_it_per_s"]
+        out["torch_img_it_per_s"] = best["torch"]["img_it_per_s"]
+        out["ratio_vs_torch_best"] = best["ppjax"]["img_it_per_s"] / best["torch"]["img_it_per_s"]
+        cpu = {e: max(r["img_it_per_cpu_s"] for r in ran if r["engine"] == e)
+               for e in ("ppjax", "torch")}
+        out["cpu_ratio_vs_torch_best"] = cpu["ppjax"] / cpu["torch"]
+    return out
+
+
+def _markdown(rows: list[dict], args, meta: dict, summary: dict) -> str:
+    cpu = meta["cpu"]
+    head = (f"Measured {meta['date']} on **{cpu['model']}** ({meta['cpus']} CPUs visible; ISA "
+            f"flags {', '.join(cpu['flags']) or 'none reported'}; oneDNN ISA "
+            f"{cpu.get('onednn_isa')}, native dtypes {', '.join(cpu.get('native_dtypes', ()))}"
+            f"{'; capped by ONEDNN_MAX_CPU_ISA=' + cap if (cap := cpu.get('onednn_max_cpu_isa')) else ''}"
+            f"), jax {meta['jax']}, {args.rounds} interleaved rounds of {args.iters} iterations; "
+            "medians. One iteration = forward + input gradient + L-inf PGD update. Ratios are "
+            "against the fastest torch configuration of the same run. img·it/CPU-s divides by "
+            "the process's CPU time, which is robust to other load on a shared machine.\n\n")
+    top = _results.markdown_table(
+        ["judge", "batch", "ppjax's best", "img·it/s", "torch's best", "img·it/s",
+         "**ratio_vs_torch_best**", "CPU-time ratio"],
+        [[j, s["batch"], s["ppjax_best"], s.get("ppjax_img_it_per_s", "-"), s["torch_best"],
+          s.get("torch_img_it_per_s", "-"), s.get("ratio_vs_torch_best", "-"),
+          s.get("cpu_ratio_vs_torch_best", "-")] for j, s in summary.items()])
     table = _results.markdown_table(
         ["judge", "config", "batch", "img·it/s", "ratio", "img·it/CPU-s", "CPU ratio",
          "compile s", "peak RSS MiB"],
         [[r["judge"], r["config"], r["batch"], r["img_it_per_s"], r.get("ratio_vs_torch_best", "-"),
           r["img_it_per_cpu_s"], r.get("cpu_ratio_vs_torch_best", "-"), r["compile_s"],
-          r.get("peak_rss_mib") or "-"] for r in rows])
-    return head + table
+          r.get("peak_rss_mib") or "-"] if "na" not in r else
+         [r["judge"], r["config"], r["batch"], r["na"], "-", "-", "-", "-", "-"] for r in rows])
+    return head + top + "\n\nAll configurations:\n\n" + table
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default=None, help="write the results here")
-    p.add_argument("--judges", default="resnet50_places365,nima_mobilenetv2")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--judges", default="resnet50_places365,nima_mobilenetv2,koncept512")
+    p.add_argument("--batch", type=int, default=None,
+                   help="images per iteration (default 8; KonCept512 2)")
     p.add_argument("--iters", type=int, default=4, help="iterations per engine per round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     p.add_argument("--levers", action="store_true", help="measure every ppjax lever")
-    p.add_argument("--torch-compile", action="store_true",
-                   help="also torch.compile (minutes of compilation on a small CPU)")
+    p.add_argument("--no-torch-compile", dest="torch_compile", action="store_false",
+                   help="skip torch.compile (minutes of compilation on a small CPU)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the per-engine peak-RSS child processes")
     p.add_argument("--weights-dir", default=None, help="stand-in weights (default: a temp dir)")
@@ -351,20 +417,24 @@ def main(argv=None) -> int:
     weights_dir = args.weights_dir or tempfile.mkdtemp(prefix="ppjax-bench-weights-")
     judges = [j for j in args.judges.split(",") if j]
     if args._child:
-        _child(args._child, judges[0], args.batch, weights_dir)
+        _child(args._child, judges[0], args.batch or 8, weights_dir)
         return 0
     meta = _results.machine()
-    rows, hlo = [], {}
+    rows, hlo, summary = [], {}, {}
     for judge in judges:
-        rows += bench_judge(judge, args, weights_dir)
+        judge_rows = bench_judge(judge, args, weights_dir)
+        rows += judge_rows
+        summary[judge] = judge_summary(judge_rows)
         if args.levers:
             hlo[judge] = {path: hlo_library_calls(JaxVariant(path, dtype=dt, path=path), judge,
                                                   weights_dir, 1)
                           for path in XLA_PATHS for dt in ("float32",)}
-    payload = {"machine": meta, "args": {k: v for k, v in vars(args).items() if k != "_child"},
-               "rows": rows, "hlo": hlo}
+    # each judge is a top-level entry with its ratio_vs_torch_best (read by machine)
+    payload = {"machine": meta, "cpu": meta["cpu"],
+               "args": {k: v for k, v in vars(args).items() if k != "_child"},
+               "rows": rows, "hlo": hlo, "judges": summary, **summary}
     _results.write_json(args.json, payload)
-    md = _markdown(rows, args, meta)
+    md = _markdown(rows, args, meta, summary)
     if hlo:
         md += "\n\nHow the convolutions are emitted (compiled input-gradient HLO, f32):\n\n"
         md += _results.markdown_table(

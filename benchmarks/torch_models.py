@@ -29,6 +29,14 @@ def nima_mobilenet_v2() -> nn.Module:
     return NIMA()
 
 
+def koncept512() -> nn.Module:
+    """KonCept512 (Cadene InceptionResNetV2 base + MLP head): the replica written for the tests
+    (normalised input, ``Normalize(0.5, 0.5)``)."""
+    from tests.torch_ref.inception_resnet_v2 import KonCept512
+
+    return KonCept512()
+
+
 class WithNormalisation(nn.Module):
     """Takes NHWC ``x01`` in [0, 1] like a ppjax judge, normalises, and feeds NCHW (or
     channels-last NCHW) to ``model``."""

@@ -138,6 +138,18 @@ def available() -> bool:
     return why_unavailable() is None
 
 
+def weight_cache_stats(reset: bool = False) -> dict:
+    """The extension's reordered-weight cache: ``hits``, ``misses`` (reorders done) and
+    ``bytes`` held. Weights are reordered into the kernel's blocked layout once and reused while
+    their contents are unchanged (a fingerprint of the contents is checked at every call);
+    ``$PPJAX_ONEDNN_WEIGHT_CACHE_MB`` bounds it (default 2048, 0 turns it off). ``reset``
+    empties it."""
+    lib = _load()
+    vals = [ctypes.c_uint64() for _ in range(3)]
+    lib.ppjax_onednn_weight_cache(*(ctypes.byref(v) for v in vals), ctypes.c_int(int(reset)))
+    return dict(zip(("hits", "misses", "bytes"), (v.value for v in vals), strict=True))
+
+
 # ----------------------------------------------------------------------------- CPU capabilities
 
 # dnnl_cpu_isa_t values (oneapi/dnnl/dnnl_types.h) -> oneDNN's names.

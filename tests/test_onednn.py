@@ -83,6 +83,24 @@ def test_conv2d_bf16_matches_f32_on_bf16_inputs(xs, ws, strides, padding, groups
     assert _relerr(pull(dy)[0].astype(jnp.float32), dref) < 2 ** -7
 
 
+def test_reordered_weights_are_cached_by_content():
+    """The reordered-weight cache reuses a kernel's blocked copy only while its contents are
+    unchanged: new weights of the same shape (and the same buffer) give their own result."""
+    xs, ws, strides, padding, groups = CASES[1]
+    kx, k1, k2 = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(kx, xs, jnp.float32)
+    w1, w2 = (jax.random.normal(k, ws, jnp.float32) for k in (k1, k2))
+    w3 = w1.at[1, 1, 3, 5].add(1e-3)  # one weight changed a little
+    conv = jax.jit(lambda x, w: onednn.conv2d(x, w, strides, padding, groups))
+    onednn.weight_cache_stats(reset=True)
+    for w in (w1, w2, w1, w3, w2):
+        assert _relerr(conv(x, w), _xla(x, w, strides, padding, groups)) < 1e-5
+    stats = onednn.weight_cache_stats()
+    if stats["misses"] == 0:
+        pytest.skip("this CPU's kernel takes HWIO weights as they are (no reorder)")
+    assert stats == {"hits": 2, "misses": 3, "bytes": stats["bytes"]} and stats["bytes"] > 0
+
+
 def test_conv2d_refuses_bad_input():
     x = jnp.zeros((1, 8, 8, 4), jnp.float32)
     with pytest.raises(ValueError, match="both be float32 or both bfloat16"):
