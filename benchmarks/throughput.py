@@ -129,13 +129,14 @@ def make_jax_engine(variant: JaxVariant, judge_name: str, weights_dir: str, batc
     from ppjax.fold import fold_bn
 
     judge = _judge(judge_name, weights_dir)
-    if variant.onednn:
+    if variant.onednn:  # as ppjax.attack runs it (kernels stored in the compute dtype)
         from ppjax.onednn import accelerate
 
-        judge = accelerate(judge, fold=variant.fold, check=False)
+        judge = accelerate(judge, fold=variant.fold, check=False, dtype=jnp.dtype(variant.dtype))
     elif variant.fold:
-        judge = fold_bn(judge, check=False)
-    judge = judge.with_dtype(jnp.dtype(variant.dtype))
+        judge = fold_bn(judge, check=False).with_dtype(jnp.dtype(variant.dtype))
+    else:
+        judge = judge.with_dtype(jnp.dtype(variant.dtype))
     b = batch * variant.batch_mult
     h, w = judge.spec.input_hw
     rng = np.random.default_rng(seed)

@@ -523,9 +523,9 @@ def accelerate(judge: Judge, *, dtype=None, fold: bool = True, check: bool = Tru
     key = (id(judge), fold, check, f32_activations)
     hit = _ACCELERATED.get(key)
     if hit is not None and hit[0] is judge:  # same judge object: skip re-folding and checking
-        return hit[1] if dtype is None else hit[1].with_dtype(dtype)
+        return hit[1] if dtype is None else _with_dtype(hit[1], dtype)
     if is_accelerated(judge):
-        return judge if dtype is None else judge.with_dtype(dtype)
+        return judge if dtype is None else _with_dtype(judge, dtype)
     base = judge
     if fold:
         judge = fold_bn(judge, check=check)
@@ -545,4 +545,20 @@ def accelerate(judge: Judge, *, dtype=None, fold: bool = True, check: bool = Tru
     if len(_ACCELERATED) >= 8:
         _ACCELERATED.pop(next(iter(_ACCELERATED)))
     _ACCELERATED[key] = (base, fast)
-    return fast if dtype is None else fast.with_dtype(dtype)
+    return fast if dtype is None else _with_dtype(fast, dtype)
+
+
+def _with_dtype(judge: Judge, dtype) -> Judge:
+    """``judge.with_dtype(dtype)`` with the convolution kernels stored in ``dtype`` already:
+    the model would cast them at every call (55M parameters per KonCept512 iteration), and a
+    kernel that is a program argument keeps one buffer, so its reordered copy stays cached."""
+    judge = judge.with_dtype(dtype)
+    if jnp.dtype(dtype) == jnp.float32:
+        return judge
+
+    def cast(path, leaf):
+        is_kernel = getattr(path[-1], "key", None) == "kernel" and getattr(leaf, "ndim", 0) == 4
+        return leaf.astype(dtype) if is_kernel and leaf.dtype == jnp.float32 else leaf
+
+    params = jax.tree_util.tree_map_with_path(cast, judge.variables["params"])
+    return judge.replace(variables={**judge.variables, "params": params})

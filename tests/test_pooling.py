@@ -44,3 +44,29 @@ def test_max_pool_bf16_is_exact_and_keeps_dtype():
     np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(ref, np.float32))
     g = jax.grad(lambda x: jnp.sum(max_pool(x, (3, 3), (2, 2), "SAME").astype(jnp.float32)))(x)
     assert g.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("shape,window,strides,padding", [
+    ((2, 13, 12, 5), (3, 3), (1, 1), 1),      # InceptionResNetV2 Mixed_5b branch 3
+    ((1, 11, 9, 3), (3, 3), (2, 2), 1),
+    ((1, 16, 16, 2), (8, 8), (8, 8), 0),      # the trunk's AvgPool2d(8)
+])
+@pytest.mark.parametrize("count_include_pad", [False, True])
+def test_avg_pool_matches_torch(shape, window, strides, padding, count_include_pad):
+    from ppjax.models.pooling import avg_pool
+
+    x = np.asarray(jax.random.normal(jax.random.key(2), shape), np.float32)
+    tx = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
+    ty = torch.nn.functional.avg_pool2d(tx, window, strides, padding,
+                                        count_include_pad=count_include_pad)
+    dy = np.asarray(jax.random.normal(jax.random.key(3), (shape[0], ty.shape[2], ty.shape[3],
+                                                          shape[3])), np.float32)
+    ty.backward(torch.tensor(dy).permute(0, 3, 1, 2))
+    pad = ((padding, padding), (padding, padding))
+    y, pull = jax.vjp(lambda x: avg_pool(x, window, strides, pad, count_include_pad),
+                      jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(y), ty.detach().permute(0, 2, 3, 1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(pull(jnp.asarray(dy))[0]),
+                               tx.grad.permute(0, 2, 3, 1).numpy(), rtol=0, atol=1e-6)
+    y16 = avg_pool(jnp.asarray(x, jnp.bfloat16), window, strides, pad, count_include_pad)
+    assert y16.dtype == jnp.bfloat16

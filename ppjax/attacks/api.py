@@ -182,8 +182,8 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
     if path.name == "onednn":
         from ppjax import onednn
 
-        models["judge"] = onednn.accelerate(models["judge"], check=False)
-    if path.dtype is not None:
+        models["judge"] = onednn.accelerate(models["judge"], dtype=path.dtype, check=False)
+    elif path.dtype is not None:
         models["judge"] = models["judge"].with_dtype(path.dtype)
     if mesh is None or mesh.size == 1:
         return AttackResult(**run(cfg, models, x, aux, seeds, driver=driver, chunk=chunk))

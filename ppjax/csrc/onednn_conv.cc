@@ -241,6 +241,19 @@ std::shared_ptr<uint8_t> PackedWeights(const std::string& key, const Entry& e, v
   return buf;
 }
 
+// A per-thread scratchpad, grown as needed and kept: a fresh allocation per call (several MB,
+// served by mmap) was page-faulted in again at every convolution. Per thread, so concurrent
+// calls from XLA's thread pool never share one.
+void* Scratch(size_t bytes) {
+  thread_local std::unique_ptr<uint8_t, void (*)(void*)> buf(nullptr, std::free);
+  thread_local size_t size = 0;
+  if (bytes > size) {
+    size = (bytes + 4095) / 4096 * 4096;
+    buf.reset(static_cast<uint8_t*>(std::aligned_alloc(64, size)));
+  }
+  return buf.get();
+}
+
 bool ToDnnl(ffi::DataType t, memory::data_type* out) {
   switch (t) {
     case ffi::DataType::F32: *out = memory::data_type::f32; return true;
@@ -286,11 +299,7 @@ ffi::Error Conv(ffi::AnyBuffer in, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer>
       packed = PackedWeights(key, *e, w.untyped_data(), strm);
       prim_w = memory(e->prim_w, eng, packed.get());
     }
-    // uninitialised (a std::vector would zero megabytes per call)
-    std::unique_ptr<uint8_t[]> scratch_buf(new uint8_t[e->scratch.get_size() + 64]);
-    void* aligned = reinterpret_cast<void*>(
-        (reinterpret_cast<uintptr_t>(scratch_buf.get()) + 63) & ~uintptr_t{63});
-    memory scratch(e->scratch, eng, aligned);
+    memory scratch(e->scratch, eng, Scratch(e->scratch.get_size()));
     if (mode == 0) {
       memory src(e->src, eng, in.untyped_data());
       memory dst(e->dst, eng, out->untyped_data());

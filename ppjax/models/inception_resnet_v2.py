@@ -26,7 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ppjax.models.pooling import max_pool
+from ppjax.models.pooling import avg_pool, max_pool
 
 Dtype = Any
 
@@ -101,8 +101,8 @@ class Mixed5b(nn.Module):
         x1 = _Sequential(((48, 1, 1, 0), (64, 5, 1, 2)), dtype=d, name="branch1")(x)
         x2 = _Sequential(((64, 1, 1, 0), (96, 3, 1, 1), (96, 3, 1, 1)), dtype=d,
                          name="branch2")(x)
-        x3 = nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
-                         count_include_pad=False)
+        x3 = avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
+                      count_include_pad=False)
         x3 = _Sequential(((64, 1, 1, 0),), first=1, dtype=d, name="branch3")(x3)
         return jnp.concatenate([x0, x1, x2, x3], axis=-1)
 

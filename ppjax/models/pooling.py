@@ -96,3 +96,32 @@ def max_pool(x: jnp.ndarray, window=(3, 3), strides=(2, 2),
         # times faster in float32 than in the 16-bit types
         return _max_pool(x.astype(jnp.float32), window, strides, padding).astype(x.dtype)
     return _max_pool(x, window, strides, padding)
+
+
+def avg_pool(x: jnp.ndarray, window=(3, 3), strides=(1, 1),
+             padding: tuple[tuple[int, int], tuple[int, int]] = ((1, 1), (1, 1)),
+             count_include_pad: bool = True) -> jnp.ndarray:
+    """2-D average pooling over NHWC ``x`` (``nn.avg_pool`` semantics) as a sum of one strided
+    slice per window offset: elementwise work that XLA fuses, forward and backward, where
+    ``nn.avg_pool`` is a ``reduce_window`` (a scalar loop on XLA's CPU backend). Sums run in
+    float32; ``count_include_pad=False`` divides by the in-image window size, as torch does."""
+    import numpy as np
+
+    window, strides = tuple(int(v) for v in window), tuple(int(v) for v in strides)
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    n, h, w, c = x.shape
+    oh = (h + padding[0][0] + padding[0][1] - window[0]) // strides[0] + 1
+    ow = (w + padding[1][0] + padding[1][1] - window[1]) // strides[1] + 1
+    xp = jnp.pad(x.astype(jnp.float32), ((0, 0), *padding, (0, 0)))
+    total = functools.reduce(jnp.add, (_window_slice(xp, i, j, (oh, ow), strides)
+                                       for i, j in _offsets(window)))
+    if count_include_pad:
+        return (total / float(window[0] * window[1])).astype(x.dtype)
+
+    def counts(size, lo, hi, k, s, out):  # in-image taps per output position, one axis
+        inside = np.pad(np.ones(size), (lo, hi))
+        return np.array([inside[o * s:o * s + k].sum() for o in range(out)], np.float32)
+
+    count = np.outer(counts(h, *padding[0], window[0], strides[0], oh),
+                     counts(w, *padding[1], window[1], strides[1], ow))
+    return (total / jnp.asarray(count)[None, :, :, None]).astype(x.dtype)
