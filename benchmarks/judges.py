@@ -104,6 +104,9 @@ def _score_np(out: np.ndarray, output: str) -> np.ndarray | None:
 
 # --------------------------------------------------------------------------- ppjax engines
 
+NOT_RUN: list[tuple[str, str]] = []  # (engine, why) of the current judge: rows marked n/a
+
+
 def jax_engines(judge, x01: np.ndarray, labels: np.ndarray | None) -> list[Engine]:
     """ppjax f32 and bf16, on XLA and through ``ppjax.onednn``: jitted forward and jitted input
     gradient of the attack loss."""
@@ -123,15 +126,20 @@ def jax_engines(judge, x01: np.ndarray, labels: np.ndarray | None) -> list[Engin
 
     forward = jax.jit(lambda j, x: j(x))
     grad = jax.jit(jax.grad(loss, argnums=1))
-    variants = [("jit f32", judge, jnp.float32), ("jit bf16", judge, jnp.bfloat16)]
-    if onednn.available():  # BatchNorm folded, convolutions through oneDNN (AMX in bf16)
-        fast = onednn.accelerate(judge)
-        variants += [("oneDNN f32", fast, jnp.float32), ("oneDNN bf16", fast, jnp.bfloat16)]
+    variants = [("jit f32", judge.with_dtype(jnp.float32)),
+                ("jit bf16", judge.with_dtype(jnp.bfloat16))]
+    caps = onednn.capabilities()
+    if caps.available:  # BatchNorm folded, convolutions through oneDNN (AMX in bf16)
+        variants.append(("oneDNN f32", onednn.accelerate(judge, dtype=jnp.float32)))
+        if caps.native(jnp.bfloat16):
+            variants.append(("oneDNN bf16", onednn.accelerate(judge, dtype=jnp.bfloat16)))
+        else:
+            NOT_RUN.append(("ppjax oneDNN bf16", "n/a (no native bf16)"))
     else:
-        print(f"  oneDNN engines skipped: {onednn.why_unavailable()}", file=sys.stderr)
+        print(f"  oneDNN engines skipped: {caps.reason}", file=sys.stderr)
+        NOT_RUN.extend((f"ppjax oneDNN {d}", "n/a (oneDNN unavailable)") for d in ("f32", "bf16"))
     engines = []
-    for label, base, dtype in variants:
-        j = base.with_dtype(dtype)
+    for label, j in variants:
         t0 = time.perf_counter()
         fwd = forward.lower(j, x).compile()
         t1 = time.perf_counter()
@@ -346,6 +354,7 @@ def bench_judge(name: str, batch: int, args) -> list[dict]:
     from tests.conftest import photos_at
 
     spec = get_spec(name)
+    NOT_RUN.clear()
     x01 = photos_at(_results.shared_photo_paths(), spec.input_hw, batch)  # [B, H, W, 3] float32 in [0, 1]
     with tempfile.TemporaryDirectory(prefix=f"ppjax-bench-{name}-") as tmp:
         t0 = time.perf_counter()
@@ -409,14 +418,18 @@ def bench_judge(name: str, batch: int, args) -> list[dict]:
     for row in rows:
         for k in ("forward_img_per_s", "attack_img_it_per_s", "attack_img_it_per_cpu_s"):
             row[f"{k}_ratio_vs_reference"] = row[k] / ref_row[k]
-    return rows
+    return rows + [{"judge": name, "engine": e, "family": "ppjax", "batch": batch, "na": why}
+                   for e, why in NOT_RUN]
 
 
 # --------------------------------------------------------------------------- report
 
 def markdown(rows: list[dict], meta: dict, args, wall_s: float) -> str:
+    cpu = meta["cpu"]
     head = (
-        f"Measured {meta['date']} on {meta['processor']} ({meta['cpus']} CPUs visible, "
+        f"Measured {meta['date']} on **{cpu['model']}** (ISA flags "
+        f"{', '.join(cpu['flags']) or 'none reported'}; oneDNN ISA {cpu.get('onednn_isa')}, "
+        f"native dtypes {', '.join(cpu.get('native_dtypes', ()))}) ({meta['cpus']} CPUs visible, "
         f"{meta['backend']}), jax {meta['jax']}, torch {meta.get('torch', '?')} "
         f"({meta.get('torch_threads', '?')} threads, OMP_WAIT_POLICY="
         f"{meta.get('OMP_WAIT_POLICY', '?')}); "
@@ -449,10 +462,13 @@ def markdown(rows: list[dict], meta: dict, args, wall_s: float) -> str:
           opt(r["attack_img_it_per_cpu_s_ratio_vs_reference"], "{:.2f}"),
           opt(r.get("max_abs_output_diff"), "{:.2e}") if "reference_output_std" not in r
           else "reference",
-          opt(r.get("max_abs_score_diff"), "{:.2e}")]
+          opt(r.get("max_abs_score_diff"), "{:.2e}")] if "na" not in r else
+         [r["judge"], r["engine"], r["batch"], r["na"]] + ["-"] * 8
          for r in rows])
     scales = []
     for r in rows:
+        if "na" in r:
+            continue
         if "reference_output_std" in r:
             s = f"{r['judge']}: reference output std {r['reference_output_std']:.3g}"
             if "reference_scores" in r:
