@@ -49,6 +49,7 @@ from ppjax.judges import Judge
 from ppjax.models.mobilenet import DepthwiseConv
 
 TARGET = "ppjax_onednn_conv"
+POOL_FWD, POOL_BWD = "ppjax_onednn_maxpool_fwd", "ppjax_onednn_maxpool_bwd"
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "onednn_conv.cc"
 
 
@@ -120,6 +121,11 @@ def build(verbose: bool = False) -> Path:
 def _load() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(build()))
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.PpjaxOnednnConv), platform="cpu")
+    jax.ffi.register_ffi_target(POOL_FWD, jax.ffi.pycapsule(lib.PpjaxOnednnMaxPoolFwd),
+                                platform="cpu")
+    jax.ffi.register_ffi_target(POOL_BWD, jax.ffi.pycapsule(lib.PpjaxOnednnMaxPoolBwd),
+                                platform="cpu")
+    lib.ppjax_onednn_maxpool_ws_bytes.restype = ctypes.c_int64
     return lib
 
 
@@ -380,6 +386,61 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int] = (1, 1),
     return _conv(x, kernel, strides, padding, int(groups), out_dtype)
 
 
+# ----------------------------------------------------------------------------- max pooling
+
+
+@functools.cache
+def _pool_ws_bytes(x_shape, out_hw, window, strides, padding, bf16: bool) -> int:
+    geo = (ctypes.c_int64 * 14)(*x_shape, *out_hw, *window, *strides, *padding[0], *padding[1])
+    n = int(_load().ppjax_onednn_maxpool_ws_bytes(ctypes.c_int(int(bf16)), geo))
+    if n < 0:
+        raise OneDnnUnavailable(f"oneDNN has no max-pooling kernel for {x_shape} {window}")
+    return max(n, 1)
+
+
+def _pool_attrs(window, strides, padding):
+    return dict(kh=np.int64(window[0]), kw=np.int64(window[1]), sh=np.int64(strides[0]),
+                sw=np.int64(strides[1]), pt=np.int64(padding[0][0]), pb=np.int64(padding[0][1]),
+                pl=np.int64(padding[1][0]), pr=np.int64(padding[1][1]))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, strides, padding):
+    return _max_pool_fwd(x, window, strides, padding)[0]
+
+
+def _max_pool_fwd(x, window, strides, padding):
+    n, h, w, c = x.shape
+    oh, ow = _out_hw(h, w, *window, strides, padding)
+    ws = _pool_ws_bytes(x.shape, (oh, ow), window, strides, padding, x.dtype == jnp.bfloat16)
+    y, work = jax.ffi.ffi_call(
+        POOL_FWD, (jax.ShapeDtypeStruct((n, oh, ow, c), x.dtype),
+                   jax.ShapeDtypeStruct((ws,), jnp.uint8)), vmap_method="sequential")(
+        x, **_pool_attrs(window, strides, padding))
+    return y, (work, x.shape)
+
+
+def _max_pool_bwd(window, strides, padding, res, dy):
+    work, x_shape = res
+    dx = jax.ffi.ffi_call(POOL_BWD, jax.ShapeDtypeStruct(x_shape, dy.dtype),
+                          vmap_method="sequential")(dy, work, **_pool_attrs(window, strides,
+                                                                           padding))
+    return (dx,)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x, window, strides, padding):
+    """``ppjax.models.pooling.max_pool`` through oneDNN's max pooling (forward with its argmax
+    workspace, and the gradient that routes through it), float32 or bfloat16 NHWC. Models inside
+    :func:`accelerate` use it automatically."""
+    if x.dtype not in (jnp.float32, jnp.bfloat16) or x.ndim != 4:
+        raise ValueError(f"onednn.max_pool: float32/bfloat16 NHWC only, got {x.dtype} {x.shape}")
+    _load()
+    return _max_pool(x, tuple(window), tuple(strides), tuple(tuple(p) for p in padding))
+
+
 # ----------------------------------------------------------------------------- judges
 
 
@@ -462,7 +523,9 @@ class OneDnnModule:
                     return _onednn_depthwise_call(mod, a[0], out)
             return next_fun(*a, **kw)
 
-        with nn.intercept_methods(through_onednn):
+        from ppjax.models.pooling import pooling_impl
+
+        with nn.intercept_methods(through_onednn), pooling_impl(max_pool):
             return self.inner.apply(variables, *args, **kwargs)
 
     def clone(self, **overrides) -> OneDnnModule:

@@ -327,3 +327,32 @@ def test_attack_backend_onednn_equals_xla(resnet_standin, photos_256):
     assert choose_backend("xla", None).name == "xla"
     with pytest.raises(ValueError, match="backend must be one of"):
         choose_backend("cuda", None)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape,window,strides,padding", [
+    ((2, 13, 12, 5), (3, 3), (2, 2), 1),      # ResNet stem pool, odd sizes
+    ((2, 15, 16, 4), (3, 3), (2, 2), 0),      # InceptionResNetV2 VALID pools
+])
+def test_onednn_max_pool_matches_torch_with_ties(shape, window, strides, padding, dtype):
+    """Models inside accelerate() pool through oneDNN: the same maxima, and the gradient goes
+    to the first maximum on ties, as torch's MaxPool2d."""
+    import torch
+
+    from ppjax.models.pooling import max_pool, pooling_impl
+
+    x = np.round(np.asarray(jax.random.normal(jax.random.key(0), shape), np.float32) * 2) / 2
+    tx = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
+    ty = torch.nn.functional.max_pool2d(tx, window, strides, padding)
+    dy = np.round(np.asarray(jax.random.normal(jax.random.key(1), (
+        shape[0], ty.shape[2], ty.shape[3], shape[3])), np.float32) * 4) / 4  # bf16-exact
+    ty.backward(torch.tensor(dy).permute(0, 3, 1, 2))
+    pad = ((padding, padding), (padding, padding))
+    with pooling_impl(onednn.max_pool):
+        y, pull = jax.vjp(lambda x: max_pool(x, window, strides, pad), jnp.asarray(x, dtype))
+        dx = pull(jnp.asarray(dy, dtype))[0]
+    assert y.dtype == dtype and dx.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(y, np.float32),
+                                  ty.detach().permute(0, 2, 3, 1).numpy())
+    np.testing.assert_allclose(np.asarray(dx, np.float32), tx.grad.permute(0, 2, 3, 1).numpy(),
+                               rtol=0, atol=1e-6 if dtype == jnp.float32 else 2e-2)

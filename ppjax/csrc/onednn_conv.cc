@@ -318,6 +318,115 @@ ffi::Error Conv(ffi::AnyBuffer in, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer>
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------- max pooling
+//
+//   ppjax_onednn_maxpool_fwd: x [N,H,W,C] -> y [N,OH,OW,C], ws (oneDNN's workspace, bytes)
+//   ppjax_onednn_maxpool_bwd: dy [N,OH,OW,C], ws -> dx [N,H,W,C]
+// XLA's CPU reduce_window / select_and_scatter are scalar loops; oneDNN's are vectorised.
+
+struct PoolGeometry {
+  int64_t n, h, w, c, oh, ow, kh, kw, sh, sw, pt, pb, pl, pr;
+  memory::data_type dt;
+};
+
+struct PoolEntry {
+  std::unique_ptr<dnnl::pooling_forward> fwd;
+  std::unique_ptr<dnnl::pooling_backward> bwd;
+  memory::desc src, dst, ws, scratch_fwd, scratch_bwd;
+};
+
+std::mutex pool_mu;
+std::unordered_map<std::string, std::shared_ptr<PoolEntry>>& PoolCache() {
+  static auto* c = new std::unordered_map<std::string, std::shared_ptr<PoolEntry>>();
+  return *c;
+}
+
+std::shared_ptr<PoolEntry> PoolLookup(const PoolGeometry& g) {
+  std::ostringstream k;
+  k << static_cast<int>(g.dt) << ':' << g.n << ',' << g.h << ',' << g.w << ',' << g.c << ':'
+    << g.oh << ',' << g.ow << ':' << g.kh << ',' << g.kw << ':' << g.sh << ',' << g.sw << ':'
+    << g.pt << ',' << g.pb << ',' << g.pl << ',' << g.pr;
+  const std::string key = k.str();
+  {
+    std::lock_guard<std::mutex> lock(pool_mu);
+    auto it = PoolCache().find(key);
+    if (it != PoolCache().end()) return it->second;
+  }
+  auto& eng = Engine();
+  auto e = std::make_shared<PoolEntry>();
+  e->src = memory::desc({g.n, g.c, g.h, g.w}, g.dt, tag::nhwc);
+  e->dst = memory::desc({g.n, g.c, g.oh, g.ow}, g.dt, tag::nhwc);
+  const memory::dims strides = {g.sh, g.sw}, kernel = {g.kh, g.kw}, dil = {0, 0},
+                     pad_l = {g.pt, g.pl}, pad_r = {g.pb, g.pr};
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  dnnl::pooling_forward::primitive_desc fpd(eng, dnnl::prop_kind::forward_training,
+                                            algorithm::pooling_max, e->src, e->dst, strides,
+                                            kernel, dil, pad_l, pad_r, attr);
+  dnnl::pooling_backward::primitive_desc bpd(eng, algorithm::pooling_max, e->src, e->dst,
+                                             strides, kernel, dil, pad_l, pad_r, fpd, attr);
+  e->ws = fpd.workspace_desc();
+  e->scratch_fwd = fpd.scratchpad_desc();
+  e->scratch_bwd = bpd.scratchpad_desc();
+  e->fwd = std::make_unique<dnnl::pooling_forward>(fpd);
+  e->bwd = std::make_unique<dnnl::pooling_backward>(bpd);
+  std::lock_guard<std::mutex> lock(pool_mu);
+  return PoolCache().emplace(key, e).first->second;
+}
+
+ffi::Error PoolFwd(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
+                   ffi::Result<ffi::AnyBuffer> ws, int64_t kh, int64_t kw, int64_t sh,
+                   int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  memory::data_type dt;
+  if (!ToDnnl(x.element_type(), &dt)) {
+    return ffi::Error::InvalidArgument("ppjax_onednn_maxpool: float32 or bfloat16 only");
+  }
+  auto dx = x.dimensions(), dy = y->dimensions();
+  PoolGeometry g{dx[0], dx[1], dx[2], dx[3], dy[1], dy[2], kh, kw, sh, sw, pt, pb, pl, pr, dt};
+  try {
+    auto e = PoolLookup(g);
+    if (ws->size_bytes() < e->ws.get_size()) {
+      return ffi::Error::InvalidArgument("ppjax_onednn_maxpool: workspace too small");
+    }
+    auto& eng = Engine();
+    dnnl::stream strm(eng);
+    memory src(e->src, eng, x.untyped_data()), dst(e->dst, eng, y->untyped_data()),
+        work(e->ws, eng, ws->untyped_data()),
+        scratch(e->scratch_fwd, eng, Scratch(e->scratch_fwd.get_size()));
+    e->fwd->execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}, {DNNL_ARG_WORKSPACE, work},
+                           {DNNL_ARG_SCRATCHPAD, scratch}});
+    strm.wait();
+  } catch (const dnnl::error& err) {
+    return ffi::Error::Internal(std::string("ppjax_onednn_maxpool: oneDNN: ") + err.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error PoolBwd(ffi::AnyBuffer dyb, ffi::AnyBuffer ws, ffi::Result<ffi::AnyBuffer> dxb,
+                   int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                   int64_t pl, int64_t pr) {
+  memory::data_type dt;
+  if (!ToDnnl(dyb.element_type(), &dt)) {
+    return ffi::Error::InvalidArgument("ppjax_onednn_maxpool: float32 or bfloat16 only");
+  }
+  auto dx = dxb->dimensions(), dy = dyb.dimensions();
+  PoolGeometry g{dx[0], dx[1], dx[2], dx[3], dy[1], dy[2], kh, kw, sh, sw, pt, pb, pl, pr, dt};
+  try {
+    auto e = PoolLookup(g);
+    auto& eng = Engine();
+    dnnl::stream strm(eng);
+    memory diff_dst(e->dst, eng, dyb.untyped_data()), diff_src(e->src, eng, dxb->untyped_data()),
+        work(e->ws, eng, ws.untyped_data()),
+        scratch(e->scratch_bwd, eng, Scratch(e->scratch_bwd.get_size()));
+    e->bwd->execute(strm, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_SRC, diff_src},
+                           {DNNL_ARG_WORKSPACE, work}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    strm.wait();
+  } catch (const dnnl::error& err) {
+    return ffi::Error::Internal(std::string("ppjax_onednn_maxpool: oneDNN: ") + err.what());
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PpjaxOnednnConv, Conv,
@@ -366,4 +475,44 @@ extern "C" void ppjax_onednn_weight_cache(uint64_t* hits, uint64_t* misses, uint
   *hits = pack_hits;
   *misses = pack_misses;
   *bytes = pack_bytes;
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PpjaxOnednnMaxPoolFwd, PoolFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pb")
+                                  .Attr<int64_t>("pl")
+                                  .Attr<int64_t>("pr"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PpjaxOnednnMaxPoolBwd, PoolBwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pb")
+                                  .Attr<int64_t>("pl")
+                                  .Attr<int64_t>("pr"));
+
+// Bytes of the max-pooling workspace for a geometry (the FFI's second output), or -1.
+extern "C" int64_t ppjax_onednn_maxpool_ws_bytes(int dt_bf16, const int64_t* geo) {
+  PoolGeometry g{geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7],
+                 geo[8], geo[9], geo[10], geo[11], geo[12], geo[13],
+                 dt_bf16 ? memory::data_type::bf16 : memory::data_type::f32};
+  try {
+    return static_cast<int64_t>(PoolLookup(g)->ws.get_size());
+  } catch (const dnnl::error&) {
+    return -1;
+  }
 }

@@ -12,6 +12,8 @@ XLA's ``select_and_scatter`` with ``ge``); padding never wins (it is ``-inf``).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import jax
@@ -80,6 +82,21 @@ def _max_pool_bwd(window, strides, padding, res, dy):
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+# An alternative max-pooling implementation for the models traced inside ``pooling_impl``
+# (``ppjax.onednn.accelerate`` puts oneDNN's there): same signature as the private op below.
+_IMPL: contextvars.ContextVar = contextvars.ContextVar("ppjax_max_pool_impl", default=None)
+
+
+@contextlib.contextmanager
+def pooling_impl(impl):
+    """Within this context, :func:`max_pool` calls ``impl(x, window, strides, padding)``."""
+    token = _IMPL.set(impl)
+    try:
+        yield
+    finally:
+        _IMPL.reset(token)
+
+
 def max_pool(x: jnp.ndarray, window=(3, 3), strides=(2, 2),
              padding: str | tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))):
     """2-D max pooling over NHWC ``x`` (``nn.max_pool`` semantics, ``-inf`` padding) with the
@@ -91,6 +108,9 @@ def max_pool(x: jnp.ndarray, window=(3, 3), strides=(2, 2),
         else:
             padding = ((0, 0), (0, 0))
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    impl = _IMPL.get()
+    if impl is not None and x.dtype in (jnp.float32, jnp.bfloat16):
+        return impl(x, window, strides, padding)
     if x.dtype == jnp.bfloat16 or x.dtype == jnp.float16:
         # exact either way (max and the casts are exact); XLA's CPU elementwise code is several
         # times faster in float32 than in the 16-bit types
