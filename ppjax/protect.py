@@ -448,7 +448,7 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
     plan = validate_protect(cfg, out, weights_dir, batch_size)
     out = plan.out
     try:
-        (out / IMAGES).mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SetupError(f"cannot create the output folder {out}: {e.strerror}") from None
     with OutputLock(out):
@@ -467,6 +467,7 @@ def _run_locked(plan: ProtectPlan, weights_dir, batch_size, progress, max_pixels
     L = _Tag(log, {"tag": tag})
     spec = get_spec(cfg.judge)
     img_dir = out / IMAGES
+    img_dir.mkdir(exist_ok=True)
     judge = ppjax.load_judge(cfg.judge, weights_dir, standin=cfg.standin)  # a stand-in: made once
     meta_path = judge_dir(cfg.judge, weights_dir, cfg.standin) / "metadata.json"
     sha = json.loads(meta_path.read_text()).get("sha256") if meta_path.exists() else None
