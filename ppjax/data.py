@@ -142,7 +142,7 @@ def mepp_items(images_dir: str | os.PathLike, list_file: str | os.PathLike,
             label = labels.get(os.path.basename(name))
         path = images_dir / name
         items.append(Item(name=name, path=str(path), label=label,
-                          error=_outside_error(path, images_dir)))
+                          error=refusal_reason(path, images_dir)))
     if labels_file and any(it.label is None for it in items):
         missing = [it.name for it in items if it.label is None]
         log.warning("%d listed images have no label in %s (first: %s)", len(missing), labels_file,
@@ -150,7 +150,7 @@ def mepp_items(images_dir: str | os.PathLike, list_file: str | os.PathLike,
     return items
 
 
-def _outside_error(path: Path, folder: Path) -> str | None:
+def refusal_reason(path: Path, folder: Path) -> str | None:
     """Why ``path`` (a file named in ``folder``) is refused, or None: a link or name that
     leaves the folder, or a broken link."""
     try:
@@ -188,7 +188,7 @@ def scan_folder(images_dir: str | os.PathLike, labels_file: str | os.PathLike | 
             skipped.append((p.name, "not an image extension"))
         else:
             items.append(Item(name=p.name, path=str(p), label=labels.get(p.name),
-                              error=_outside_error(p, images_dir)))
+                              error=refusal_reason(p, images_dir)))
     for reason in sorted({r for _, r in skipped}):
         names = [n for n, r in skipped if r == reason]
         log.warning("skipped %d %s(s) in %s: %s%s", len(names), reason, images_dir,
