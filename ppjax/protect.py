@@ -654,23 +654,52 @@ def _cmd(args) -> int:
     return 1 if summary["failed"] else 0
 
 
+def attack_catalogue() -> str:
+    """``name: preset, preset, ...`` per attack, one per line (for ``--help``)."""
+    from ppjax.attacks.registry import ALIASES, ATTACKS
+
+    lines = [f"  {name:13s} presets: {', '.join(presets)}" for name, presets in ATTACKS.items()]
+    return ("attacks (--attack NAME --preset PRESET; 'default' when --preset is not given):\n"
+            + "\n".join(lines) + "\n  aliases: "
+            + ", ".join(f"{a}={n}" for a, n in sorted(ALIASES.items())))
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("protect", help="protect a test set and write a submission run (resumable)")
-    p.add_argument("--task", type=int, required=True, choices=sorted(data.TASKS))
-    p.add_argument("--attack", required=True, help="attack name (see ppjax.attacks)")
-    p.add_argument("--preset", default=None, help="named preset of the attack")
+    import argparse
+
+    from ppjax import config
+
+    class Fmt(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        pass
+
+    p = sub.add_parser(
+        "protect", help="protect a test set and write a submission run (resumable)",
+        formatter_class=Fmt, epilog=attack_catalogue() + "\n\nexit codes: 0 all done, 1 some "
+        "files failed (each listed), 2 usage/setup error (nothing done), 3 unexpected error")
+    p.add_argument("--task", type=int, required=True, choices=sorted(data.TASKS),
+                   help="Pixel Privacy task: 2019 (ResNet50-Places365, 256x256) or 2020 "
+                        "(KonCept512, 512x384, JPEG-90)")
+    p.add_argument("--attack", required=True, metavar="NAME",
+                   help="attack name (listed below with its presets)")
+    p.add_argument("--preset", default=None, help="named preset of the attack (None: 'default')")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override an attack setting (repeatable), e.g. --set steps=20")
+                   help="override an attack setting (repeatable), e.g. --set steps=20 --set "
+                        "eps=8/255; KEY is an AttackConfig field")
     p.add_argument("--images", required=True, help="folder of the images")
     p.add_argument("--list", default=None, help="MEPP list (CSV) naming the images to use")
-    p.add_argument("--labels", default=None, help="Places365 places365_val.txt for labels")
-    p.add_argument("--out", required=True, help="output folder (created; resumable)")
+    p.add_argument("--labels", default=None, help="Places365 places365_val.txt for labels "
+                   "(None: labels from the list, else the judge's clean prediction)")
+    p.add_argument("--out", required=True, help="output folder (created; resumable; one run at "
+                   "a time)")
     p.add_argument("--run-code", required=True, help="TEAM_RUN: names the zip and each PNG")
-    p.add_argument("--judge", default=None, help="override the task's judge (default: the task's)")
+    p.add_argument("--judge", default=None, help="override the task's judge (None: the task's)")
     p.add_argument("--standin", action="store_true",
-                   help="use a random-weight STAND-IN judge (tests/demos only)")
-    p.add_argument("--weights-dir", default=None)
-    p.add_argument("--batch-size", type=int, default=4)
+                   help="use a random-weight STAND-IN judge (tests/demos only; outputs are "
+                        "marked STAND-IN)")
+    p.add_argument("--weights-dir", default=None,
+                   help=f"converted weights (None: $PPJAX_WEIGHTS_DIR or {config.weights_dir()})")
+    p.add_argument("--batch-size", type=int, default=4, help="images per attack batch (does not "
+                   "change results)")
     p.add_argument("--seed", type=int, default=0, help="base seed; per-image seeds derive from it")
     p.add_argument("--resize", default="resize", choices=imageio.RESIZE_RULES,
                    help="rule for images not at the task's size (see ppjax.imageio)")
@@ -679,6 +708,6 @@ def add_parser(sub) -> None:
                         "with --standin); its weight: --set appeal_weight=W")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="judge compute dtype; bfloat16 runs the convolutions through oneDNN on "
-                        "AMX CPUs (ppjax.onednn, ~2.5x faster on ResNet-50) and tensor cores on GPUs")
+                        "AMX CPUs (ppjax.onednn) and tensor cores on GPUs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd)

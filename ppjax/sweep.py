@@ -462,9 +462,17 @@ def _cmd(args) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("sweep", help="run a grid of attacks and values (resumable)")
+    import argparse
+
+    p = sub.add_parser("sweep", help="run a grid of attacks and values (resumable)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Run a grid of attacks and values; the config format is in the "
+                                   "README (section Speed and scale) and ppjax.sweep's docstring.")
     p.add_argument("config", help="TOML or JSON sweep config")
-    p.add_argument("--output", default=None, help="output directory (overrides the config)")
-    p.add_argument("--standin", action="store_true", help="random-weight stand-in judges")
-    p.add_argument("--weights-dir", default=None)
+    p.add_argument("--output", default=None, help="output folder (None: the config's output)")
+    p.add_argument("--standin", action="store_true",
+                   help="random-weight STAND-IN judges (outputs are marked STAND-IN)")
+    p.add_argument("--weights-dir", default=None,
+                   help="converted weights (None: the config's, else $PPJAX_WEIGHTS_DIR or "
+                        "~/.cache/ppjax/weights)")
     p.set_defaults(func=_cmd)

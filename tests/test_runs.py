@@ -251,3 +251,20 @@ def test_help_loads_no_jax_and_lists_exit_codes():
     assert r.stdout.startswith("NOJAX")
     for word in ("protect", "sweep", "evaluate", "exit codes", "usage or setup error"):
         assert word in r.stdout
+
+
+def test_every_option_has_help_and_protect_lists_the_attacks():
+    import argparse
+
+    from ppjax.attacks import ATTACKS
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("protect", "sweep", "fetch", "fetch-data", "convert", "standin", "judges"):
+        for act in sub.choices[name]._actions:
+            assert act.help, (name, act.dest)
+    text = sub.choices["protect"].format_help()
+    for attack, presets in ATTACKS.items():
+        line = next(x for x in text.splitlines() if x.strip().startswith(attack + " "))
+        assert all(p in line for p in presets), line
+    assert "(default: 4)" in text and "(default: float32)" in text
