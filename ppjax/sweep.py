@@ -393,49 +393,47 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _point_label(row: dict) -> str:
+    """Short setting label of a row: ``attack[/preset] k=v ...`` (floats with 3 digits)."""
+    st = row.get("settings") or {}
+    if isinstance(st, str):
+        st = json.loads(st)
+    vals = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in st.items())
+    preset = row.get("preset")
+    head = row["attack"] + (f"/{preset}" if preset and preset != "default" else "")
+    return f"{head} {vals}".strip()
+
+
 def pareto_plot(rows: list[dict], path: Path, label: str = "", x_key: str = "mean_l2",
                 y_key: str = "protection", size=(720, 480), standin: bool = False) -> None:
-    """Scatter of protection (success rate) against distortion (mean L2), the Pareto front as a
-    line; points coloured by attack. Drawn with Pillow."""
-    from PIL import Image, ImageDraw, ImageFont
+    """Scatter of protection (success rate) against distortion (mean L2), points coloured by
+    attack and labelled with their settings, the Pareto front as a line (matplotlib, Agg);
+    ``size`` in pixels at 100 dpi."""
+    from ppjax.report import figure, save_figure, wrap_title
 
-    pts = [(float(r[x_key]), float(r[y_key]), r["attack"]) for r in rows
-           if r.get(x_key) not in ("", None)]
-    w, h = size
-    left, right, top, bottom = 70, 20, 40, 60
-    im = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(im)
-    font = ImageFont.load_default()
-    d.text((left, 10), f"{'STAND-IN: ' if standin else ''}Pixel Privacy sweep: {label}",
-           fill="black", font=font)
-    d.rectangle([left, top, w - right, h - bottom], outline="black")
-    if not pts:
-        im.save(path)
-        return
-    xmax = max(p[0] for p in pts) * 1.05 or 1.0
-    sx = lambda x: left + (w - left - right) * x / xmax
-    sy = lambda y: h - bottom - (h - top - bottom) * y
-    for k in range(6):  # ticks
-        y = k / 5
-        d.line([left - 4, sy(y), left, sy(y)], fill="black")
-        d.text((left - 40, sy(y) - 6), f"{y:.1f}", fill="black", font=font)
-        x = xmax * k / 5
-        d.line([sx(x), h - bottom, sx(x), h - bottom + 4], fill="black")
-        d.text((sx(x) - 12, h - bottom + 8), f"{x:.3g}", fill="black", font=font)
-    d.text(((w - left) // 2, h - 22), "distortion: mean L2 (pixels in [0,1])", fill="black",
-           font=font)
-    d.text((6, top - 16), "protection (success rate)", fill="black", font=font)
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
-    attacks = sorted({p[2] for p in pts})
-    colour = {a: palette[i % len(palette)] for i, a in enumerate(attacks)}
-    front = pareto_front([(p[0], p[1]) for p in pts])
-    d.line([(sx(pts[i][0]), sy(pts[i][1])) for i in front], fill="#888888", width=2)
-    for x, y, a in pts:
-        d.ellipse([sx(x) - 4, sy(y) - 4, sx(x) + 4, sy(y) + 4], fill=colour[a], outline="black")
-    for i, a in enumerate(attacks):  # legend
-        d.ellipse([w - 150, top + 10 + 16 * i, w - 142, top + 18 + 16 * i], fill=colour[a])
-        d.text((w - 136, top + 7 + 16 * i), a, fill="black", font=font)
-    im.save(path)
+    pts = [(float(r[x_key]), float(r[y_key]), r["attack"], _point_label(r)) for r in rows
+           if r.get(x_key) not in ("", None) and r.get(y_key) not in ("", None)]
+    fig = figure(size[0] / 100, size[1] / 100)
+    ax = fig.subplots()
+    fig.suptitle(wrap_title(f"{'STAND-IN: ' if standin else ''}Pixel Privacy sweep: {label}",
+                            size[0] - 20), fontsize=10)
+    ax.set_xlabel("distortion: mean L2 of the change (pixels in [0, 1])")
+    ax.set_ylabel("protection (attack success rate)")
+    ax.set_ylim(-0.05, 1.1)
+    ax.grid(alpha=0.3)
+    if pts:
+        front = pareto_front([(p[0], p[1]) for p in pts])
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="#888888", lw=1.5,
+                zorder=1, label="Pareto front")
+        for attack in sorted({p[2] for p in pts}):
+            sel = [p for p in pts if p[2] == attack]
+            ax.scatter([p[0] for p in sel], [p[1] for p in sel], s=36, edgecolor="black",
+                       zorder=2, label=attack)
+        for x, y, _, text in pts:
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7)
+        ax.set_xlim(0, max(p[0] for p in pts) * 1.25 or 1.0)
+        fig.legend(loc="outside lower center", ncols=6, fontsize=8, frameon=False)  # not over points
+    save_figure(fig, path)
 
 
 def _cmd(args) -> int:
