@@ -223,19 +223,24 @@ def test_folder_rules(tmp_path):
     ({"early_stop": "no"}, "early_stop must be true or false"),
     ({"eot_quality_lo": 96.0}, "eot_quality_lo=96 is above eot_quality_hi=95"),
     ({"judge_quality": 101}, "judge_quality=101 is out of range"),
-    ({"const": -1.0}, "const=-1 is out of range"),
+    ({"const": -1.0, "search_steps": 1}, "const=-1 is out of range"),
     ({"early_stop": False}, "best='final'"),
+    ({"const": 0.1}, "search_steps=1 for that single constant"),
 ])
 def test_attack_settings_are_checked(kw, msg):
-    name = "camouflage" if "quality" in next(iter(kw)) else "pgd"
+    name = ("camouflage" if "quality" in next(iter(kw)) else "cw_l2" if "const" in kw
+            else "pgd")
     with pytest.raises(ValueError, match="^attack") as e:
         get_attack(name, **kw)
     assert msg in str(e.value)
 
 
-def test_early_stop_false_with_best_said_is_allowed():
+def test_contradictions_resolved_by_saying_what_is_meant_are_allowed():
     cfg = get_attack("pgd", early_stop=False, best="final")
     assert not cfg.early_stop and cfg.best == "final"
+    cfg = get_attack("cw_l2", const=0.1, search_steps=1)
+    assert cfg.const == 0.1 and cfg.rounds == 1
+    assert get_attack("pgd", "madry").best == "final"  # Madry et al. return the last iterate
 
 
 def test_help_loads_no_jax_and_lists_exit_codes():
@@ -268,3 +273,50 @@ def test_every_option_has_help_and_protect_lists_the_attacks():
         line = next(x for x in text.splitlines() if x.strip().startswith(attack + " "))
         assert all(p in line for p in presets), line
     assert "(default: 4)" in text and "(default: float32)" in text
+
+
+def test_torchattacks_preset_matches_torchattacks_pgd(photo_paths):
+    """``pgd/torchattacks`` is torchattacks.PGD: same defaults (eps 8/255, alpha 2/255, 10 steps,
+    every step, final iterate); compared on one judge (a torch CNN converted to Flax), with the
+    random start off on both sides (their RNGs differ) and the defaults read from torchattacks."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+    import torchattacks
+
+    import ppjax
+    from benchmarks.torch_ref.pgd import TinyCNN as TorchTinyCNN
+    from converters.common import random_torch_state_dict, torch_to_flax
+    from tests.conftest import photos_at
+    from tests.test_attacks import HW, TinyCNN, make_judge
+
+    abstract = jax.eval_shape(TinyCNN().init, jax.random.key(0), jnp.zeros((1, *HW, 3)))
+    sd = random_torch_state_dict(abstract, seed=5)
+    tmodel = TorchTinyCNN(size=HW[0]).eval()
+    tmodel.load_state_dict(sd)
+    judge = make_judge(torch_to_flax({k: v.numpy() for k, v in sd.items()}, abstract,
+                                     "random torch TinyCNN", "TinyCNN"))
+    theirs = torchattacks.PGD(tmodel)  # its defaults
+    cfg = get_attack("pgd", "torchattacks")
+    assert (cfg.eps, cfg.step_size, cfg.steps, cfg.random_start) == pytest.approx(
+        (theirs.eps, theirs.alpha, theirs.steps, theirs.random_start))
+    theirs.random_start = False
+    x = photos_at(photo_paths, HW, 4)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    with torch.no_grad():
+        labels = tmodel(xt).argmax(1)
+    ref = theirs(xt, labels).numpy().transpose(0, 2, 3, 1)
+    res = ppjax.attack("pgd", judge, x, labels.numpy(), preset="torchattacks", random_start=False)
+    ours = np.round(np.asarray(res.images) * 255).astype(int)
+    same = (ours == np.round(ref * 255).astype(int)).mean()
+    assert same >= 0.99, f"only {same:.4f} of pixels identical"
+    assert (np.asarray(res.steps) == theirs.steps).all()  # every step taken, as torchattacks
+
+
+def test_benchmark_models_do_not_need_the_tests_package():
+    code = ("import sys; sys.modules['tests'] = None\n"
+            "from benchmarks import torch_models\n"
+            "torch_models.resnet50(); torch_models.nima_mobilenet_v2(); print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -32,6 +32,9 @@ import numbers
 
 from ppjax.attacks.config import AttackConfig
 
+# ``pgd/torchattacks`` and ``pgd/foolbox`` reproduce those libraries' PGD (defaults and loop: every
+# step taken, the final iterate returned); tests/test_runs.py checks the first against torchattacks.
+
 _FGSM = AttackConfig(name="fgsm", objective="ce", step="sign", norm="linf", steps=1,
                      eps=8 / 255, step_size=1.0, distortion="linf")
 _IFGSM = AttackConfig(name="ifgsm", objective="ce", step="sign", norm="linf", steps=10,
@@ -83,7 +86,18 @@ ATTACKS: dict[str, dict[str, AttackConfig]] = {
     "fgsm": {"default": _FGSM},
     "ifgsm": {"default": _IFGSM},
     "pgd": {"default": _PGD,
-            "madry": _PGD.replace(steps=40, step_size=0.01, early_stop=False),
+            # torchattacks.PGD's defaults and loop: 10 steps of 2/255 in an 8/255 ball from a
+            # random start, every step taken (no early stop), the final iterate returned, the
+            # gradient taken at the float iterate (fused_eval=False)
+            "torchattacks": _PGD.replace(name="pgd/torchattacks", steps=10, eps=8 / 255,
+                                         step_size=2 / 255, random_start=True, early_stop=False,
+                                         best="final", fused_eval=False),
+            # Foolbox LinfPGD's defaults: 40 steps of rel_stepsize 0.01 / 0.3 of eps (absolute
+            # here: eps / 30 at eps 8/255; an eps override does not rescale it), random start
+            "foolbox": _PGD.replace(name="pgd/foolbox", steps=40, eps=8 / 255,
+                                    step_size=8 / 255 * 0.01 / 0.3, random_start=True,
+                                    early_stop=False, best="final", fused_eval=False),
+            "madry": _PGD.replace(steps=40, step_size=0.01, early_stop=False, best="final"),
             "restarts": _PGD.replace(steps=20, restarts=5)},
     "pgd_l2": {"default": _PGD_L2},
     "mifgsm": {"default": _MIFGSM},
@@ -178,7 +192,8 @@ def get_attack(name: str, preset: str | None = None, *, appeal: bool = False,
     (``eps="abc"``), a value outside its meaning (:func:`value_problems`), and overrides that
     contradict the preset: ``early_stop=False`` while the preset keeps the smallest-distortion
     success (``best="distortion"``) would silently return an early iterate, so it needs ``best``
-    said too (``best="final"`` for the final iterate, as torchattacks returns).
+    said too (``best="final"`` for the final iterate, as torchattacks returns); ``const`` under a
+    C&W binary search (``search_steps > 1``) is only its start, so it needs ``search_steps`` said.
     """
     key = ALIASES.get(name, name)
     if key not in ATTACKS:
@@ -207,6 +222,11 @@ def get_attack(name: str, preset: str | None = None, *, appeal: bool = False,
             f"attack {key!r}: early_stop=False with the preset's best='distortion' keeps the "
             f"smallest-distortion success, usually the first one: say best='final' for the final "
             f"iterate (torchattacks' behaviour) or best='distortion' to confirm")
+    if "const" in overrides and "search_steps" not in overrides and cfg.search_steps > 1:
+        raise ValueError(
+            f"attack {key!r}: const={overrides['const']!r} with the preset's binary search "
+            f"(search_steps={cfg.search_steps}) is only the starting constant: say "
+            f"search_steps=1 for that single constant, or search_steps=N to search from it")
     if named:
         overrides["hyper"] = {**hyper, **named, **dict(overrides.get("hyper", {}) or {})}
     cfg = cfg.replace(**overrides) if overrides else cfg
