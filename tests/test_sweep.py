@@ -170,3 +170,30 @@ def test_bad_points_are_all_reported_before_any_work(tmp_path):
         sweep.run_sweep(cfg, judge=object())
     assert len(e.value.problems) == 2 and "eps=-1" in str(e.value) and "'abc'" in str(e.value)
     assert not (tmp_path / "o").exists()
+
+
+def test_sweep_cli_exit_codes(tiny_judge, image_dir, tmp_path, monkeypatch, capsys):
+    """``ppjax sweep``: a broken file is exit 1 with its error printed; a bad config exit 2."""
+    import ppjax
+    from ppjax.cli import main
+
+    monkeypatch.setattr(ppjax, "load_judge", lambda *a, **k: tiny_judge)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for p in sorted(image_dir.iterdir())[:2]:
+        (d / p.name).write_bytes(p.read_bytes())
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    cfg = tmp_path / "s.json"
+    cfg.write_text(json.dumps({"judge": "resnet50_places365", "images": ["imgs"], "batch": 2,
+                               "grid": [{"attack": "pgd", "eps": EPS[0], "steps": 3,
+                                         "step_size": 1 / 255}]}))
+    assert main(["sweep", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "Traceback" not in err
+    assert (tmp_path / "sweep-out" / "results.json").exists()
+    cfg.write_text(json.dumps({"judge": "resnet50_places365", "images": ["imgs"],
+                               "grid": [{"attack": "pgd", "eps": [0.0, -1.0]}]}))
+    assert main(["sweep", str(cfg), "--output", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "2 problems" in err and "eps=0" in err and "eps=-1" in err
+    assert not (tmp_path / "o2").exists()
