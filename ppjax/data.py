@@ -18,8 +18,9 @@ Input folder rules (:func:`scan_folder`, :func:`mepp_items`), each logged and co
 * **hidden files** (names starting with ``.``, ``..jpg`` included) are skipped and reported as
   skipped, as are sub-folders (not searched) and files whose extension is not an image's;
 * a **symlink** is followed only when its target lies inside the image folder; a link leaving the
-  folder (or a broken one) is refused as a per-file error with its reason, as is a listed name
-  that would leave the folder (``../x.jpg``).
+  folder (or a broken one) is refused as a per-file error with its reason. A name in a MEPP list
+  is the user's explicit choice and is read where it points (``../x.jpg`` included), unless it is
+  such a symlink.
 """
 
 from __future__ import annotations
@@ -141,8 +142,9 @@ def mepp_items(images_dir: str | os.PathLike, list_file: str | os.PathLike,
         if label is None:
             label = labels.get(os.path.basename(name))
         path = images_dir / name
+        # a listed name is the user's explicit choice (``../x.jpg`` included); a symlink is not
         items.append(Item(name=name, path=str(path), label=label,
-                          error=refusal_reason(path, images_dir)))
+                          error=refusal_reason(path, images_dir) if path.is_symlink() else None))
     if labels_file and any(it.label is None for it in items):
         missing = [it.name for it in items if it.label is None]
         log.warning("%d listed images have no label in %s (first: %s)", len(missing), labels_file,

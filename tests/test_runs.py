@@ -210,10 +210,11 @@ def test_folder_rules(tmp_path):
     assert "broken symlink" in by["broken.png"].error
     assert data.load_item(by["outside.png"], 2019).error == by["outside.png"].error
     lst = tmp_path / "l.csv"
-    lst.write_text("../out.png,1\na.png,2\n")
+    lst.write_text("../out.png,1\na.png,2\noutside.png,3\n")
     listed = {it.name: it for it in data.mepp_items(d, lst)}
-    assert "outside the image folder" in listed["../out.png"].error
+    assert listed["../out.png"].error is None  # a listed name is the user's explicit choice
     assert listed["a.png"].error is None
+    assert "outside the image folder" in listed["outside.png"].error  # a symlink is not
 
 
 @pytest.mark.parametrize("kw, msg", [
