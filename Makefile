@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEMO_IMAGES ?= ../shared/data/images
+# empty: the data dir's images/, else ../shared/data/images, else scikit-image's sample photos
+DEMO_IMAGES ?=
 DEMO_ARGS ?=
 
 .PHONY: install test demo lint bench clean
@@ -22,7 +23,7 @@ test: $(STAMP)
 # The main job: protect a folder of photos against the 2019 judge, write PNGs + report.md to out/demo/.
 # Uses the real converted weights when present; otherwise says so and runs on a clearly-labelled stand-in.
 demo: $(STAMP)
-	$(PY) -m ppjax.demo --out out/demo $(if $(wildcard $(DEMO_IMAGES)),--images $(DEMO_IMAGES)) $(DEMO_ARGS)
+	$(PY) -m ppjax.demo --out out/demo $(if $(DEMO_IMAGES),--images "$(DEMO_IMAGES)") $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check ppjax converters benchmarks tests

@@ -1,6 +1,6 @@
 """PyTorch reference models for the benchmarks (torchvision is not installable here).
 
-The models are the replicas written for the parity tests (``tests/torch_ref``), so benchmarks and
+The models are the replicas in ``benchmarks/torch_ref`` (also used by the parity tests), so benchmarks and
 tests compare against the same torch code. They take NCHW input that is already normalised;
 :func:`with_normalisation` wraps a model to take ``x01`` in [0, 1] like a ppjax judge, and
 :func:`load_from_judge` copies a ppjax judge's weights into them.
@@ -17,14 +17,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def resnet50(num_classes: int = 365) -> nn.Module:
     """torchvision-structured ResNet-50: the replica written for the tests."""
-    from tests.torch_ref.resnet import resnet50 as _resnet50
+    from benchmarks.torch_ref.resnet import resnet50 as _resnet50
 
     return _resnet50(num_classes)
 
 
 def nima_mobilenet_v2() -> nn.Module:
     """The nima.pytorch MobileNetV2 NIMA: the replica written for the tests (normalised input)."""
-    from tests.torch_ref.mobilenet_v2 import NIMA
+    from benchmarks.torch_ref.mobilenet_v2 import NIMA
 
     return NIMA()
 
@@ -32,7 +32,7 @@ def nima_mobilenet_v2() -> nn.Module:
 def koncept512() -> nn.Module:
     """KonCept512 (Cadene InceptionResNetV2 base + MLP head): the replica written for the tests
     (normalised input, ``Normalize(0.5, 0.5)``)."""
-    from tests.torch_ref.inception_resnet_v2 import KonCept512
+    from benchmarks.torch_ref.inception_resnet_v2 import KonCept512
 
     return KonCept512()
 

@@ -68,39 +68,44 @@ def _judges(args) -> int:
 
 
 def add_parser(sub) -> None:
+    import argparse
+
     from ppjax.judges import JUDGES
 
     names = sorted(JUDGES)
+    fmt = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
 
     def common(p):
         p.add_argument("--weights-dir", default=None,
-                       help=f"converted weights (default $PPJAX_WEIGHTS_DIR or {config.weights_dir()})")
+                       help=f"converted weights (None: $PPJAX_WEIGHTS_DIR or {config.weights_dir()})")
 
-    p = sub.add_parser("fetch", help="download official checkpoints and convert them")
-    p.add_argument("judges", nargs="+", choices=names)
+    p = sub.add_parser("fetch", **fmt, help="download official checkpoints and convert them")
+    p.add_argument("judges", nargs="+", choices=names, metavar="JUDGE",
+                   help=f"one or more of: {', '.join(names)}")
     p.add_argument("--force", action="store_true", help="download again even if present")
     common(p)
     p.set_defaults(func=_fetch)
 
-    p = sub.add_parser("fetch-data", help="download label files and MEPP lists")
+    p = sub.add_parser("fetch-data", **fmt, help="download label files and MEPP lists")
     p.add_argument("--data-dir", default=None,
-                   help=f"default $PPJAX_DATA_DIR or {config.data_dir()}")
+                   help=f"label files and lists (None: $PPJAX_DATA_DIR or {config.data_dir()})")
     p.add_argument("--from", dest="source", default=None,
                    help="copy from a local directory with the same layout instead of downloading")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help="download again even if present")
     p.set_defaults(func=_fetch_data)
 
-    p = sub.add_parser("convert", help="convert a checkpoint file you downloaded by hand")
-    p.add_argument("judge", choices=names)
-    p.add_argument("src")
+    p = sub.add_parser("convert", **fmt, help="convert a checkpoint file you downloaded by hand")
+    p.add_argument("judge", choices=names, metavar="JUDGE", help=f"one of: {', '.join(names)}")
+    p.add_argument("src", help="the checkpoint file as published")
     common(p)
     p.set_defaults(func=_convert)
 
-    p = sub.add_parser("standin", help="create random-weight STAND-IN judges (tests/demos only)")
-    p.add_argument("judges", nargs="+", choices=names)
+    p = sub.add_parser("standin", **fmt, help="create random-weight STAND-IN judges (tests/demos only)")
+    p.add_argument("judges", nargs="+", choices=names, metavar="JUDGE",
+                   help=f"one or more of: {', '.join(names)}")
     common(p)
     p.set_defaults(func=_standin)
 
-    p = sub.add_parser("judges", help="list judges and whether they are converted")
+    p = sub.add_parser("judges", **fmt, help="list judges and whether they are converted")
     common(p)
     p.set_defaults(func=_judges)

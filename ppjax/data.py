@@ -12,6 +12,15 @@ Three kinds of set:
 
 An :class:`Item` is only a name, a path and an optional label; pixels are decoded per batch by
 :func:`iter_batches`, which turns every undecodable file into a per-item error.
+
+Input folder rules (:func:`scan_folder`, :func:`mepp_items`), each logged and counted:
+
+* **hidden files** (names starting with ``.``, ``..jpg`` included) are skipped and reported as
+  skipped, as are sub-folders (not searched) and files whose extension is not an image's;
+* a **symlink** is followed only when its target lies inside the image folder; a link leaving the
+  folder (or a broken one) is refused as a per-file error with its reason. A name in a MEPP list
+  is the user's explicit choice and is read where it points (``../x.jpg`` included), unless it is
+  such a symlink.
 """
 
 from __future__ import annotations
@@ -71,6 +80,7 @@ class Item:
     name: str
     path: str
     label: int | None = None
+    error: str | None = None  # refused before decoding (e.g. a symlink leaving the folder)
 
 
 @dataclasses.dataclass
@@ -131,7 +141,10 @@ def mepp_items(images_dir: str | os.PathLike, list_file: str | os.PathLike,
     for name, label in read_mepp_list(list_file):
         if label is None:
             label = labels.get(os.path.basename(name))
-        items.append(Item(name=name, path=str(images_dir / name), label=label))
+        path = images_dir / name
+        # a listed name is the user's explicit choice (``../x.jpg`` included); a symlink is not
+        items.append(Item(name=name, path=str(path), label=label,
+                          error=refusal_reason(path, images_dir) if path.is_symlink() else None))
     if labels_file and any(it.label is None for it in items):
         missing = [it.name for it in items if it.label is None]
         log.warning("%d listed images have no label in %s (first: %s)", len(missing), labels_file,
@@ -139,38 +152,77 @@ def mepp_items(images_dir: str | os.PathLike, list_file: str | os.PathLike,
     return items
 
 
-def folder_items(images_dir: str | os.PathLike, labels_file: str | os.PathLike | None = None,
-                 extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Item]:
-    """Every image-named file directly in ``images_dir`` (sorted by name). Labels from
-    ``labels_file`` when given, else None. Files with other extensions are skipped (logged)."""
+def refusal_reason(path: Path, folder: Path) -> str | None:
+    """Why ``path`` (a file named in ``folder``) is refused, or None: a link or name that
+    leaves the folder, or a broken link."""
+    try:
+        target = path.resolve(strict=False)
+        target.relative_to(folder.resolve())
+    except ValueError:
+        kind = "symlink" if path.is_symlink() else "name"
+        return (f"refused: {kind} leads outside the image folder (to {path.resolve()}); only files "
+                f"inside {folder} are read")
+    except OSError as e:  # a symlink loop
+        return f"refused: cannot resolve the link: {e}"
+    if path.is_symlink() and not target.exists():
+        return f"refused: broken symlink (to {target})"
+    return None
+
+
+def scan_folder(images_dir: str | os.PathLike, labels_file: str | os.PathLike | None = None,
+                extensions: Sequence[str] = IMAGE_EXTENSIONS
+                ) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Every image-named file directly in ``images_dir`` (sorted by name), under the module's
+    input folder rules. Returns ``(items, skipped)``: ``skipped`` is ``[(name, reason)]`` for
+    hidden files, sub-folders and non-image files (each logged). Symlinks leaving the folder are
+    items with an ``error``."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {images_dir}")
     labels = read_places365_labels(labels_file) if labels_file else {}
     items, skipped = [], []
     for p in sorted(images_dir.iterdir(), key=lambda q: q.name):
-        if p.name.startswith(".") or not p.is_file():
-            continue
-        if p.suffix.lower() not in extensions:
-            skipped.append(p.name)
-            continue
-        items.append(Item(name=p.name, path=str(p), label=labels.get(p.name)))
-    if skipped:
-        log.info("skipped %d non-image file(s) in %s: %s", len(skipped), images_dir,
-                 ", ".join(skipped[:5]))
-    return items
+        if p.name.startswith("."):
+            skipped.append((p.name, "hidden file"))
+        elif p.is_dir() and not p.is_symlink():
+            skipped.append((p.name, "folder (not searched)"))
+        elif p.suffix.lower() not in extensions:
+            skipped.append((p.name, "not an image extension"))
+        else:
+            items.append(Item(name=p.name, path=str(p), label=labels.get(p.name),
+                              error=refusal_reason(p, images_dir)))
+    for reason in sorted({r for _, r in skipped}):
+        names = [n for n, r in skipped if r == reason]
+        log.warning("skipped %d %s(s) in %s: %s%s", len(names), reason, images_dir,
+                    ", ".join(names[:5]), " ..." if len(names) > 5 else "")
+    return items, skipped
+
+
+def folder_items(images_dir: str | os.PathLike, labels_file: str | os.PathLike | None = None,
+                 extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Item]:
+    """The items of :func:`scan_folder` (the skipped files are logged there)."""
+    return scan_folder(images_dir, labels_file, extensions)[0]
+
+
+def dataset_scan(images_dir, list_file=None, labels_file=None
+                 ) -> tuple[list[Item], list[tuple[str, str]]]:
+    """``(items, skipped)``: a MEPP list when ``list_file`` is given (nothing skipped), else the
+    plain folder (:func:`scan_folder`)."""
+    if list_file:
+        return mepp_items(images_dir, list_file, labels_file), []
+    return scan_folder(images_dir, labels_file)
 
 
 def dataset_items(images_dir, list_file=None, labels_file=None) -> list[Item]:
     """A MEPP list when ``list_file`` is given, else the plain folder."""
-    if list_file:
-        return mepp_items(images_dir, list_file, labels_file)
-    return folder_items(images_dir, labels_file)
+    return dataset_scan(images_dir, list_file, labels_file)[0]
 
 
 def load_item(item: Item, task: int, rule: str = "resize", max_pixels: int | None = None
               ) -> Loaded:
     """Decode one item to the task's size; every failure becomes ``Loaded.error``."""
+    if item.error:
+        return Loaded(item, None, [], item.error)
     try:
         img, notes = imageio.load_rgb(item.path, max_pixels=max_pixels)
         img, more = imageio.to_task_size(img, task, rule)

@@ -298,7 +298,7 @@ def _figures(out: Path, task, spec, per_image, pairs, have_nima, tag: str = "") 
     figs = []
     if pairs:
         report.before_after_grid(pairs, out / "grid.png",
-                                 title=tag + "original | protected | |difference| x10")
+                                 title=tag + "original | protected | |difference|")
         report.perturbation_heatmap(pairs, out / "heatmap.png", tag=tag)
         figs += ["grid.png", "heatmap.png"]
     before = [r.get("score_clean") for r in per_image]

@@ -20,7 +20,9 @@ Errors (:class:`DecodeError`, a per-file error, never a crash of the whole run):
 * corrupt or truncated files (Pillow's ``LOAD_TRUNCATED_IMAGES`` is never switched on);
 * files that are not images (a text file named ``.jpg``);
 * decompression bombs: more pixels than ``max_pixels`` (default Pillow's ``MAX_IMAGE_PIXELS``,
-  about 89.5 Mpx); the check happens on the header, before any pixel is decoded.
+  about 89.5 Mpx; Pillow itself refuses twice its limit, so a larger ``max_pixels`` stops
+  there); the check happens on the header, before any pixel is decoded, and the message names
+  the limit applied.
 
 Task size (:func:`to_task_size`):
 
@@ -121,16 +123,24 @@ def decode_rgb(data: bytes | str | os.PathLike, max_pixels: int | None = None
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
     src = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
     notes: list[str] = []
+    def bomb(pixels) -> DecodeError:
+        # Pillow refuses files over twice its own limit inside ``Image.open``, naming that doubled
+        # limit; the limit applied here is ``limit`` (or Pillow's hard one when it is lower).
+        hard = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+        applied = min(limit, hard) if (limit and hard) else (limit or hard)
+        src_name = "max_pixels" if max_pixels is not None and applied == limit else \
+            "Pillow MAX_IMAGE_PIXELS" if applied == limit else "2 x Pillow MAX_IMAGE_PIXELS"
+        return DecodeError(f"decompression bomb guard: {pixels} pixels exceeds the limit of "
+                           f"{applied} pixels ({src_name}); not decoded")
+
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # our own check below applies ``limit``; Pillow's warning would name its own
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(src) as im:
                 w, h = im.size
                 if limit and w * h > limit:
-                    raise DecodeError(
-                        f"decompression bomb guard: {w}x{h} = {w * h} pixels exceeds the limit "
-                        f"of {limit} (Pillow MAX_IMAGE_PIXELS); not decoded"
-                    )
+                    raise bomb(f"{w}x{h} = {w * h}")
                 depth = _raw_bit_depth(im)
                 im.load()
                 orientation = im.getexif().get(0x0112, 1)
@@ -144,9 +154,10 @@ def decode_rgb(data: bytes | str | os.PathLike, max_pixels: int | None = None
     except DecodeError:
         raise
     except Image.DecompressionBombError as e:
-        raise DecodeError(f"decompression bomb guard: {e}") from None
-    except Image.DecompressionBombWarning as e:
-        raise DecodeError(f"decompression bomb guard: {e}") from None
+        import re
+
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        raise bomb(m.group(1) if m else "the image's") from None
     except Image.UnidentifiedImageError:
         raise DecodeError("not an image (Pillow cannot identify the file)") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
@@ -211,12 +222,20 @@ def resize_plain(x: np.ndarray, hw: tuple[int, int], resample=Image.NEAREST) -> 
     return np.stack([resize_plain(a, hw, resample) for a in x])
 
 
-def encode_png(img: np.ndarray) -> bytes:
-    """Lossless, deterministic PNG bytes of ``img`` [H, W, 3] uint8 (no timestamps, fixed level)."""
+def encode_png(img: np.ndarray, text: dict[str, str] | None = None) -> bytes:
+    """Lossless, deterministic PNG bytes of ``img`` [H, W, 3] uint8 (no timestamps, fixed level);
+    ``text`` entries become ``tEXt`` chunks (e.g. the STAND-IN mark)."""
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3:
         raise ValueError(f"encode_png expects [H, W, 3] uint8, got {img.shape} {img.dtype}")
+    info = None
+    if text:
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        for k, v in sorted(text.items()):
+            info.add_text(k, v)
     buf = io.BytesIO()
-    Image.fromarray(img, "RGB").save(buf, "PNG", compress_level=6)
+    Image.fromarray(img, "RGB").save(buf, "PNG", compress_level=6, pnginfo=info)
     return buf.getvalue()
 
 
@@ -246,9 +265,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def save_png_atomic(path: str | os.PathLike, img: np.ndarray) -> bytes:
-    """Atomically write ``img`` [H, W, 3] uint8 as PNG; returns the bytes written."""
-    data = encode_png(img)
+def save_png_atomic(path: str | os.PathLike, img: np.ndarray, text: dict[str, str] | None = None
+                    ) -> bytes:
+    """Atomically write ``img`` [H, W, 3] uint8 as PNG (``text``: see :func:`encode_png`);
+    returns the bytes written."""
+    data = encode_png(img, text)
     atomic_write_bytes(path, data)
     return data
 

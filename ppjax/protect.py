@@ -7,8 +7,19 @@ Output directory layout (``--out DIR``)::
     DIR/images/<runcode>_<stem>.png   # lossless 8-bit PNGs at the task's size
     DIR/<runcode>.zip        # the submission: every protected PNG, flat, as the organisers ask
     DIR/summary.json         # counts, success rate, per-file errors of the last invocation
+    DIR/.ppjax.lock          # held (flock) while a run works in DIR
 
 Guarantees:
+
+* **Validation first** (:func:`validate_protect`): every setting, path, label and the output
+  folder are checked before anything is written; all problems are reported at once
+  (:class:`~ppjax.errors.SetupError`, exit code 2). ``config.json`` is written only after that,
+  so a refused run never blocks its corrected rerun.
+* **One run per folder**: an exclusive ``fcntl.flock`` on ``DIR/.ppjax.lock``; a second run on
+  the same ``--out`` stops with exit code 2. The kernel drops the lock when a process dies (even
+  by kill -9), so a stale lock never blocks a resume.
+* **STAND-IN mark**: a run on stand-in judges names its zip ``STANDIN_<runcode>.zip``, puts a
+  ``ppjax-standin`` text chunk in every PNG and ``"standin": true`` in ``summary.json``.
 
 * **Atomic writes.** Every PNG, the zip and the JSON files are written to a temporary sibling,
   fsynced and renamed. A manifest line is appended (and fsynced) only after its PNG is in place,
@@ -26,6 +37,7 @@ Guarantees:
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import json
@@ -41,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from ppjax import data, imageio
+from ppjax.errors import SetupError
 from ppjax.report import write_json
 
 log = logging.getLogger("ppjax.protect")
@@ -48,6 +61,10 @@ log = logging.getLogger("ppjax.protect")
 MANIFEST = "manifest.jsonl"
 CONFIG = "config.json"
 IMAGES = "images"
+LOCK = ".ppjax.lock"
+STANDIN_PREFIX = "STANDIN_"
+STANDIN_TEXT = {"ppjax-standin": "STAND-IN: made with random-weight stand-in judges; this image "
+                                 "exercises the pipeline and protects nothing"}
 RUN_CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 
 
@@ -78,7 +95,7 @@ class ProtectConfig:
         return d
 
 
-class ResumeMismatch(Exception):
+class ResumeMismatch(SetupError):
     """The output folder holds a run made with other settings."""
 
 
@@ -190,28 +207,197 @@ class Manifest:
         self._f.close()
 
 
+def config_mismatch(out: Path, cfg: ProtectConfig) -> str | None:
+    """Why ``out`` cannot hold ``cfg`` (its ``config.json`` has other settings), or None."""
+    path = out / CONFIG
+    if not path.exists():
+        return None
+    new = json.loads(json.dumps(cfg.to_json()))
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"{path} is unreadable ({e}); use another --out"
+    # a key added to ProtectConfig later reads as its default in an older run's config
+    defaults = {f.name: f.default for f in dataclasses.fields(ProtectConfig)
+                if f.default is not dataclasses.MISSING}
+    old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if not diff:
+        return None
+    lines = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+    return (f"{out} holds a run made with other settings ({lines}); use another --out, or "
+            f"the same settings to resume")
+
+
 def check_or_store_config(out: Path, cfg: ProtectConfig) -> None:
     """Store ``cfg`` in ``out``; if a different one is there already, refuse (ResumeMismatch)."""
-    path = out / CONFIG
-    new = json.loads(json.dumps(cfg.to_json()))
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        # a key added to ProtectConfig later reads as its default in an older run's config
-        defaults = {f.name: f.default for f in dataclasses.fields(ProtectConfig)
-                    if f.default is not dataclasses.MISSING}
-        old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if diff:
-            lines = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-            raise ResumeMismatch(
-                f"{out} holds a run made with other settings ({lines}); use another --out, or "
-                f"the same settings to resume"
-            )
-        return
-    write_json(path, new)
+    why = config_mismatch(out, cfg)
+    if why:
+        raise ResumeMismatch(why)
+    if not (out / CONFIG).exists():
+        write_json(out / CONFIG, json.loads(json.dumps(cfg.to_json())))
 
 
-def write_zip(out: Path, run_code: str, files: list[Path]) -> Path:
+def zip_name(run_code: str, standin: bool) -> str:
+    """``<runcode>.zip``, or ``STANDIN_<runcode>.zip`` for a run on stand-in judges."""
+    return f"{STANDIN_PREFIX if standin else ''}{run_code}.zip"
+
+
+class OutputLock:
+    """Exclusive ``fcntl.flock`` on ``<out>/.ppjax.lock`` for the life of a run (a context
+    manager). The kernel releases it when the process ends in any way, kill -9 included."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK
+        self._fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise SetupError(f"cannot create the lock file {self.path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            raise SetupError(f"another ppjax run is working in {self.path.parent} ({holder or 'pid ?'}"
+                             f"); wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                  .encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock; the file stays (harmless, reused)
+            self._fd = None
+
+
+def _output_problems(out: Path) -> list[str]:
+    """Problems with ``--out`` as a folder this process can create and write, found without
+    writing anything."""
+    if out.exists() and not out.is_dir():
+        return [f"--out {out} exists and is not a folder"]
+    anc = out
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        return [f"--out {out}: {anc} is a file, not a folder"]
+    if not os.access(anc, os.W_OK | os.X_OK):
+        return [f"--out {out}: {anc} is not writable"]
+    for sub in (out / IMAGES, out / MANIFEST, out / CONFIG):
+        if sub.exists() and not os.access(sub, os.W_OK):
+            return [f"--out {out}: {sub} is not writable"]
+    return []
+
+
+@dataclasses.dataclass
+class ProtectPlan:
+    """What :func:`validate_protect` found: the set to protect and the checked settings."""
+
+    cfg: ProtectConfig
+    out: Path
+    items: list
+    skipped: list
+    attack: object
+
+
+def validate_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None,
+                     batch_size: int = 4) -> ProtectPlan:
+    """Check everything a run needs, writing nothing: the run code, task, judges and their
+    weights, the attack's settings (kinds and ranges), the input paths, the set (not empty,
+    labels inside the judge's classes), the output folder, and a resume's settings.
+
+    Raises:
+      SetupError: listing every problem found.
+    """
+    from ppjax.attacks import get_attack
+    from ppjax.fetch import missing_weights_message
+    from ppjax.judges import get_spec, judge_dir
+
+    problems: list[str] = []
+    if not RUN_CODE_RE.match(cfg.run_code):
+        problems.append(f"run code {cfg.run_code!r} must be letters, digits, '_', '.', '-' "
+                        f"(it names the zip and every file)")
+    task = spec = acfg = None
+    try:
+        task = data.get_task(cfg.task)
+    except ValueError as e:
+        problems.append(str(e))
+    for name, role in ((cfg.judge, "judge"), (cfg.appeal, "appeal judge")):
+        if name is None:
+            continue
+        try:
+            s = get_spec(name)
+        except KeyError as e:
+            problems.append(str(e.args[0]))
+            continue
+        if role == "judge":
+            spec = s
+        if not cfg.standin and not (judge_dir(name, weights_dir) / "metadata.json").exists():
+            problems.append(missing_weights_message(s, weights_dir))
+    if task and spec and tuple(spec.input_hw) != task.hw:
+        problems.append(f"judge {cfg.judge} takes {spec.input_hw}, task {cfg.task} is {task.hw}")
+    try:
+        acfg = get_attack(cfg.attack, cfg.preset, appeal=bool(cfg.appeal), **dict(cfg.overrides))
+    except (KeyError, TypeError, ValueError) as e:
+        problems.append(f"attack settings: {e.args[0] if e.args else e}")
+    if cfg.resize not in imageio.RESIZE_RULES:
+        problems.append(f"resize rule {cfg.resize!r}: use one of {imageio.RESIZE_RULES}")
+    if cfg.dtype not in ("float32", "bfloat16"):
+        problems.append(f"dtype {cfg.dtype!r}: use float32 or bfloat16")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        problems.append(f"batch size must be >= 1, got {batch_size!r}")
+    images_ok = Path(cfg.images).is_dir()
+    if not images_ok:
+        what = "is not a folder" if Path(cfg.images).exists() else "does not exist"
+        problems.append(f"--images {cfg.images} {what}")
+    for flag, f in (("--list", cfg.list_file), ("--labels", cfg.labels_file)):
+        if f and not Path(f).is_file():
+            problems.append(f"{flag} {f} {'is not a file' if Path(f).exists() else 'does not exist'}")
+            images_ok = False
+    items, skipped = [], []
+    if images_ok:
+        try:
+            items, skipped = data.dataset_scan(cfg.images, cfg.list_file, cfg.labels_file)
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            problems.append(f"reading the set: {e}")
+        else:
+            if not items:
+                where = f"listed in {cfg.list_file}" if cfg.list_file else f"in {cfg.images}"
+                hint = f" ({len(skipped)} file(s) skipped: " + ", ".join(
+                    f"{n} ({r})" for n, r in skipped[:5]) + ")" if skipped else ""
+                problems.append(f"no images to protect {where}{hint}")
+            n_cls = dict(spec.model_kwargs).get("num_classes") if spec else None
+            if spec is not None and spec.output == "logits" and n_cls:
+                bad = [it for it in items if it.label is not None and not 0 <= it.label < n_cls]
+                if bad:
+                    problems.append(
+                        f"{len(bad)} label(s) are not classes of {cfg.judge} (0..{n_cls - 1}): "
+                        + ", ".join(f"{it.name}: {it.label}" for it in bad[:10])
+                        + (" ..." if len(bad) > 10 else ""))
+    out = Path(out).resolve()
+    problems += _output_problems(out)
+    sha = None
+    if cfg.judge and spec is not None:
+        meta = judge_dir(cfg.judge, weights_dir, cfg.standin) / "metadata.json"
+        try:
+            sha = json.loads(meta.read_text()).get("sha256") if meta.exists() else None
+        except (OSError, ValueError) as e:
+            problems.append(f"{meta} is unreadable: {e}")
+    cfg = dataclasses.replace(cfg, judge_sha256=sha)
+    if out.is_dir() and not (cfg.standin and sha is None):
+        why = config_mismatch(out, cfg)
+        if why:
+            problems.append(why)
+    if problems:
+        raise SetupError(problems)
+    return ProtectPlan(cfg=cfg, out=out, items=items, skipped=skipped, attack=acfg)
+
+
+def write_zip(out: Path, run_code: str, files: list[Path], standin: bool = False) -> Path:
     """Deterministic zip (sorted, fixed timestamps, stored) of ``files``, flat, atomically."""
     import io
 
@@ -222,7 +408,7 @@ def write_zip(out: Path, run_code: str, files: list[Path]) -> Path:
             info.external_attr = 0o644 << 16
             info.create_system = 3
             z.writestr(info, p.read_bytes())
-    dst = out / f"{run_code}.zip"
+    dst = out / zip_name(run_code, standin)
     imageio.atomic_write_bytes(dst, buf.getvalue())
     return dst
 
@@ -265,51 +451,50 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
                 progress: bool = True, max_pixels: int | None = None) -> dict:
     """Protect every image of the set described by ``cfg`` into ``out`` (see the module
     docstring). Returns the summary dict (also written to ``out/summary.json``); its ``failed``
-    count is non-zero when any file failed."""
+    count is non-zero when any file failed.
+
+    Raises:
+      SetupError: a usage or setup problem (every one found, before anything is written), or
+        ``out`` held by another run.
+    """
+    plan = validate_protect(cfg, out, weights_dir, batch_size)
+    out = plan.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SetupError(f"cannot create the output folder {out}: {e.strerror}") from None
+    with OutputLock(out):
+        return _run_locked(plan, weights_dir, batch_size, progress, max_pixels)
+
+
+def _run_locked(plan: ProtectPlan, weights_dir, batch_size, progress, max_pixels) -> dict:
     import jax.numpy as jnp
     from tqdm import tqdm
 
     import ppjax
-    from ppjax.attacks import get_attack
     from ppjax.judges import get_spec, judge_dir
 
+    cfg, out, items = plan.cfg, plan.out, plan.items
     tag = "STAND-IN: " if cfg.standin else ""
     L = _Tag(log, {"tag": tag})
-    if not RUN_CODE_RE.match(cfg.run_code):
-        raise ValueError(f"run code {cfg.run_code!r} must be letters, digits, '_', '.', '-' "
-                         f"(it names the zip and every file)")
-    task = data.get_task(cfg.task)
     spec = get_spec(cfg.judge)
-    try:  # a bad attack name, preset or setting is one clear error, before any work
-        get_attack(cfg.attack, cfg.preset, appeal=bool(cfg.appeal), **dict(cfg.overrides))
-        if cfg.appeal:
-            get_spec(cfg.appeal)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"attack settings: {e}") from None
-    if tuple(spec.input_hw) != task.hw:
-        raise ValueError(f"judge {cfg.judge} takes {spec.input_hw}, task {cfg.task} is {task.hw}")
-    out = Path(out).resolve()
     img_dir = out / IMAGES
-    img_dir.mkdir(parents=True, exist_ok=True)
+    img_dir.mkdir(exist_ok=True)
+    judge = ppjax.load_judge(cfg.judge, weights_dir, standin=cfg.standin)  # a stand-in: made once
     meta_path = judge_dir(cfg.judge, weights_dir, cfg.standin) / "metadata.json"
-    judge = None
-    if not meta_path.exists():  # first use of a stand-in creates it; else a clear error
-        judge = ppjax.load_judge(cfg.judge, weights_dir, standin=cfg.standin)
     sha = json.loads(meta_path.read_text()).get("sha256") if meta_path.exists() else None
     cfg = dataclasses.replace(cfg, judge_sha256=sha)
-    check_or_store_config(out, cfg)  # before the (slow) judge load: a mismatch fails fast
-    if judge is None:
-        judge = ppjax.load_judge(cfg.judge, weights_dir, standin=cfg.standin)
+    check_or_store_config(out, cfg)  # validated: the run may now leave its settings behind
     compute = _compute_path(cfg.dtype)
     L.info("compute: %s on %s%s", compute["dtype"], compute["backend"],
            f" ({compute['note']})" if compute["note"] else "")
     extra = {}
     if cfg.appeal:  # the appeal term's judge (a stand-in too when the run uses stand-ins)
         extra["appeal"] = ppjax.load_judge(cfg.appeal, weights_dir, standin=cfg.standin)
+    png_text = STANDIN_TEXT if cfg.standin else None
     _clean_tmp(img_dir)
     _clean_tmp(out)
 
-    items = data.dataset_items(cfg.images, cfg.list_file, cfg.labels_file)
     done = read_manifest(out / MANIFEST)
     manifest = Manifest(out / MANIFEST)
     by_output: dict[str, str] = {}
@@ -398,7 +583,7 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
             linf = np.asarray(res.linf)
             for i, b in enumerate(ok):
                 oname = output_name(cfg.run_code, b.item.name)
-                png = imageio.save_png_atomic(img_dir / oname, adv[i])
+                png = imageio.save_png_atomic(img_dir / oname, adv[i], png_text)
                 entry = {"name": b.item.name, "status": "ok", "output": oname,
                          "sha256": hashlib.sha256(png).hexdigest(), "notes": b.notes,
                          "seed": seeds[i], "success": bool(succ[i]), "steps": int(steps[i]),
@@ -429,7 +614,7 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
                 if n in wanted and e.get("status") == "ok"]
     errors = [{"name": n, "error": e.get("error")} for n, e in final.items()
               if n in wanted and e.get("status") != "ok"]
-    zpath = write_zip(out, cfg.run_code, ok_files)
+    zpath = write_zip(out, cfg.run_code, ok_files, cfg.standin)
     n_ok_final = len(ok_files)
     n_succ_final = sum(bool(final[n].get("success")) for n in wanted
                        if n in final and final[n].get("status") == "ok")
@@ -440,6 +625,7 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
         "skipped_on_resume": n_skip, "attack_success": n_succ_final,
         "attack_success_rate": n_succ_final / n_ok_final if n_ok_final else None,
         "zip": zpath.name, "errors": errors, "compute": compute,
+        "skipped_inputs": [{"name": n, "reason": r} for n, r in plan.skipped],
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if cfg.appeal:
@@ -458,26 +644,23 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
 # ---------------------------------------------------------------- CLI
 
 def _cmd(args) -> int:
-    from ppjax.judges import get_spec
-
-    task = data.get_task(args.task)
-    judge = args.judge or task.judge
+    task = data.TASKS.get(int(args.task))
+    judge = args.judge or (task.judge if task else "")
     try:
-        get_spec(judge)
-        cfg = ProtectConfig(
-            task=int(args.task), attack=args.attack, run_code=args.run_code,
-            images=str(Path(args.images).resolve()), judge=judge,
-            list_file=str(Path(args.list).resolve()) if args.list else None,
-            labels_file=str(Path(args.labels).resolve()) if args.labels else None,
-            preset=args.preset, overrides=parse_overrides(args.set), seed=int(args.seed),
-            standin=bool(args.standin), resize=args.resize, appeal=args.appeal,
-            dtype=args.dtype,
-        )
-        summary = run_protect(cfg, args.out, weights_dir=args.weights_dir,
-                              batch_size=args.batch_size, progress=not args.no_progress)
-    except (ResumeMismatch, ValueError, KeyError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        overrides = parse_overrides(args.set)
+    except ValueError as e:
+        raise SetupError(str(e)) from None
+    cfg = ProtectConfig(
+        task=int(args.task), attack=args.attack, run_code=args.run_code,
+        images=str(Path(args.images).resolve()), judge=judge,
+        list_file=str(Path(args.list).resolve()) if args.list else None,
+        labels_file=str(Path(args.labels).resolve()) if args.labels else None,
+        preset=args.preset, overrides=overrides, seed=int(args.seed),
+        standin=bool(args.standin), resize=args.resize, appeal=args.appeal,
+        dtype=args.dtype,
+    )
+    summary = run_protect(cfg, args.out, weights_dir=args.weights_dir,
+                          batch_size=args.batch_size, progress=not args.no_progress)
     tag = "STAND-IN " if summary["standin"] else ""
     print(f"{tag}{summary['run_code']}: {summary['protected']}/{summary['images']} protected, "
           f"{summary['failed']} failed -> {Path(args.out) / summary['zip']}")
@@ -486,23 +669,52 @@ def _cmd(args) -> int:
     return 1 if summary["failed"] else 0
 
 
+def attack_catalogue() -> str:
+    """``name: preset, preset, ...`` per attack, one per line (for ``--help``)."""
+    from ppjax.attacks.registry import ALIASES, ATTACKS
+
+    lines = [f"  {name:13s} presets: {', '.join(presets)}" for name, presets in ATTACKS.items()]
+    return ("attacks (--attack NAME --preset PRESET; 'default' when --preset is not given):\n"
+            + "\n".join(lines) + "\n  aliases: "
+            + ", ".join(f"{a}={n}" for a, n in sorted(ALIASES.items())))
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("protect", help="protect a test set and write a submission run (resumable)")
-    p.add_argument("--task", type=int, required=True, choices=sorted(data.TASKS))
-    p.add_argument("--attack", required=True, help="attack name (see ppjax.attacks)")
-    p.add_argument("--preset", default=None, help="named preset of the attack")
+    import argparse
+
+    from ppjax import config
+
+    class Fmt(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        pass
+
+    p = sub.add_parser(
+        "protect", help="protect a test set and write a submission run (resumable)",
+        formatter_class=Fmt, epilog=attack_catalogue() + "\n\nexit codes: 0 all done, 1 some "
+        "files failed (each listed), 2 usage/setup error (nothing done), 3 unexpected error")
+    p.add_argument("--task", type=int, required=True, choices=sorted(data.TASKS),
+                   help="Pixel Privacy task: 2019 (ResNet50-Places365, 256x256) or 2020 "
+                        "(KonCept512, 512x384, JPEG-90)")
+    p.add_argument("--attack", required=True, metavar="NAME",
+                   help="attack name (listed below with its presets)")
+    p.add_argument("--preset", default=None, help="named preset of the attack (None: 'default')")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override an attack setting (repeatable), e.g. --set steps=20")
+                   help="override an attack setting (repeatable), e.g. --set steps=20 --set "
+                        "eps=8/255; KEY is an AttackConfig field")
     p.add_argument("--images", required=True, help="folder of the images")
     p.add_argument("--list", default=None, help="MEPP list (CSV) naming the images to use")
-    p.add_argument("--labels", default=None, help="Places365 places365_val.txt for labels")
-    p.add_argument("--out", required=True, help="output folder (created; resumable)")
+    p.add_argument("--labels", default=None, help="Places365 places365_val.txt for labels "
+                   "(None: labels from the list, else the judge's clean prediction)")
+    p.add_argument("--out", required=True, help="output folder (created; resumable; one run at "
+                   "a time)")
     p.add_argument("--run-code", required=True, help="TEAM_RUN: names the zip and each PNG")
-    p.add_argument("--judge", default=None, help="override the task's judge (default: the task's)")
+    p.add_argument("--judge", default=None, help="override the task's judge (None: the task's)")
     p.add_argument("--standin", action="store_true",
-                   help="use a random-weight STAND-IN judge (tests/demos only)")
-    p.add_argument("--weights-dir", default=None)
-    p.add_argument("--batch-size", type=int, default=4)
+                   help="use a random-weight STAND-IN judge (tests/demos only; outputs are "
+                        "marked STAND-IN)")
+    p.add_argument("--weights-dir", default=None,
+                   help=f"converted weights (None: $PPJAX_WEIGHTS_DIR or {config.weights_dir()})")
+    p.add_argument("--batch-size", type=int, default=4, help="images per attack batch (does not "
+                   "change results)")
     p.add_argument("--seed", type=int, default=0, help="base seed; per-image seeds derive from it")
     p.add_argument("--resize", default="resize", choices=imageio.RESIZE_RULES,
                    help="rule for images not at the task's size (see ppjax.imageio)")
@@ -511,6 +723,6 @@ def add_parser(sub) -> None:
                         "with --standin); its weight: --set appeal_weight=W")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="judge compute dtype; bfloat16 runs the convolutions through oneDNN on "
-                        "AMX CPUs (ppjax.onednn, ~2.5x faster on ResNet-50) and tensor cores on GPUs")
+                        "AMX CPUs (ppjax.onednn) and tensor cores on GPUs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd)

@@ -1,6 +1,6 @@
 """Reports and figures for ``ppjax evaluate``: ``report.json``, ``report.md`` and PNG figures drawn
-with Pillow (no plotting library): a before/after grid, a perturbation heat map, and score
-histograms before/after."""
+with matplotlib (object API on the Agg canvas: no display, no global pyplot state): a
+before/after grid, a perturbation heat map, and score histograms before/after."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from ppjax.imageio import atomic_write_bytes
 
@@ -120,87 +119,100 @@ def compare_markdown(reports: Sequence[dict]) -> str:
     return title + "\n\n" + markdown_table(header, rows) + "\n"
 
 
-# ---------------------------------------------------------------- figures (Pillow only)
+# ---------------------------------------------------------------- figures (matplotlib, Agg)
 
-def _font():
-    return ImageFont.load_default()
+def figure(width_in: float, height_in: float, dpi: int = 100):
+    """A matplotlib ``Figure`` on the Agg canvas with constrained layout (titles, legends and
+    colour bars never overlap or leave the image)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_in, height_in), dpi=dpi, layout="constrained")
+    fig.get_layout_engine().set(w_pad=6 / 72, h_pad=6 / 72)  # a margin at the figure's edges
+    FigureCanvasAgg(fig)
+    return fig
 
 
-def _save_png(img: Image.Image, path: str | os.PathLike) -> None:
+def wrap_title(text: str, width_px: float, fontsize: float = 10, dpi: int = 100) -> str:
+    """``text`` broken into lines that fit ``width_px`` at ``fontsize`` points (DejaVu Sans
+    averages at most about 0.65 em per character), so a long title never runs off the figure."""
+    import textwrap
+
+    em = fontsize * dpi / 72.0
+    return "\n".join(textwrap.wrap(text, max(10, int(width_px / (0.65 * em))))) or text
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """PNG of ``fig``, written atomically."""
     import io
 
     buf = io.BytesIO()
-    img.save(buf, "PNG")
+    fig.savefig(buf, format="png", metadata={"Software": "ppjax"})
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _tile(a: np.ndarray, size: int) -> Image.Image:
-    im = Image.fromarray(a)
-    s = size / max(im.size)
-    return im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.BICUBIC)
-
-
-def hot_colormap(v: np.ndarray) -> np.ndarray:
-    """Map ``v`` in [0, 1] ([...]) to a black-red-yellow-white "hot" colour map, uint8 [..., 3]."""
-    v = np.clip(np.asarray(v, np.float32), 0.0, 1.0)
-    r = np.clip(3.0 * v, 0, 1)
-    g = np.clip(3.0 * v - 1.0, 0, 1)
-    b = np.clip(3.0 * v - 2.0, 0, 1)
-    return (np.stack([r, g, b], -1) * 255.0 + 0.5).astype(np.uint8)
+def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(a.astype(np.int16) - b.astype(np.int16))
 
 
 def before_after_grid(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], path, tile: int = 192,
                       title: str = "") -> None:
-    """Rows of (original, protected, |difference| x10) for ``pairs`` of (name, orig, protected),
-    images [H, W, 3] uint8."""
-    pad, head = 6, 16
-    rows = len(pairs)
-    w = 3 * tile + 4 * pad
-    h = head + pad + rows * (tile + head + pad)
-    canvas = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(canvas)
-    d.text((pad, 2), title or "original | protected | |difference| x10", fill="black", font=_font())
-    y = head + pad
-    for name, a, b in pairs:
-        diff = np.clip(np.abs(a.astype(np.int16) - b.astype(np.int16)) * 10, 0, 255).astype(np.uint8)
-        d.text((pad, y), name[:60], fill="black", font=_font())
-        for j, im in enumerate((a, b, diff)):
-            canvas.paste(_tile(im, tile), (pad + j * (tile + pad), y + head))
-        y += tile + head + pad
-    _save_png(canvas, path)
+    """Rows of (original, protected, |difference|) for ``pairs`` of (name, orig, protected),
+    images [H, W, 3] uint8. The difference is amplified so that the largest change of the figure
+    is full brightness (the factor is in the column title)."""
+    n = max(1, len(pairs))
+    top = max((int(_diff(a, b).max()) for _, a, b in pairs), default=0)
+    gain = 255.0 / top if top else 1.0
+    fig = figure(3 * tile / 72 + 0.4, n * tile / 72 + 0.9)
+    axes = fig.subplots(n, 3, squeeze=False)
+    heads = ("original", "protected", f"|difference| x{gain:.3g} (max {top} levels)")
+    for i, (name, a, b) in enumerate(pairs):
+        d = np.clip(np.rint(_diff(a, b) * gain), 0, 255).astype(np.uint8)
+        for j, im in enumerate((a, b, d)):
+            ax = axes[i, j]
+            ax.imshow(im, interpolation="lanczos" if im.shape[0] > tile else "nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(heads[j], fontsize=9)
+        axes[i, 0].set_ylabel(name[:40], fontsize=8)
+    fig.suptitle(wrap_title(title or "original | protected | |difference|", 3 * tile * 100 / 72 - 20),
+                 fontsize=10)
+    save_figure(fig, path)
 
 
 def perturbation_heatmap(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], path,
                          tile: int = 192, tag: str = "") -> None:
-    """Per image, the per-pixel max over channels of |protected - original| (8-bit levels),
-    coloured with :func:`hot_colormap` on a shared scale; the scale is written on the figure."""
-    pad, head = 6, 16
-    maps = [np.abs(a.astype(np.int16) - b.astype(np.int16)).max(-1) for _, a, b in pairs]
+    """Per image, the per-pixel max over channels of |protected - original| in 8-bit levels, on
+    one colour scale from 0 to the largest change of the figure (a colour bar with ticks)."""
+    maps = [_diff(a, b).max(-1) for _, a, b in pairs]
     vmax = max(1, max((int(m.max()) for m in maps), default=1))
     cols = min(4, max(1, len(pairs)))
     rows = math.ceil(len(pairs) / cols) if pairs else 1
-    w = cols * (tile + pad) + pad
-    h = head + pad + rows * (tile + head + pad) + 30
-    canvas = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(canvas)
-    d.text((pad, 2), f"{tag}perturbation |protected - original| (max over RGB), 0..{vmax} levels",
-           fill="black", font=_font())
-    for i, ((name, _, _), m) in enumerate(zip(pairs, maps, strict=True)):
-        x = pad + (i % cols) * (tile + pad)
-        y = head + pad + (i // cols) * (tile + head + pad)
-        d.text((x, y), name[:28], fill="black", font=_font())
-        canvas.paste(_tile(hot_colormap(m / vmax), tile), (x, y + head))
-    bar = hot_colormap(np.linspace(0, 1, w - 2 * pad)[None, :].repeat(10, 0))
-    canvas.paste(Image.fromarray(bar), (pad, h - 28))
-    d.text((pad, h - 16), "0", fill="black", font=_font())
-    d.text((w - pad - 24, h - 16), str(vmax), fill="black", font=_font())
-    _save_png(canvas, path)
+    fig = figure(cols * tile / 72 + 1.2, rows * tile / 72 + 0.8)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    im = None
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= len(maps):
+            ax.set_axis_off()
+            continue
+        im = ax.imshow(maps[i], cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
+        ax.set_title(pairs[i][0][:28], fontsize=8)
+    if im is not None:
+        cb = fig.colorbar(im, ax=axes, shrink=0.8)
+        cb.set_label("|protected - original|, max over RGB (8-bit levels)")
+        cb.set_ticks(sorted({0, *np.linspace(0, vmax, min(vmax, 5) + 1).round().astype(int)}))
+    fig.suptitle(wrap_title(f"{tag}perturbation per pixel, 0..{vmax} levels",
+                            cols * tile * 100 / 72), fontsize=10)
+    save_figure(fig, path)
 
 
 def histogram(before: Sequence[float], after: Sequence[float], path, title: str, xlabel: str,
               threshold: float | None = None, bins: int = 20, size=(520, 320)) -> None:
-    """Side-by-side bar histogram of two score sets (blue = before, orange = after), with an
-    optional vertical threshold line (red)."""
+    """Histograms of two score sets on shared bins (before / after), with an optional vertical
+    threshold line; ``size`` in pixels at 100 dpi."""
     b = np.asarray([v for v in before if v is not None and math.isfinite(v)], np.float64)
     a = np.asarray([v for v in after if v is not None and math.isfinite(v)], np.float64)
     allv = np.concatenate([b, a]) if (b.size or a.size) else np.zeros(1)
@@ -208,34 +220,17 @@ def histogram(before: Sequence[float], after: Sequence[float], path, title: str,
     if threshold is not None:
         lo, hi = min(lo, threshold), max(hi, threshold)
     if hi <= lo:
-        hi = lo + 1.0
+        lo, hi = lo - 0.5, hi + 0.5
     edges = np.linspace(lo, hi, bins + 1)
-    hb, _ = np.histogram(b, edges)
-    ha, _ = np.histogram(a, edges)
-    W, H = size
-    left, right, top, bottom = 40, 10, 30, 40
-    canvas = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(canvas)
-    d.text((left, 6), title, fill="black", font=_font())
-    pw, ph = W - left - right, H - top - bottom
-    d.line([(left, top + ph), (left + pw, top + ph)], fill="black")
-    d.line([(left, top), (left, top + ph)], fill="black")
-    ymax = max(1, int(max(hb.max(initial=0), ha.max(initial=0))))
-    bw = pw / bins
-    for i in range(bins):
-        for j, (cnt, col) in enumerate(((hb[i], (66, 110, 200)), (ha[i], (235, 140, 40)))):
-            if cnt == 0:
-                continue
-            x0 = left + i * bw + j * bw / 2
-            y0 = top + ph - ph * cnt / ymax
-            d.rectangle([x0 + 1, y0, x0 + bw / 2 - 1, top + ph - 1], fill=col)
+    fig = figure(size[0] / 100, size[1] / 100)
+    ax = fig.subplots()
+    ax.hist([b, a], bins=edges, label=[f"before (n={b.size})", f"after (n={a.size})"],
+            color=["#4169c8", "#eb8c28"])
     if threshold is not None:
-        x = left + pw * (threshold - lo) / (hi - lo)
-        d.line([(x, top), (x, top + ph)], fill=(220, 30, 30), width=2)
-    d.text((left, top + ph + 4), f"{lo:.3g}", fill="black", font=_font())
-    d.text((left + pw - 40, top + ph + 4), f"{hi:.3g}", fill="black", font=_font())
-    d.text((left + pw // 2 - 30, top + ph + 20), xlabel, fill="black", font=_font())
-    d.text((4, top), str(ymax), fill="black", font=_font())
-    d.text((W - 190, 6), f"before (n={b.size})", fill=(66, 110, 200), font=_font())
-    d.text((W - 90, 6), f"after (n={a.size})", fill=(235, 140, 40), font=_font())
-    _save_png(canvas, path)
+        ax.axvline(threshold, color="#dc1e1e", lw=1.5, ls="--", label=f"threshold {threshold:g}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("images")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    fig.legend(fontsize=8, loc="outside lower center", ncols=3, frameon=False)  # not over bars
+    fig.suptitle(wrap_title(title, size[0] - 20, 9), fontsize=9)
+    save_figure(fig, path)

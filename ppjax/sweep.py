@@ -21,6 +21,14 @@ A config (TOML or JSON) names the judge, the images and one or more grids::
     eot_quality = [[80, 95], [60, 90]]  # -> eot_quality_lo / eot_quality_hi
     appeal_weight = [0.0, 0.1]       # the appeal term's weight (objective "<objective>+appeal")
 
+Required keys: ``judge``, ``images`` and at least one ``[[grid]]`` with an ``attack``. Optional:
+``standin``, ``weights_dir``, ``max_images`` (64), ``batch`` (8), ``seed`` (0), ``output``
+("sweep-out", relative to the config file), ``appeal_judge``, ``driver`` ("auto"), ``dtype``
+("float32"). Images follow ``ppjax protect``'s rules (:mod:`ppjax.data`, :mod:`ppjax.imageio`): a
+file that cannot be read is a per-file error (in ``results.json`` under ``errors``, exit code 1)
+and every point runs on the other images. Every point's settings are checked before anything runs
+(exit code 2 listing every problem). One sweep at a time per output folder (a lock, as protect).
+
 Every key of a grid besides ``attack``/``preset`` is an :class:`~ppjax.attacks.AttackConfig`
 field (a scalar is a one-value axis). Values of traced fields (eps, step sizes, JPEG quality
 range, appeal weight, ...) enter the compiled program as arguments, so a grid over them compiles
@@ -46,7 +54,6 @@ import numpy as np
 
 log = logging.getLogger("ppjax")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 RESULT_FIELDS = ("key", "attack", "preset", "settings", "images", "protection", "success_rate",
                  "mean_steps", "mean_linf", "mean_l2", "mean_psnr", "mean_appeal",
                  "mean_appeal_before", "seconds", "recompiles")
@@ -165,31 +172,55 @@ def read_done(csv_path: Path) -> dict[str, dict]:
 
 
 def list_images(paths) -> list[Path]:
-    out = []
+    """Image files named by ``paths`` (files, or folders under ``ppjax.data``'s folder rules:
+    hidden files and non-images skipped and logged)."""
+    from ppjax import data
+    from ppjax.errors import SetupError
+
+    out, missing = [], []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            out += [Path(it.path) for it in data.scan_folder(p)[0]]
         elif p.is_file():
             out.append(p)
         else:
-            raise FileNotFoundError(f"sweep: no such image or directory: {p}")
+            missing.append(f"sweep: no such image or folder: {p}")
+    if missing:
+        raise SetupError(missing)
     if not out:
-        raise FileNotFoundError(f"sweep: no images found in {list(map(str, paths))}")
+        raise SetupError(f"sweep: no images found in {', '.join(map(str, paths))}")
     return out
 
 
-def load_images(paths, hw: tuple[int, int], max_images: int) -> np.ndarray:
-    """[N, H, W, 3] float32 in [0, 1] on the 8-bit grid (Pillow bicubic resize to ``hw``)."""
+def load_images(paths, hw: tuple[int, int], max_images: int, errors: list | None = None
+                ) -> np.ndarray:
+    """[N, H, W, 3] float32 in [0, 1] on the 8-bit grid: the first ``max_images`` readable images
+    (decoded by :func:`ppjax.imageio.load_rgb`, Pillow bicubic resize to ``hw``). A file that
+    cannot be read is skipped and appended to ``errors`` as ``{"name", "error"}``."""
     from PIL import Image
 
-    h, w = hw
+    from ppjax import data, imageio
+    from ppjax.errors import SetupError
+
     out = []
-    for p in list_images(paths)[:max_images]:
-        with Image.open(p) as im:
-            im = im.convert("RGB")
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.BICUBIC)
-            out.append(np.asarray(im, np.float32) / 255.0)
+    for p in list_images(paths):
+        if len(out) == max_images:
+            break
+        why = data.refusal_reason(p, p.parent)
+        try:
+            if why:
+                raise imageio.DecodeError(why)
+            img, _ = imageio.load_rgb(p)
+        except imageio.DecodeError as e:
+            log.error("sweep: %s: %s", p, e)
+            if errors is not None:
+                errors.append({"name": str(p), "error": str(e)})
+            continue
+        if img.shape[:2] != tuple(hw):
+            img = imageio.resize_plain(img, hw, Image.BICUBIC)
+        out.append(imageio.to_float01(img))
+    if not out:
+        raise SetupError(f"sweep: none of the images could be read ({len(errors or [])} failed)")
     return np.stack(out)
 
 
@@ -257,33 +288,77 @@ def summarise(grid: Grid, settings, per_image: dict, seconds: float, recompiles:
             "seconds": seconds, "recompiles": recompiles}
 
 
+NUMERIC = {"images": int, "recompiles": int, "protection": float, "success_rate": float,
+           "mean_steps": float, "mean_linf": float, "mean_l2": float, "mean_psnr": float,
+           "mean_appeal": float, "mean_appeal_before": float, "seconds": float}
+
+
+def typed_row(row: dict) -> dict:
+    """A ``results.csv`` row with numbers as numbers (empty cells as None) and ``settings`` as
+    an object."""
+    out = dict(row)
+    for k, kind in NUMERIC.items():
+        v = out.get(k)
+        out[k] = None if v in ("", None) else kind(float(v)) if kind is int else kind(v)
+    if isinstance(out.get("settings"), str):
+        out["settings"] = json.loads(out["settings"])
+    return out
+
+
+def check_points(cfg: SweepConfig, has_appeal: bool) -> list[tuple[Grid, tuple, Any]]:
+    """Every grid point with its :class:`AttackConfig`; every bad point is reported at once
+    (:class:`~ppjax.errors.SetupError`) before anything runs."""
+    from ppjax.errors import SetupError
+
+    points, problems = [], []
+    for grid in cfg.grids:
+        for settings in grid.points():
+            try:
+                points.append((grid, settings, _attack_config(grid, settings, has_appeal)))
+            except (KeyError, TypeError, ValueError) as e:
+                problems.append(f"grid point {grid.attack} {dict(settings)}: "
+                                f"{e.args[0] if e.args else e}")
+    if problems:
+        raise SetupError(problems)
+    return points
+
+
 def run_sweep(cfg: SweepConfig, judge=None, appeal=None) -> list[dict]:
     """Run every grid point not yet in ``<output>/results.csv``; append each row as it finishes
     (so an interrupted sweep resumes), then rewrite ``results.json`` and ``pareto.png``.
-    ``judge`` / ``appeal`` override loading by name (tests)."""
+    ``judge`` / ``appeal`` override loading by name (tests). Files that cannot be read are listed
+    in ``results.json`` (``errors``); the points run on the others."""
     from ppjax import load_judge
     from ppjax.attacks import TRACES
+    from ppjax.errors import SetupError
+    from ppjax.protect import OutputLock
 
+    points = check_points(cfg, appeal is not None or bool(cfg.appeal_judge))
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "results.csv"
-    done = read_done(csv_path)
+    if out.exists() and not out.is_dir():
+        raise SetupError(f"sweep output {out} exists and is not a folder")
     judge = judge or load_judge(cfg.judge, cfg.weights_dir, standin=cfg.standin)
     if appeal is None and cfg.appeal_judge:
         appeal = load_judge(cfg.appeal_judge, cfg.weights_dir, standin=cfg.standin)
-    images = load_images(cfg.images, judge.spec.input_hw, cfg.max_images)
+    file_errors: list[dict] = []
+    images = load_images(cfg.images, judge.spec.input_hw, cfg.max_images, file_errors)
     batch = min(cfg.batch, len(images))
-    new_file = not csv_path.exists()
-    with csv_path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, RESULT_FIELDS)
-        if new_file:
-            writer.writeheader()
-        for grid in cfg.grids:
-            for settings in grid.points():
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SetupError(f"cannot create the sweep output {out}: {e.strerror}") from None
+    with OutputLock(out):
+        csv_path = out / "results.csv"
+        done = read_done(csv_path)
+        new_file = not csv_path.exists()
+        with csv_path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, RESULT_FIELDS)
+            if new_file:
+                writer.writeheader()
+            for grid, settings, acfg in points:
                 key = row_key(grid, settings)
                 if key in done:
                     continue
-                acfg = _attack_config(grid, settings, appeal is not None)
                 before = sum(TRACES.values())
                 t0 = time.perf_counter()
                 per_image = run_point(acfg, judge, images, batch, cfg.seed, appeal, cfg.driver,
@@ -293,13 +368,16 @@ def run_sweep(cfg: SweepConfig, judge=None, appeal=None) -> list[dict]:
                 writer.writerow(row)
                 f.flush()
                 done[key] = row
-                log.info("sweep %s %s: protection %.3f, PSNR %.2f dB, %d recompiles",
-                         grid.attack, dict(settings), row["protection"], row["mean_psnr"],
-                         row["recompiles"])
-    rows = list(read_done(csv_path).values())
-    (out / "results.json").write_text(json.dumps(
-        {"judge": judge.label, "standin": judge.standin, "rows": rows}, indent=2))
-    pareto_plot(rows, out / "pareto.png", label=judge.label)
+                log.info("%ssweep %s %s: protection %.3f, PSNR %.2f dB, %d recompiles",
+                         "STAND-IN: " if judge.standin else "", grid.attack, dict(settings),
+                         row["protection"], row["mean_psnr"], row["recompiles"])
+        rows = [typed_row(r) for r in read_done(csv_path).values()]
+        from ppjax.report import write_json
+
+        write_json(out / "results.json", {"judge": judge.label, "standin": judge.standin,
+                                          "images": len(images), "errors": file_errors,
+                                          "rows": rows})
+        pareto_plot(rows, out / "pareto.png", label=judge.label, standin=judge.standin)
     return rows
 
 
@@ -315,56 +393,56 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def pareto_plot(rows: list[dict], path: Path, label: str = "", x_key: str = "mean_l2",
-                y_key: str = "protection", size=(720, 480)) -> None:
-    """Scatter of protection (success rate) against distortion (mean L2), the Pareto front as a
-    line; points coloured by attack. Drawn with Pillow."""
-    from PIL import Image, ImageDraw, ImageFont
+def _point_label(row: dict) -> str:
+    """Short setting label of a row: ``attack[/preset] k=v ...`` (floats with 3 digits)."""
+    st = row.get("settings") or {}
+    if isinstance(st, str):
+        st = json.loads(st)
+    vals = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in st.items())
+    preset = row.get("preset")
+    head = row["attack"] + (f"/{preset}" if preset and preset != "default" else "")
+    return f"{head} {vals}".strip()
 
-    pts = [(float(r[x_key]), float(r[y_key]), r["attack"]) for r in rows
-           if r.get(x_key) not in ("", None)]
-    w, h = size
-    left, right, top, bottom = 70, 20, 40, 60
-    im = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(im)
-    font = ImageFont.load_default()
-    d.text((left, 10), f"Pixel Privacy sweep: {label}", fill="black", font=font)
-    d.rectangle([left, top, w - right, h - bottom], outline="black")
-    if not pts:
-        im.save(path)
-        return
-    xmax = max(p[0] for p in pts) * 1.05 or 1.0
-    sx = lambda x: left + (w - left - right) * x / xmax
-    sy = lambda y: h - bottom - (h - top - bottom) * y
-    for k in range(6):  # ticks
-        y = k / 5
-        d.line([left - 4, sy(y), left, sy(y)], fill="black")
-        d.text((left - 40, sy(y) - 6), f"{y:.1f}", fill="black", font=font)
-        x = xmax * k / 5
-        d.line([sx(x), h - bottom, sx(x), h - bottom + 4], fill="black")
-        d.text((sx(x) - 12, h - bottom + 8), f"{x:.3g}", fill="black", font=font)
-    d.text(((w - left) // 2, h - 22), "distortion: mean L2 (pixels in [0,1])", fill="black",
-           font=font)
-    d.text((6, top - 16), "protection (success rate)", fill="black", font=font)
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
-    attacks = sorted({p[2] for p in pts})
-    colour = {a: palette[i % len(palette)] for i, a in enumerate(attacks)}
-    front = pareto_front([(p[0], p[1]) for p in pts])
-    d.line([(sx(pts[i][0]), sy(pts[i][1])) for i in front], fill="#888888", width=2)
-    for x, y, a in pts:
-        d.ellipse([sx(x) - 4, sy(y) - 4, sx(x) + 4, sy(y) + 4], fill=colour[a], outline="black")
-    for i, a in enumerate(attacks):  # legend
-        d.ellipse([w - 150, top + 10 + 16 * i, w - 142, top + 18 + 16 * i], fill=colour[a])
-        d.text((w - 136, top + 7 + 16 * i), a, fill="black", font=font)
-    im.save(path)
+
+def pareto_plot(rows: list[dict], path: Path, label: str = "", x_key: str = "mean_l2",
+                y_key: str = "protection", size=(720, 480), standin: bool = False) -> None:
+    """Scatter of protection (success rate) against distortion (mean L2), points coloured by
+    attack and labelled with their settings, the Pareto front as a line (matplotlib, Agg);
+    ``size`` in pixels at 100 dpi."""
+    from ppjax.report import figure, save_figure, wrap_title
+
+    pts = [(float(r[x_key]), float(r[y_key]), r["attack"], _point_label(r)) for r in rows
+           if r.get(x_key) not in ("", None) and r.get(y_key) not in ("", None)]
+    fig = figure(size[0] / 100, size[1] / 100)
+    ax = fig.subplots()
+    fig.suptitle(wrap_title(f"{'STAND-IN: ' if standin else ''}Pixel Privacy sweep: {label}",
+                            size[0] - 20), fontsize=10)
+    ax.set_xlabel("distortion: mean L2 of the change (pixels in [0, 1])")
+    ax.set_ylabel("protection (attack success rate)")
+    ax.set_ylim(-0.05, 1.1)
+    ax.grid(alpha=0.3)
+    if pts:
+        front = pareto_front([(p[0], p[1]) for p in pts])
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="#888888", lw=1.5,
+                zorder=1, label="Pareto front")
+        for attack in sorted({p[2] for p in pts}):
+            sel = [p for p in pts if p[2] == attack]
+            ax.scatter([p[0] for p in sel], [p[1] for p in sel], s=36, edgecolor="black",
+                       zorder=2, label=attack)
+        for x, y, _, text in pts:
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7)
+        ax.set_xlim(0, max(p[0] for p in pts) * 1.25 or 1.0)
+        fig.legend(loc="outside lower center", ncols=6, fontsize=8, frameon=False)  # not over points
+    save_figure(fig, path)
 
 
 def _cmd(args) -> int:
+    from ppjax.errors import SetupError
+
     try:
         cfg = load_config(args.config)
     except (ValueError, KeyError, OSError, tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        raise SetupError(f"{args.config}: {e.args[0] if isinstance(e, KeyError) else e}") from None
     if args.output:
         cfg = dataclasses.replace(cfg, output=args.output)
     if args.standin:
@@ -372,15 +450,27 @@ def _cmd(args) -> int:
     if args.weights_dir:
         cfg = dataclasses.replace(cfg, weights_dir=args.weights_dir)
     rows = run_sweep(cfg)
-    print(f"{len(rows)} rows in {Path(cfg.output) / 'results.csv'}; plot: "
+    res = json.loads((Path(cfg.output) / "results.json").read_text())
+    tag = "STAND-IN " if res.get("standin") else ""
+    print(f"{tag}{len(rows)} rows in {Path(cfg.output) / 'results.csv'}; plot: "
           f"{Path(cfg.output) / 'pareto.png'}")
-    return 0
+    for e in res.get("errors", []):
+        print(f"{tag}error: {e['name']}: {e['error']}", file=sys.stderr)
+    return 1 if res.get("errors") else 0
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("sweep", help="run a grid of attacks and values (resumable)")
+    import argparse
+
+    p = sub.add_parser("sweep", help="run a grid of attacks and values (resumable)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Run a grid of attacks and values; the config format is in the "
+                                   "README (section Speed and scale) and ppjax.sweep's docstring.")
     p.add_argument("config", help="TOML or JSON sweep config")
-    p.add_argument("--output", default=None, help="output directory (overrides the config)")
-    p.add_argument("--standin", action="store_true", help="random-weight stand-in judges")
-    p.add_argument("--weights-dir", default=None)
+    p.add_argument("--output", default=None, help="output folder (None: the config's output)")
+    p.add_argument("--standin", action="store_true",
+                   help="random-weight STAND-IN judges (outputs are marked STAND-IN)")
+    p.add_argument("--weights-dir", default=None,
+                   help="converted weights (None: the config's, else $PPJAX_WEIGHTS_DIR or "
+                        "~/.cache/ppjax/weights)")
     p.set_defaults(func=_cmd)

@@ -151,3 +151,20 @@ def test_wrapped_prefixed_mis_shaped_checkpoint_names_the_key(replica_and_refere
     msg = str(e.value)
     assert "(0 missing, 0 unexpected, 1 mis-shaped keys)" in msg
     assert "fc.12.weight: file has (2, 256)" in msg and "(1, 256)" in msg
+
+
+def test_standin_scores_photos_above_the_2020_threshold(tmp_path, photo_paths):
+    """The calibrated stand-in scores unseen photos above 50 (as real test photos do), so the
+    camouflage attack has work to do; its calibration photos get the target mean and spread."""
+    from ppjax import imageio
+    from ppjax.data import get_task
+
+    out = koncept512.make_standin(weights_dir=tmp_path)
+    judge = load_judge("koncept512", weights_dir=tmp_path, standin=True)
+    assert judge.standin and out == judge_dir("koncept512", tmp_path, standin=True)
+    cal = np.asarray(judge.score(koncept512.calibration_photos()))
+    assert cal.mean() == pytest.approx(koncept512.STANDIN_MEAN, abs=0.05)
+    assert cal.std() == pytest.approx(koncept512.STANDIN_STD, rel=0.02)
+    x = np.stack([imageio.to_float01(imageio.to_task_size(imageio.load_rgb(p)[0], 2020)[0])
+                  for p in photo_paths[:2]])
+    assert (np.asarray(judge.score(x)) > get_task(2020).threshold).all()

@@ -105,7 +105,7 @@ def test_protect_processes_good_files_and_reports_bad_ones(src, run1):
     assert any("resized" in n for n in manifest["cam_example.jpg"]["notes"])
     # every PNG (and nothing else) is in the zip, flat, byte for byte
     ok = sorted(e["output"] for e in manifest.values() if e["status"] == "ok")
-    with zipfile.ZipFile(out / f"{RUN}.zip") as z:
+    with zipfile.ZipFile(out / f"STANDIN_{RUN}.zip") as z:
         assert sorted(z.namelist()) == ok
         for n in ok:
             assert z.read(n) == (out / "images" / n).read_bytes()
@@ -147,7 +147,8 @@ def test_kill9_then_resume_is_byte_identical(src, run1, standin_weights, tmp_pat
     assert sorted(p.name for p in (out / "images").iterdir()) == ref_files
     for n in ref_files:
         assert (out / "images" / n).read_bytes() == (ref / "images" / n).read_bytes(), n
-    assert (out / f"{RUN}.zip").read_bytes() == (ref / f"{RUN}.zip").read_bytes()
+    assert (out / f"STANDIN_{RUN}.zip").read_bytes() == (ref / f"STANDIN_{RUN}.zip").read_bytes()
+    assert (out / ".ppjax.lock").exists()  # the killed run held the lock: it never blocks
     # a resume with other settings is refused, and nothing is touched
     before = man.read_bytes()
     rc = cli.main(_protect_args(images, out, standin_weights, 4, ["--seed", "7"]))

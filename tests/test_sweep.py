@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -67,7 +68,7 @@ def test_rows_match_direct_attacks(first_run, tiny_judge, image_dir):
     cfg, rows = first_run
     images = sweep.load_images([image_dir], (32, 32), 64)
     for row, eps in zip(rows, EPS, strict=True):
-        assert json.loads(row["settings"]) == {"eps": eps, "steps": 3, "step_size": 1 / 255}
+        assert row["settings"] == {"eps": eps, "steps": 3, "step_size": 1 / 255}
         res = attack("pgd", tiny_judge, images, eps=eps, steps=3, step_size=1 / 255,
                      seeds=default_seeds(4, cfg.seed, 0))
         assert float(row["protection"]) == pytest.approx(float(np.mean(res.success)))
@@ -119,7 +120,7 @@ def test_bad_configs_are_reported(tmp_path):
     bad.write_text('judge = "resnet50_places365"\nimages = ["a"]\n')
     from ppjax.cli import main
 
-    assert main(["sweep", str(bad)]) == 1
+    assert main(["sweep", str(bad)]) == 2
 
 
 def test_grid_expands_aliases():
@@ -128,3 +129,71 @@ def test_grid_expands_aliases():
     pts = g.points()
     assert len(pts) == 4
     assert pts[0] == (("eot_quality_lo", 80), ("eot_quality_hi", 95), ("appeal_weight", 0.0))
+
+
+def test_sweep_with_broken_files_goes_on(first_run, tiny_judge, image_dir, tmp_path):
+    """A corrupt file and a decompression bomb are per-file errors; the point runs on the other
+    images (same numbers as the clean sweep), and results.json holds numbers as numbers."""
+    from tests.test_imageio import png_raw
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for p in image_dir.iterdir():
+        (d / p.name).write_bytes(p.read_bytes())
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (d / "bomb.png").write_bytes(png_raw(100_000, 100_000, 8, 2, None))
+    (d / ".hidden.png").write_bytes(b"x")
+    cfg = _config(d, tmp_path / "out", eps=EPS[:1])
+    rows = sweep.run_sweep(cfg, judge=tiny_judge)
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert sorted(Path(e["name"]).name for e in res["errors"]) == ["bomb.png", "broken.jpg"]
+    assert "decompression bomb" in next(e["error"] for e in res["errors"]
+                                        if e["name"].endswith("bomb.png"))
+    assert res["images"] == 4 and len(res["rows"]) == 1 and rows == res["rows"]
+    row = res["rows"][0]
+    assert isinstance(row["images"], int) and row["images"] == 4
+    for k in ("protection", "mean_l2", "mean_psnr", "seconds"):
+        assert isinstance(row[k], float), k
+    assert row["settings"]["eps"] == EPS[0]
+    ref = next(r for r in first_run[1] if r["settings"]["eps"] == EPS[0])
+    assert row["protection"] == pytest.approx(float(ref["protection"]))
+    assert row["mean_l2"] == pytest.approx(float(ref["mean_l2"]), rel=1e-6)
+
+
+def test_bad_points_are_all_reported_before_any_work(tmp_path):
+    from ppjax.errors import SetupError
+
+    cfg = sweep.parse_config({"judge": "resnet50_places365", "images": [str(tmp_path)],
+                              "output": str(tmp_path / "o"),
+                              "grid": [{"attack": "pgd", "eps": [-1.0, 0.01, "abc"]}]})
+    with pytest.raises(SetupError) as e:
+        sweep.run_sweep(cfg, judge=object())
+    assert len(e.value.problems) == 2 and "eps=-1" in str(e.value) and "'abc'" in str(e.value)
+    assert not (tmp_path / "o").exists()
+
+
+def test_sweep_cli_exit_codes(tiny_judge, image_dir, tmp_path, monkeypatch, capsys):
+    """``ppjax sweep``: a broken file is exit 1 with its error printed; a bad config exit 2."""
+    import ppjax
+    from ppjax.cli import main
+
+    monkeypatch.setattr(ppjax, "load_judge", lambda *a, **k: tiny_judge)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for p in sorted(image_dir.iterdir())[:2]:
+        (d / p.name).write_bytes(p.read_bytes())
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    cfg = tmp_path / "s.json"
+    cfg.write_text(json.dumps({"judge": "resnet50_places365", "images": ["imgs"], "batch": 2,
+                               "grid": [{"attack": "pgd", "eps": EPS[0], "steps": 3,
+                                         "step_size": 1 / 255}]}))
+    assert main(["sweep", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "Traceback" not in err
+    assert (tmp_path / "sweep-out" / "results.json").exists()
+    cfg.write_text(json.dumps({"judge": "resnet50_places365", "images": ["imgs"],
+                               "grid": [{"attack": "pgd", "eps": [0.0, -1.0]}]}))
+    assert main(["sweep", str(cfg), "--output", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "2 problems" in err and "eps=0" in err and "eps=-1" in err
+    assert not (tmp_path / "o2").exists()

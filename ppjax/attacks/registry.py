@@ -26,7 +26,14 @@ Quality camouflage (2020, KonCept512; success = score < 50 after the organisers'
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
+
 from ppjax.attacks.config import AttackConfig
+
+# ``pgd/torchattacks`` and ``pgd/foolbox`` reproduce those libraries' PGD (defaults and loop: every
+# step taken, the final iterate returned); tests/test_runs.py checks the first against torchattacks.
 
 _FGSM = AttackConfig(name="fgsm", objective="ce", step="sign", norm="linf", steps=1,
                      eps=8 / 255, step_size=1.0, distortion="linf")
@@ -79,7 +86,18 @@ ATTACKS: dict[str, dict[str, AttackConfig]] = {
     "fgsm": {"default": _FGSM},
     "ifgsm": {"default": _IFGSM},
     "pgd": {"default": _PGD,
-            "madry": _PGD.replace(steps=40, step_size=0.01, early_stop=False),
+            # torchattacks.PGD's defaults and loop: 10 steps of 2/255 in an 8/255 ball from a
+            # random start, every step taken (no early stop), the final iterate returned, the
+            # gradient taken at the float iterate (fused_eval=False)
+            "torchattacks": _PGD.replace(name="pgd/torchattacks", steps=10, eps=8 / 255,
+                                         step_size=2 / 255, random_start=True, early_stop=False,
+                                         best="final", fused_eval=False),
+            # Foolbox LinfPGD's defaults: 40 steps of rel_stepsize 0.01 / 0.3 of eps (absolute
+            # here: eps / 30 at eps 8/255; an eps override does not rescale it), random start
+            "foolbox": _PGD.replace(name="pgd/foolbox", steps=40, eps=8 / 255,
+                                    step_size=8 / 255 * 0.01 / 0.3, random_start=True,
+                                    early_stop=False, best="final", fused_eval=False),
+            "madry": _PGD.replace(steps=40, step_size=0.01, early_stop=False, best="final"),
             "restarts": _PGD.replace(steps=20, restarts=5)},
     "pgd_l2": {"default": _PGD_L2},
     "mifgsm": {"default": _MIFGSM},
@@ -101,12 +119,82 @@ ALIASES = {"bim": "ifgsm", "i-fgsm": "ifgsm", "mi-fgsm": "mifgsm", "cw": "cw_l2"
            "perc-al": "perc_al", "pgd_linf": "pgd"}
 
 
+def _type_problems(cfg: AttackConfig, overrides: dict) -> list[str]:
+    """Each override checked against the kind of its field (from the field's default)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(AttackConfig)}
+    out = []
+    for k, v in overrides.items():
+        if k not in defaults or k in ("name", "hyper"):
+            continue
+        d = defaults[k]
+        if isinstance(d, bool):
+            ok, kind = isinstance(v, bool), "true or false"
+        elif isinstance(d, int):
+            ok, kind = isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer"
+        elif isinstance(d, float):
+            ok = (isinstance(v, numbers.Real) and not isinstance(v, bool)
+                  and math.isfinite(float(v)))
+            kind = "a finite number"
+        else:
+            ok, kind = isinstance(v, str), "a name"
+        if not ok:
+            out.append(f"{k} must be {kind}, got {v!r}")
+    return out
+
+
+# (field, lower bound, lower bound inclusive, upper bound or None, what it means)
+_RANGES = (
+    ("eps", 0.0, False, None, "the perturbation budget"),
+    ("step_size", 0.0, False, None, "the step size"),
+    ("step_size_min", 0.0, True, None, "the smallest step of a schedule"),
+    ("step_size2", 0.0, True, None, "the second step size"),
+    ("step_size2_min", 0.0, True, None, "the smallest second step size"),
+    ("momentum", 0.0, True, None, "the momentum decay"),
+    ("kappa", 0.0, True, None, "the C&W confidence"),
+    ("const", 0.0, False, None, "the C&W constant"),
+    ("lam", 0.0, True, None, "a regulariser weight"),
+    ("margin", 0.0, True, None, "the score margin"),
+    ("eot_quality_lo", 1.0, True, 100.0, "a JPEG quality"),
+    ("eot_quality_hi", 1.0, True, 100.0, "a JPEG quality"),
+    ("judge_quality", 1.0, True, 100.0, "a JPEG quality"),
+    ("adam_b1", 0.0, True, 1.0, "an Adam decay (below 1)"),
+    ("adam_b2", 0.0, True, 1.0, "an Adam decay (below 1)"),
+)
+
+
+def value_problems(cfg: AttackConfig) -> list[str]:
+    """Every value of ``cfg`` outside its meaning (eps > 0, qualities 1..100, weights >= 0, ...),
+    as readable lines; empty when the config is sound."""
+    out = []
+    for name, lo, incl, hi, what in _RANGES:
+        v = float(getattr(cfg, name))
+        if (v < lo if incl else v <= lo) or (hi is not None and (v > hi or (
+                name.startswith("adam") and v >= hi))):
+            rng = f"{'>=' if incl else '>'} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
+            out.append(f"{name}={v:g} is out of range: {what} must be {rng}")
+    if cfg.eot_quality_lo > cfg.eot_quality_hi:
+        out.append(f"eot_quality_lo={cfg.eot_quality_lo:g} is above eot_quality_hi="
+                   f"{cfg.eot_quality_hi:g}")
+    for k, v in cfg.hyper:
+        if k.endswith("_weight") and float(v) < 0:
+            out.append(f"{k}={float(v):g} is out of range: a weight must be >= 0")
+    return out
+
+
 def get_attack(name: str, preset: str | None = None, *, appeal: bool = False,
                **overrides) -> AttackConfig:
     """The config of attack ``name`` (preset ``"default"`` if None), with ``overrides``.
 
     ``appeal=True`` adds the appeal term (:func:`appeal_variant`). An override named like one of
-    the config's ``hyper`` values (e.g. ``appeal_weight=0.5``) sets that traced value."""
+    the config's ``hyper`` values (e.g. ``appeal_weight=0.5``) sets that traced value.
+
+    Every problem of the result is reported at once (``ValueError``): a value of the wrong kind
+    (``eps="abc"``), a value outside its meaning (:func:`value_problems`), and overrides that
+    contradict the preset: ``early_stop=False`` while the preset keeps the smallest-distortion
+    success (``best="distortion"``) would silently return an early iterate, so it needs ``best``
+    said too (``best="final"`` for the final iterate, as torchattacks returns); ``const`` under a
+    C&W binary search (``search_steps > 1``) is only its start, so it needs ``search_steps`` said.
+    """
     key = ALIASES.get(name, name)
     if key not in ATTACKS:
         raise KeyError(f"unknown attack {name!r}; known: {', '.join(sorted(ATTACKS))} "
@@ -119,10 +207,30 @@ def get_attack(name: str, preset: str | None = None, *, appeal: bool = False,
     if appeal:
         cfg = appeal_variant(cfg)
     hyper = dict(cfg.hyper)
+    bad = [f"{k} must be a finite number, got {v!r}" for k, v in overrides.items()
+           if k in hyper and (isinstance(v, bool) or not isinstance(v, numbers.Real))]
+    bad += _type_problems(cfg, overrides)
+    if bad:
+        raise ValueError(f"attack {key!r}: " + "; ".join(bad))
     named = {k: float(overrides.pop(k)) for k in list(overrides) if k in hyper}
     if "appeal_weight" in overrides:
         raise TypeError(f"attack {key!r} preset {p!r} has no appeal term: appeal_weight needs "
                         f"appeal=True (CLI: --appeal NIMA_JUDGE) or a preset with one")
+    if (overrides.get("early_stop") is False and "best" not in overrides
+            and cfg.best == "distortion" and cfg.early_stop):
+        raise ValueError(
+            f"attack {key!r}: early_stop=False with the preset's best='distortion' keeps the "
+            f"smallest-distortion success, usually the first one: say best='final' for the final "
+            f"iterate (torchattacks' behaviour) or best='distortion' to confirm")
+    if "const" in overrides and "search_steps" not in overrides and cfg.search_steps > 1:
+        raise ValueError(
+            f"attack {key!r}: const={overrides['const']!r} with the preset's binary search "
+            f"(search_steps={cfg.search_steps}) is only the starting constant: say "
+            f"search_steps=1 for that single constant, or search_steps=N to search from it")
     if named:
         overrides["hyper"] = {**hyper, **named, **dict(overrides.get("hyper", {}) or {})}
-    return cfg.replace(**overrides) if overrides else cfg
+    cfg = cfg.replace(**overrides) if overrides else cfg
+    bad = value_problems(cfg)
+    if bad:
+        raise ValueError(f"attack {key!r}: " + "; ".join(bad))
+    return cfg
