@@ -177,6 +177,15 @@ class Judge:
     spec: JudgeSpec = struct.field(pytree_node=False)
     standin: bool = struct.field(pytree_node=False, default=False)
 
+    # Hashable by identity, so a judge can be a static argument of ``jax.jit`` or a dict key
+    # (its arrays have no value hash). Passing it as an ordinary (pytree) argument is cheaper:
+    # a static judge is embedded in the program as constants.
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __eq__(self, other) -> bool:
+        return self is other
+
     def check_input(self, x01: jnp.ndarray) -> None:
         h, w = self.spec.input_hw
         if x01.ndim != 4 or x01.shape[-1] != 3:
