@@ -444,7 +444,10 @@ def main(argv=None) -> int:
               ",".join(h["conv_dtypes"])] for j, d in hlo.items() for path, h in d.items()])
     print(md)
     if args.results_md:
-        _results.update_section("throughput_levers" if args.levers else "throughput", md)
+        section = "throughput_levers" if args.levers else "throughput"
+        if meta["cpu"].get("onednn_max_cpu_isa"):  # an imitated smaller CPU: its own section
+            section += "_" + meta["cpu"]["onednn_max_cpu_isa"].lower()
+        _results.update_section(section, md)
     return 0
 
 
