@@ -24,10 +24,12 @@ torch run into denormals).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -289,6 +291,29 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class _TimeLimit(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: int):
+    """Raise :class:`_TimeLimit` in the main thread after ``seconds`` (0: no limit)."""
+    if not seconds:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _TimeLimit(f"over {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(int(seconds))
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def runnable(variant: JaxVariant) -> str | None:
     """None when this CPU can run ``variant``, else why not (the row's "n/a" text)."""
     if not variant.onednn:
@@ -319,12 +344,16 @@ def bench_judge(judge: str, args, weights_dir: str) -> list[dict]:
         engines[v.name] = ("ppjax", *make_jax_engine(v, judge, weights_dir, batch))
     for k in torch_kinds:
         print(f"[{judge}] preparing {k} ...", flush=True)
+        limit = args.torch_compile_timeout if "compile" in k else 0
         try:
-            engines[k] = ("torch", *make_torch_engine(k, judge, batch, weights_dir))
-        except Exception as e:  # torch.compile may not finish (no compiler on the host, ...)
+            with _time_limit(limit):
+                engines[k] = ("torch", *make_torch_engine(k, judge, batch, weights_dir))
+        except Exception as e:  # torch.compile may not finish (no compiler, time limit, ...)
             print(f"  {k} unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+            why = (f"n/a (did not compile in {limit} s)" if isinstance(e, _TimeLimit)
+                   else f"n/a ({type(e).__name__})")
             skipped.append({"judge": judge, "engine": "torch", "config": k, "batch": batch,
-                            "na": f"n/a ({type(e).__name__})"})
+                            "na": why})
     samples = {name: [] for name in engines}
     for r in range(args.rounds):
         for name, (_, run_once, _, b) in engines.items():
@@ -409,6 +438,9 @@ def main(argv=None) -> int:
     p.add_argument("--levers", action="store_true", help="measure every ppjax lever")
     p.add_argument("--no-torch-compile", dest="torch_compile", action="store_false",
                    help="skip torch.compile (minutes of compilation on a small CPU)")
+    p.add_argument("--torch-compile-timeout", type=int, default=900,
+                   help="seconds torch.compile may take per judge before its row is n/a "
+                        "(default 900)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the per-engine peak-RSS child processes")
     p.add_argument("--weights-dir", default=None, help="stand-in weights (default: a temp dir)")
