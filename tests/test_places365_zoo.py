@@ -161,3 +161,12 @@ def test_standin_command_says_stand_in(tmp_path, capsys):
     judge = load_judge("wideresnet18_places365", weights_dir=tmp_path, standin=True)
     assert judge.standin and "STAND-IN" in judge.label
     assert read_metadata(judge_dir("wideresnet18_places365", tmp_path, standin=True))["standin"]
+
+
+def test_whole_resnet50_is_refused_too(tmp_path):
+    from converters import resnet50_places365
+
+    src = tmp_path / "whole_resnet50_places365.pth.tar"
+    src.write_bytes(b"x")
+    with pytest.raises(ConversionError, match="resnet50_places365.pth.tar instead: http://places2"):
+        resnet50_places365.convert(src, weights_dir=tmp_path)
