@@ -19,6 +19,7 @@ BENCHMARKS = [
     ("judges", ["--judges", "resnet50_places365,koncept512,nima_mobilenet,nima_mobilenetv2"]),
     ("attacks", []),
     ("throughput", []),
+    ("transfer", []),
 ]
 
 
