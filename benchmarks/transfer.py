@@ -11,6 +11,8 @@
 * **Attack throughput** per judge: plain PGD (Linf, eps 8/255, no early stop), float32, XLA
   backend, Python driver; first call (compile + run) and second call (run) timed apart; img*it/s
   = batch * steps / second call.
+* **Ensembles**: PGD with ``ensemble_logits`` and ``ensemble_losses`` over ``--ensemble``
+  (equal weights) adds two rows to the matrix and two rows to the speed table.
 * **Transfer matrix** for plain PGD: the images protected against judge X (rows) are judged by
   every judge Y (columns); cell = top-1 accuracy drop, with each judge's clean top-1 as the
   label. Judges with real converted weights in ``--weights-dir`` are used as such, the others
@@ -85,15 +87,16 @@ def load(name: str, weights_dir) -> tuple:
         return load_judge(name, weights_dir, standin=True), True
 
 
-def attack_and_time(judge, x, steps: int) -> tuple[np.ndarray, dict]:
+def attack_and_time(judge, x, steps: int, label: str | None = None, labels=None,
+                    **kw) -> tuple[np.ndarray, dict]:
     import jax
 
     import ppjax
 
     def once():
         t0 = time.perf_counter()
-        res = ppjax.attack("pgd", judge, x, None, driver="python", backend="xla",
-                           steps=steps, early_stop=False)
+        res = ppjax.attack("pgd", judge, x, labels, driver="python", backend="xla",
+                           steps=steps, early_stop=False, **kw)
         jax.block_until_ready(res.images)
         return res, time.perf_counter() - t0
 
@@ -101,7 +104,8 @@ def attack_and_time(judge, x, steps: int) -> tuple[np.ndarray, dict]:
     res, t2 = once()
     b = x.shape[0]
     return np.asarray(res.images), {
-        "judge": judge.spec.name, "standin": bool(judge.standin), "batch": b, "steps": steps,
+        "judge": label or judge.spec.name, "standin": bool(judge.standin), "batch": b,
+        "steps": steps,
         "first_call_s": t1, "run_s": t2, "compile_s": max(t1 - t2, 0.0),
         "pgd_img_it_per_s": b * steps / t2, "success_8bit": float(np.mean(res.success))}
 
@@ -114,6 +118,9 @@ def main(argv=None) -> int:
                         "(default: a temporary directory, i.e. stand-ins only)")
     p.add_argument("--judges", default=",".join(MATRIX_JUDGES),
                    help="judges of the matrix (comma-separated)")
+    p.add_argument("--ensemble", default="resnet50_places365,densenet161_places365,alexnet_places365",
+                   help="members of the ensemble rows (equal weights; loss averaged over logits "
+                        "and over losses); '' = none")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--no-results-md", dest="results_md", action="store_false")
@@ -126,6 +133,9 @@ def main(argv=None) -> int:
     from ppjax import transfer
 
     names = transfer.parse_judges(args.judges)
+    members = transfer.parse_judges(args.ensemble) if args.ensemble else []
+    if set(members) - set(names):
+        p.error(f"ensemble members must be judges of the matrix: {set(members) - set(names)}")
     t0 = time.perf_counter()
     x01 = _results.shared_photos(max(args.batch, 2))
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,10 +160,30 @@ def main(argv=None) -> int:
                   flush=True)
             xa = jnp.asarray(adv)
             drop.append([float(np.mean(np.asarray(fn(judges[m], xa)) != clean[m])) for m in names])
+        rows = list(names)
+        if members:
+            from ppjax.attacks.objectives import ensemble_members
+
+            main, extra, hyper = ensemble_members([judges[m] for m in members])
+            # one label for all members: the first member's clean top-1
+            for reduce in ("logits", "losses"):
+                label = f"ensemble_{reduce}({'+'.join(m.replace('_places365', '') for m in members)})"
+                adv, s = attack_and_time(main, x, args.steps, label, clean[members[0]],
+                                         objective=f"ensemble_{reduce}", hyper=hyper,
+                                         extra_judges=extra)
+                speed.append(s)
+                print(f"{label}: PGD {s['pgd_img_it_per_s']:.2f} img*it/s, success on every "
+                      f"member {s['success_8bit']:.2f}", flush=True)
+                xa = jnp.asarray(adv)
+                drop.append([float(np.mean(np.asarray(fn(judges[m], xa)) != clean[m]))
+                             for m in names])
+                rows.append(label)
     standin = any(j.standin for j in judges.values())
     matrix = {"standin": standin, "note": transfer.TRANSFER_STANDIN if standin else None,
               "metric": "top-1 accuracy drop (clean top-1 of each judge as the label)",
-              "rows": names, "columns": names, "drop": drop,
+              "rows": rows, "columns": names, "drop": drop,
+              "ensemble": {"members": members, "weights": "equal",
+                           "label": f"clean top-1 of {members[0]}" if members else None},
               "judges": {n: j.label for n, j in judges.items()}}
     wall = time.perf_counter() - t0
     payload = {"benchmark": "transfer", "machine": _results.machine(), "cpu_model": cpu_model(),
@@ -191,12 +221,19 @@ def markdown(payload: dict) -> str:
            "batch x steps / run s:", "",
            _results.markdown_table(
                ["judge", "compile s", "run s", "PGD img*it/s", "white-box success"],
-               [[mat["judges"][r["judge"]], r["compile_s"], r["run_s"], r["pgd_img_it_per_s"],
+               [[mat["judges"].get(r["judge"], r["judge"] + (" (STAND-IN)" if r["standin"] else "")),
+                 r["compile_s"], r["run_s"], r["pgd_img_it_per_s"],
                  r["success_8bit"]] for r in payload["attack_speed"]]),
            "", "Transfer matrix, plain PGD (rows: protected against; columns: judged by; "
            "top-1 accuracy drop):", ""]
     if mat["standin"]:
         out += [f"**{transfer.TRANSFER_STANDIN}**", ""]
+    if mat["ensemble"]["members"]:
+        out += ["Ensemble rows: one PGD against all members at once (equal weights; "
+                "`ensemble_logits` averages their logits, `ensemble_losses` their cross-entropies; "
+                f"label: the {mat['ensemble']['label']}, one label for every member); the other columns "
+                "are held out. Stand-in members disagree on the clean images, so the label is "
+                "already wrong for some of them before the attack.", ""]
     out.append(_results.markdown_table(
         ["protected against \\ judged by"] + [c.replace("_places365", "") for c in mat["columns"]],
         [[r.replace("_places365", "")] + [f"{v:.2f}" for v in row]
