@@ -357,16 +357,16 @@ def _cmd(args) -> int:
         if args.task is None and not (Path(args.run) / CONFIG).exists():
             print("error: --task is needed for a run folder without config.json", file=sys.stderr)
             return 2
-        judges = transfer.parse_judges(args.judges) if args.judges else None
+        judges = (transfer.load_judges(args.judges, args.weights_dir, args.standin)
+                  if args.judges else None)
         rep = run_evaluate(args.task, args.run, args.out, images=args.images,
                            list_file=args.list, labels_file=args.labels, run_code=args.run_code,
                            standin=args.standin, weights_dir=args.weights_dir,
                            batch_size=args.batch_size)
         if judges:
             rep = transfer.add_judges_to_report(
-                rep, args.out, judges, weights_dir=args.weights_dir, standin=args.standin,
-                images=args.images, list_file=args.list, labels_file=args.labels,
-                run_code=args.run_code, batch_size=args.batch_size)
+                rep, args.out, judges, images=args.images, list_file=args.list,
+                labels_file=args.labels, run_code=args.run_code, batch_size=args.batch_size)
     except (ValueError, KeyError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -374,9 +374,9 @@ def _cmd(args) -> int:
     prot = ", ".join(f"{k}={report._fmt(v)}" for k, v in rep["protection"].items())
     print(f"{tag}{rep['run_code'] or rep['run']}: {rep['n_images']} images, {rep['n_failed']} "
           f"failed; {prot}; report {Path(args.out) / 'report.md'}")
-    if rep.get("judges", {}).get("note"):
-        print(rep["judges"]["note"])
-    for r in rep.get("judges", {}).get("judges", []):
+    if rep.get("judged_by", {}).get("note"):
+        print(rep["judged_by"]["note"])
+    for r in rep.get("judged_by", {}).get("judges", []):
         print(f"{tag}judged by {r['label']}: top-1 {report._fmt(r['top1_accuracy'])} (clean "
               f"{report._fmt(r['top1_accuracy_clean'])}), drop {report._fmt(r['accuracy_drop'])}")
     for e in rep["errors"]:

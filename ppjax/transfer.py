@@ -59,6 +59,14 @@ def parse_judges(text: str | None) -> list[str]:
     return names
 
 
+def load_judges(text: str, weights_dir=None, standin: bool = False) -> list:
+    """:func:`parse_judges`, then load each (real weights, or stand-ins when ``standin``), so
+    that a missing judge fails before any evaluation work."""
+    import ppjax
+
+    return [ppjax.load_judge(n, weights_dir, standin=standin) for n in parse_judges(text)]
+
+
 def classifier_judges() -> list[str]:
     from ppjax.judges import JUDGES
 
@@ -184,18 +192,16 @@ def judges_markdown(res: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def add_judges_to_report(rep: dict, out, judge_names, *, weights_dir=None, standin=False,
-                         images=None, list_file=None, labels_file=None, run_code=None,
-                         batch_size: int = 4) -> dict:
-    """``ppjax evaluate --judges``: score ``rep``'s run with every judge in ``judge_names`` and
-    add the result to ``report.json`` (key ``judges``) and ``report.md`` in ``out``."""
-    import ppjax
+def add_judges_to_report(rep: dict, out, judges, *, images=None, list_file=None,
+                         labels_file=None, run_code=None, batch_size: int = 4) -> dict:
+    """``ppjax evaluate --judges``: score ``rep``'s run with every loaded judge in ``judges``
+    (:func:`load_judges`) and add the result to ``report.json`` (key ``judged_by``) and
+    ``report.md`` in ``out``."""
     from ppjax import report
 
-    judges = [ppjax.load_judge(n, weights_dir, standin=standin) for n in judge_names]
     res = score_with_judges(rep["run"], judges, images=images, list_file=list_file,
                             labels_file=labels_file, run_code=run_code, batch_size=batch_size)
-    rep["judges"] = res
+    rep["judged_by"] = res
     rep["standin"] = bool(rep.get("standin") or res["standin"])
     out = Path(out)
     report.write_json(out / "report.json", rep)
@@ -222,17 +228,17 @@ def transfer_matrix(runs, out=None) -> dict | None:
     ``--judges``); cells: top-1 accuracy drop. Writes ``transfer_matrix.{md,json,png}`` to ``out``
     when given. Returns None when no run was scored with ``--judges``."""
     reps = [(r, _read_report(r)) for r in runs]
-    scored = [(r, rep) for r, rep in reps if rep.get("judges")]
+    scored = [(r, rep) for r, rep in reps if rep.get("judged_by")]
     if not scored:
         return None
     cols: list[str] = []
     for _, rep in scored:
-        for j in rep["judges"]["judges"]:
+        for j in rep["judged_by"]["judges"]:
             if j["judge"] not in cols:
                 cols.append(j["judge"])
     rows = []
     for r, rep in scored:
-        res = rep["judges"]
+        res = rep["judged_by"]
         against = res.get("protected_against") or "unknown"
         rows.append({"protected_against": against,
                      "attack": res.get("attack"),
@@ -245,7 +251,7 @@ def transfer_matrix(runs, out=None) -> dict | None:
     for row in rows:  # the same judge protected against twice: tell the runs apart
         row["row"] = (row["protected_against"] if names.count(row["protected_against"]) == 1
                       else f"{row['protected_against']} ({row['run']})")
-    standin = any(rep.get("standin") or rep["judges"].get("standin") for _, rep in scored)
+    standin = any(rep.get("standin") or rep["judged_by"].get("standin") for _, rep in scored)
     drop = np.array([[np.nan if row["cells"].get(c, {}).get("accuracy_drop") is None
                       else row["cells"][c]["accuracy_drop"] for c in cols] for row in rows],
                     np.float64)

@@ -50,6 +50,13 @@ def test_unknown_or_unsuitable_judges_fail_before_any_work(tmp_path, capsys):
                    "--judges", "nope", "--standin"])
     assert rc == 2 and "unknown judge" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    # a judge that is not converted (and no --standin): named, before any evaluation
+    rc = cli.main(["evaluate", "--task", "2019", "--run", str(run), "--out", str(tmp_path / "o"),
+                   "--judges", "alexnet_places365", "--weights-dir", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'alexnet_places365' has not been converted" in err
+    assert "ppjax fetch alexnet_places365" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_several_judges_and_transfer_matrix(photo_paths, standin_weights, tmp_path, capsys):
@@ -79,7 +86,7 @@ def test_several_judges_and_transfer_matrix(photo_paths, standin_weights, tmp_pa
     stdout = capsys.readouterr().out
     assert "Transfer rates between random networks are meaningless" in stdout
     rep = json.loads((out / "report.json").read_text())
-    res = rep["judges"]
+    res = rep["judged_by"]
     assert res["standin"] and [r["judge"] for r in res["judges"]] == list(JUDGES)
     for r in res["judges"]:
         net = _torch_from_file(r["judge"], w)
@@ -119,7 +126,7 @@ def test_several_judges_and_transfer_matrix(photo_paths, standin_weights, tmp_pa
 def test_matrix_rows_are_what_each_run_was_protected_against(tmp_path):
     # hand-written reports: protected against X (rows) x judged by Y (columns)
     def rep(against, run_code, drops):
-        return {"task": 2019, "run": f"/r/{run_code}", "standin": False, "judges": {
+        return {"task": 2019, "run": f"/r/{run_code}", "standin": False, "judged_by": {
             "protected_against": against, "attack": "pgd", "run_code": run_code,
             "standin": False, "judges": [
                 {"judge": j, "label": j, "accuracy_drop": d, "top1_accuracy": 1 - d,
