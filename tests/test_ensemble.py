@@ -56,7 +56,7 @@ def test_loss_matches_torch_cross_entropy(reduce, x):
                                          cfg.hyperparameters())
     zs = [torch.from_numpy(np.array(j(x))) for j in judges]
     wt = torch.tensor(w) / sum(w)
-    yt = torch.from_numpy(np.asarray(y)).long()
+    yt = torch.from_numpy(np.array(y)).long()
     if reduce == "logits":
         ref = -F.cross_entropy(sum(wk * z for wk, z in zip(wt, zs, strict=True)), yt, reduction="none")
     else:
