@@ -15,9 +15,11 @@ from pathlib import Path
 BENCHMARKS = [
     ("jpeg_fidelity", []),
     ("jpeg_survival", []),
-    ("judges", []),
+    # the Places365 zoo judges have their parity and speed in benchmarks.transfer
+    ("judges", ["--judges", "resnet50_places365,koncept512,nima_mobilenet,nima_mobilenetv2"]),
     ("attacks", []),
     ("throughput", []),
+    ("transfer", []),
 ]
 
 

@@ -2,7 +2,8 @@
 
 The published file is ``{"epoch", "arch", "state_dict", "best_prec1"}`` whose ``state_dict`` was
 saved from ``DataParallel``: every key is a torchvision ResNet-50 name prefixed ``module.``. A plain
-state dict (with or without the prefix) is accepted too.
+state dict (with or without the prefix) is accepted too; ``whole_resnet50_places365.pth.tar`` (a
+whole-model pickle) is refused (:mod:`converters.places365`).
 
     python -m converters.resnet50_places365 resnet50_places365.pth.tar [--weights-dir DIR]
 """
@@ -11,15 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters.common import convert_torch_checkpoint, converter_main, write_standin_file
+from converters import places365
+from converters.common import converter_main, write_standin_file
 from ppjax.judges import get_spec
 
 NAME = "resnet50_places365"
 
 
 def convert(src, weights_dir=None, standin: bool = False, out_dir=None) -> Path:
-    return convert_torch_checkpoint(get_spec(NAME), src, weights_dir, standin,
-                                    strip_prefixes=("module.",), out_dir=out_dir)
+    return places365.convert(get_spec(NAME), src, weights_dir, standin, out_dir)
 
 
 def csail_layout(state_dict: dict) -> dict:

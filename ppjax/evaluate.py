@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppjax import data, imageio, metrics, report
+from ppjax import data, imageio, metrics, report, transfer
 from ppjax.protect import CONFIG, IMAGES, MANIFEST, read_manifest, safe_stem
 
 log = logging.getLogger("ppjax.evaluate")
@@ -347,6 +347,9 @@ def _cmd(args) -> int:
         if args.compare:
             run_compare(args.compare, args.out)
             print((Path(args.out) / "compare.md").read_text(encoding="utf-8"))
+            matrix = transfer.transfer_matrix(args.compare, args.out)  # runs scored with --judges
+            if matrix is not None:
+                print(transfer.matrix_markdown(matrix))
             return 0
         if not args.run:
             print("error: give --run DIR (or --compare RUN ...)", file=sys.stderr)
@@ -354,10 +357,16 @@ def _cmd(args) -> int:
         if args.task is None and not (Path(args.run) / CONFIG).exists():
             print("error: --task is needed for a run folder without config.json", file=sys.stderr)
             return 2
+        judges = (transfer.load_judges(args.judges, args.weights_dir, args.standin)
+                  if args.judges else None)
         rep = run_evaluate(args.task, args.run, args.out, images=args.images,
                            list_file=args.list, labels_file=args.labels, run_code=args.run_code,
                            standin=args.standin, weights_dir=args.weights_dir,
                            batch_size=args.batch_size)
+        if judges:
+            rep = transfer.add_judges_to_report(
+                rep, args.out, judges, images=args.images, list_file=args.list,
+                labels_file=args.labels, run_code=args.run_code, batch_size=args.batch_size)
     except (ValueError, KeyError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -365,6 +374,11 @@ def _cmd(args) -> int:
     prot = ", ".join(f"{k}={report._fmt(v)}" for k, v in rep["protection"].items())
     print(f"{tag}{rep['run_code'] or rep['run']}: {rep['n_images']} images, {rep['n_failed']} "
           f"failed; {prot}; report {Path(args.out) / 'report.md'}")
+    if rep.get("judged_by", {}).get("note"):
+        print(rep["judged_by"]["note"])
+    for r in rep.get("judged_by", {}).get("judges", []):
+        print(f"{tag}judged by {r['label']}: top-1 {report._fmt(r['top1_accuracy'])} (clean "
+              f"{report._fmt(r['top1_accuracy_clean'])}), drop {report._fmt(r['accuracy_drop'])}")
     for e in rep["errors"]:
         print(f"{tag}error: {e['name']}: {e['error']}", file=sys.stderr)
     return 1 if rep["n_failed"] else 0
@@ -381,6 +395,9 @@ def add_parser(sub) -> None:
     p.add_argument("--run-code", default=None, help="strip this prefix to match originals")
     p.add_argument("--compare", nargs="+", default=None, metavar="RUN",
                    help="evaluated folders (with report.json) to put side by side")
+    p.add_argument("--judges", default=None, metavar="A,B,C",
+                   help="also score the run with these classifier judges (top-1 and drop per "
+                        "judge; e.g. the Places365 zoo); --compare then builds the transfer matrix")
     p.add_argument("--out", required=True)
     p.add_argument("--standin", action="store_true",
                    help="use random-weight STAND-IN judges (tests/demos only)")

@@ -85,6 +85,74 @@ register(
     )
 )
 
+_PLACES365_ZOO = "http://places2.csail.mit.edu/models_places365/"
+_PLACES365_PRE = "RGB [0,1], ImageNet mean/std normalisation, 256x256, no resize, no crop"
+
+# The rest of the Places365 CNN zoo: other judges a photo may meet (transfer, ppjax.transfer).
+register(
+    JudgeSpec(
+        name="resnet18_places365",
+        model="ppjax.models.resnet:ResNet18",
+        model_kwargs=(("num_classes", 365),),
+        input_hw=(256, 256),
+        output="logits",
+        filename="resnet18_places365.pth.tar",
+        url=_PLACES365_ZOO + "resnet18_places365.pth.tar",
+        converter="converters.resnet18_places365",
+        architecture="torchvision ResNet-18, 365 classes (Places365-Standard, CSAIL model zoo)",
+        preprocessing=_PLACES365_PRE,
+    )
+)
+
+register(
+    JudgeSpec(
+        name="wideresnet18_places365",
+        model="ppjax.models.resnet:WideResNet18",
+        model_kwargs=(("num_classes", 365),),
+        input_hw=(256, 256),
+        output="logits",
+        filename="wideresnet18_places365.pth.tar",
+        url=_PLACES365_ZOO + "wideresnet18_places365.pth.tar",
+        converter="converters.wideresnet18_places365",
+        architecture=("CSAIL wideresnet.py resnet18 (ResNet-18 without the stem max-pool, "
+                      "AvgPool2d(14) = top-left 14x14 of the 16x16 map at 256x256), 365 classes "
+                      "(Places365-Standard, CSAIL model zoo)"),
+        preprocessing=_PLACES365_PRE,
+    )
+)
+
+register(
+    JudgeSpec(
+        name="densenet161_places365",
+        model="ppjax.models.densenet:DenseNet161",
+        model_kwargs=(("num_classes", 365),),
+        input_hw=(256, 256),
+        output="logits",
+        filename="densenet161_places365.pth.tar",
+        url=_PLACES365_ZOO + "densenet161_places365.pth.tar",
+        converter="converters.densenet161_places365",
+        architecture=("torchvision DenseNet-161 (growth 48, blocks 6/12/36/24), 365 classes "
+                      "(Places365-Standard, CSAIL model zoo; PyTorch 0.2 keys norm.1 -> norm1)"),
+        preprocessing=_PLACES365_PRE,
+    )
+)
+
+register(
+    JudgeSpec(
+        name="alexnet_places365",
+        model="ppjax.models.alexnet:AlexNet",
+        model_kwargs=(("num_classes", 365),),
+        input_hw=(256, 256),
+        output="logits",
+        filename="alexnet_places365.pth.tar",
+        url=_PLACES365_ZOO + "alexnet_places365.pth.tar",
+        converter="converters.alexnet_places365",
+        architecture=("torchvision AlexNet (AdaptiveAvgPool2d(6): 7x7 -> 6x6 at 256x256), 365 "
+                      "classes (Places365-Standard, CSAIL model zoo)"),
+        preprocessing=_PLACES365_PRE,
+    )
+)
+
 register(
     JudgeSpec(
         name="koncept512",

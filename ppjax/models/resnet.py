@@ -1,4 +1,5 @@
-"""ResNet with torchvision semantics (the 2019 judge: ResNet-50 trained on Places365).
+"""ResNet with torchvision semantics (the 2019 judge: ResNet-50 trained on Places365), and the
+ResNet-18 variants of the Places365 zoo (torchvision ResNet-18; CSAIL's own ``wideresnet.py``).
 
 torchvision details that matter for parity:
   * the bottleneck's stride sits on its 3x3 conv (``conv2``), not the first 1x1;
@@ -6,6 +7,13 @@ torchvision details that matter for parity:
   * stem: 7x7/2 conv with padding 3, then a 3x3/2 max-pool with padding 1 (pads with -inf);
   * the downsample branch is ``Sequential(conv1x1, bn)`` named ``downsample.0`` / ``downsample.1``.
 Module names mirror torch module paths (``layer1/0/conv1``), so the converter is a plain name map.
+
+CSAIL's ``wideresnet.py`` (``wideresnet18_places365``) is the same network without the stem
+max-pool (so every feature map is twice as wide: 14x14 at the end for 224x224 input, which is
+what its class activation maps need), ending in ``nn.AvgPool2d(14)``. That pool's stride is its
+kernel size, so at the task's 256x256 (16x16 final map) it averages the top-left 14x14 window
+only: ``pool="window14"`` reproduces it exactly. (The repository's demo swaps in stride 1, which
+only works at 224x224: at 256x256 it gives 3x3 outputs that the 512-input ``fc`` rejects.)
 """
 
 from __future__ import annotations
@@ -143,6 +151,8 @@ class ResNet(nn.Module):
     stage_sizes: Sequence[int]
     block_cls: Any = Bottleneck
     num_classes: int = 365
+    stem_pool: bool = True  # False: CSAIL wideresnet.py (no max-pool after the stem)
+    pool: str = "global"  # "global" (AdaptiveAvgPool2d(1)) | "window14" (AvgPool2d(14), stride 14)
     mean: Sequence[float] = IMAGENET_MEAN
     std: Sequence[float] = IMAGENET_STD
     dtype: Dtype = jnp.float32
@@ -153,7 +163,8 @@ class ResNet(nn.Module):
         x = normalize(x01.astype(jnp.float32), self.mean, self.std).astype(self.dtype)
         x = _conv(64, 7, 2, 3, self.dtype, "conv1")(x)
         x = nn.relu(_bn(self.dtype, "bn1")(x))
-        x = max_pool_torch(x)
+        if self.stem_pool:
+            x = max_pool_torch(x)
         feats["stem"] = x
         in_planes = 64
         for i, blocks in enumerate(self.stage_sizes):
@@ -162,7 +173,21 @@ class ResNet(nn.Module):
                        name=f"layer{i + 1}")(x)
             in_planes = planes * self.block_cls.expansion
             feats[f"layer{i + 1}"] = x
-        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        x = x.astype(jnp.float32)
+        if self.pool == "window14":
+            if min(x.shape[1:3]) < 14:
+                raise ValueError(f"AvgPool2d(14) needs a final map of at least 14x14, got "
+                                 f"{x.shape[1]}x{x.shape[2]} (input too small)")
+            # torch AvgPool2d(14) (stride 14, no padding); the fc takes one window, as in
+            # wideresnet.py's x.view(B, -1), so the output must be 1x1
+            if (x.shape[1] - 14) // 14 + 1 != 1 or (x.shape[2] - 14) // 14 + 1 != 1:
+                raise ValueError(f"AvgPool2d(14) of a {x.shape[1]}x{x.shape[2]} map has more "
+                                 "than one window; the 512-input fc cannot take it")
+            x = jnp.mean(x[:, :14, :14, :], axis=(1, 2))
+        elif self.pool == "global":
+            x = jnp.mean(x, axis=(1, 2))
+        else:
+            raise ValueError(f"unknown pool {self.pool!r}")
         feats["pool"] = x
         logits = nn.Dense(self.num_classes, dtype=jnp.float32, name="fc")(x)
         if capture:
@@ -172,3 +197,6 @@ class ResNet(nn.Module):
 
 ResNet18 = partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
 ResNet50 = partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
+# CSAIL wideresnet.py resnet18: no stem max-pool, AvgPool2d(14)
+WideResNet18 = partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock, stem_pool=False,
+                       pool="window14")
