@@ -48,7 +48,7 @@ def parity(name: str, x01: np.ndarray, tmp: Path) -> dict:
 
     from ppjax import load_judge
     from ppjax.judges import get_spec
-    from tests.torch_ref.places365_zoo import build
+    from benchmarks.torch_ref.places365_zoo import build
 
     model = build(name)
     conv = importlib.import_module(get_spec(name).converter)
