@@ -4,7 +4,7 @@
         [--judges a,b] [--no-results-md]
 
 * **Parity** of every zoo judge added for transfer (resnet18, wideresnet18, densenet161, alexnet):
-  the torch replica of ``tests/torch_ref/places365_zoo.py`` with random weights and randomised
+  the torch replica of ``benchmarks/torch_ref/places365_zoo.py`` with random weights and randomised
   BatchNorm statistics is saved in the CSAIL file layout, converted by the real converter and run
   beside ppjax on the shared photos (256x256, ImageNet mean/std, float32):
   ``parity_max_abs_diff`` = max |logit difference| (DenseNet-161 at batch 1, others at 2).
@@ -46,9 +46,9 @@ def parity(name: str, x01: np.ndarray, tmp: Path) -> dict:
     import jax
     import torch
 
+    from benchmarks.torch_ref.places365_zoo import build
     from ppjax import load_judge
     from ppjax.judges import get_spec
-    from benchmarks.torch_ref.places365_zoo import build
 
     model = build(name)
     conv = importlib.import_module(get_spec(name).converter)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.torch_ref.places365_zoo import ZOO, build
 from converters import places365
 from converters.common import ConversionError, random_torch_state_dict
 from ppjax import load_judge
 from ppjax.checkpoint import read_metadata
 from ppjax.judges import get_spec, judge_dir
-from benchmarks.torch_ref.places365_zoo import ZOO, build
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
