@@ -234,8 +234,8 @@ def _convert(converter, src: Path, wd: Path) -> None:
 def replica_resnet50_places365(x01, wd: Path, args) -> Replica:
     import torch
 
+    from benchmarks.torch_ref.resnet import randomize, resnet50
     from converters import resnet50_places365
-    from tests.torch_ref.resnet import randomize, resnet50
 
     torch.manual_seed(0)
     net = randomize(resnet50(365), seed=1).eval()
@@ -255,9 +255,9 @@ def replica_resnet50_places365(x01, wd: Path, args) -> Replica:
 def replica_koncept512(x01, wd: Path, args) -> Replica:
     import torch
 
+    from benchmarks.torch_ref.inception_resnet_v2 import KonCept512, randomize, spread_scores
     from converters import koncept512
     from tests.conftest import photos_at
-    from tests.torch_ref.inception_resnet_v2 import KonCept512, randomize, spread_scores
 
     torch.manual_seed(0)
     net = randomize(KonCept512(), seed=1).eval()
@@ -281,9 +281,9 @@ def replica_koncept512(x01, wd: Path, args) -> Replica:
 def replica_nima_mobilenetv2(x01, wd: Path, args) -> Replica:
     import torch
 
+    from benchmarks.torch_ref.mobilenet_v2 import NIMA
     from converters import nima_mobilenetv2
     from tests.test_nima import _replica_state_dict
-    from tests.torch_ref.mobilenet_v2 import NIMA
 
     sd = _replica_state_dict(seed=3)
     net = NIMA()
@@ -482,7 +482,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--judges", default=None,
-                   help="comma-separated judge names (default: all of ppjax.judges.JUDGES)")
+                   help="comma-separated judge names (default: every judge with a replica here; "
+                        "the Places365 zoo is in benchmarks.transfer)")
     p.add_argument("--batch", type=int, default=None,
                    help=f"batch for every judge (default: {DEFAULT_BATCH}, else {FALLBACK_BATCH})")
     p.add_argument("--iters", type=int, default=1, help="timed calls per engine per round")
@@ -502,9 +503,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    from ppjax.judges import JUDGES
-
-    names = [j for j in (args.judges or ",".join(JUDGES)).split(",") if j]
+    # default: every judge with a replica here (the Places365 zoo's parity is benchmarks.transfer)
+    names = [j for j in (args.judges or ",".join(REPLICAS)).split(",") if j]
     unknown = [j for j in names if j not in REPLICAS]
     if unknown:
         p.error(f"unknown judge(s) {', '.join(unknown)}; known: {', '.join(REPLICAS)}")
