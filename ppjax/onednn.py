@@ -438,7 +438,11 @@ def max_pool(x, window, strides, padding):
     if x.dtype not in (jnp.float32, jnp.bfloat16) or x.ndim != 4:
         raise ValueError(f"onednn.max_pool: float32/bfloat16 NHWC only, got {x.dtype} {x.shape}")
     _load()
-    return _max_pool(x, tuple(window), tuple(strides), tuple(tuple(p) for p in padding))
+    args = (tuple(window), tuple(strides), tuple(tuple(p) for p in padding))
+    if x.dtype == jnp.bfloat16 and not capabilities().native(jnp.bfloat16):
+        # no bf16 pooling kernel without AVX512_BF16/AMX: pool in f32 (exact: max and casts are)
+        return _max_pool(x.astype(jnp.float32), *args).astype(jnp.bfloat16)
+    return _max_pool(x, *args)
 
 
 # ----------------------------------------------------------------------------- judges
