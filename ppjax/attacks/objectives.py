@@ -94,12 +94,14 @@ def cross_entropy(z: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
 
 @register("ce")
 def untargeted_ce(cfg) -> Objective:
-    """Untargeted: raise the cross-entropy of the true label; success = top-1 != label."""
+    """Untargeted: raise the cross-entropy of the true label; success = top-1 != label, and with
+    a confidence ``kappa`` > 0 also ``z_y - max_{j!=y} z_j <= -kappa`` (PerC-AL's test)."""
 
     def evaluate(models, x, aux, hp):
         z = _logits(models, x)
         m = label_margin(z, aux["labels"])
-        return Terms(-cross_entropy(z, aux["labels"]), jnp.argmax(z, -1) != aux["labels"], m)
+        succ = (jnp.argmax(z, -1) != aux["labels"]) & ((hp["kappa"] <= 0) | (m <= -hp["kappa"]))
+        return Terms(-cross_entropy(z, aux["labels"]), succ, m)
 
     return Objective(evaluate)
 

@@ -73,7 +73,8 @@ def project_delta(delta: jnp.ndarray, x0: jnp.ndarray, norm: str, eps) -> jnp.nd
 
 def additive(cfg) -> Parameterisation:
     """``x = clip(x0 + delta)``, delta in the ``cfg.norm`` ball of radius ``eps`` (optionally a
-    random start; optionally snapped to 8 bits after every update)."""
+    random start). The iterate stays continuous; only the judged and returned copy is rounded
+    to 8 bits (:func:`quantize_within`)."""
     norm = cfg.norm
 
     def init(x0, keys, hp):
@@ -96,10 +97,7 @@ def additive(cfg) -> Parameterisation:
         return jnp.clip(x0 + delta, 0.0, 1.0)
 
     def project(delta, x0, hp):
-        delta = project_delta(delta, x0, norm, hp["eps"])
-        if cfg.round_every_step:
-            delta = quantize_within(x0 + delta, x0, norm, hp["eps"]) - x0
-        return delta
+        return project_delta(delta, x0, norm, hp["eps"])
 
     def reg(delta):
         return jnp.zeros(delta.shape[0], jnp.float32)
