@@ -47,6 +47,9 @@ class AttackConfig:
         successful or not).
       unfooled: what an image that never succeeds returns: "last" (its final iterate) or
         "clean" (the clean input, as ACE's and PerC-AL's code return it).
+      appeal_resize: how the appeal term's judge sees the image: "auto" (as that judge's
+        original: :data:`ppjax.attacks.objectives.APPEAL_RESIZE`), "native", "nearest" or
+        "bilinear" (to the judge's input size).
       plateau: 0 (off) or P > 0: per-image plateau stop. Every P iterations an image's loss (the
         formulation's per-image loss of the current iterate) is compared with its value P
         iterations before; an image whose loss did not decrease stops. This is ACE's
@@ -91,6 +94,7 @@ class AttackConfig:
     extra_steps: int = 0
     schedule: str = "constant"
     unfooled: str = "last"
+    appeal_resize: str = "auto"
     plateau: int = 0
     k: int = 64
     topk: int = 5
@@ -129,6 +133,7 @@ class AttackConfig:
         "distortion": ("linf", "l2", "l2sq", "ciede2000", "reg"),
         "best": ("distortion", "appeal", "last", "final"),
         "unfooled": ("last", "clean"),
+        "appeal_resize": ("auto", "native", "nearest", "bilinear"),
         "schedule": ("constant", "cosine"),
         "eot": ("none", "jpeg"),
         "eot_rounding": ("soft_ste", "ste", "cubic", "soft", "exact"),
