@@ -170,9 +170,11 @@ def dataset_items(images_dir, list_file=None, labels_file=None) -> list[Item]:
 
 def load_item(item: Item, task: int, rule: str = "resize", max_pixels: int | None = None
               ) -> Loaded:
-    """Decode one item to the task's size; every failure becomes ``Loaded.error``."""
+    """Decode one item to the task's size; every failure becomes ``Loaded.error``. Alpha is
+    composited on white for 2019 and dropped for 2020 (the organisers' ``convert('RGB')``)."""
     try:
-        img, notes = imageio.load_rgb(item.path, max_pixels=max_pixels)
+        img, notes = imageio.load_rgb(item.path, max_pixels=max_pixels,
+                                      alpha="drop" if task == 2020 else "white")
         img, more = imageio.to_task_size(img, task, rule)
         return Loaded(item, img, notes + more)
     except imageio.DecodeError as e:
