@@ -59,6 +59,10 @@ def ref_images():
     return augmented_crops(calibration_photos(), REF_HW, REF_B, seed=11)
 
 
+def u8(a) -> np.ndarray:
+    return np.round(np.asarray(a, np.float64) * 255).astype(np.uint8)
+
+
 def _agree(ours_success, ours_dist, theirs):
     s1, s2 = np.asarray(ours_success, bool), np.asarray(theirs["success"], bool)
     both = s1 & s2
@@ -108,7 +112,7 @@ def test_method_agrees_with_torch_reference(resnet_pair, ref_images, method):
     assert rel <= 0.10, (method, np.asarray(dist), theirs["distortion"])
     # never-fooled images come back clean in both
     never = ~np.asarray(res.success)
-    np.testing.assert_array_equal(np.asarray(res.images)[never], x[never])
+    np.testing.assert_array_equal(u8(res.images)[never], u8(x)[never])
 
 
 def ppjax_reg(images, x0):
@@ -150,9 +154,9 @@ def test_perc_al_iterate_is_continuous_and_output_on_grid(tiny, tiny_x):
 def test_never_fooled_image_is_returned_clean(tiny, tiny_x):
     res = ppjax.attack("ace", tiny, tiny_x, steps=3, kappa=1e6)  # an unreachable margin
     assert not np.asarray(res.success).any()
-    np.testing.assert_array_equal(np.asarray(res.images), np.asarray(tiny_x))
+    np.testing.assert_array_equal(u8(res.images), u8(tiny_x))
     last = ppjax.attack("ace", tiny, tiny_x, steps=3, kappa=1e6, unfooled="last")
-    assert not np.array_equal(np.asarray(last.images), np.asarray(tiny_x))
+    assert not np.array_equal(u8(last.images), u8(tiny_x))
 
 
 def test_plateau_stop_is_per_image_and_matches_the_reference(tiny, tiny_x):
@@ -213,13 +217,20 @@ def test_2020_centre_crop_without_resize_and_alpha_dropped(tmp_path):
 
 
 def test_appeal_resize_rules_follow_each_original(photo_paths):
+    @dataclasses.dataclass(frozen=True)
     class Spec:
-        def __init__(self, name):
-            self.name, self.input_hw = name, (224, 224)
+        name: str
+        input_hw: tuple = (224, 224)
 
-    class J:
-        def __init__(self, name):
-            self.spec = Spec(name)
+    @dataclasses.dataclass(frozen=True)
+    class Fake:
+        spec: Spec
+
+        def replace(self, **kw):
+            return dataclasses.replace(self, **kw)
+
+    def J(name):
+        return Fake(Spec(name))
 
     assert appeal_resize_rule(J("nima_mobilenet")) == "native"
     assert appeal_resize_rule(J("nima_mobilenetv2")) == "bilinear"
@@ -230,8 +241,8 @@ def test_appeal_resize_rules_follow_each_original(photo_paths):
     pil = np.asarray(Image.fromarray(a).resize((224, 224), Image.BILINEAR), np.float32) / 255
     ours = np.asarray(resize_bilinear(jnp.asarray(a[None], jnp.float32) / 255, (224, 224)))[0]
     assert np.abs(ours - pil).max() <= 2.5 / 255 and np.abs(ours - pil).mean() <= 0.5 / 255
-    _, same = appeal_input(J("nima_mobilenet"), jnp.zeros((1, 256, 256, 3)))
-    assert same.shape == (1, 256, 256, 3)
+    j, same = appeal_input(J("nima_mobilenet"), jnp.zeros((1, 256, 256, 3)))
+    assert same.shape == (1, 256, 256, 3) and j.spec.input_hw == (256, 256)
 
 
 # ----------------------------------------------------------------------------- evaluation
