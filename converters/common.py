@@ -346,14 +346,15 @@ def calibrate_batch_stats(module, variables: dict, images: np.ndarray, batch: in
             h = args[0].astype(jnp.float32)
             axes = tuple(range(h.ndim - 1))
             mean = jnp.mean(h, axes)
-            var = jnp.mean(jnp.square(h - mean), axes)
+            var = jnp.mean(jnp.square(h - jnp.mean(h, axes, keepdims=True)), axes)
             seen[tuple(mod.path)] = (mean, var)
-            y = (h - mean) * jax.lax.rsqrt(var + mod.epsilon)
+            shape = (1,) * (h.ndim - 1) + (-1,)  # explicit: callers may forbid rank promotion
+            y = (h - mean.reshape(shape)) * jax.lax.rsqrt(var + mod.epsilon).reshape(shape)
             p = mod.variables.get("params", {})
             if "scale" in p:
-                y = y * p["scale"]
+                y = y * p["scale"].reshape(shape)
             if "bias" in p:
-                y = y + p["bias"]
+                y = y + p["bias"].reshape(shape)
             return y.astype(args[0].dtype)
 
         with nn.intercept_methods(intercept):

@@ -168,7 +168,7 @@ def dataset_items(images_dir, list_file=None, labels_file=None) -> list[Item]:
     return folder_items(images_dir, labels_file)
 
 
-def load_item(item: Item, task: int, rule: str = "resize", max_pixels: int | None = None
+def load_item(item: Item, task: int, rule: str = "auto", max_pixels: int | None = None
               ) -> Loaded:
     """Decode one item to the task's size; every failure becomes ``Loaded.error``. Alpha is
     composited on white for 2019 and dropped for 2020 (the organisers' ``convert('RGB')``)."""
@@ -197,7 +197,7 @@ def batched(xs: Iterable, n: int) -> Iterator[list]:
         yield chunk
 
 
-def iter_batches(items: Iterable[Item], task: int, batch_size: int, rule: str = "resize",
+def iter_batches(items: Iterable[Item], task: int, batch_size: int, rule: str = "auto",
                  max_pixels: int | None = None) -> Iterator[list[Loaded]]:
     """Stream ``items`` as lists of :class:`Loaded` of up to ``batch_size``; only one batch of
     pixels is held at a time."""

@@ -172,7 +172,7 @@ def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLik
         appeal, appeal_err = _load_appeal(spec.appeal_judge, weights_dir, standin)
     if appeal_err:
         log.warning("%sappeal judge unavailable: %s", tag, appeal_err)
-    rule = cfg.get("resize", "resize")
+    rule = cfg.get("resize", "auto")
 
     logits_fn, score_fn, appeal_fn = _jitted()
     appeal_rule = appeal_resize_rule(appeal, appeal_resize) if appeal is not None else None

@@ -263,3 +263,27 @@ def test_compare_refuses_mixed_tasks_and_jpeg_runs_are_collected(tmp_path):
         (run / n).write_bytes(b"")
     files, errors, _ = collect_run(run, run_code="T")
     assert sorted(f.name for f in files) == ["T_a.jpg", "T_b.JPEG", "T_c.png"] and not errors
+
+
+def test_relative_drop_and_ranked_flag():
+    """2019: relative drop = (clean - protected) / clean; 2020: ranked when the accuracy fell
+    by at least half (the organisers' rule), computed on 4 images."""
+    from types import SimpleNamespace
+
+    from ppjax import data
+    from ppjax.evaluate import _summarise
+
+    judge = SimpleNamespace(label="j")
+    rows = [{"correct": c, "correct_clean": cc, "score": 0.0}
+            for c, cc in ((False, True), (True, True), (False, True), (True, False))]
+    for task in (2019, 2020):
+        rep = _summarise(task, data.get_task(task), "run", {}, None, judge, None, None, True,
+                         rows, [])
+        p = rep["protection"]
+        assert p["relative_accuracy_drop"] == pytest.approx((0.75 - 0.5) / 0.75)
+        if task == 2020:
+            assert p["ranked"] is False  # a 33% reduction is not ranked
+    rows[1]["correct"] = False
+    rep = _summarise(2020, data.get_task(2020), "run", {}, None, judge, None, None, True, rows, [])
+    assert rep["protection"]["relative_accuracy_drop"] == pytest.approx(1 - 0.25 / 0.75)
+    assert rep["protection"]["ranked"] is True
