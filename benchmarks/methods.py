@@ -190,6 +190,42 @@ def torchattacks_parity(judge, tm, x, labels) -> dict:
     return out
 
 
+def ciede2000_authors_variant(lab1, lab2):
+    """CIEDE2000 with the PerC authors' handling of neutral colours (written from its
+    description, for measurement only): a colour with a = b = 0 gets b = 1e-4 before the formula.
+    Their other deviation, a mean hue of 0 instead of h1' + h2' where a chroma is 0, changes
+    nothing: there dH' = 2 sqrt(C1' C2') sin(.) = 0, and the mean hue only enters through terms
+    multiplied by dH'."""
+    from ppjax.color import ciede2000
+
+    def nudge(lab):
+        zero = (lab[..., 1] == 0) & (lab[..., 2] == 0)
+        return lab.at[..., 2].add(jnp.where(zero, 1e-4, 0.0))
+
+    return ciede2000(nudge(lab1), nudge(lab2))
+
+
+def ciede2000_gap(n: int = 8) -> dict:
+    """Standard CIEDE2000 vs the authors' variant on real photos and their JPEG-90 copies: the
+    per-pixel and per-image (L2 norm) differences."""
+    from benchmarks._results import shared_photos
+    from ppjax.color import ciede2000, rgb_to_lab
+    from ppjax.jpeg import pil_jpeg
+
+    x = shared_photos(n, (256, 256))
+    y = pil_jpeg(np.round(x * 255).astype(np.uint8), 90)
+    y = np.asarray(y, np.float32)
+    y = y / 255.0 if y.max() > 1.5 else y
+    l1, l2 = rgb_to_lab(jnp.asarray(x)), rgb_to_lab(jnp.asarray(y))
+    a, b = np.asarray(ciede2000(l1, l2)), np.asarray(ciede2000_authors_variant(l1, l2))
+    na = np.sqrt((a.reshape(n, -1) ** 2).sum(1))
+    nb = np.sqrt((b.reshape(n, -1) ** 2).sum(1))
+    return {"pixel_max_abs_diff": float(np.abs(a - b).max()),
+            "pixel_share_differing": float(np.mean(np.abs(a - b) > 1e-6)),
+            "image_l2_max_rel_diff": float(np.max(np.abs(na - nb) / na)),
+            "mean_pixel_de": float(a.mean())}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default=None)
@@ -210,6 +246,7 @@ def main(argv=None) -> int:
                "steps": a.steps}
     payload["methods"] = methods(judge, tm, x, labels, a.steps, a.kappa)
     payload["ace_fused_eval"] = fused_cost(judge, x, labels, min(a.steps, 20))
+    payload["ciede2000_vs_authors"] = ciede2000_gap()
     if not a.skip_torchattacks:
         payload["torchattacks"] = torchattacks_parity(judge, tm, x, labels)
     write_json(a.json, payload)

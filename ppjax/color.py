@@ -6,6 +6,13 @@ implementation notes, supplementary test data, and mathematical observations". I
 gradient is NaN where a square root sees 0 (identical colours, neutral greys: C = 0) and where
 atan2 sees (0, 0) (hue of a neutral colour); every such spot goes through a "double where" so
 the value is exact and the gradient finite (0 at those points).
+
+ppjax keeps the standard (it matches colour-science to 1e-4 in f32). The PerC authors' code
+differs in two places: a neutral colour (a = b = 0) gets b = 1e-4 before the formula, and the
+mean hue is 0 instead of h1' + h2' where a chroma is 0. The second changes nothing (there
+dH' = 0, and the mean hue only enters through terms multiplied by dH'); the first moves dE on
+neutral pixels only. Measured size on photos: ``benchmarks/RESULTS.md``, section "Fidelity"
+(``benchmarks.methods.ciede2000_gap``).
 """
 
 from __future__ import annotations
