@@ -277,6 +277,12 @@ def results_markdown(p: dict) -> str:
                      f" continuous gradient + separate judgement (default, the original's) "
                      f"{f['continuous']['seconds_per_step']:.3g} s "
                      f"(x{f['ratio_continuous_over_fused']:.2f}).\n")
+    c = p.get("ciede2000_vs_authors")
+    if c:
+        lines.append(f"CIEDE2000 (Sharma) vs the PerC authors' neutral-colour nudge, 8 photos vs "
+                     f"their Pillow JPEG-90 at 256x256 (mean dE {c['mean_pixel_de']:.3g}): per-pixel "
+                     f"max |diff| {c['pixel_max_abs_diff']:.2g} on {c['pixel_share_differing']:.2%}"
+                     f" of pixels; per-image L2 max rel. diff {c['image_l2_max_rel_diff']:.2g}.\n")
     t = p.get("torchattacks")
     if t:
         rows = [[k, r["success_agreement"], r["pixel_agreement"], r["success_ppjax"],
