@@ -17,6 +17,7 @@ neutral pixels only. Measured size on photos: ``benchmarks/RESULTS.md``, section
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 # sRGB (IEC 61966-2-1) linear RGB -> XYZ, D65 white, as published.
@@ -45,7 +46,9 @@ def _safe_atan2(y: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
 
 def srgb_to_linear(x: jnp.ndarray) -> jnp.ndarray:
     """Undo the sRGB transfer curve. ``x``: [..., 3] in [0, 1] -> linear RGB in [0, 1]."""
-    x = jnp.clip(x, 0.0, 1.0)
+    # clip in the forward pass only: jnp.clip's gradient is 1/2 at exactly 0 and 1, which
+    # would halve the colour gradient of every saturated or clamped pixel
+    x = x + jax.lax.stop_gradient(jnp.clip(x, 0.0, 1.0) - x)
     lo = x <= 0.04045
     hi_val = ((jnp.where(lo, 0.05, x) + 0.055) / 1.055) ** 2.4
     return jnp.where(lo, x / 12.92, hi_val)
