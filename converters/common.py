@@ -232,9 +232,11 @@ def convert_torch_checkpoint(spec, src: str | Path, weights_dir=None, standin: b
     return save_converted(out, variables, conversion_metadata(spec, src, standin))
 
 
-def write_standin_file(spec, wrap, weights_dir=None, seed: int = 0) -> Path:
+def write_standin_file(spec, wrap, weights_dir=None, seed: int = 0, calibrate=None) -> Path:
     """Write random weights in the original file layout (``wrap(state_dict) -> saved object``)
-    next to where the real download would go, suffixed ``.standin``."""
+    next to where the real download would go, suffixed ``.standin``. ``calibrate(state_dict) ->
+    state_dict`` (e.g. :func:`calibrate_standin`) runs on the random weights before they are
+    written."""
     import torch
 
     from ppjax.config import downloads_dir
@@ -242,6 +244,8 @@ def write_standin_file(spec, wrap, weights_dir=None, seed: int = 0) -> Path:
     path = downloads_dir(weights_dir) / (spec.filename + ".standin")
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = random_torch_state_dict(spec.abstract_variables(), seed)
+    if calibrate is not None:
+        sd = calibrate(sd)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(wrap(sd), tmp)
     tmp.replace(path)
@@ -263,3 +267,162 @@ def converter_main(doc: str, filename: str, convert, argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+# ----------------------------------------------------------------------------- stand-in realism
+
+#: scikit-image's bundled public-domain colour photos used to calibrate stand-ins.
+CALIBRATION_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
+                       "immunohistochemistry", "retina")
+
+
+def calibration_photos(shared_images: str | Path | None = None) -> list[tuple[str, np.ndarray]]:
+    """The photos a stand-in's statistics are calibrated on: scikit-image's bundled colour
+    photos, plus every photo in ``shared_images`` (default ``$PPJAX_TEST_DATA/images`` or
+    ``../shared/data/images`` beside the checkout) when that folder exists. [(name, uint8 HxWx3)]."""
+    import os
+
+    import skimage.data
+    from PIL import Image
+
+    out = [(f"skimage:{n}", np.asarray(getattr(skimage.data, n)())[..., :3])
+           for n in CALIBRATION_SAMPLES]
+    if shared_images is None:
+        root = Path(os.environ.get("PPJAX_TEST_DATA",
+                                   Path(__file__).resolve().parents[2] / "shared" / "data"))
+        shared_images = root / "images"
+    shared = Path(shared_images)
+    if shared.is_dir():
+        for p in sorted(q for q in shared.iterdir() if q.is_file()):
+            with Image.open(p) as im:
+                out.append((p.name, np.asarray(im.convert("RGB"))))
+    return out
+
+
+def augmented_crops(photos, hw: tuple[int, int], n: int, seed: int = 0) -> np.ndarray:
+    """``n`` random crops (20-100% of the area, aspect within 3:4..4:3, random horizontal flip)
+    of ``photos`` resized bilinearly to ``hw``: [n, H, W, 3] float32 in [0, 1] on the 8-bit grid."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    out = []
+    for i in range(n):
+        a = photos[i % len(photos)][1]
+        ph, pw = a.shape[:2]
+        area = rng.uniform(0.2, 1.0) * ph * pw
+        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))) * (w / h)
+        cw = int(min(pw, round(np.sqrt(area * ratio))))
+        ch = int(min(ph, round(np.sqrt(area / ratio))))
+        y = int(rng.integers(0, ph - ch + 1))
+        x = int(rng.integers(0, pw - cw + 1))
+        im = Image.fromarray(a[y:y + ch, x:x + cw]).resize((w, h), Image.BILINEAR)
+        c = np.asarray(im, np.float32) / 255.0
+        if rng.random() < 0.5:
+            c = c[:, ::-1]
+        out.append(c)
+    return np.stack(out)
+
+
+def calibrate_batch_stats(module, variables: dict, images: np.ndarray, batch: int = 16) -> dict:
+    """``variables`` with every BatchNorm's running mean and variance re-estimated on ``images``
+    [N, H, W, 3] in [0, 1] (the usual BN recalibration): each BatchNorm normalises with the
+    statistics of the batch it sees, as in training, so that later layers see normalised
+    activations; the running statistics become the average over batches of those statistics
+    (biased variance, as flax uses it). Pure JAX; works for any linen module whose BatchNorms are
+    ``nn.BatchNorm`` over the last axis."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    from flax import traverse_util
+
+    def run(variables, x):
+        seen = {}
+
+        def intercept(next_fun, args, kwargs, context):
+            mod = context.module
+            if not isinstance(mod, nn.BatchNorm) or context.method_name != "__call__":
+                return next_fun(*args, **kwargs)
+            h = args[0].astype(jnp.float32)
+            axes = tuple(range(h.ndim - 1))
+            mean = jnp.mean(h, axes)
+            var = jnp.mean(jnp.square(h - jnp.mean(h, axes, keepdims=True)), axes)
+            seen[tuple(mod.path)] = (mean, var)
+            shape = (1,) * (h.ndim - 1) + (-1,)  # explicit: callers may forbid rank promotion
+            y = (h - mean.reshape(shape)) * jax.lax.rsqrt(var + mod.epsilon).reshape(shape)
+            p = mod.variables.get("params", {})
+            if "scale" in p:
+                y = y * p["scale"].reshape(shape)
+            if "bias" in p:
+                y = y + p["bias"].reshape(shape)
+            return y.astype(args[0].dtype)
+
+        with nn.intercept_methods(intercept):
+            module.apply(variables, x)
+        return seen
+
+    run_j = jax.jit(run)
+    sums: dict = {}
+    nb = 0
+    for i in range(0, len(images) - batch + 1, batch):
+        seen = run_j(variables, jnp.asarray(images[i:i + batch]))
+        for k, (m, v) in seen.items():
+            sm, sv = sums.get(k, (0.0, 0.0))
+            sums[k] = (sm + np.asarray(m, np.float64), sv + np.asarray(v, np.float64))
+        nb += 1
+    if not nb:
+        raise ValueError(f"need at least {batch} calibration images, got {len(images)}")
+    flat = dict(traverse_util.flatten_dict(jax.tree.map(np.asarray, variables)))
+    for path, (sm, sv) in sums.items():
+        for leaf, s in (("mean", sm), ("var", sv)):
+            key = ("batch_stats",) + path + (leaf,)
+            if key not in flat:
+                raise KeyError(f"BatchNorm at {'/'.join(path)} has no running {leaf}")
+            flat[key] = (s / nb).astype(np.float32)
+    return traverse_util.unflatten_dict(flat)
+
+
+def centre_output_bias(module, variables: dict, images: np.ndarray, bias_path: tuple[str, ...],
+                       batch: int = 16) -> dict:
+    """``variables`` with the output layer's bias (``("params", *bias_path)``) shifted so that
+    every output's mean over ``images`` is 0. A random classifier's logits share a large
+    input-independent part (one class wins for every photo); removing it leaves the
+    input-dependent part, so the stand-in's top-1 varies with the photo."""
+    import jax
+    import jax.numpy as jnp
+    from flax import traverse_util
+
+    apply = jax.jit(module.apply)
+    outs = [np.asarray(apply(variables, jnp.asarray(images[i:i + batch])), np.float64)
+            for i in range(0, len(images), batch)]
+    mean = np.concatenate(outs).mean(0)
+    flat = dict(traverse_util.flatten_dict(jax.tree.map(np.asarray, variables)))
+    key = ("params",) + tuple(bias_path)
+    flat[key] = (flat[key] - mean).astype(np.float32)
+    return traverse_util.unflatten_dict(flat)
+
+
+def calibrate_standin(spec, state_dict: dict, n_images: int = 64, seed: int = 0,
+                      output_bias: tuple[str, ...] | None = None, batch: int = 16) -> dict:
+    """Stand-in realism: the torch-named random ``state_dict`` with its BatchNorm running
+    statistics calibrated on real photos (:func:`calibration_photos`, ``n_images`` augmented
+    crops at the judge's input size, seeded) and, for classifiers, the output bias centred
+    (:func:`centre_output_bias`; ``output_bias`` = the Flax path of that bias). Returns a new
+    state dict in the same layout. Deterministic for a given seed and photo set."""
+    import torch
+
+    abstract = spec.abstract_variables()
+    module = spec.make_module()
+    variables = torch_to_flax(state_dict, abstract, "stand-in", spec.architecture)
+    images = augmented_crops(calibration_photos(), tuple(spec.input_hw), n_images, seed)
+    variables = calibrate_batch_stats(module, variables, images, batch)
+    if output_bias is not None:
+        variables = centre_output_bias(module, variables, images, output_bias, batch)
+    flat = traverse_util.flatten_dict(variables)
+    out = dict(state_dict)
+    for key, (_shape, flat_key, layout) in expected_torch_shapes(abstract).items():
+        if flat_key[0] == "batch_stats" or (output_bias is not None
+                                            and flat_key == ("params",) + tuple(output_bias)):
+            out[key] = torch.from_numpy(np.ascontiguousarray(
+                _to_torch_layout(np.asarray(flat[flat_key]), layout), np.float32))
+    return out

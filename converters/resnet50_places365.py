@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from converters import places365
-from converters.common import converter_main, write_standin_file
+from converters.common import calibrate_standin, converter_main, write_standin_file
 from ppjax.judges import get_spec
 
 NAME = "resnet50_places365"
@@ -34,8 +34,15 @@ def csail_layout(state_dict: dict) -> dict:
 
 
 def make_standin(weights_dir=None, seed: int = 0) -> Path:
-    """Random weights in the CSAIL layout, converted by :func:`convert` and flagged as stand-in."""
-    src = write_standin_file(get_spec(NAME), csail_layout, weights_dir, seed)
+    """Random weights in the CSAIL layout, converted by :func:`convert` and flagged as stand-in.
+    Its BatchNorm statistics are calibrated on real photos and its fc bias centred
+    (:func:`converters.common.calibrate_standin`), so its top-1 depends on the input."""
+    spec = get_spec(NAME)
+
+    def calibrate(sd):
+        return calibrate_standin(spec, sd, seed=seed, output_bias=("fc", "bias"))
+
+    src = write_standin_file(spec, csail_layout, weights_dir, seed, calibrate=calibrate)
     return convert(src, weights_dir, standin=True)
 
 

@@ -6,10 +6,18 @@ implementation notes, supplementary test data, and mathematical observations". I
 gradient is NaN where a square root sees 0 (identical colours, neutral greys: C = 0) and where
 atan2 sees (0, 0) (hue of a neutral colour); every such spot goes through a "double where" so
 the value is exact and the gradient finite (0 at those points).
+
+ppjax keeps the standard (it matches colour-science to 1e-4 in f32). The PerC authors' code
+differs in two places: a neutral colour (a = b = 0) gets b = 1e-4 before the formula, and the
+mean hue is 0 instead of h1' + h2' where a chroma is 0. The second changes nothing (there
+dH' = 0, and the mean hue only enters through terms multiplied by dH'); the first moves dE on
+neutral pixels only. Measured size on photos: ``benchmarks/RESULTS.md``, section "Fidelity"
+(``benchmarks.methods.ciede2000_gap``).
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 # sRGB (IEC 61966-2-1) linear RGB -> XYZ, D65 white, as published.
@@ -38,7 +46,9 @@ def _safe_atan2(y: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
 
 def srgb_to_linear(x: jnp.ndarray) -> jnp.ndarray:
     """Undo the sRGB transfer curve. ``x``: [..., 3] in [0, 1] -> linear RGB in [0, 1]."""
-    x = jnp.clip(x, 0.0, 1.0)
+    # clip in the forward pass only: jnp.clip's gradient is 1/2 at exactly 0 and 1, which
+    # would halve the colour gradient of every saturated or clamped pixel
+    x = x + jax.lax.stop_gradient(jnp.clip(x, 0.0, 1.0) - x)
     lo = x <= 0.04045
     hi_val = ((jnp.where(lo, 0.05, x) + 0.055) / 1.055) ** 2.4
     return jnp.where(lo, x / 12.92, hi_val)

@@ -218,13 +218,15 @@ def dataset_items(images_dir, list_file=None, labels_file=None) -> list[Item]:
     return dataset_scan(images_dir, list_file, labels_file)[0]
 
 
-def load_item(item: Item, task: int, rule: str = "resize", max_pixels: int | None = None
+def load_item(item: Item, task: int, rule: str = "auto", max_pixels: int | None = None
               ) -> Loaded:
-    """Decode one item to the task's size; every failure becomes ``Loaded.error``."""
+    """Decode one item to the task's size; every failure becomes ``Loaded.error``. Alpha is
+    composited on white for 2019 and dropped for 2020 (the organisers' ``convert('RGB')``)."""
     if item.error:
         return Loaded(item, None, [], item.error)
     try:
-        img, notes = imageio.load_rgb(item.path, max_pixels=max_pixels)
+        img, notes = imageio.load_rgb(item.path, max_pixels=max_pixels,
+                                      alpha="drop" if task == 2020 else "white")
         img, more = imageio.to_task_size(img, task, rule)
         return Loaded(item, img, notes + more)
     except imageio.DecodeError as e:
@@ -247,7 +249,7 @@ def batched(xs: Iterable, n: int) -> Iterator[list]:
         yield chunk
 
 
-def iter_batches(items: Iterable[Item], task: int, batch_size: int, rule: str = "resize",
+def iter_batches(items: Iterable[Item], task: int, batch_size: int, rule: str = "auto",
                  max_pixels: int | None = None) -> Iterator[list[Loaded]]:
     """Stream ``items`` as lists of :class:`Loaded` of up to ``batch_size``; only one batch of
     pixels is held at a time."""

@@ -5,12 +5,16 @@ Procedure (see ``docs/TASKS.md`` of the shared docs):
 * **2019**: top-1 of ResNet-50-Places365 on the submitted 8-bit PNGs, as they are (no resize: a
   PNG not at 256x256 is a per-file error). Accuracy = share of images whose top-1 equals the
   label; with the originals, the clean accuracy on them and the drop. Appeal: NIMA mean score
-  (``nima_mobilenet``; images plainly resized to 224x224 with nearest-neighbour sampling, as Keras
-  ``load_img(target_size=(224, 224))`` in NIMA's evaluation script does).
+  (``nima_mobilenet``), with the image brought to NIMA as its original does
+  (:func:`ppjax.attacks.objectives.appeal_input`: titu1994's script scores at native size).
 * **2020**: each PNG is saved as JPEG quality 90 with Pillow and decoded
   (:func:`ppjax.jpeg.pil_jpeg`), then scored by KonCept512; accuracy = share of images scored
   > 50. The originals go through the same procedure for the clean figure.
 * Quality vs originals (when given): PSNR, SSIM, mean CIEDE2000 (:mod:`ppjax.metrics`).
+* What the organisers reported besides: 2019 the *relative* accuracy drop; 2020 whether the run
+  cut the accuracy by at least 50% (``ranked``: only such runs were ranked on appeal).
+* Submitted images may be ``.png``, ``.jpg`` or ``.jpeg``; a JPEG run is evaluated with a
+  warning (saving as JPEG re-quantises the image and weakens the protection).
 
 Labels: the list/labels files when given, else the label the protect run recorded, else the
 judge's clean prediction on the original.
@@ -40,6 +44,10 @@ from ppjax.protect import CONFIG, IMAGES, MANIFEST, read_manifest, safe_stem
 log = logging.getLogger("ppjax.evaluate")
 
 N_FIGURE_IMAGES = 8
+RUN_SUFFIXES = (".png", ".jpg", ".jpeg")
+JPEG_WARNING = ("{n} submitted image(s) are JPEG files: saving as JPEG re-quantises the "
+                "protected pixels and weakens the protection; submit PNG")
+RANKED_REDUCTION = 0.5  # 2020: runs that cut the accuracy by at least 50% were ranked on appeal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +96,8 @@ def collect_run(run: Path, images=None, list_file=None, labels_file=None, run_co
         return files, errors, cfg
     folder = run / IMAGES if (run / IMAGES).is_dir() else run
     by_stem = {safe_stem(it.name): it for it in originals}
-    for p in sorted(folder.glob("*.png"), key=lambda q: q.name):
+    found = [q for q in folder.iterdir() if q.is_file() and q.suffix.lower() in RUN_SUFFIXES]
+    for p in sorted(found, key=lambda q: q.name):
         stem = _strip_run_code(p.stem, run_code)
         orig = by_stem.get(stem)
         if orig is None and not run_code:
@@ -107,7 +116,10 @@ def _jitted():
     """Jitted judge calls, made once per process so repeated evaluations reuse compilations."""
     import jax
 
-    return jax.jit(lambda j, x: j(x)), jax.jit(lambda j, x: j.score(x))
+    from ppjax.attacks.objectives import appeal_score
+
+    return (jax.jit(lambda j, x: j(x)), jax.jit(lambda j, x: j.score(x)),
+            jax.jit(appeal_score, static_argnums=2))
 
 
 def _load_appeal(name, weights_dir, standin):
@@ -127,19 +139,27 @@ def _mean(v):
 def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLike, *,
                  images=None, list_file=None, labels_file=None, run_code=None, standin=False,
                  weights_dir=None, batch_size: int = 4, judge=None, appeal=None,
-                 no_appeal: bool = False) -> dict:
+                 no_appeal: bool = False, appeal_resize: str = "auto") -> dict:
     """Evaluate one run; writes ``report.json``, ``report.md`` and figures to ``out`` and returns
     the report dict. ``judge`` / ``appeal`` (loaded :class:`ppjax.Judge` objects) replace the
-    task's judges when given; ``no_appeal`` skips the appeal score."""
+    task's judges when given; ``no_appeal`` skips the appeal score; ``appeal_resize`` is how the
+    appeal judge sees the images ("auto": as its original,
+    :data:`ppjax.attacks.objectives.APPEAL_RESIZE`; the report records the rule used)."""
     import jax
     import jax.numpy as jnp
 
     import ppjax
+    from ppjax.attacks.objectives import appeal_resize_rule
 
     run = Path(run).resolve()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     files, errors, cfg = collect_run(run, images, list_file, labels_file, run_code)
+    warnings = []
+    n_jpeg = sum(1 for f in files if Path(f.path).suffix.lower() in (".jpg", ".jpeg"))
+    if n_jpeg:
+        warnings.append(JPEG_WARNING.format(n=n_jpeg))
+        log.warning(warnings[-1])
     task = int(task or cfg.get("task") or 0)
     spec = data.get_task(task)
     hw = spec.hw
@@ -152,9 +172,10 @@ def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLik
         appeal, appeal_err = _load_appeal(spec.appeal_judge, weights_dir, standin)
     if appeal_err:
         log.warning("%sappeal judge unavailable: %s", tag, appeal_err)
-    rule = cfg.get("resize", "resize")
+    rule = cfg.get("resize", "auto")
 
-    logits_fn, score_fn = _jitted()
+    logits_fn, score_fn, appeal_fn = _jitted()
+    appeal_rule = appeal_resize_rule(appeal, appeal_resize) if appeal is not None else None
     per_image: list[dict] = []
     pairs = []
     for chunk in data.batched(files, batch_size):
@@ -222,11 +243,8 @@ def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLik
                 row["correct"] = bool(sa[i] > spec.threshold)
                 row["correct_clean"] = bool(sc[i] > spec.threshold) if have_o[i] else None
         if appeal is not None:
-            ah, aw = appeal.spec.input_hw
-            na = np.asarray(score_fn(appeal, jnp.asarray(
-                imageio.to_float01(imageio.resize_plain(xa, (ah, aw))))))[:n]
-            nc = np.asarray(score_fn(appeal, jnp.asarray(
-                imageio.to_float01(imageio.resize_plain(xo, (ah, aw))))))[:n]
+            na = np.asarray(appeal_fn(appeal, jnp.asarray(imageio.to_float01(xa)), appeal_rule))[:n]
+            nc = np.asarray(appeal_fn(appeal, jnp.asarray(imageio.to_float01(xo)), appeal_rule))[:n]
             for i, row in enumerate(rows):
                 row["nima"] = float(na[i])
                 row["nima_clean"] = float(nc[i]) if have_o[i] else None
@@ -242,6 +260,8 @@ def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLik
 
     rep = _summarise(task, spec, run, cfg, run_code, judge, appeal, appeal_err, standin,
                      per_image, errors)
+    rep["warnings"] = warnings
+    rep["appeal"]["resize"] = appeal_rule
     figs = _figures(out, task, spec, per_image, pairs, appeal is not None,
                     "STAND-IN (random weights): " if standin else "")
     rep["figures"] = figs
@@ -260,17 +280,20 @@ def _summarise(task, spec, run, cfg, run_code, judge, appeal, appeal_err, standi
     acc = (sum(r["correct"] for r in lab) / len(lab)) if lab else None
     acc_both = (sum(r["correct"] for r in both) / len(both)) if both else None
     acc_clean = (sum(r["correct_clean"] for r in both) / len(both)) if both else None
+    drop = (acc_clean - acc_both) if both else None
+    rel = drop / acc_clean if both and acc_clean else None
     if task == 2019:
         procedure = ("top-1 of the judge on the submitted 8-bit PNGs (no resize); accuracy = "
                      "share with top-1 == label")
         prot = {"top1_accuracy": acc, "top1_accuracy_clean": acc_clean,
-                "accuracy_drop": (acc_clean - acc_both) if both else None,
+                "accuracy_drop": drop, "relative_accuracy_drop": rel,
                 "n_labelled": len(lab)}
     else:
         procedure = (f"Pillow JPEG quality {spec.jpeg_quality}, decode, judge score; accuracy = "
                      f"share scored > {spec.threshold:g}")
         prot = {"biqa_accuracy_jpeg90": acc, "biqa_accuracy_clean_jpeg90": acc_clean,
-                "accuracy_drop": (acc_clean - acc_both) if both else None,
+                "accuracy_drop": drop, "relative_accuracy_drop": rel,
+                "ranked": None if rel is None else bool(rel >= RANKED_REDUCTION - 1e-12),
                 "mean_score_jpeg90": _mean([r["score"] for r in per_image]),
                 "mean_score_clean_jpeg90": _mean([r.get("score_clean") for r in per_image])}
     appeal_d = ({"nima_mean": _mean([r.get("nima") for r in per_image]),
@@ -330,7 +353,17 @@ def run_compare(runs, out) -> dict:
             raise FileNotFoundError(f"{r}: no report.json; run `ppjax evaluate --run ...` first")
         rep = json.loads(p.read_text(encoding="utf-8"))
         rep.pop("per_image", None)
+        rep["_source"] = str(r)
         reps.append(rep)
+    tasks = sorted({rep.get("task") for rep in reps}, key=str)
+    if len(tasks) > 1:
+        by_task = "; ".join(f"{t}: " + ", ".join(x["_source"] for x in reps if x.get("task") == t)
+                            for t in tasks)
+        raise ValueError(f"--compare mixes tasks ({by_task}); 2019 accuracy (top-1 of the scene "
+                         "classifier) and 2020 accuracy (share scored > 50 after JPEG-90) are "
+                         "different measures: compare runs of one task at a time")
+    for rep in reps:
+        rep.pop("_source")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = report.compare_markdown(reps)
@@ -362,7 +395,7 @@ def _cmd(args) -> int:
         rep = run_evaluate(args.task, args.run, args.out, images=args.images,
                            list_file=args.list, labels_file=args.labels, run_code=args.run_code,
                            standin=args.standin, weights_dir=args.weights_dir,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, appeal_resize=args.appeal_resize)
         if judges:
             rep = transfer.add_judges_to_report(
                 rep, args.out, judges, images=args.images, list_file=args.list,
@@ -403,4 +436,8 @@ def add_parser(sub) -> None:
                    help="use random-weight STAND-IN judges (tests/demos only)")
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--appeal-resize", default="auto",
+                   choices=("auto", "native", "nearest", "bilinear"),
+                   help="how NIMA sees the images; auto = as its original (Keras NIMA: native "
+                        "size; nima.pytorch: bilinear 224x224)")
     p.set_defaults(func=_cmd)

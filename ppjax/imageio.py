@@ -8,9 +8,11 @@ that ``ppjax protect`` records per file in its manifest and report:
 * **Grey** (``L``, ``1``), **palette** (``P``), **CMYK** and other 8-bit modes are converted to RGB
   with Pillow's own conversion (CMYK uses Pillow's plain formula; an embedded ICC profile is not
   applied).
-* **Alpha** (``RGBA``, ``LA``, ``PA``, palette transparency) is **composited on white**: a transparent
-  pixel becomes what a viewer shows on a white page. Dropping the alpha channel instead would expose
-  whatever colours hide under fully transparent pixels, which the user never saw.
+* **Alpha** (``RGBA``, ``LA``, ``PA``, palette transparency) is **composited on white**
+  (``alpha="white"``, the 2019 default): a transparent pixel becomes what a viewer shows on a white
+  page. ``alpha="drop"`` follows the 2020 organisers, whose scorer calls ``convert('RGB')`` and so
+  keeps whatever colours hide under transparent pixels; :func:`ppjax.data.load_item` uses it for
+  2020. The note says which rule was applied.
 * **16-bit** images are reduced to 8 bits: 16-bit grey by ``round(v / 257)`` (exact rescaling of
   0..65535 to 0..255); 16-bit RGB(A) PNGs are delivered by Pillow as their high byte.
 * 32-bit float images have no defined display range and are rejected.
@@ -31,8 +33,12 @@ Task size (:func:`to_task_size`):
   Pillow's bicubic filter, aspect ratio not kept** (``rule="resize"``, the default). That is how the
   Places365 small images were made (the Places365 site: images resized to 256x256 regardless of
   their aspect ratio), and the 2020 set is shipped at 512x384 already. ``rule="crop"`` resizes the
-  shorter side and centre-crops instead; ``rule="reject"`` turns a wrong size into a per-file error.
-  Whatever happens is recorded as a note.
+  shorter side and centre-crops instead; ``rule="centre"`` centre-crops **without resizing**, as the
+  2020 organisers made their test set from ``val_large`` (``preprocess_data.py``) and as their scorer
+  does (``CenterCrop((384, 512))``), and needs an image at least that large; ``rule="reject"``
+  turns a wrong size into a per-file error. ``rule="auto"`` (the default of
+  :func:`to_task_size`) is ``"centre"`` for a 2020 image at least 512x384 and ``"resize"``
+  otherwise. Whatever happens is recorded as a note.
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ from PIL import Image, ImageOps
 
 # (height, width) of each task's images.
 TASK_HW: dict[int, tuple[int, int]] = {2019: (256, 256), 2020: (384, 512)}
-RESIZE_RULES = ("resize", "crop", "reject")
+RESIZE_RULES = ("resize", "crop", "centre", "auto", "reject")
+ALPHA_RULES = ("white", "drop")
 
 
 class DecodeError(Exception):
@@ -80,7 +87,8 @@ def _composite_on_white(rgba: Image.Image) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _to_rgb8(im: Image.Image, notes: list[str], depth: int | None) -> np.ndarray:
+def _to_rgb8(im: Image.Image, notes: list[str], depth: int | None, alpha: str = "white"
+             ) -> np.ndarray:
     mode = im.mode
     if mode == "RGB":
         if depth == 16:
@@ -101,6 +109,10 @@ def _to_rgb8(im: Image.Image, notes: list[str], depth: int | None) -> np.ndarray
     if has_alpha:
         if depth == 16:
             notes.append("16-bit reduced to 8 bits (high byte)")
+        if alpha == "drop":
+            notes.append(f"converted {mode}->RGB, alpha dropped (as the 2020 organisers' "
+                         "convert('RGB'))")
+            return np.asarray(im.convert("RGBA"), np.uint8)[..., :3]
         notes.append(f"converted {mode}->RGB, alpha composited on white")
         return _composite_on_white(im.convert("RGBA"))
     names = {"L": "grey", "1": "bilevel", "P": "palette"}
@@ -111,15 +123,18 @@ def _to_rgb8(im: Image.Image, notes: list[str], depth: int | None) -> np.ndarray
         raise DecodeError(f"cannot convert mode {mode} to RGB: {e}") from None
 
 
-def decode_rgb(data: bytes | str | os.PathLike, max_pixels: int | None = None
-               ) -> tuple[np.ndarray, list[str]]:
-    """Decode an image file (path or bytes) to 8-bit RGB under the module's rules.
+def decode_rgb(data: bytes | str | os.PathLike, max_pixels: int | None = None,
+               alpha: str = "white") -> tuple[np.ndarray, list[str]]:
+    """Decode an image file (path or bytes) to 8-bit RGB under the module's rules (``alpha``:
+    "white" composites transparency on white, "drop" discards the alpha channel).
 
     Returns:
       ``(img, notes)``: ``img`` [H, W, 3] uint8; ``notes`` lists every conversion applied.
     Raises:
       DecodeError: corrupt, truncated, non-image, decompression bomb, or no sound rule.
     """
+    if alpha not in ALPHA_RULES:
+        raise ValueError(f"unknown alpha rule {alpha!r}; use one of {ALPHA_RULES}")
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
     src = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
     notes: list[str] = []
@@ -150,7 +165,7 @@ def decode_rgb(data: bytes | str | os.PathLike, max_pixels: int | None = None
                 else:
                     im2 = im
                 fmt = im.format
-                img = _to_rgb8(im2, notes, depth)
+                img = _to_rgb8(im2, notes, depth, alpha)
     except DecodeError:
         raise
     except Image.DecompressionBombError as e:
@@ -171,23 +186,24 @@ def decode_rgb(data: bytes | str | os.PathLike, max_pixels: int | None = None
     return np.ascontiguousarray(img), notes
 
 
-def load_rgb(path: str | os.PathLike, max_pixels: int | None = None
+def load_rgb(path: str | os.PathLike, max_pixels: int | None = None, alpha: str = "white"
              ) -> tuple[np.ndarray, list[str]]:
     """Read ``path`` as 8-bit RGB; see :func:`decode_rgb`. Missing files are a DecodeError too."""
     p = Path(path)
     if not p.is_file():
         raise DecodeError(f"no such file: {p}")
-    return decode_rgb(p, max_pixels=max_pixels)
+    return decode_rgb(p, max_pixels=max_pixels, alpha=alpha)
 
 
-def to_task_size(img: np.ndarray, task: int, rule: str = "resize") -> tuple[np.ndarray, list[str]]:
+def to_task_size(img: np.ndarray, task: int, rule: str = "auto") -> tuple[np.ndarray, list[str]]:
     """Bring ``img`` ([H, W, 3] uint8) to the task's size (see the module docstring).
 
     Returns:
       ``(img, notes)``: [h, w, 3] uint8 at :data:`TASK_HW`; ``notes`` is empty when the image was
       already at the task's size.
     Raises:
-      DecodeError: with ``rule="reject"`` and a wrong size.
+      DecodeError: with ``rule="reject"`` and a wrong size, or ``rule="centre"`` and an image
+        smaller than the task's size.
     """
     h, w = task_hw(task)
     if rule not in RESIZE_RULES:
@@ -197,6 +213,17 @@ def to_task_size(img: np.ndarray, task: int, rule: str = "resize") -> tuple[np.n
         return img, []
     if rule == "reject":
         raise DecodeError(f"image is {iw}x{ih} (WxH), task {task} needs {w}x{h}; rule is reject")
+    if rule == "auto":
+        rule = "centre" if task == 2020 and ih >= h and iw >= w else "resize"
+    if rule == "centre":
+        if ih < h or iw < w:
+            raise DecodeError(f"image is {iw}x{ih} (WxH), smaller than task {task}'s {w}x{h}: a "
+                              "centre crop without resizing needs at least that size")
+        # torchvision CenterCrop's offsets: round((size - crop) / 2)
+        top, left = int(round((ih - h) / 2.0)), int(round((iw - w) / 2.0))
+        return np.ascontiguousarray(img[top:top + h, left:left + w]), [
+            f"centre-cropped {iw}x{ih}->{w}x{h} without resizing (2020 organisers' rule)"
+        ]
     im = Image.fromarray(img)
     if rule == "resize":
         out = im.resize((w, h), Image.BICUBIC)

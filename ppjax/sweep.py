@@ -250,6 +250,7 @@ def run_point(cfg, judge, images: np.ndarray, batch: int, seed: int, appeal=None
     import jax.numpy as jnp
 
     from ppjax.attacks import attack, default_seeds
+    from ppjax.attacks.objectives import appeal_score
     from ppjax.metrics import psnr
 
     n = len(images)
@@ -270,8 +271,8 @@ def run_point(cfg, judge, images: np.ndarray, batch: int, seed: int, appeal=None
         cols["l2"].append(np.asarray(res.l2)[:real])
         cols["psnr"].append(np.asarray(psnr(res.images, x0))[:real])
         if appeal is not None:
-            cols["appeal"].append(np.asarray(appeal.score(res.images))[:real])
-            cols["appeal_before"].append(np.asarray(appeal.score(x0))[:real])
+            cols["appeal"].append(np.asarray(appeal_score(appeal, res.images))[:real])
+            cols["appeal_before"].append(np.asarray(appeal_score(appeal, x0))[:real])
     return {k: np.concatenate(v) for k, v in cols.items() if v}
 
 

@@ -227,11 +227,15 @@ def test_evaluate_numbers_recomputed(src, run1, standin_weights, resnet_standin,
     assert rep["quality"]["psnr_mean"] == pytest.approx(np.mean([rows[n]["psnr"] for n in names]))
     assert rep["quality"]["ssim_mean"] == pytest.approx(np.mean([rows[n]["ssim"] for n in names]))
 
-    # NIMA mean: nearest-neighbour resize to 224x224 with Pillow, stand-in NIMA, mean score
+    # NIMA mean: titu1994's Keras evaluation scores at native size (MobileNet with global
+    # pooling takes any size; issue 13), stand-in NIMA, mean score
+    import dataclasses
+
     nima = load_judge("nima_mobilenet", weights_dir=standin_weights, standin=True)
-    small = np.stack([np.asarray(Image.fromarray((x * 255).round().astype(np.uint8))
-                                 .resize((224, 224), Image.NEAREST)) for x in adv])
-    s = np.asarray(nima.score(small.astype(np.float32) / 255.0))
+    native = nima.replace(spec=dataclasses.replace(nima.spec, input_hw=adv.shape[1:3]))
+    x8 = np.stack([(x * 255).round().astype(np.uint8) for x in adv])
+    s = np.asarray(native.score(x8.astype(np.float32) / 255.0))
+    assert rep["appeal"]["resize"] == "native"
     assert rep["appeal"]["nima_mean"] == pytest.approx(float(s.mean()), abs=1e-4)
 
 

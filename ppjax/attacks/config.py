@@ -44,12 +44,21 @@ class AttackConfig:
       best: which iterate is kept per image: "distortion" (smallest distortion among
         successes), "appeal" (highest appeal among successes; needs an objective that reports
         one), "last" (the last success, e.g. after margin steps) or "final" (the final iterate,
-        successful or not). An image that never succeeds keeps its final iterate.
+        successful or not).
+      unfooled: what an image that never succeeds returns: "last" (its final iterate) or
+        "clean" (the clean input, as ACE's and PerC-AL's code return it).
+      appeal_resize: how the appeal term's judge sees the image: "auto" (as that judge's
+        original: :data:`ppjax.attacks.objectives.APPEAL_RESIZE`), "native", "nearest" or
+        "bilinear" (to the judge's input size).
+      plateau: 0 (off) or P > 0: per-image plateau stop. Every P iterations an image's loss (the
+        formulation's per-image loss of the current iterate) is compared with its value P
+        iterations before; an image whose loss did not decrease stops. This is ACE's
+        ``abort_early`` (every 25 iterations, on the batch's summed loss) made per image.
       steps: updates per round. rounds = restarts (PGD) or search_steps (C&W binary search).
       random_start: start uniformly inside the eps ball ("delta" only).
       early_stop: an image stops once it succeeds, after ``extra_steps`` more updates.
-      schedule: "constant" or "cosine" (from step_size down to step_size_min over ``steps``).
-      round_every_step: snap the image to the 8-bit grid after every update (PerC-AL).
+      schedule: "constant" or "cosine" (from step_size toward step_size_min over ``steps``, as
+        PerC-AL anneals: ``lo + (hi - lo) (1 + cos(pi t / steps)) / 2``).
       k: pieces of the ACE curve.
       topk: k of the top-k objective.
       eot: "none" or "jpeg": the gradient is taken through ``ppjax.jpeg.jpeg`` (rounding
@@ -64,7 +73,9 @@ class AttackConfig:
       subsampling: chroma subsampling of those JPEGs.
       fused_eval: when no EOT transform is on, the forward pass used for the gradient is run on
         the 8-bit rounded iterate (straight-through), so it also decides success: one forward
-        pass per step instead of two.
+        pass per step instead of two. Exact where the iterate stays on the 8-bit grid (sign
+        steps of whole grey levels from an 8-bit image, no random start); ACE and PerC-AL
+        take their gradient at the continuous iterate (``fused_eval=False``), as the originals.
     """
 
     name: str = "custom"
@@ -82,7 +93,9 @@ class AttackConfig:
     early_stop: bool = True
     extra_steps: int = 0
     schedule: str = "constant"
-    round_every_step: bool = False
+    unfooled: str = "last"
+    appeal_resize: str = "auto"
+    plateau: int = 0
     k: int = 64
     topk: int = 5
     eot: str = "none"
@@ -119,6 +132,8 @@ class AttackConfig:
         "formulation": ("attack", "penalty", "alternate"),
         "distortion": ("linf", "l2", "l2sq", "ciede2000", "reg"),
         "best": ("distortion", "appeal", "last", "final"),
+        "unfooled": ("last", "clean"),
+        "appeal_resize": ("auto", "native", "nearest", "bilinear"),
         "schedule": ("constant", "cosine"),
         "eot": ("none", "jpeg"),
         "eot_rounding": ("soft_ste", "ste", "cubic", "soft", "exact"),
@@ -132,6 +147,8 @@ class AttackConfig:
         for field in ("steps", "restarts", "search_steps", "k", "eot_samples"):
             if int(getattr(self, field)) < 1:
                 raise ValueError(f"attack {self.name!r}: {field} must be >= 1")
+        if self.plateau < 0:
+            raise ValueError(f"attack {self.name!r}: plateau must be >= 0 (0 = off)")
         if self.extra_steps < 0:
             raise ValueError(f"attack {self.name!r}: extra_steps must be >= 0")
         if self.restarts > 1 and self.search_steps > 1:

@@ -78,6 +78,7 @@ class State(NamedTuple):
     lo: jnp.ndarray  # float32: binary search lower bound
     hi: jnp.ndarray  # float32: binary search upper bound (1e10 = none yet)
     iterations: jnp.ndarray  # scalar int32: loop iterations executed (all rounds)
+    plateau_loss: jnp.ndarray  # float32: loss at the last plateau check (cfg.plateau > 0)
     # Judge outputs kept for :func:`finish` (what a fresh forward pass would report): the clean
     # images' (judged once in :func:`init`) and the kept images' (taken in :func:`step` together
     # with ``best_x``, from the very forward pass that judged it). Appeal: None without one.
@@ -177,7 +178,8 @@ def begin_round(cfg: AttackConfig, models, x0, hp, seeds, state: State, r) -> St
     active = ~state.success if cfg.early_stop else jnp.ones(b, bool)
     return state._replace(
         params=params, opt_state=opt_state, t=jnp.int32(0), r=jnp.asarray(r, jnp.int32),
-        active=active, stop_at=jnp.full(b, _BIG, jnp.int32), round_success=jnp.zeros(b, bool))
+        active=active, stop_at=jnp.full(b, _BIG, jnp.int32), round_success=jnp.zeros(b, bool),
+        plateau_loss=jnp.full(b, jnp.inf, jnp.float32))
 
 
 def end_round(cfg: AttackConfig, state: State) -> State:
@@ -229,7 +231,8 @@ def init(cfg: AttackConfig, models, x0, aux, hp, seeds) -> State:
         stop_at=jnp.full(b, _BIG, jnp.int32), best_x=x0, best_key=jnp.full(b, jnp.inf, jnp.float32),
         round_success=jnp.zeros(b, bool), const=jnp.full(b, hp["const"], jnp.float32),
         lo=jnp.zeros(b, jnp.float32), hi=jnp.full(b, 1e10, jnp.float32),
-        iterations=jnp.int32(0), clean_score=clean.score, clean_appeal=clean.appeal,
+        iterations=jnp.int32(0), plateau_loss=jnp.full(b, jnp.inf, jnp.float32),
+        clean_score=clean.score, clean_appeal=clean.appeal,
         kept_score=clean.score, kept_success=clean.success, kept_appeal=clean.appeal)
     return begin_round(cfg, models, x0, hp, seeds, base, 0)
 
@@ -278,9 +281,9 @@ def step(cfg: AttackConfig, models, x0, hp, seeds, state: State) -> State:
         else:  # alternate (PerC-AL)
             per = jnp.where(adv, distortion(cfg, x, x0, params, par), terms.loss)
         per = per + hp["lam"] * reg
-        return jnp.sum(jnp.where(live, per, 0.0)), terms
+        return jnp.sum(jnp.where(live, per, 0.0)), (terms, per)
 
-    grads, terms = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (terms, per_loss) = jax.grad(loss_fn, has_aux=True)(state.params)
     if not _fused(cfg):
         terms = eval_terms
     succ = terms.success & live
@@ -298,7 +301,9 @@ def step(cfg: AttackConfig, models, x0, hp, seeds, state: State) -> State:
     if cfg.best == "final":
         take = live
     else:
-        take = (succ & (key <= state.best_key)) | (live & ~state.success & ~succ)
+        take = succ & (key <= state.best_key)
+        if cfg.unfooled == "last":
+            take = take | (live & ~state.success & ~succ)
         take = take | (succ & ~state.success)
     best_x = jnp.where(_bcast(take, x8), x8, state.best_x)
     best_key = jnp.where(take & succ, key, jnp.where(take, jnp.inf, state.best_key))
@@ -310,6 +315,13 @@ def step(cfg: AttackConfig, models, x0, hp, seeds, state: State) -> State:
     new_in_round = succ & ~state.round_success
     stop_at = jnp.where(new_in_round, state.steps_used + cfg.extra_steps, state.stop_at)
     stopped = cfg.early_stop & (state.steps_used >= stop_at)
+    plateau_loss = state.plateau_loss
+    if cfg.plateau > 0:
+        # ACE's abort_early, per image: every `plateau` iterations, stop unless the loss fell.
+        check = live & (t > 0) & (t % cfg.plateau == 0)
+        loss = jax.lax.stop_gradient(per_loss).astype(jnp.float32)
+        stopped = stopped | (check & ~(loss < state.plateau_loss))
+        plateau_loss = jnp.where(check | (t == 0), loss, state.plateau_loss)
     update = live & (t < cfg.steps) & ~stopped
 
     # ---- the update
@@ -341,6 +353,7 @@ def step(cfg: AttackConfig, models, x0, hp, seeds, state: State) -> State:
         kept_appeal=keep(terms.appeal, state.kept_appeal),
         round_success=state.round_success | succ,
         iterations=state.iterations + 1,
+        plateau_loss=plateau_loss,
     )
 
 

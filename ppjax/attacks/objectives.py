@@ -94,12 +94,14 @@ def cross_entropy(z: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
 
 @register("ce")
 def untargeted_ce(cfg) -> Objective:
-    """Untargeted: raise the cross-entropy of the true label; success = top-1 != label."""
+    """Untargeted: raise the cross-entropy of the true label; success = top-1 != label, and with
+    a confidence ``kappa`` > 0 also ``z_y - max_{j!=y} z_j <= -kappa`` (PerC-AL's test)."""
 
     def evaluate(models, x, aux, hp):
         z = _logits(models, x)
         m = label_margin(z, aux["labels"])
-        return Terms(-cross_entropy(z, aux["labels"]), jnp.argmax(z, -1) != aux["labels"], m)
+        succ = (jnp.argmax(z, -1) != aux["labels"]) & ((hp["kappa"] <= 0) | (m <= -hp["kappa"]))
+        return Terms(-cross_entropy(z, aux["labels"]), succ, m)
 
     return Objective(evaluate)
 
@@ -338,18 +340,62 @@ def resize_nearest(x: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
     return jnp.take(jnp.take(x, rows, axis=1), cols, axis=2)
 
 
-def appeal_score(judge, x: jnp.ndarray) -> jnp.ndarray:
-    """Appeal [B] float32 of ``x`` [B, H, W, 3] in [0, 1]: ``judge.score`` (the NIMA mean for a
-    distribution judge) after a nearest-neighbour resize to the judge's input size.
+#: How each appeal judge's original brings an image to the network (``"auto"`` picks this;
+#: judges not listed use ``"nearest"`` to their ``spec.input_hw``):
+#: * ``nima_mobilenet`` (titu1994's Keras NIMA): its evaluation script scores images at their
+#:   native size by default (MobileNet with global pooling takes any size); ``-resize true``
+#:   resizes to 224x224 with nearest (rule ``"nearest"``);
+#: * ``nima_mobilenetv2`` (nima.pytorch): ``Resize((224, 224))``, bilinear (rule ``"bilinear"``).
+APPEAL_RESIZE = {"nima_mobilenet": "native", "nima_mobilenetv2": "bilinear"}
+APPEAL_RESIZE_RULES = ("auto", "native", "nearest", "bilinear")
 
-    Why nearest and not ``jax.image.resize``: the 2019 evaluation scores appeal on images that
-    NIMA's Keras script loads with ``load_img(target_size=(224, 224))``, a Pillow NEAREST resize
-    (:mod:`ppjax.evaluate` does the same), so the attack optimises exactly the figure that is
-    reported; ``jax.image.resize(..., "nearest")`` samples another grid, and an antialiased
-    resize would judge an image the evaluation never shows to NIMA."""
+
+def appeal_resize_rule(judge, rule: str = "auto") -> str:
+    """The resize rule used for ``judge`` (``rule`` unless "auto"; see :data:`APPEAL_RESIZE`)."""
+    if rule not in APPEAL_RESIZE_RULES:
+        raise ValueError(f"appeal resize rule {rule!r}; choose one of {', '.join(APPEAL_RESIZE_RULES)}")
+    if rule != "auto":
+        return rule
     spec = getattr(judge, "spec", None)
-    if spec is not None:
-        x = resize_nearest(x, tuple(spec.input_hw))
+    return APPEAL_RESIZE.get(getattr(spec, "name", None), "nearest")
+
+
+def resize_bilinear(x: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
+    """Bilinear resize ``x`` [B, H, W, C] -> [B, h, w, C] with a triangle filter widened when
+    shrinking (antialiased, as Pillow's ``BILINEAR``, which torchvision's ``Resize`` calls on PIL
+    images); differentiable."""
+    h, w = hw
+    if tuple(x.shape[1:3]) == (h, w):
+        return x
+    return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "linear", antialias=True)
+
+
+def appeal_input(judge, x: jnp.ndarray, rule: str = "auto"):
+    """``(judge', x')``: the image ``x`` [B, H, W, 3] in [0, 1] as the appeal judge's original
+    feeds it to the network (the single owner of that rule: the attack's appeal term, ``ppjax
+    evaluate`` and ``ppjax sweep`` all call it). With ``"native"``, ``judge'`` accepts ``x`` at
+    its own size."""
+    rule = appeal_resize_rule(judge, rule)
+    spec = getattr(judge, "spec", None)
+    if spec is None:
+        return judge, x
+    hw = tuple(spec.input_hw)
+    if rule == "native":
+        if tuple(x.shape[1:3]) != hw:
+            import dataclasses
+
+            judge = judge.replace(spec=dataclasses.replace(spec, input_hw=tuple(x.shape[1:3])))
+        return judge, x
+    if rule == "bilinear":
+        return judge, resize_bilinear(x, hw)
+    return judge, resize_nearest(x, hw)
+
+
+def appeal_score(judge, x: jnp.ndarray, rule: str = "auto") -> jnp.ndarray:
+    """Appeal [B] float32 of ``x`` [B, H, W, 3] in [0, 1]: ``judge.score`` (the NIMA mean for a
+    distribution judge) of the image brought to the judge as its original does
+    (:func:`appeal_input`), so the attack optimises exactly the figure that is reported."""
+    judge, x = appeal_input(judge, x, rule)
     return judge.score(x).astype(jnp.float32)
 
 
@@ -373,7 +419,7 @@ def with_appeal(base: Callable[[Any], Objective], judge_key: str = "appeal",
                 raise KeyError(f"objective {cfg.objective!r} needs a traced {weight!r}: set "
                                f"hyper={{{weight!r}: w}} in the attack config")
             t = inner.evaluate(models, x, aux, hp)
-            a = appeal_score(models[judge_key], x)
+            a = appeal_score(models[judge_key], x, getattr(cfg, "appeal_resize", "auto"))
             return t._replace(loss=t.loss - hp[weight] * a, appeal=a)
 
         return Objective(evaluate, inner.output)

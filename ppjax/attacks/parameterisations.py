@@ -39,6 +39,14 @@ def round8_ste(x: jnp.ndarray) -> jnp.ndarray:
     return x + jax.lax.stop_gradient(round8(x) - x)
 
 
+def clip01(x: jnp.ndarray) -> jnp.ndarray:
+    """``clip(x, 0, 1)`` in the forward pass, identity gradient. The parameterisations keep their
+    images in [0, 1] by projection, so this clip only guards rounding error; ``jnp.clip`` would
+    halve the gradient of every pixel sitting exactly at 0 or 1 (saturated photo pixels), where
+    the originals differentiate the model's input directly."""
+    return x + jax.lax.stop_gradient(jnp.clip(x, 0.0, 1.0) - x)
+
+
 def _per_image_norm(d: jnp.ndarray) -> jnp.ndarray:
     return jnp.sqrt(jnp.sum(d.reshape(d.shape[0], -1) ** 2, axis=-1))
 
@@ -73,7 +81,8 @@ def project_delta(delta: jnp.ndarray, x0: jnp.ndarray, norm: str, eps) -> jnp.nd
 
 def additive(cfg) -> Parameterisation:
     """``x = clip(x0 + delta)``, delta in the ``cfg.norm`` ball of radius ``eps`` (optionally a
-    random start; optionally snapped to 8 bits after every update)."""
+    random start). The iterate stays continuous; only the judged and returned copy is rounded
+    to 8 bits (:func:`quantize_within`)."""
     norm = cfg.norm
 
     def init(x0, keys, hp):
@@ -93,13 +102,10 @@ def additive(cfg) -> Parameterisation:
         return project_delta(jax.vmap(one)(keys), x0, norm, eps)
 
     def render(delta, x0):
-        return jnp.clip(x0 + delta, 0.0, 1.0)
+        return clip01(x0 + delta)
 
     def project(delta, x0, hp):
-        delta = project_delta(delta, x0, norm, hp["eps"])
-        if cfg.round_every_step:
-            delta = quantize_within(x0 + delta, x0, norm, hp["eps"]) - x0
-        return delta
+        return project_delta(delta, x0, norm, hp["eps"])
 
     def reg(delta):
         return jnp.zeros(delta.shape[0], jnp.float32)
@@ -161,7 +167,7 @@ def ace(cfg) -> Parameterisation:
         return jnp.full((x0.shape[0], 3, k), 1.0 / k, jnp.float32)
 
     def render(theta, x0):
-        return jnp.clip(ace_curve(x0, theta), 0.0, 1.0)
+        return clip01(ace_curve(x0, theta))
 
     def project(theta, x0, hp):
         return jnp.clip(theta, jnp.maximum(hp["theta_min"], 1e-6), hp["theta_max"])

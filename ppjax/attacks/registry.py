@@ -48,13 +48,23 @@ _MIFGSM = AttackConfig(name="mifgsm", objective="ce", step="momentum", norm="lin
 _CW = AttackConfig(name="cw_l2", objective="margin", param="tanh", norm="none", step="adam",
                    formulation="penalty", distortion="l2sq", early_stop=False, steps=100,
                    search_steps=5, step_size=0.01, const=1.0, kappa=0.0)
+# ACE (BMVC 2020): margin and gradient on the continuous filtered image (fused_eval=False),
+# success on the 8-bit image, least-regularised success kept, abort_early every 25 iterations
+# (per image here), a never-fooled image returned clean.
 _ACE = AttackConfig(name="ace", objective="margin", param="ace", norm="none", step="adam",
                     formulation="attack", distortion="reg", early_stop=False, k=64, lam=5.0,
-                    step_size=0.01, steps=500)
+                    step_size=0.01, steps=500, fused_eval=False, plateau=25, unfooled="clean")
+# ACE journal variant: 100 L2-normalised steps of size 1, theta in [1/K, 16/K], no regulariser,
+# the latest success kept.
+_ACE_JOURNAL = _ACE.replace(name="ace/journal", step="l2", step_size=1.0, steps=100, lam=0.0,
+                            theta_min=1 / 64, theta_max=16 / 64, best="last", plateau=0)
+# PerC-AL (CVPR 2020): continuous iterate clamped to [0, 1], CE gradient at it, the 8-bit copy
+# judged; alpha_l 1 -> 0.01, alpha_c 0.5 -> 0.05 (min = init / 10), cosine over the iterations.
 _PERC_AL = AttackConfig(name="perc_al", objective="ce", param="delta", norm="none", step="l2",
                         formulation="alternate", distortion="ciede2000", early_stop=False,
                         schedule="cosine", step_size=1.0, step_size_min=0.01, step_size2=0.5,
-                        step_size2_min=0.05, round_every_step=True, steps=1000, eps=1.0)
+                        step_size2_min=0.05, steps=1000, eps=1.0, fused_eval=False,
+                        unfooled="clean")
 
 # eps = step = 0.05 in [-1, 1] (Normalize(0.5, 0.5)) = 0.025 in [0, 1] pixel units.
 PP2020_NORMALISED_EPS = 0.05
@@ -103,8 +113,14 @@ ATTACKS: dict[str, dict[str, AttackConfig]] = {
     "mifgsm": {"default": _MIFGSM},
     "cw_l2": {"default": _CW,
               "paper": _CW.replace(steps=10000, search_steps=9, const=1e-3)},
-    "ace": {"default": _ACE, "bmvc2020": _ACE},
-    "perc_al": {"default": _PERC_AL, "cvpr2020": _PERC_AL},
+    "ace": {"default": _ACE, "bmvc2020": _ACE, "journal": _ACE_JOURNAL},
+    "perc_al": {"default": _PERC_AL, "cvpr2020": _PERC_AL,
+                # alpha_c = 0.1 (-> 0.01): what a comment in the authors' code says the paper
+                # used for the untargeted case
+                "untargeted": _PERC_AL.replace(name="perc_al/untargeted", step_size2=0.1,
+                                               step_size2_min=0.01),
+                # the confidence of the authors' notebook: adversarial = margin <= -40
+                "kappa40": _PERC_AL.replace(name="perc_al/kappa40", kappa=40.0)},
     # Quality camouflage (2020): I-FGSM on a score judge, robust to the JPEG-90 of the
     # evaluation (EOT over JPEG qualities 80..95, success judged after JPEG-90).
     "ifgsm_score": {"default": _IFGSM.replace(

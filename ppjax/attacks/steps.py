@@ -65,6 +65,7 @@ def make_step_rule(cfg, hp) -> optax.GradientTransformation:
 
 
 def cosine(t, total: int, hi, lo):
-    """Cosine annealing from ``hi`` (t = 0) to ``lo`` (t = total - 1)."""
-    frac = jnp.asarray(t, jnp.float32) / max(total - 1, 1)
+    """Cosine annealing from ``hi`` (t = 0) toward ``lo``: ``lo + (hi - lo) (1 + cos(pi t /
+    total)) / 2``, PerC-AL's schedule (its last step, t = total - 1, stays just above ``lo``)."""
+    frac = jnp.asarray(t, jnp.float32) / max(total, 1)
     return lo + (hi - lo) * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(frac, 1.0)))
