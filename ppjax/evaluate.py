@@ -423,21 +423,28 @@ def add_parser(sub) -> None:
                    help="default: the task of the protect run")
     p.add_argument("--run", default=None, help="a `ppjax protect` output folder or a PNG folder")
     p.add_argument("--images", default=None, help="the original images (default: the run's)")
-    p.add_argument("--list", default=None)
-    p.add_argument("--labels", default=None)
+    p.add_argument("--list", default=None,
+                   help="MEPP list (CSV) of the originals (default: the protect run's, when "
+                        "--images is the run's)")
+    p.add_argument("--labels", default=None,
+                   help="Places365 labels file (places365_val.txt) when the list has no labels "
+                        "(default: the protect run's, when --images is the run's)")
     p.add_argument("--run-code", default=None, help="strip this prefix to match originals")
     p.add_argument("--compare", nargs="+", default=None, metavar="RUN",
                    help="evaluated folders (with report.json) to put side by side")
     p.add_argument("--judges", default=None, metavar="A,B,C",
                    help="also score the run with these classifier judges (top-1 and drop per "
                         "judge; e.g. the Places365 zoo); --compare then builds the transfer matrix")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True,
+                   help="folder for report.md, report.json and the figures")
     p.add_argument("--standin", action="store_true",
                    help="use random-weight STAND-IN judges (tests/demos only)")
-    p.add_argument("--weights-dir", default=None)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--weights-dir", default=None,
+                   help="converted weights (default: $PPJAX_WEIGHTS_DIR or ~/.cache/ppjax/weights)")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="images per judge call (does not change results; default: %(default)s)")
     p.add_argument("--appeal-resize", default="auto",
                    choices=("auto", "native", "nearest", "bilinear"),
                    help="how NIMA sees the images; auto = as its original (Keras NIMA: native "
-                        "size; nima.pytorch: bilinear 224x224)")
+                        "size; nima.pytorch: bilinear 224x224; default: %(default)s)")
     p.set_defaults(func=_cmd)

@@ -84,7 +84,7 @@ class ProtectConfig:
     overrides: tuple[tuple[str, object], ...] = ()
     seed: int = 0
     standin: bool = False
-    resize: str = "resize"
+    resize: str = "auto"  # 2020: centre crop without resizing when large enough (the organisers)
     judge_sha256: str | None = None
     appeal: str | None = None  # appeal judge (e.g. "nima_mobilenet") of an appeal-aware attack
     dtype: str = "float32"  # judge compute dtype; "bfloat16" takes the oneDNN/AMX path on CPU
@@ -716,8 +716,10 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="images per attack batch (does not "
                    "change results)")
     p.add_argument("--seed", type=int, default=0, help="base seed; per-image seeds derive from it")
-    p.add_argument("--resize", default="resize", choices=imageio.RESIZE_RULES,
-                   help="rule for images not at the task's size (see ppjax.imageio)")
+    p.add_argument("--resize", default="auto", choices=imageio.RESIZE_RULES,
+                   help="rule for images not at the task's size (see ppjax.imageio); auto: 2020 "
+                        "centre-crops to 512x384 without resizing when the image is large enough, "
+                        "as the organisers did, else resizes (default: %(default)s)")
     p.add_argument("--appeal", default=None, metavar="JUDGE",
                    help="add an appeal term scored by this judge (e.g. nima_mobilenet; a stand-in "
                         "with --standin); its weight: --set appeal_weight=W")
