@@ -20,11 +20,13 @@ from pathlib import Path
 from converters.common import (
     ConversionError,
     conversion_metadata,
+    converter_main,
     extract_state_dict,
     load_torch_file,
     torch_to_flax,
     write_standin_file,
 )
+from ppjax.judges import get_spec
 
 BASE_URL = "http://places2.csail.mit.edu/models_places365/"
 
@@ -102,3 +104,32 @@ def make_standin(spec, convert_fn, arch: str, legacy: bool = False, weights_dir=
     """Random weights in the zoo's layout, converted by ``convert_fn`` and flagged as stand-in."""
     src = write_standin_file(spec, lambda sd: csail_layout(sd, arch, legacy), weights_dir, seed)
     return convert_fn(src, weights_dir, standin=True)
+
+
+class ZooConverter:
+    """The module-level API of one zoo judge's converter (``convert``, ``csail_layout``,
+    ``make_standin``, ``main``), so each ``converters/<judge>.py`` only names its file's
+    architecture: ``arch`` (the file's ``"arch"`` field), ``legacy`` (DenseNet's PyTorch 0.2 key
+    spelling) and ``conflicts`` (other ``arch`` values to refuse, e.g. a ResNet-18 file given as
+    the wide ResNet-18: their keys are identical)."""
+
+    def __init__(self, name: str, arch: str, doc: str, legacy: bool = False,
+                 conflicts: tuple[str, ...] = ()):
+        self.name, self.arch, self.doc, self.legacy, self.conflicts = (name, arch, doc, legacy,
+                                                                       conflicts)
+
+    def convert(self, src, weights_dir=None, standin: bool = False, out_dir=None) -> Path:
+        """Validate ``src`` strictly against the Flax tree and save it; returns its directory."""
+        return convert(get_spec(self.name), src, weights_dir, standin, out_dir, self.conflicts)
+
+    def csail_layout(self, state_dict: dict) -> dict:
+        """Wrap a state dict with current torch names exactly as the CSAIL file is laid out."""
+        return csail_layout(state_dict, self.arch, self.legacy)
+
+    def make_standin(self, weights_dir=None, seed: int = 0) -> Path:
+        """Random weights in the CSAIL layout, converted and flagged as a stand-in."""
+        return make_standin(get_spec(self.name), self.convert, self.arch, self.legacy,
+                            weights_dir, seed)
+
+    def main(self, argv=None) -> int:
+        return converter_main(self.doc, f"{self.name}.pth.tar", self.convert, argv)

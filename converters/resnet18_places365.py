@@ -8,35 +8,12 @@ Layout and renames: :mod:`converters.places365`. A plain state dict (with or wit
 
 from __future__ import annotations
 
-from pathlib import Path
+from converters.places365 import ZooConverter
 
-from converters import places365
-from converters.common import converter_main
-from ppjax.judges import get_spec
-
-NAME = "resnet18_places365"
-ARCH = "resnet18"
-LEGACY = False  # the file spells dense-layer children norm.1 / conv.1 (PyTorch 0.2)
-ARCH_CONFLICTS = ("wideresnet18", "wideresnet")
-
-
-def convert(src, weights_dir=None, standin: bool = False, out_dir=None) -> Path:
-    return places365.convert(get_spec(NAME), src, weights_dir, standin, out_dir, ARCH_CONFLICTS)
-
-
-def csail_layout(state_dict: dict) -> dict:
-    """Wrap a state dict with current torch names exactly as the CSAIL file is laid out."""
-    return places365.csail_layout(state_dict, ARCH, LEGACY)
-
-
-def make_standin(weights_dir=None, seed: int = 0) -> Path:
-    """Random weights in the CSAIL layout, converted by :func:`convert` and flagged as stand-in."""
-    return places365.make_standin(get_spec(NAME), convert, ARCH, LEGACY, weights_dir, seed)
-
-
-def main(argv=None) -> int:
-    return converter_main(__doc__, "resnet18_places365.pth.tar", convert, argv)
-
+_ZOO = ZooConverter("resnet18_places365", "resnet18", __doc__, conflicts=("wideresnet18", "wideresnet"))
+NAME, ARCH = _ZOO.name, _ZOO.arch
+convert, csail_layout, make_standin, main = (_ZOO.convert, _ZOO.csail_layout, _ZOO.make_standin,
+                                             _ZOO.main)
 
 if __name__ == "__main__":
     raise SystemExit(main())
