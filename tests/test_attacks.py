@@ -396,3 +396,16 @@ def test_bad_input_is_reported(judge, x):
         ppjax.attack("pgd", judge, x, objective="targeted")
     with pytest.raises(ValueError, match="norm"):
         get_attack("pgd", norm="l3")
+
+
+def test_final_float_iterate_is_returned(judge, x):
+    """The continuous iterate the loop ended with comes back (extras["final_iterate"]); with
+    best="final" the returned 8-bit images are exactly its rounding, inside the eps ball."""
+    eps = 6 / 255
+    res = ppjax.attack("pgd", judge, x, eps=eps, steps=3, early_stop=False, best="final")
+    f = np.asarray(res.extras["final_iterate"])
+    assert f.dtype == np.float32 and f.shape == np.asarray(x).shape
+    assert not on_grid(f)  # random start: off the 8-bit grid
+    np.testing.assert_array_equal(np.round(f * 255), np.round(np.asarray(res.images) * 255))
+    x8 = np.round(np.asarray(x) * 255) / 255
+    assert np.abs(f - x8).max() <= eps + 1e-6

@@ -27,7 +27,9 @@ class AttackResult(NamedTuple):
       first succeeded (-1 if never).
     linf, l2: [B] float32 distortion of ``images`` in [0, 1] pixel units.
     extras: dict of [B] arrays: score_before / score_after (label margin z_y - max_other for
-      classifiers, the score for score judges), tracked_success, labels, iterations, const (C&W).
+      classifiers, the score for score judges), tracked_success, labels, iterations, const (C&W),
+      final_iterate ([B, H, W, 3] float32: the continuous iterate the loop ended with, frozen
+      where an image stopped early, before 8-bit rounding).
     """
 
     images: Any

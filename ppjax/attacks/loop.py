@@ -391,6 +391,9 @@ def finish(cfg: AttackConfig, models, x0, hp, state: State) -> dict:
         extras["appeal_before"], extras["appeal_after"] = state.clean_appeal, state.kept_appeal
     if cfg.search_steps > 1:
         extras["const"] = state.const
+    # the continuous iterate the loop ended with (last round; frozen where an image stopped),
+    # before 8-bit rounding: for users who keep refining it or round it their own way
+    extras["final_iterate"] = _parts(cfg).par.render(state.params, x0)
     return {
         "images": x8,
         "success": state.kept_success,
