@@ -9,10 +9,13 @@ DEMO_ARGS ?=
 
 .PHONY: install test demo lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[convert,test]"
+	# torchattacks (a test reference) without its torchvision requirement, which has no wheel
+	# beside the CPU torch 2.13; it imports and runs without it
+	$(PY) -m pip install -q --no-deps "torchattacks==3.5.1"
 	touch $(STAMP)
 
 install: $(STAMP)
