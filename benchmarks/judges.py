@@ -104,12 +104,11 @@ def _score_np(out: np.ndarray, output: str) -> np.ndarray | None:
 
 # --------------------------------------------------------------------------- ppjax engines
 
-NOT_RUN: list[tuple[str, str]] = []  # (engine, why) of the current judge: rows marked n/a
-
-
-def jax_engines(judge, x01: np.ndarray, labels: np.ndarray | None) -> list[Engine]:
+def jax_engines(judge, x01: np.ndarray, labels: np.ndarray | None
+                ) -> tuple[list[Engine], list[tuple[str, str]]]:
     """ppjax f32 and bf16, on XLA and through ``ppjax.onednn``: jitted forward and jitted input
-    gradient of the attack loss."""
+    gradient of the attack loss. Also returns ``(engine, why)`` for the engines this CPU cannot
+    run (rows marked n/a)."""
     import jax
     import jax.numpy as jnp
 
@@ -128,16 +127,16 @@ def jax_engines(judge, x01: np.ndarray, labels: np.ndarray | None) -> list[Engin
     grad = jax.jit(jax.grad(loss, argnums=1))
     variants = [("jit f32", judge.with_dtype(jnp.float32)),
                 ("jit bf16", judge.with_dtype(jnp.bfloat16))]
-    caps = onednn.capabilities()
+    caps, not_run = onednn.capabilities(), []
     if caps.available:  # BatchNorm folded, convolutions through oneDNN (AMX in bf16)
         variants.append(("oneDNN f32", onednn.accelerate(judge, dtype=jnp.float32)))
         if caps.native(jnp.bfloat16):
             variants.append(("oneDNN bf16", onednn.accelerate(judge, dtype=jnp.bfloat16)))
         else:
-            NOT_RUN.append(("ppjax oneDNN bf16", "n/a (no native bf16)"))
+            not_run.append(("ppjax oneDNN bf16", "n/a (no native bf16)"))
     else:
         print(f"  oneDNN engines skipped: {caps.reason}", file=sys.stderr)
-        NOT_RUN.extend((f"ppjax oneDNN {d}", "n/a (oneDNN unavailable)") for d in ("f32", "bf16"))
+        not_run += [(f"ppjax oneDNN {d}", "n/a (oneDNN unavailable)") for d in ("f32", "bf16")]
     engines = []
     for label, j in variants:
         t0 = time.perf_counter()
@@ -150,7 +149,7 @@ def jax_engines(judge, x01: np.ndarray, labels: np.ndarray | None) -> list[Engin
             forward=lambda fwd=fwd, j=j: fwd(j, x).block_until_ready(),
             attack=lambda att=att, j=j: att(j, x, y).block_until_ready(),
             to_numpy=np.asarray, compile_forward_s=t1 - t0, compile_attack_s=t2 - t1))
-    return engines
+    return engines, not_run
 
 
 # --------------------------------------------------------------------------- torch engines
@@ -354,7 +353,6 @@ def bench_judge(name: str, batch: int, args) -> list[dict]:
     from tests.conftest import photos_at
 
     spec = get_spec(name)
-    NOT_RUN.clear()
     x01 = photos_at(_results.shared_photo_paths(), spec.input_hw, batch)  # [B, H, W, 3] float32 in [0, 1]
     with tempfile.TemporaryDirectory(prefix=f"ppjax-bench-{name}-") as tmp:
         t0 = time.perf_counter()
@@ -364,7 +362,8 @@ def bench_judge(name: str, batch: int, args) -> list[dict]:
         assert not judge.standin
         print(f"[{name}] replica ready in {time.perf_counter() - t0:.1f} s; compiling ppjax ...",
               flush=True)
-        engines = replica.engines + jax_engines(judge, x01, replica.labels)
+        ours, not_run = jax_engines(judge, x01, replica.labels)
+        engines = replica.engines + ours
     for e in engines:
         if e.compile_forward_s is not None:
             print(f"  {e.name}: compile forward {e.compile_forward_s:.1f} s, attack "
@@ -419,7 +418,7 @@ def bench_judge(name: str, batch: int, args) -> list[dict]:
         for k in ("forward_img_per_s", "attack_img_it_per_s", "attack_img_it_per_cpu_s"):
             row[f"{k}_ratio_vs_reference"] = row[k] / ref_row[k]
     return rows + [{"judge": name, "engine": e, "family": "ppjax", "batch": batch, "na": why}
-                   for e, why in NOT_RUN]
+                   for e, why in not_run]
 
 
 # --------------------------------------------------------------------------- report

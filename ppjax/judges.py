@@ -88,70 +88,28 @@ register(
 _PLACES365_ZOO = "http://places2.csail.mit.edu/models_places365/"
 _PLACES365_PRE = "RGB [0,1], ImageNet mean/std normalisation, 256x256, no resize, no crop"
 
+
+def _places365_zoo(name: str, model: str, architecture: str) -> JudgeSpec:
+    """A judge of the CSAIL Places365 CNN zoo: ``<name>.pth.tar`` at the zoo's URL, converted by
+    ``converters.<name>``, 256x256 input with the 2019 preprocessing, 365 logits."""
+    return register(JudgeSpec(
+        name=name, model=model, model_kwargs=(("num_classes", 365),), input_hw=(256, 256),
+        output="logits", filename=f"{name}.pth.tar", url=f"{_PLACES365_ZOO}{name}.pth.tar",
+        converter=f"converters.{name}",
+        architecture=f"{architecture}, 365 classes (Places365-Standard, CSAIL model zoo)",
+        preprocessing=_PLACES365_PRE))
+
+
 # The rest of the Places365 CNN zoo: other judges a photo may meet (transfer, ppjax.transfer).
-register(
-    JudgeSpec(
-        name="resnet18_places365",
-        model="ppjax.models.resnet:ResNet18",
-        model_kwargs=(("num_classes", 365),),
-        input_hw=(256, 256),
-        output="logits",
-        filename="resnet18_places365.pth.tar",
-        url=_PLACES365_ZOO + "resnet18_places365.pth.tar",
-        converter="converters.resnet18_places365",
-        architecture="torchvision ResNet-18, 365 classes (Places365-Standard, CSAIL model zoo)",
-        preprocessing=_PLACES365_PRE,
-    )
-)
-
-register(
-    JudgeSpec(
-        name="wideresnet18_places365",
-        model="ppjax.models.resnet:WideResNet18",
-        model_kwargs=(("num_classes", 365),),
-        input_hw=(256, 256),
-        output="logits",
-        filename="wideresnet18_places365.pth.tar",
-        url=_PLACES365_ZOO + "wideresnet18_places365.pth.tar",
-        converter="converters.wideresnet18_places365",
-        architecture=("CSAIL wideresnet.py resnet18 (ResNet-18 without the stem max-pool, "
-                      "AvgPool2d(14) = top-left 14x14 of the 16x16 map at 256x256), 365 classes "
-                      "(Places365-Standard, CSAIL model zoo)"),
-        preprocessing=_PLACES365_PRE,
-    )
-)
-
-register(
-    JudgeSpec(
-        name="densenet161_places365",
-        model="ppjax.models.densenet:DenseNet161",
-        model_kwargs=(("num_classes", 365),),
-        input_hw=(256, 256),
-        output="logits",
-        filename="densenet161_places365.pth.tar",
-        url=_PLACES365_ZOO + "densenet161_places365.pth.tar",
-        converter="converters.densenet161_places365",
-        architecture=("torchvision DenseNet-161 (growth 48, blocks 6/12/36/24), 365 classes "
-                      "(Places365-Standard, CSAIL model zoo; PyTorch 0.2 keys norm.1 -> norm1)"),
-        preprocessing=_PLACES365_PRE,
-    )
-)
-
-register(
-    JudgeSpec(
-        name="alexnet_places365",
-        model="ppjax.models.alexnet:AlexNet",
-        model_kwargs=(("num_classes", 365),),
-        input_hw=(256, 256),
-        output="logits",
-        filename="alexnet_places365.pth.tar",
-        url=_PLACES365_ZOO + "alexnet_places365.pth.tar",
-        converter="converters.alexnet_places365",
-        architecture=("torchvision AlexNet (AdaptiveAvgPool2d(6): 7x7 -> 6x6 at 256x256), 365 "
-                      "classes (Places365-Standard, CSAIL model zoo)"),
-        preprocessing=_PLACES365_PRE,
-    )
-)
+_places365_zoo("resnet18_places365", "ppjax.models.resnet:ResNet18", "torchvision ResNet-18")
+_places365_zoo("wideresnet18_places365", "ppjax.models.resnet:WideResNet18",
+               "CSAIL wideresnet.py resnet18 (ResNet-18 without the stem max-pool, AvgPool2d(14) = "
+               "top-left 14x14 of the 16x16 map at 256x256)")
+_places365_zoo("densenet161_places365", "ppjax.models.densenet:DenseNet161",
+               "torchvision DenseNet-161 (growth 48, blocks 6/12/36/24; the file's PyTorch 0.2 keys "
+               "norm.1 -> norm1)")
+_places365_zoo("alexnet_places365", "ppjax.models.alexnet:AlexNet",
+               "torchvision AlexNet (AdaptiveAvgPool2d(6): 7x7 -> 6x6 at 256x256)")
 
 register(
     JudgeSpec(

@@ -558,8 +558,9 @@ def is_accelerated(judge: Judge) -> bool:
 # measured) default to bfloat16 activations.
 F32_ACTIVATIONS = {"nima_mobilenetv2": True, "nima_mobilenet": True}
 
-# id(judge) -> (judge, accelerated judge): repeated calls (one per batch in `ppjax protect`)
-# reuse the folded variables; the identity check guards against a recycled id.
+# (id(judge), settings, dtype) -> (judge, accelerated judge): repeated calls (one per batch in
+# `ppjax protect`) reuse the folded (and cast) variables; the identity check guards against a
+# recycled id.
 _ACCELERATED: dict[tuple, tuple[Judge, Judge]] = {}
 
 
@@ -587,12 +588,18 @@ def accelerate(judge: Judge, *, dtype=None, fold: bool = True, check: bool = Tru
 
     if f32_activations is None:
         f32_activations = F32_ACTIVATIONS.get(judge.spec.name, False)
-    key = (id(judge), fold, check, f32_activations)
-    hit = _ACCELERATED.get(key)
-    if hit is not None and hit[0] is judge:  # same judge object: skip re-folding and checking
-        return hit[1] if dtype is None else _with_dtype(hit[1], dtype)
     if is_accelerated(judge):
         return judge if dtype is None else _with_dtype(judge, dtype)
+    dt = None if dtype is None else jnp.dtype(dtype).name
+    key = (id(judge), fold, check, f32_activations, dt)
+    hit = _ACCELERATED.get(key)
+    if hit is not None and hit[0] is judge:  # same judge object: no re-folding, checking, casting
+        return hit[1]
+    if dt is not None:  # the kernels cast once per judge and dtype, not per call
+        out = _with_dtype(accelerate(judge, fold=fold, check=check,
+                                     f32_activations=f32_activations), dtype)
+        _remember(key, judge, out)
+        return out
     base = judge
     if fold:
         judge = fold_bn(judge, check=check)
@@ -609,10 +616,14 @@ def accelerate(judge: Judge, *, dtype=None, fold: bool = True, check: bool = Tru
         if not err <= 1e-3:
             raise ValueError(f"oneDNN convolutions changed {judge.spec.name!r}'s output "
                              f"(relative error {err:.3g})")
-    if len(_ACCELERATED) >= 8:
+    _remember(key, base, fast)
+    return fast
+
+
+def _remember(key: tuple, judge: Judge, out: Judge) -> None:
+    if len(_ACCELERATED) >= 16:
         _ACCELERATED.pop(next(iter(_ACCELERATED)))
-    _ACCELERATED[key] = (base, fast)
-    return fast if dtype is None else _with_dtype(fast, dtype)
+    _ACCELERATED[key] = (judge, out)
 
 
 def _with_dtype(judge: Judge, dtype) -> Judge:
