@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ppjax import data, imageio, metrics, report, transfer
-from ppjax.protect import CONFIG, IMAGES, MANIFEST, read_manifest, safe_stem
+from ppjax.protect import CONFIG, IMAGES, read_manifests, safe_stem
 
 log = logging.getLogger("ppjax.evaluate")
 
@@ -61,6 +61,7 @@ class RunFile:
     label: int | None = None
     label_source: str | None = None
     notes: tuple[str, ...] = ()
+    error: str | None = None  # (always None: every listed file is decoded)
 
 
 def _strip_run_code(stem: str, run_code: str | None) -> str:
@@ -83,9 +84,10 @@ def collect_run(run: Path, images=None, list_file=None, labels_file=None, run_co
     run_code = run_code or cfg.get("run_code")
     errors: list[dict] = []
     files: list[RunFile] = []
-    if cfg and (run / MANIFEST).exists():
+    manifest = read_manifests(run)
+    if cfg and manifest:
         by_name = {it.name: it for it in originals}
-        for name, e in read_manifest(run / MANIFEST).items():
+        for name, e in sorted(manifest.items()):
             if e.get("status") != "ok":
                 errors.append({"name": name, "error": f"not in the run (protect: {e.get('error')})"})
                 continue
@@ -136,10 +138,49 @@ def _mean(v):
     return float(np.mean(v)) if v else None
 
 
+@dataclasses.dataclass
+class _Decoded:
+    """A submitted image and its original, decoded (in a worker: :func:`_decode_pair`)."""
+
+    item: RunFile
+    row: dict
+    adv: np.ndarray | None
+    orig: np.ndarray | None
+    error: str | None = None
+
+
+def _decode_pair(f: RunFile, task: int, rule: str, max_pixels=None) -> _Decoded:
+    """Decode one submitted PNG (at the task's size: evaluation never resizes) and its
+    original (by the run's resize rule); the report row's notes and label."""
+    hw = data.get_task(task).hw
+    row = {"name": f.name, "file": os.path.basename(f.path), "notes": list(f.notes)}
+    try:
+        a, notes = imageio.load_rgb(f.path, max_pixels)
+        if a.shape[:2] != hw:
+            raise imageio.DecodeError(
+                f"submitted image is {a.shape[1]}x{a.shape[0]}, task {task} needs "
+                f"{hw[1]}x{hw[0]} (evaluation never resizes)")
+        row["notes"] += notes
+    except imageio.DecodeError as e:
+        return _Decoded(f, row, None, None, str(e))
+    o = None
+    if f.original is not None:
+        lo = data.load_item(f.original, task, rule, max_pixels)
+        if lo.error:
+            row["notes"].append(f"original unusable: {lo.error}")
+        else:
+            o = lo.image
+    row["label"] = f.original.label if f.original and f.original.label is not None else f.label
+    row["label_source"] = ("list" if f.original and f.original.label is not None
+                           else f.label_source if f.label is not None else None)
+    return _Decoded(f, row, a, o)
+
+
 def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLike, *,
                  images=None, list_file=None, labels_file=None, run_code=None, standin=False,
                  weights_dir=None, batch_size: int = 4, judge=None, appeal=None,
-                 no_appeal: bool = False, appeal_resize: str = "auto") -> dict:
+                 no_appeal: bool = False, appeal_resize: str = "auto",
+                 progress: bool = True) -> dict:
     """Evaluate one run; writes ``report.json``, ``report.md`` and figures to ``out`` and returns
     the report dict. ``judge`` / ``appeal`` (loaded :class:`ppjax.Judge` objects) replace the
     task's judges when given; ``no_appeal`` skips the appeal score; ``appeal_resize`` is how the
@@ -162,7 +203,6 @@ def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLik
         log.warning(warnings[-1])
     task = int(task or cfg.get("task") or 0)
     spec = data.get_task(task)
-    hw = spec.hw
     if judge is None:
         judge = ppjax.load_judge(spec.judge, weights_dir, standin=standin)
     standin = standin or judge.standin
@@ -178,34 +218,23 @@ def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLik
     appeal_rule = appeal_resize_rule(appeal, appeal_resize) if appeal is not None else None
     per_image: list[dict] = []
     pairs = []
-    for chunk in data.batched(files, batch_size):
+    from tqdm import tqdm
+
+    from ppjax import pipeline
+
+    bar = tqdm(total=len(files), unit="img", desc=f"{tag}evaluate", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    decoded = pipeline.prefetch(files, task, rule, loader=_decode_pair)
+    for chunk in data.batched(decoded, batch_size):
         rows, adv, orig = [], [], []
-        for f in chunk:
-            row = {"name": f.name, "file": os.path.basename(f.path), "notes": list(f.notes)}
-            try:
-                a, notes = imageio.load_rgb(f.path)
-                if a.shape[:2] != hw:
-                    raise imageio.DecodeError(
-                        f"submitted image is {a.shape[1]}x{a.shape[0]}, task {task} needs "
-                        f"{hw[1]}x{hw[0]} (evaluation never resizes)")
-                row["notes"] += notes
-            except imageio.DecodeError as e:
-                errors.append({"name": f.name, "error": str(e)})
+        for d in chunk:
+            bar.update(1)
+            if d.error is not None:
+                errors.append({"name": d.item.name, "error": d.error})
                 continue
-            o = None
-            if f.original is not None:
-                lo = data.load_item(f.original, task, rule)
-                if lo.error:
-                    row["notes"].append(f"original unusable: {lo.error}")
-                else:
-                    o = lo.image
-            label = f.original.label if f.original and f.original.label is not None else f.label
-            row["label"] = label
-            row["label_source"] = ("list" if f.original and f.original.label is not None
-                                   else f.label_source if f.label is not None else None)
-            rows.append(row)
-            adv.append(a)
-            orig.append(o)
+            rows.append(d.row)
+            adv.append(d.adv)
+            orig.append(d.orig)
         if not rows:
             continue
         n = len(rows)
@@ -258,6 +287,7 @@ def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLik
                 pairs.append((row["name"], orig[i], adv[i]))
         per_image.extend(rows)
 
+    bar.close()
     rep = _summarise(task, spec, run, cfg, run_code, judge, appeal, appeal_err, standin,
                      per_image, errors)
     rep["warnings"] = warnings
@@ -395,7 +425,8 @@ def _cmd(args) -> int:
         rep = run_evaluate(args.task, args.run, args.out, images=args.images,
                            list_file=args.list, labels_file=args.labels, run_code=args.run_code,
                            standin=args.standin, weights_dir=args.weights_dir,
-                           batch_size=args.batch_size, appeal_resize=args.appeal_resize)
+                           batch_size=args.batch_size, appeal_resize=args.appeal_resize,
+                           progress=not args.no_progress)
         if judges:
             rep = transfer.add_judges_to_report(
                 rep, args.out, judges, images=args.images, list_file=args.list,
@@ -447,4 +478,5 @@ def add_parser(sub) -> None:
                    choices=("auto", "native", "nearest", "bilinear"),
                    help="how NIMA sees the images; auto = as its original (Keras NIMA: native "
                         "size; nima.pytorch: bilinear 224x224; default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppjax import data, imageio
+from ppjax import data, imageio, orphans
 
 log = logging.getLogger("ppjax.pipeline")
 
@@ -77,6 +77,11 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _init_worker(main_pid: int) -> None:
+    _ignore_sigint()
+    orphans.exit_with(main_pid)  # a killed run leaves no worker behind
+
+
 _CTX_LOCK = threading.Lock()
 _CTX = None
 
@@ -89,7 +94,9 @@ def _mp_context():
     with _CTX_LOCK:
         if _CTX is None:
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["ppjax.data", "ppjax.pipeline"])
+            # the server exits with this process (ppjax.orphans): it holds our stdout/stderr
+            os.environ["PPJAX_ORPHAN_GUARD"] = str(os.getpid())
+            ctx.set_forkserver_preload(["ppjax.orphans", "ppjax.data", "ppjax.pipeline"])
             _CTX = ctx
         return _CTX
 
@@ -114,7 +121,8 @@ def _sigint_deferred():
 
 def _make_executor(pool: str, workers: int) -> cf.Executor:
     if pool == "process":
-        return cf.ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_ignore_sigint)
+        return cf.ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_init_worker,
+                                      initargs=(os.getpid(),))
     return cf.ThreadPoolExecutor(workers, thread_name_prefix="ppjax-pipeline")
 
 

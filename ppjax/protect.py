@@ -26,8 +26,16 @@ Guarantees:
   with the PNG's sha256.
 * **Resume.** Rerunning the same command skips every file whose manifest entry is ``ok`` and whose
   PNG still has the recorded sha256; everything else is (re)done. Each image's attack seed is
-  derived from its name (:func:`image_seed`) and batches are padded to a fixed size, so results do
-  not depend on which images share a batch: a resumed run is byte-identical to an uninterrupted one.
+  derived from its name (:func:`image_seed`) and the engine's results do not depend on an image's
+  slot, neighbours or arrival (:mod:`ppjax.attacks.stream`): a resumed run is byte-identical to
+  an uninterrupted one.
+* **Streaming.** Decoding runs in a pool of worker processes ahead of the engine, the engine
+  keeps ``--batch-size`` slots busy (continuous batching: a finished image's slot takes the next
+  one at once), and PNGs are encoded, hashed and written by a writer pool behind it
+  (:mod:`ppjax.pipeline`). Memory is bounded whatever the set size. Progress moves per image.
+* **Several processes** (``jax.distributed``; see :mod:`ppjax.sharding`): each process protects
+  every ``count``-th image (by sorted name) into ``manifest.<index>of<count>.jsonl``; process 0
+  waits for all and writes the zip and ``summary.json`` from every manifest.
 * **Bad input** never stops the run: each failure is a manifest entry with its error, logged, and
   the exit code is 1 when any file failed.
 * **Names** are sanitised (:func:`output_name`): unicode is kept (NFC), path separators and other
@@ -36,9 +44,9 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
-import functools
 import hashlib
 import json
 import logging
@@ -245,10 +253,12 @@ def zip_name(run_code: str, standin: bool) -> str:
 
 class OutputLock:
     """Exclusive ``fcntl.flock`` on ``<out>/.ppjax.lock`` for the life of a run (a context
-    manager). The kernel releases it when the process ends in any way, kill -9 included."""
+    manager). The kernel releases it when the process ends in any way, kill -9 included. Each
+    process of a distributed run locks its own shard (``.ppjax.lock.<index>of<count>``)."""
 
-    def __init__(self, out: Path):
-        self.path = Path(out) / LOCK
+    def __init__(self, out: Path, shard: Shard | None = None):
+        suffix = "" if shard is None or shard.count == 1 else f".{shard.index}of{shard.count}"
+        self.path = Path(out) / (LOCK + suffix)
         self._fd: int | None = None
 
     def __enter__(self) -> OutputLock:
@@ -413,15 +423,6 @@ def write_zip(out: Path, run_code: str, files: list[Path], standin: bool = False
     return dst
 
 
-@functools.cache
-def _predict_fn():
-    """Jitted top-1 of a classifier judge (made once per process: resumes reuse the compile)."""
-    import jax
-    import jax.numpy as jnp
-
-    return jax.jit(lambda j, x: jnp.argmax(j(x), axis=-1))
-
-
 class _Tag(logging.LoggerAdapter):
     def process(self, msg, kwargs):
         return (f"{self.extra['tag']}{msg}", kwargs)
@@ -447,11 +448,18 @@ def _compute_path(dtype: str) -> dict:
     return {"requested_dtype": dtype, "dtype": used, "backend": path.name, "note": path.note}
 
 
-def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, batch_size: int = 4,
-                progress: bool = True, max_pixels: int | None = None) -> dict:
+def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, batch_size: int = 8,
+                progress: bool = True, max_pixels: int | None = None,
+                workers: int | None = None) -> dict:
     """Protect every image of the set described by ``cfg`` into ``out`` (see the module
     docstring). Returns the summary dict (also written to ``out/summary.json``); its ``failed``
     count is non-zero when any file failed.
+
+    ``batch_size`` is the number of slots of the streaming engine (images on the device at
+    once); ``workers`` the decode and write pools' size (default: one per CPU, at most 8).
+    Neither changes the results. Under ``jax.distributed`` each process protects its share
+    (every ``process_count``-th image) and writes its own manifest shard; process 0 waits for
+    the others and writes the zip and the summary.
 
     Raises:
       SetupError: a usage or setup problem (every one found, before anything is written), or
@@ -463,187 +471,298 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SetupError(f"cannot create the output folder {out}: {e.strerror}") from None
-    with OutputLock(out):
-        return _run_locked(plan, weights_dir, batch_size, progress, max_pixels)
+    shard = Shard.current()
+    with OutputLock(out, shard):
+        return _run_locked(plan, weights_dir, batch_size, progress, max_pixels, workers, shard)
 
 
-def _run_locked(plan: ProtectPlan, weights_dir, batch_size, progress, max_pixels) -> dict:
-    import jax.numpy as jnp
-    from tqdm import tqdm
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """This process's share of a run: every ``count``-th image from ``index`` (one process:
+    all of them). Its manifest is ``manifest.jsonl``, or ``manifest.<index>of<count>.jsonl``."""
 
+    index: int = 0
+    count: int = 1
+
+    @staticmethod
+    def current() -> Shard:
+        import jax
+
+        return Shard(jax.process_index(), jax.process_count())
+
+    @property
+    def manifest(self) -> str:
+        return MANIFEST if self.count == 1 else f"manifest.{self.index}of{self.count}.jsonl"
+
+    @property
+    def done_marker(self) -> str:
+        return f".done.{self.index}of{self.count}"
+
+    def take(self, items: list) -> list:
+        return items if self.count == 1 else items[self.index::self.count]
+
+
+def read_manifests(out: Path) -> dict[str, dict]:
+    """Every manifest in ``out`` (the single-process one and any process shards), merged: the
+    last entry per name, shards read after the main file."""
+    merged = read_manifest(out / MANIFEST)
+    for p in sorted(out.glob("manifest.*of*.jsonl")):
+        merged.update(read_manifest(p))
+    return merged
+
+
+class _Progress:
+    """The run's counters, manifest and progress bar: one place records each finished file."""
+
+    def __init__(self, L, manifest: Manifest, total: int, initial: int, tag: str, desc: str,
+                 enabled: bool):
+        from tqdm import tqdm
+
+        self.L, self.manifest, self.tag = L, manifest, tag
+        self.n_fail = self.n_ok = self.n_succ = self.n_new = 0
+        self.t0 = time.perf_counter()
+        self.bar = tqdm(total=total, initial=initial, unit="img", disable=not enabled, desc=desc,
+                        file=sys.stderr, dynamic_ncols=True)
+
+    def error(self, name: str, err: str, notes=None, output=None) -> None:
+        self.L.error("%s: %s", name, err)
+        entry = {"name": name, "status": "error", "error": err, "output": output}
+        if notes is not None:
+            entry["notes"] = notes
+        self.manifest.append(entry)
+        self.n_fail += 1
+        self.bar.update(1)
+
+    def ok(self, entry: dict) -> None:
+        self.manifest.append(entry)
+        for note in entry.get("notes") or ():
+            self.L.info("%s: %s", entry["name"], note)
+        self.n_ok += 1
+        self.n_new += 1
+        self.n_succ += bool(entry["success"])
+        self.bar.update(1)
+        dt = time.perf_counter() - self.t0
+        self.bar.set_postfix_str(f"{self.tag}success {self.n_succ}/{self.n_ok} "
+                                 f"({100.0 * self.n_succ / self.n_ok:.1f}%), "
+                                 f"{self.n_new / max(dt, 1e-9):.2f} img/s")
+
+    def close(self) -> None:
+        self.bar.close()
+        self.manifest.close()
+
+
+def _todo(cfg, items, out: Path, img_dir: Path, shard: Shard, L):
+    """(items to protect now, skipped-as-done count, pre-attack errors, distinct names) of
+    this process's share: names listed twice are protected once, colliding or unsafe output
+    names are errors, and files done (manifest ok, PNG sha256 intact) are skipped."""
+    done = read_manifests(out)
+    unique, seen = [], set()
+    for it in items:  # the first listing wins
+        if it.name in seen:
+            L.warning("%s: listed more than once; protected once", it.name)
+            continue
+        seen.add(it.name)
+        unique.append(it)
+    mine = set(shard.take(sorted(it.name for it in unique)))
+    by_output: dict[str, str] = {}
+    todo, errors, n_skip = [], [], 0
+    for it in unique:
+        oname = output_name(cfg.run_code, it.name)
+        problem = None
+        if oname in by_output:
+            problem = f"output name {oname} collides with that of {by_output[oname]!r}"
+        elif not _inside(img_dir / oname, img_dir):
+            problem = "unsafe name: output would leave the output folder"
+        by_output.setdefault(oname, it.name)
+        e = done.get(it.name)
+        if problem is None and (e and e.get("status") == "ok" and e.get("output") == oname
+                                and file_sha256(img_dir / oname) == e.get("sha256")):
+            n_skip += 1
+        elif it.name in mine:
+            (errors.append((it.name, problem, oname)) if problem else todo.append(it))
+    return todo, n_skip, errors, len(unique)
+
+
+def _setup(plan: ProtectPlan, weights_dir, shard: Shard):
+    """Load the judges once, store the run's config, and log the compute path."""
     import ppjax
-    from ppjax.judges import get_spec, judge_dir
+    from ppjax.judges import judge_dir
 
-    cfg, out, items = plan.cfg, plan.out, plan.items
-    tag = "STAND-IN: " if cfg.standin else ""
-    L = _Tag(log, {"tag": tag})
-    spec = get_spec(cfg.judge)
-    img_dir = out / IMAGES
-    img_dir.mkdir(exist_ok=True)
+    cfg = plan.cfg
+    L = _Tag(log, {"tag": "STAND-IN: " if cfg.standin else ""})
     judge = ppjax.load_judge(cfg.judge, weights_dir, standin=cfg.standin)  # a stand-in: made once
     meta_path = judge_dir(cfg.judge, weights_dir, cfg.standin) / "metadata.json"
     sha = json.loads(meta_path.read_text()).get("sha256") if meta_path.exists() else None
     cfg = dataclasses.replace(cfg, judge_sha256=sha)
-    check_or_store_config(out, cfg)  # validated: the run may now leave its settings behind
+    check_or_store_config(plan.out, cfg)  # validated: the run may now leave its settings behind
     compute = _compute_path(cfg.dtype)
     L.info("compute: %s on %s%s", compute["dtype"], compute["backend"],
            f" ({compute['note']})" if compute["note"] else "")
     extra = {}
     if cfg.appeal:  # the appeal term's judge (a stand-in too when the run uses stand-ins)
         extra["appeal"] = ppjax.load_judge(cfg.appeal, weights_dir, standin=cfg.standin)
-    png_text = STANDIN_TEXT if cfg.standin else None
-    _clean_tmp(img_dir)
-    _clean_tmp(out)
+    if shard.count > 1:
+        L.info("process %d of %d: every %d-th image, manifest %s", shard.index, shard.count,
+               shard.count, shard.manifest)
+    return cfg, L, judge, extra, compute
 
-    done = read_manifest(out / MANIFEST)
-    manifest = Manifest(out / MANIFEST)
-    by_output: dict[str, str] = {}
-    todo, n_skip, n_fail, n_ok, n_succ = [], 0, 0, 0, 0
-    pre_errors = []
-    seen: set[str] = set()
-    for it in items:
-        if it.name in seen:
-            L.warning("%s: listed more than once; protected once", it.name)
-            continue
-        seen.add(it.name)
-        oname = output_name(cfg.run_code, it.name)
-        if oname in by_output:
-            pre_errors.append((it, oname, f"output name {oname} collides with that of "
-                                          f"{by_output[oname]!r}"))
-            continue
-        by_output[oname] = it.name
-        if not _inside(img_dir / oname, img_dir):
-            pre_errors.append((it, oname, "unsafe name: output would leave the output folder"))
-            continue
-        e = done.get(it.name)
-        if (e and e.get("status") == "ok" and e.get("output") == oname
-                and file_sha256(img_dir / oname) == e.get("sha256")):
-            n_skip += 1
-            n_ok += 1
-            n_succ += bool(e.get("success"))
-            continue
-        todo.append(it)
+
+def _run_locked(plan: ProtectPlan, weights_dir, slots, progress, max_pixels, workers,
+                shard: Shard) -> dict:
+    cfg, L, judge, extra, compute = _setup(plan, weights_dir, shard)
+    out, tag = plan.out, "STAND-IN: " if cfg.standin else ""
+    img_dir = out / IMAGES
+    img_dir.mkdir(exist_ok=True)
+    if shard.count == 1:  # several processes share the folders: a stale temp file is harmless
+        _clean_tmp(img_dir)
+        _clean_tmp(out)
+    (out / shard.done_marker).unlink(missing_ok=True)
+    todo, n_skip, pre_errors, n_all = _todo(cfg, plan.items, out, img_dir, shard, L)
     if n_skip:
-        L.info("resuming: %d of %d images already done, skipped", n_skip, len(items))
-    for it, oname, err in pre_errors:
-        L.error("%s: %s", it.name, err)
-        manifest.append({"name": it.name, "status": "error", "error": err, "output": oname})
-        n_fail += 1
-
-    seeds_all = {it.name: image_seed(it.name, cfg.seed) for it in items}
-    predict = _predict_fn() if spec.output == "logits" else None
-    overrides = dict(cfg.overrides)
-    bar = tqdm(total=len(seen), initial=n_skip + n_fail, unit="img", disable=not progress,
-               desc=f"{tag}protect {cfg.run_code}", file=sys.stderr, dynamic_ncols=True)
-    t0 = time.perf_counter()
-    n_new = 0
+        L.info("resuming: %d of %d images already done, skipped", n_skip, len(plan.items))
+    prog = _Progress(L, Manifest(out / shard.manifest), len(todo) + len(pre_errors), 0, tag,
+                     f"{tag}protect {cfg.run_code}", progress)
     try:
-        for batch in data.iter_batches(todo, cfg.task, batch_size, cfg.resize, max_pixels):
-            for b in batch:
-                if b.error is not None:
-                    L.error("%s: %s", b.item.name, b.error)
-                    manifest.append({"name": b.item.name, "status": "error", "error": b.error,
-                                     "output": None, "notes": b.notes})
-                    n_fail += 1
-                    bar.update(1)
-            ok, x = data.stack_ok(batch, pad_to=batch_size)
-            if not ok:
-                continue
-            x01 = jnp.asarray(imageio.to_float01(x))
-            labels, label_src = None, None
-            if spec.output == "logits":
-                given = [b.item.label for b in ok]
-                clean = np.asarray(predict(judge, x01))
-                lab = np.array([g if g is not None else int(c)
-                                for g, c in zip(given, clean[: len(ok)], strict=True)]
-                               + [0] * (x.shape[0] - len(ok)), np.int32)
-                lab[len(ok):] = lab[len(ok) - 1]
-                labels = jnp.asarray(lab)
-                label_src = ["list" if g is not None else "clean prediction" for g in given]
-            seeds = [seeds_all[b.item.name] for b in ok]
-            seeds += [seeds[-1]] * (x.shape[0] - len(ok))
-            try:
-                res = ppjax.attack(cfg.attack, judge, x01, labels, preset=cfg.preset,
-                                   seeds=jnp.asarray(np.array(seeds, np.uint32)),
-                                   appeal=bool(cfg.appeal), extra_judges=extra,
-                                   dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else None,
-                                   **overrides)
-            except Exception as e:  # recorded per file; the run goes on
-                err = f"attack failed: {type(e).__name__}: {e}"
-                for b in ok:
-                    L.error("%s: %s", b.item.name, err)
-                    manifest.append({"name": b.item.name, "status": "error", "error": err,
-                                     "output": None, "notes": b.notes})
-                    n_fail += 1
-                    bar.update(1)
-                continue
-            adv = imageio.to_uint8(np.asarray(res.images))
-            succ = np.asarray(res.success)
-            steps = np.asarray(res.steps)
-            linf = np.asarray(res.linf)
-            for i, b in enumerate(ok):
-                oname = output_name(cfg.run_code, b.item.name)
-                png = imageio.save_png_atomic(img_dir / oname, adv[i], png_text)
-                entry = {"name": b.item.name, "status": "ok", "output": oname,
-                         "sha256": hashlib.sha256(png).hexdigest(), "notes": b.notes,
-                         "seed": seeds[i], "success": bool(succ[i]), "steps": int(steps[i]),
-                         "linf_levels": round(float(linf[i]) * 255.0, 3)}
-                for k in ("appeal_before", "appeal_after"):
-                    if k in res.extras:
-                        entry[k] = round(float(res.extras[k][i]), 6)
-                if labels is not None:
-                    entry["label"] = int(lab[i])
-                    entry["label_source"] = label_src[i]
-                manifest.append(entry)
-                for note in b.notes:
-                    L.info("%s: %s", b.item.name, note)
-                n_ok += 1
-                n_new += 1
-                n_succ += bool(succ[i])
-                bar.update(1)
-                dt = time.perf_counter() - t0
-                bar.set_postfix_str(f"{tag}success {n_succ}/{n_ok} ({100.0 * n_succ / n_ok:.1f}%)"
-                                    f", {n_new / max(dt, 1e-9):.2f} img/s new")
+        for name, err, oname in pre_errors:
+            prog.error(name, err, output=oname)
+        _stream(cfg, judge, extra, todo, img_dir, prog, slots, max_pixels, workers)
     finally:
-        bar.close()
-        manifest.close()
+        prog.close()
+    (out / shard.done_marker).write_text("done\n")
+    if shard.index != 0:
+        L.info("process %d done: %d protected, %d failed; process 0 writes the zip",
+               shard.index, prog.n_ok, prog.n_fail)
+        return {"standin": cfg.standin, "run_code": cfg.run_code, "process": shard.index,
+                "protected": prog.n_ok, "failed": prog.n_fail, "images": len(todo),
+                "zip": None, "errors": []}
+    _wait_for_shards(out, shard, L)
+    return _summarise(plan, cfg, judge, extra, compute, n_skip, prog.t0, L, n_all)
 
-    final = read_manifest(out / MANIFEST)
+
+def _stream(cfg, judge, extra, todo, img_dir, prog: _Progress, slots, max_pixels, workers):
+    """Decode (worker pool) -> attack (continuous batching) -> encode + write (worker pool); a
+    manifest line is appended, in completion order, once its PNG is in place."""
+    import collections
+
+    import jax.numpy as jnp
+
+    import ppjax
+    from ppjax import pipeline
+    from ppjax.attacks import StreamItem
+
+    held: dict[str, data.Loaded] = {}
+    logits = judge.spec.output == "logits"
+
+    decoded = pipeline.prefetch(todo, cfg.task, cfg.resize, max_pixels, workers=workers)
+
+    def items():
+        for b in decoded:
+            if b.error is not None:
+                prog.error(b.item.name, b.error, notes=b.notes)
+                continue
+            held[b.item.name] = b
+            label = b.item.label if (logits and b.item.label is not None) else -1
+            yield StreamItem(b.item.name, b.image, image_seed(b.item.name, cfg.seed), label)
+
+    writes: collections.deque = collections.deque()
+
+    def drain(block: bool) -> None:
+        while writes and (block or writes[0][0].done()):
+            fut, entry = writes.popleft()
+            try:
+                entry["sha256"] = fut.result()
+            except Exception as e:  # this file failed to write; the run goes on
+                prog.error(entry["name"], f"writing {entry['output']}: {e}", entry["notes"])
+                continue
+            prog.ok(entry)
+
+    png_text = STANDIN_TEXT if cfg.standin else None
+    with pipeline.Writer(workers=workers) as writer, contextlib.closing(decoded):
+        try:
+            for name, res in ppjax.attacks.stream(
+                    cfg.attack, judge, items(), preset=cfg.preset, slots=slots,
+                    appeal=bool(cfg.appeal), extra_judges=extra,
+                    dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else None,
+                    **dict(cfg.overrides)):
+                b = held.pop(name)
+                entry = _entry(cfg, b, res, logits)
+                writes.append((writer.submit(img_dir / entry["output"],
+                                             imageio.to_uint8(res.images), png_text), entry))
+                drain(block=False)
+        finally:
+            drain(block=True)
+
+
+def _entry(cfg, b: data.Loaded, res, logits: bool) -> dict:
+    name = b.item.name
+    entry = {"name": name, "status": "ok", "output": output_name(cfg.run_code, name),
+             "notes": b.notes, "seed": image_seed(name, cfg.seed), "success": bool(res.success),
+             "steps": int(res.steps), "linf_levels": round(float(res.linf) * 255.0, 3)}
+    for k in ("appeal_before", "appeal_after"):
+        if k in res.extras:
+            entry[k] = round(float(res.extras[k]), 6)
+    if logits:
+        entry["label"] = int(res.extras["labels"])
+        entry["label_source"] = "list" if b.item.label is not None else "clean prediction"
+    return entry
+
+
+def _wait_for_shards(out: Path, shard: Shard, L, poll_s: float = 0.5) -> None:
+    """Process 0 waits until every process of the run has finished its share."""
+    if shard.count == 1:
+        return
+    markers = [out / Shard(k, shard.count).done_marker for k in range(shard.count)]
+    said = False
+    while not all(m.exists() for m in markers):
+        if not said:
+            L.info("waiting for the other %d process(es) to finish their shares",
+                   shard.count - 1)
+            said = True
+        time.sleep(poll_s)
+
+
+def _summarise(plan, cfg, judge, extra, compute, n_skip, t0, L, n_all) -> dict:
+    """The zip and summary.json, from every manifest in the folder."""
+    out, items = plan.out, plan.items
+    img_dir = out / IMAGES
+    final = read_manifests(out)
     wanted = {it.name for it in items}
-    ok_files = [img_dir / e["output"] for n, e in final.items()
-                if n in wanted and e.get("status") == "ok"]
-    errors = [{"name": n, "error": e.get("error")} for n, e in final.items()
+    okd = {n: e for n, e in final.items() if n in wanted and e.get("status") == "ok"}
+    ok_files = [img_dir / e["output"] for e in okd.values()]
+    errors = [{"name": n, "error": e.get("error")} for n, e in sorted(final.items())
               if n in wanted and e.get("status") != "ok"]
     zpath = write_zip(out, cfg.run_code, ok_files, cfg.standin)
-    n_ok_final = len(ok_files)
-    n_succ_final = sum(bool(final[n].get("success")) for n in wanted
-                       if n in final and final[n].get("status") == "ok")
+    n_ok, n_succ = len(okd), sum(bool(e.get("success")) for e in okd.values())
     summary = {
         "standin": cfg.standin, "run_code": cfg.run_code, "task": cfg.task,
         "judge": judge.label, "attack": cfg.attack, "preset": cfg.preset,
-        "images": len(seen), "protected": n_ok_final, "done": n_ok_final, "failed": len(errors),
-        "skipped_on_resume": n_skip, "attack_success": n_succ_final,
-        "attack_success_rate": n_succ_final / n_ok_final if n_ok_final else None,
+        "images": n_all, "protected": n_ok, "done": n_ok, "failed": len(errors),
+        "skipped_on_resume": n_skip, "attack_success": n_succ,
+        "attack_success_rate": n_succ / n_ok if n_ok else None,
         "zip": zpath.name, "errors": errors, "compute": compute,
         "skipped_inputs": [{"name": n, "reason": r} for n, r in plan.skipped],
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if cfg.appeal:
-        okd = [final[n] for n in wanted if n in final and final[n].get("status") == "ok"]
         summary["appeal_judge"] = extra["appeal"].label
         for k in ("appeal_before", "appeal_after"):
-            v = [e[k] for e in okd if e.get(k) is not None]
+            v = [e[k] for e in okd.values() if e.get(k) is not None]
             summary[f"{k}_mean"] = float(np.mean(v)) if v else None
     write_json(out / "summary.json", summary)
-    rate = f"{100.0 * n_succ_final / n_ok_final:.1f}%" if n_ok_final else "n/a"
-    L.info("done: %d protected, %d failed, attack success %s; zip %s", n_ok_final,
-           len(errors), rate, zpath)
+    rate = f"{100.0 * n_succ / n_ok:.1f}%" if n_ok else "n/a"
+    L.info("done: %d protected, %d failed, attack success %s; zip %s", n_ok, len(errors), rate,
+           zpath)
     return summary
 
 
 # ---------------------------------------------------------------- CLI
 
 def _cmd(args) -> int:
+    from ppjax import sharding
+
+    if args.workers is not None and args.workers < 1:
+        raise SetupError(f"--workers must be >= 1, got {args.workers}")
+    sharding.init_distributed()  # several processes: PPJAX_COORDINATOR_ADDRESS etc., or SLURM
     task = data.TASKS.get(int(args.task))
     judge = args.judge or (task.judge if task else "")
     try:
@@ -660,7 +779,12 @@ def _cmd(args) -> int:
         dtype=args.dtype,
     )
     summary = run_protect(cfg, args.out, weights_dir=args.weights_dir,
-                          batch_size=args.batch_size, progress=not args.no_progress)
+                          batch_size=args.batch_size, progress=not args.no_progress,
+                          workers=args.workers)
+    if summary.get("zip") is None:  # a distributed run's process > 0: process 0 reports
+        print(f"process {summary['process']}: {summary['protected']} protected, "
+              f"{summary['failed']} failed")
+        return 1 if summary["failed"] else 0
     tag = "STAND-IN " if summary["standin"] else ""
     print(f"{tag}{summary['run_code']}: {summary['protected']}/{summary['images']} protected, "
           f"{summary['failed']} failed -> {Path(args.out) / summary['zip']}")
@@ -713,8 +837,10 @@ def add_parser(sub) -> None:
                         "marked STAND-IN)")
     p.add_argument("--weights-dir", default=None,
                    help=f"converted weights (None: $PPJAX_WEIGHTS_DIR or {config.weights_dir()})")
-    p.add_argument("--batch-size", type=int, default=4, help="images per attack batch (does not "
-                   "change results)")
+    p.add_argument("--batch-size", type=int, default=8, help="slots of the streaming engine: "
+                   "images attacked at once (does not change results)")
+    p.add_argument("--workers", type=int, default=None, help="decode and write pools' size "
+                   "(None: one per CPU, at most 8)")
     p.add_argument("--seed", type=int, default=0, help="base seed; per-image seeds derive from it")
     p.add_argument("--resize", default="auto", choices=imageio.RESIZE_RULES,
                    help="rule for images not at the task's size (see ppjax.imageio); auto: 2020 "

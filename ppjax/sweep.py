@@ -244,36 +244,46 @@ def _attack_config(grid: Grid, settings, has_appeal: bool):
 
 def run_point(cfg, judge, images: np.ndarray, batch: int, seed: int, appeal=None,
               driver: str = "auto", dtype: str = "float32") -> dict:
-    """Attack all ``images`` [N, H, W, 3] with ``cfg`` in batches; per-image results (numpy).
-    Every batch has the same shape (the last is padded by repeating its last image), so a sweep
-    never compiles for a ragged tail."""
+    """Attack all ``images`` [N, H, W, 3] with ``cfg`` through the streaming engine
+    (:func:`ppjax.attacks.stream`, ``batch`` slots: a finished image's slot takes the next at
+    once); per-image results (numpy) in input order. Image i's seed is
+    ``default_seeds(N, seed)[i]``. The programs are compiled once per static configuration, so
+    points that change only values never recompile. ``driver`` is kept for older configs:
+    sweeps always stream."""
     import jax.numpy as jnp
 
-    from ppjax.attacks import attack, default_seeds
+    from ppjax.attacks import StreamItem, default_seeds, stream
     from ppjax.attacks.objectives import appeal_score
     from ppjax.metrics import psnr
 
     n = len(images)
-    cols: dict[str, list] = {k: [] for k in ("success", "steps", "linf", "l2", "psnr", "appeal",
-                                             "appeal_before")}
-    for start in range(0, n, batch):
-        chunk = images[start:start + batch]
-        real = len(chunk)
-        if real < batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, 0)])
-        extra = {"appeal": appeal} if appeal is not None and "appeal" in cfg.objective else None
-        res = attack(cfg, judge, chunk, seeds=default_seeds(batch, seed, start), driver=driver,
-                     extra_judges=extra, dtype=None if dtype == "float32" else jnp.bfloat16)
-        x0 = np.round(chunk * 255) / 255
-        cols["success"].append(np.asarray(res.success)[:real])
-        cols["steps"].append(np.asarray(res.steps)[:real])
-        cols["linf"].append(np.asarray(res.linf)[:real])
-        cols["l2"].append(np.asarray(res.l2)[:real])
-        cols["psnr"].append(np.asarray(psnr(res.images, x0))[:real])
-        if appeal is not None:
-            cols["appeal"].append(np.asarray(appeal_score(appeal, res.images))[:real])
-            cols["appeal_before"].append(np.asarray(appeal_score(appeal, x0))[:real])
-    return {k: np.concatenate(v) for k, v in cols.items() if v}
+    seeds = default_seeds(n, seed)
+    extra = {"appeal": appeal} if appeal is not None and "appeal" in cfg.objective else None
+    items = (StreamItem(i, images[i], int(seeds[i])) for i in range(n))
+    cols = {k: [None] * n for k in ("success", "steps", "linf", "l2")}
+    adv = np.empty((n, *images.shape[1:]), np.float32)
+    for i, res in stream(cfg, judge, items, slots=batch, extra_judges=extra,
+                         dtype=None if dtype == "float32" else jnp.bfloat16):
+        for k in cols:
+            cols[k][i] = getattr(res, k)
+        adv[i] = res.images
+    out = {k: np.asarray(v) for k, v in cols.items()}
+    x0 = np.round(np.asarray(images, np.float32) * 255) / 255
+    out["psnr"] = np.asarray(psnr(jnp.asarray(adv), jnp.asarray(x0)))
+    if appeal is not None:  # scored in fixed-size batches (one compile)
+        out["appeal"], out["appeal_before"] = (
+            np.concatenate([np.asarray(appeal_score(appeal, jnp.asarray(c)))[:len(c0)]
+                            for c, c0 in _fixed_batches(a, batch)]) for a in (adv, x0))
+    return out
+
+
+def _fixed_batches(a: np.ndarray, batch: int):
+    """``(padded chunk, real chunk)`` pairs of ``a`` in chunks of ``batch`` rows (the last
+    padded by repeating its last row)."""
+    for start in range(0, len(a), batch):
+        c = a[start:start + batch]
+        yield (np.concatenate([c, np.repeat(c[-1:], batch - len(c), 0)]) if len(c) < batch
+               else c), c
 
 
 def summarise(grid: Grid, settings, per_image: dict, seconds: float, recompiles: int) -> dict:

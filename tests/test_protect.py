@@ -51,11 +51,11 @@ def jax_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("jax_cache")
 
 
-def _ppjax(args, cache, wait=True):
+def _ppjax(args, cache, wait=True, env=None):
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
                JAX_COMPILATION_CACHE_DIR=str(cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **(env or {}))
     proc = subprocess.Popen([sys.executable, "-m", "ppjax.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if not wait:
@@ -153,6 +153,42 @@ def test_kill9_then_resume_is_byte_identical(src, run1, standin_weights, tmp_pat
     before = man.read_bytes()
     rc = cli.main(_protect_args(images, out, standin_weights, 4, ["--seed", "7"]))
     assert rc == 2 and man.read_bytes() == before
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_equal_one(src, run1, standin_weights, tmp_path, jax_cache):
+    """jax.distributed with a coordinator on 127.0.0.1: two processes split the set, each
+    writes its manifest shard, process 0 assembles the zip; images and zip equal the
+    single-process run byte for byte."""
+    images, _ = src
+    ref, out = run1[0], tmp_path / "two"
+    port = _free_port()
+    procs = [_ppjax(_protect_args(images, out, standin_weights, 4), jax_cache, wait=False,
+                    env={"PPJAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                         "PPJAX_NUM_PROCESSES": "2", "PPJAX_PROCESS_ID": str(k)})
+             for k in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], outs  # the broken files fail in both
+    shards = [json.loads(x) for k in range(2) for x in
+              (out / f"manifest.{k}of2.jsonl").read_text().splitlines() if x.strip()]
+    per = [sum(1 for _ in (out / f"manifest.{k}of2.jsonl").open()) for k in range(2)]
+    assert min(per) >= 1 and len({e["name"] for e in shards}) == len(shards)  # a real split
+    assert not (out / "manifest.jsonl").exists()
+    ref_files = sorted(p.name for p in (ref / "images").iterdir())
+    assert sorted(p.name for p in (out / "images").iterdir()) == ref_files
+    for n in ref_files:
+        assert (out / "images" / n).read_bytes() == (ref / "images" / n).read_bytes(), n
+    assert (out / f"STANDIN_{RUN}.zip").read_bytes() == (ref / f"STANDIN_{RUN}.zip").read_bytes()
+    one, two = (json.loads((d / "summary.json").read_text()) for d in (ref, out))
+    for k in ("images", "protected", "failed", "attack_success", "errors"):
+        assert one[k] == two[k], k
 
 
 def test_names_never_leave_out(tmp_path):

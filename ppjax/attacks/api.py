@@ -100,7 +100,7 @@ def choose_backend(backend: str = "auto", dtype=None, mesh=None) -> Backend:
         return Backend("onednn", dt)
     # one CPU device only: under GSPMD the FFI call would be replicated, and a process with
     # several (forced) CPU devices should give the same numbers on a 1-device mesh as on all
-    single = (mesh is None or mesh.size == 1) and jax.device_count() == 1
+    single = (mesh is None or mesh.size == 1) and jax.local_device_count() == 1
     if not (single and jax.default_backend() == "cpu") or dt not in (None, jnp.float32,
                                                                      jnp.bfloat16):
         return Backend("xla", dt)
@@ -245,8 +245,8 @@ def stream(name: str | AttackConfig, judge, items: Iterable[StreamItem], *,
     """
     cfg = resolve(name, preset, **overrides)
     g = group_mask(judge, group) if cfg.objective == "group" else None
-    if mesh is None and jax.device_count() > 1:
-        mesh = sharding.batch_mesh()
+    if mesh is None and jax.local_device_count() > 1:  # this process's devices: each process
+        mesh = sharding.batch_mesh(jax.local_devices())  # of a distributed run streams its share
     models = prepare_models(judge, extra_judges, dtype, backend, mesh)
     put = None
     if mesh is not None and mesh.size > 1:
