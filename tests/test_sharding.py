@@ -52,8 +52,15 @@ one = ppjax.attack("pgd", judge, x, labels, steps=3, mesh=sharding.batch_mesh(ja
 eight = ppjax.attack("pgd", judge, x, labels, steps=3)  # default: every device
 attack = {k: [np.asarray(getattr(r, k)).tolist() for r in (one, eight)]
           for k in ("images", "success", "steps", "linf")}
+from ppjax.attacks import StreamItem, stream
+items = lambda: [StreamItem(i, x[i], 100 + i, int(labels[i])) for i in range(6)]
+runs = [dict(stream("pgd", judge, items(), slots=3, steps=3, mesh=m))
+        for m in (sharding.batch_mesh(jax.devices()[:1]), None)]  # None: slots over all 8
+streamed = {k: [[np.asarray(getattr(r[i], k)).tolist() for i in range(6)] for r in runs]
+            for k in ("images", "success", "steps", "linf")}
 json.dump({
     "attack": attack,
+    "stream": streamed,
     "devices": jax.device_count(),
     "layout": sharding.describe(placed),
     "distributed": sharding.init_distributed(),
@@ -89,9 +96,12 @@ def test_sharded_equals_one_device(eight_devices, key):
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("what", ["attack", "stream"])
 @pytest.mark.parametrize("key", ["images", "success", "steps", "linf"])
-def test_attack_entry_point_shards_and_equals_one_device(eight_devices, key):
-    one, eight = (np.asarray(v) for v in eight_devices["attack"][key])
+def test_attack_entry_point_shards_and_equals_one_device(eight_devices, key, what):
+    """``ppjax.attack`` and the streaming engine (slots rounded up to 8 and split over the 8
+    devices) give one device's results."""
+    one, eight = (np.asarray(v) for v in eight_devices[what][key])
     assert one.shape == eight.shape and one.shape[0] == 6  # padding cut off
     if key == "images":  # 8-bit outputs: a reduction-order difference may flip a rare rounding
         assert np.mean(np.abs(one - eight) < 0.5 / 255) >= 0.999
