@@ -273,7 +273,7 @@ def test_every_option_has_help_and_protect_lists_the_attacks():
     for attack, presets in ATTACKS.items():
         line = next(x for x in text.splitlines() if x.strip().startswith(attack + " "))
         assert all(p in line for p in presets), line
-    assert "(default: 4)" in text and "(default: float32)" in text
+    assert "(default: 8)" in text and "(default: float32)" in text  # --batch-size: 8 slots
 
 
 def test_torchattacks_preset_matches_torchattacks_pgd(photo_paths):

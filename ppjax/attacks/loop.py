@@ -171,29 +171,25 @@ def _fused(cfg: AttackConfig) -> bool:
 
 
 def per_image_rule(rule: optax.GradientTransformation) -> optax.GradientTransformation:
-    """``rule`` applied to each image on its own (``vmap`` over the leading axis), so every
-    leaf of its state, counters included (Adam's step count), belongs to one image: an image's
-    steps do not depend on when it entered the batch or who shares it."""
+    """``rule`` applied to each image on its own (``vmap`` over the leading axis; each call
+    sees a batch of one), so every leaf of its state, counters included (Adam's step count),
+    belongs to one image: an image's steps do not depend on when it entered the batch or who
+    shares it. Extra per-image arguments of the update (e.g. VMI's ``neighbour_grad``) are
+    split the same way."""
 
-    def one(fn):
-        def call(*trees):
-            trees = [jax.tree.map(lambda a: a[None], t) for t in trees]
-            out = fn(*trees)
-            return jax.tree.map(lambda a: a[0] if getattr(a, "ndim", 0) else a, out)
-        return call
+    def one(tree):
+        return jax.tree.map(lambda a: a[None], tree)
 
     def init(params):
-        return jax.vmap(lambda p: jax.tree.map(lambda a: a, rule.init(
-            jax.tree.map(lambda a: a[None], p))))(params)
+        return jax.vmap(lambda p: rule.init(one(p)))(params)
 
-    def update(updates, state, params=None):
-        def u(g, s, p):
-            d, s = rule.update(jax.tree.map(lambda a: a[None], g), s,
-                               jax.tree.map(lambda a: a[None], p))
+    def update(updates, state, params=None, **extra):
+        def u(g, s, p, extra):
+            d, s = rule.update(one(g), s, one(p), **one(extra))
             return jax.tree.map(lambda a: a[0], d), s
-        return jax.vmap(u)(updates, state, params)
+        return jax.vmap(u)(updates, state, params, extra)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def _rule(cfg: AttackConfig, hp) -> optax.GradientTransformation:
