@@ -235,7 +235,7 @@ def square_propose(x_cur, x0, hp, keys, t, budget: int):
         start = jnp.clip(xo + eps * stripes, 0.0, 1.0)
         vh = jnp.floor((h - si) * jax.random.uniform(k2, ())).astype(jnp.int32)
         vw = jnp.floor((w - si) * jax.random.uniform(k3, ())).astype(jnp.int32)
-        ch = jnp.sign(jax.random.uniform(k4, (3,), jnp.float32, -1.0, 1.0))
+        ch = jnp.sign(jax.random.uniform(k4, (1, 1, 3), jnp.float32, -1.0, 1.0))
         r = jnp.arange(h)[:, None, None]
         c = jnp.arange(w)[None, :, None]
         m = (r >= vh) & (r < vh + si) & (c >= vw) & (c < vw + si)
