@@ -193,7 +193,7 @@ def test_vmi_variance_term_matches_torchattacks(batch):
 
     x1 = jnp.asarray(x)
     _close(grad_at(x1), g1)
-    mean_nb = boosters.neighbour_gradient(lambda u: grad_at(x1 + u), noise)
+    mean_nb = boosters.neighbour_gradient(lambda u, i: grad_at(x1 + u), noise)
     _close(mean_nb - grad_at(x1), v1_theirs)
 
     # the variance term inside the step rule, and the momentum it enters (ppjax minimises, so

@@ -180,19 +180,25 @@ def neighbour_noise(keys: jnp.ndarray, shape: tuple[int, ...], radius, n: int) -
 
 
 def neighbour_gradient(grad_at, noise: jnp.ndarray):
-    """VMI's mean gradient over the neighbours: ``mean_i grad_at(noise[i])`` where
-    ``grad_at(shift)`` is the gradient (a params pytree) of the loss at the image shifted by
-    ``shift`` [B, H, W, 3]. ``noise``: [N, B, H, W, 3] (see :func:`neighbour_noise`; pass your own
-    to reproduce another implementation's samples). One gradient pass at a time."""
+    """VMI's mean gradient over the neighbours: ``mean_i grad_at(noise[i], i)`` where
+    ``grad_at(shift, i)`` is the gradient (a params pytree) of the loss at the image shifted by
+    ``shift`` [B, H, W, 3] (``i``, traced, lets DI / EOT draw afresh per neighbour). ``noise``:
+    [N, B, H, W, 3] (see :func:`neighbour_noise`; pass your own to reproduce another
+    implementation's samples). One gradient pass at a time."""
     n = noise.shape[0]
 
     def body(i, acc):
-        g = grad_at(noise[i])
+        g = grad_at(noise[i], i)
         return jax.tree.map(lambda a, b: a + b, acc, g)
 
-    zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_at, noise[0]))
+    zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_at, noise[0], jnp.int32(0)))
     total = jax.lax.fori_loop(0, n, body, zero)
     return jax.tree.map(lambda a: a / n, total)
+
+
+def neighbour_keys(keys: jnp.ndarray, i) -> jnp.ndarray:
+    """Per-image keys of VMI neighbour ``i`` (traced) for the random views (DI, EOT JPEG)."""
+    return _fold(keys, _TAG_VMI + 1000, i)
 
 
 # ----------------------------------------------------------------------------- Square

@@ -306,7 +306,8 @@ def step(cfg: AttackConfig, models, x0, hp, seeds, state: State) -> State:
             noise = boosters.neighbour_noise(keys, x0.shape[1:], hp["vmi_beta"] * hp["eps"],
                                              cfg.vmi_samples)
             rule_extra["neighbour_grad"] = boosters.neighbour_gradient(
-                lambda u: jax.grad(loss_fn, has_aux=True)(state.params, u)[0], noise)
+                lambda u, i: jax.grad(loss_fn, has_aux=True)(
+                    state.params, u, boosters.neighbour_keys(keys, i))[0], noise)
     # ---- end of hook 1
     succ = terms.success & live
 
