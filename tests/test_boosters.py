@@ -235,6 +235,27 @@ def test_di_transform_matches_torchattacks(rnd, top, left):
     np.testing.assert_array_equal(np.asarray(kept), x)
 
 
+def test_di_and_ti_transforms_jit_batch_and_gradient():
+    """Same results jitted and plain, batched and one image at a time; finite gradients."""
+    x = jnp.asarray(np.random.default_rng(3).uniform(0, 1, (3, 24, 20, 3)).astype(np.float32))
+    choice = (jnp.array([21, 22, 23]), jnp.array([1, 0, 0]), jnp.array([2, 1, 0]),
+              jnp.array([True, True, False]))
+    plain = boosters.diverse_input(x, *choice)
+    np.testing.assert_allclose(jax.jit(boosters.diverse_input)(x, *choice), plain, atol=1e-6)
+    for i in range(3):
+        one = boosters.diverse_input(x[i:i + 1], *(c[i:i + 1] for c in choice))
+        np.testing.assert_allclose(one[0], plain[i], atol=1e-6)
+    assert plain.shape == x.shape and np.all(np.asarray(plain[0, 0]) == 0)  # the padded top row
+    g = jax.grad(lambda a: jnp.sum(boosters.diverse_input(a, *choice) ** 2))(x)
+    assert np.all(np.isfinite(np.asarray(g))) and float(jnp.abs(g).sum()) > 0
+    k = steps.gaussian_kernel(5, 2.0)
+    sm = steps.smooth(x, k)
+    np.testing.assert_allclose(jax.jit(steps.smooth)(x, k), sm, atol=1e-6)
+    np.testing.assert_allclose(steps.smooth(x[1:2], k)[0], sm[1], atol=1e-6)
+    g = jax.grad(lambda a: jnp.sum(steps.smooth(a, k) ** 2))(x)
+    assert np.all(np.isfinite(np.asarray(g)))
+
+
 def test_di_choices_distribution():
     """Sizes uniform on [floor(0.9 H), H), offsets uniform on [0, H - size), applied with
     probability p: counts within 5 binomial standard deviations."""
