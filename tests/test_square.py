@@ -130,6 +130,10 @@ def test_no_gradient_and_query_counts_match_judge_calls():
     np.testing.assert_array_equal(np.asarray(rb.extras["queries"]), queries)
     np.testing.assert_array_equal(np.asarray(rb.success), succ)
     assert len(set(queries)) > 1, queries  # early stop is per image
+    # the whole attack as one compiled program gives the same images and counts
+    rs = ppjax.attack("square", judge, x, steps=40, kappa=0.2, driver="scan", seeds=seeds)
+    np.testing.assert_array_equal(np.asarray(rs.extras["queries"]), queries)
+    np.testing.assert_array_equal(np.asarray(rs.images), np.asarray(rb.images))
 
 
 def test_square_fools_the_calibrated_resnet50_standin_within_budget(resnet_standin, photos_256):

@@ -23,6 +23,10 @@ Drivers (the same step code for all): ``"scan"`` (``lax.scan``, fixed length) or
 program; ``"python"``: the step is jitted once and driven from Python, which stops as soon as no
 image is active. ``"auto"`` is :func:`auto_driver`.
 
+Transfer boosters and the Square attack (:mod:`ppjax.attacks.boosters`) enter :func:`step` at
+places marked ``[boosters]``: the judges the gradient pass sees (DI, SGM), the VMI neighbours'
+gradient passed to the step rule, and, for Square, a judged proposal instead of a gradient.
+
 Randomness is per image: image b's keys derive from ``jax.random.key(seeds[b])`` by
 ``fold_in`` of a tag, the round and the iteration, so results never depend on the batch an image
 is in.
