@@ -244,7 +244,13 @@ def markdown(payload: dict) -> str:
 
     m, a = payload["machine"], payload["args"]
     mat = payload["transfer_matrix_pgd"]
-    out = ["## Transfer (`python -m benchmarks.transfer`)", "",
+    cmd = ("python -m benchmarks.transfer" + f" --batch {a['batch']} --steps {a['steps']}"
+           + f" --judges {a['judges']}" + (f" --ensemble {a['ensemble']}" if a.get("ensemble")
+                                            else "")
+           + (f" --boosters {a['boosters']} --booster-source {a['booster_source']}"
+              if a.get("boosters") else ""))
+    title = "Transfer, ensembles and boosters" if a.get("boosters") else "Transfer"
+    out = [f"## {title} (`python -m benchmarks.transfer`)", "", f"`{cmd}`", "",
            f"{m['date']}, {payload['cpu_model']} ({m['cpus']} CPUs, shared), jax {m['jax']} "
            f"{m['backend']}; {payload['wall_s']:.0f} s in all.", "",
            "Parity of the Places365 zoo judges (torch replica with random weights and randomised "
