@@ -327,6 +327,26 @@ def test_sgm_forward_unchanged_gradient_matches_torch_hooks(resnet18):
     np.testing.assert_allclose(np.asarray(g1), theirs, rtol=1e-3, atol=1e-4 * np.abs(theirs).max())
 
 
+def test_sgm_through_the_onednn_engine(resnet18):
+    """The attack's default CPU path wraps the judge (folded BatchNorm, oneDNN convolutions):
+    SGM reaches the ResNet inside and gives the XLA path's gradient."""
+    from ppjax import onednn
+
+    if not onednn.capabilities().available:
+        pytest.skip(f"oneDNN unavailable: {onednn.capabilities().reason}")
+    _, judge = resnet18
+    fast = boosters.skip_gradient(onednn.accelerate(judge, check=False), 0.2)
+    assert onednn.is_accelerated(fast)
+    x = jnp.asarray(np.random.default_rng(5).uniform(0, 1, (1, 64, 64, 3)).astype(np.float32))
+
+    def grad(j):
+        return np.asarray(jax.jit(jax.grad(lambda v: j.module.apply(j.variables, v)[0, 3]))(x))
+
+    ref, plain, got = grad(boosters.skip_gradient(judge, 0.2)), grad(judge), grad(fast)
+    err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+    assert err < 2e-2 < np.linalg.norm(plain - ref) / np.linalg.norm(ref), err
+
+
 def test_sgm_refuses_judges_without_residual_blocks():
     with pytest.raises(ValueError, match="residual blocks"):
         boosters.skip_gradient(_tiny_judge(), 0.2)

@@ -20,6 +20,8 @@ papers differ, which the field docs say.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -138,16 +140,30 @@ class _Diverse:
 # ----------------------------------------------------------------------------- SGM
 
 
+def _with_sgm(module, gamma: float):
+    """``module`` with ``sgm_gamma=gamma``, through engine wrappers (folded BatchNorm, oneDNN
+    convolutions: frozen dataclasses holding the model as ``inner``); None if no residual model."""
+    if hasattr(module, "sgm_gamma") and hasattr(module, "clone"):
+        return module.clone(sgm_gamma=float(gamma))
+    inner = getattr(module, "inner", None)
+    if inner is None or not dataclasses.is_dataclass(module):
+        return None
+    new_inner = _with_sgm(inner, gamma)
+    return None if new_inner is None else dataclasses.replace(module, inner=new_inner)
+
+
 def skip_gradient(judge, gamma: float):
     """``judge`` with SGM's skip-gradient decay (Wu et al., ICLR 2020): the gradient through
     every residual branch scaled by ``gamma``, the skip connections untouched, the forward pass
-    unchanged. Only for judges built of residual blocks (the ResNet family)."""
+    unchanged. Only for judges built of residual blocks (the ResNet family); works through the
+    folded / oneDNN engine wrappers."""
     module = getattr(judge, "module", None)
-    if module is None or not hasattr(module, "sgm_gamma"):
+    new = None if module is None else _with_sgm(module, gamma)
+    if new is None:
         name = getattr(getattr(judge, "spec", None), "name", type(judge).__name__)
         raise ValueError(f"SGM (sgm_gamma) needs a judge with residual blocks (the ResNet "
                          f"family: resnet18/resnet50/wideresnet18_places365); {name!r} has none")
-    return judge.replace(module=module.clone(sgm_gamma=float(gamma)))
+    return judge.replace(module=new)
 
 
 def gradient_models(cfg, models: dict, hp: dict, keys: jnp.ndarray, sample: int = 0) -> dict:
