@@ -1,18 +1,24 @@
 """Transfer: the Places365 zoo judges' parity and attack speed, and the PGD transfer matrix.
 
     python -m benchmarks.transfer --json PATH [--weights-dir DIR] [--batch 4] [--steps 10]
-        [--judges a,b] [--no-results-md]
+        [--judges a,b] [--ensemble a,b] [--boosters pgd/di,...] [--booster-source NAME]
+        [--section NAME] [--no-results-md]
 
 * **Parity** of every zoo judge added for transfer (resnet18, wideresnet18, densenet161, alexnet):
   the torch replica of ``benchmarks/torch_ref/places365_zoo.py`` with random weights and randomised
   BatchNorm statistics is saved in the CSAIL file layout, converted by the real converter and run
   beside ppjax on the shared photos (256x256, ImageNet mean/std, float32):
   ``parity_max_abs_diff`` = max |logit difference| (DenseNet-161 at batch 1, others at 2).
-* **Attack throughput** per judge: plain PGD (Linf, eps 8/255, no early stop), float32, XLA
+* **Attack throughput** per judge: plain PGD (Linf, eps 8/255, no early stop, the final iterate
+  kept), float32, XLA
   backend, Python driver; first call (compile + run) and second call (run) timed apart; img*it/s
   = batch * steps / second call.
 * **Ensembles**: PGD with ``ensemble_logits`` and ``ensemble_losses`` over ``--ensemble``
   (equal weights) adds two rows to the matrix and two rows to the speed table.
+* **Boosters**: one row per transfer booster (``--boosters``, attack/preset names of the
+  registry: DI, TI, MI, VMI, SGM), each run against ``--booster-source`` (a ResNet-family judge, as
+  SGM needs) with the same eps, steps and no early stop, the final iterate kept; one timed call
+  each (compile included).
 * **Transfer matrix** for plain PGD: the images protected against judge X (rows) are judged by
   every judge Y (columns); cell = top-1 accuracy drop, with each judge's clean top-1 as the
   label. Judges with real converted weights in ``--weights-dir`` are used as such, the others
@@ -87,21 +93,32 @@ def load(name: str, weights_dir) -> tuple:
         return load_judge(name, weights_dir, standin=True), True
 
 
+BOOSTERS = ("pgd/di", "pgd/ti", "mifgsm/default", "mifgsm/vmi", "pgd/sgm", "mifgsm/all")
+
+
 def attack_and_time(judge, x, steps: int, label: str | None = None, labels=None,
-                    **kw) -> tuple[np.ndarray, dict]:
+                    attack: str = "pgd", timed: bool = True, **kw) -> tuple[np.ndarray, dict]:
+    """``attack`` ("name" or "name/preset") against ``judge`` without early stop; timed twice
+    (compile apart) unless ``timed`` is False (one call, compile included)."""
     import jax
 
     import ppjax
 
+    name, _, preset = attack.partition("/")
+    kw.setdefault("best", "final")  # every step taken, the final iterate (as torchattacks)
+
     def once():
         t0 = time.perf_counter()
-        res = ppjax.attack("pgd", judge, x, labels, driver="python", backend="xla",
-                           steps=steps, early_stop=False, **kw)
+        res = ppjax.attack(name, judge, x, labels, preset=preset or None, driver="python",
+                           backend="xla", steps=steps, early_stop=False, **kw)
         jax.block_until_ready(res.images)
         return res, time.perf_counter() - t0
 
-    _, t1 = once()
-    res, t2 = once()
+    res, t1 = once()
+    if timed:
+        res, t2 = once()
+    else:
+        t2 = t1
     b = x.shape[0]
     return np.asarray(res.images), {
         "judge": label or judge.spec.name, "standin": bool(judge.standin), "batch": b,
@@ -121,9 +138,15 @@ def main(argv=None) -> int:
     p.add_argument("--ensemble", default="resnet50_places365,densenet161_places365,alexnet_places365",
                    help="members of the ensemble rows (equal weights; loss averaged over logits "
                         "and over losses); '' = none")
+    p.add_argument("--boosters", default=",".join(BOOSTERS),
+                   help="booster rows: attack/preset names run against --booster-source; '' = none")
+    p.add_argument("--booster-source", default="resnet50_places365",
+                   help="the judge the booster rows attack (ResNet family for SGM)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--no-results-md", dest="results_md", action="store_false")
+    p.add_argument("--section", default="transfer",
+                   help="section of benchmarks/RESULTS.md to write (default: transfer)")
     args = p.parse_args(argv)
     if args.batch < 1 or args.steps < 1:
         p.error("--batch and --steps must be >= 1")
@@ -178,10 +201,25 @@ def main(argv=None) -> int:
                 drop.append([float(np.mean(np.asarray(fn(judges[m], xa)) != clean[m]))
                              for m in names])
                 rows.append(label)
+        boosters = [b for b in args.boosters.split(",") if b] if args.boosters else []
+        if boosters and args.booster_source not in judges:
+            p.error(f"--booster-source {args.booster_source} is not a judge of the matrix")
+        for b in boosters:
+            src = judges[args.booster_source]
+            label = f"{args.booster_source.replace('_places365', '')} {b}"
+            adv, s = attack_and_time(src, x, args.steps, label, attack=b, timed=False)
+            s["compile_s"] = None  # one call: run_s includes compilation
+            speed.append(s)
+            print(f"{label}: {s['pgd_img_it_per_s']:.2f} img*it/s (compile included), "
+                  f"white-box success {s['success_8bit']:.2f}", flush=True)
+            xa = jnp.asarray(adv)
+            drop.append([float(np.mean(np.asarray(fn(judges[m], xa)) != clean[m])) for m in names])
+            rows.append(label)
     standin = any(j.standin for j in judges.values())
     matrix = {"standin": standin, "note": transfer.TRANSFER_STANDIN if standin else None,
               "metric": "top-1 accuracy drop (clean top-1 of each judge as the label)",
               "rows": rows, "columns": names, "drop": drop,
+              "boosters": {"source": args.booster_source, "rows": boosters},
               "ensemble": {"members": members, "weights": "equal",
                            "label": f"clean top-1 of {members[0]}" if members else None},
               "judges": {n: j.label for n, j in judges.items()}}
@@ -197,7 +235,7 @@ def main(argv=None) -> int:
     md = markdown(payload)
     print(md)
     if args.results_md:
-        _results.update_section("transfer", md)
+        _results.update_section(args.section, md)
     return 0
 
 
@@ -206,7 +244,13 @@ def markdown(payload: dict) -> str:
 
     m, a = payload["machine"], payload["args"]
     mat = payload["transfer_matrix_pgd"]
-    out = ["## Transfer (`python -m benchmarks.transfer`)", "",
+    cmd = ("python -m benchmarks.transfer" + f" --batch {a['batch']} --steps {a['steps']}"
+           + f" --judges {a['judges']}" + (f" --ensemble {a['ensemble']}" if a.get("ensemble")
+                                            else "")
+           + (f" --boosters {a['boosters']} --booster-source {a['booster_source']}"
+              if a.get("boosters") else ""))
+    title = "Transfer, ensembles and boosters" if a.get("boosters") else "Transfer"
+    out = [f"## {title} (`python -m benchmarks.transfer`)", "", f"`{cmd}`", "",
            f"{m['date']}, {payload['cpu_model']} ({m['cpus']} CPUs, shared), jax {m['jax']} "
            f"{m['backend']}; {payload['wall_s']:.0f} s in all.", "",
            "Parity of the Places365 zoo judges (torch replica with random weights and randomised "
@@ -222,10 +266,11 @@ def markdown(payload: dict) -> str:
            _results.markdown_table(
                ["judge", "compile s", "run s", "PGD img*it/s", "white-box success"],
                [[mat["judges"].get(r["judge"], r["judge"] + (" (STAND-IN)" if r["standin"] else "")),
-                 r["compile_s"], r["run_s"], r["pgd_img_it_per_s"],
+                 "n/a" if r["compile_s"] is None else r["compile_s"], r["run_s"],
+                 r["pgd_img_it_per_s"],
                  r["success_8bit"]] for r in payload["attack_speed"]]),
-           "", "Transfer matrix, plain PGD (rows: protected against; columns: judged by; "
-           "top-1 accuracy drop):", ""]
+           "", "Transfer matrix, plain PGD, ensembles and boosters (rows: protected against; "
+           "columns: judged by; top-1 accuracy drop):", ""]
     if mat["standin"]:
         out += [f"**{transfer.TRANSFER_STANDIN}**", ""]
     if mat["ensemble"]["members"]:
@@ -234,6 +279,12 @@ def markdown(payload: dict) -> str:
                 f"label: the {mat['ensemble']['label']}, one label for every member); the other columns "
                 "are held out. Stand-in members disagree on the clean images, so the label is "
                 "already wrong for some of them before the attack.", ""]
+    if mat.get("boosters", {}).get("rows"):
+        out += [f"Booster rows: each attack/preset of the registry against "
+                f"{mat['boosters']['source']} (same eps and steps, no early stop, the final "
+                "iterate; their speed rows are one call with compilation included, compile s "
+                "n/a). With stand-ins these rows only show that each booster runs end to end.",
+                ""]
     out.append(_results.markdown_table(
         ["protected against \\ judged by"] + [c.replace("_places365", "") for c in mat["columns"]],
         [[r.replace("_places365", "")] + [f"{v:.2f}" for v in row]

@@ -20,6 +20,7 @@ TRACED_FIELDS = (
     "eps", "step_size", "step_size_min", "step_size2", "step_size2_min", "momentum",
     "kappa", "const", "lam", "theta_min", "theta_max", "threshold", "margin",
     "eot_quality_lo", "eot_quality_hi", "judge_quality", "adam_b1", "adam_b2",
+    "di_prob", "di_resize_rate", "ti_nsig", "vmi_beta", "square_p_init",
 )
 
 
@@ -76,6 +77,31 @@ class AttackConfig:
         pass per step instead of two. Exact where the iterate stays on the 8-bit grid (sign
         steps of whole grey levels from an 8-bit image, no random start); ACE and PerC-AL
         take their gradient at the continuous iterate (``fused_eval=False``), as the originals.
+
+    Transfer boosters (:mod:`ppjax.attacks.boosters`; static switches, traced values; each
+    composes with EOT JPEG, the appeal term and ensembles; defaults are torchattacks 3.5.1's):
+      di: input diversity (Xie et al., CVPR 2019): the gradient pass's classifier judges see the
+        image resized to a random size in [floor(di_resize_rate H), H) and zero-padded back to
+        H x W at a random place, with probability ``di_prob``, per image and step (the judging
+        pass does not; DI turns ``fused_eval`` off). Defaults 0.9 / 0.5 (torchattacks); the
+        paper enlarges 299 -> [299, 330) and pads to 330, which for a judge of one input size is
+        the same shrink-into-the-frame with rate 299/330 ~ 0.906.
+      ti_kernel: 0 (off) or the side of TI's Gaussian kernel (Dong et al., CVPR 2019): the
+        gradient is smoothed depthwise before the step rule; ``ti_nsig`` its extent in standard
+        deviations. Defaults 15 / 3 (torchattacks and the paper for normally trained judges).
+      vmi_samples: 0 (off) or N, VMI's variance tuning (Wang & He, CVPR 2021): gradients at N
+        neighbours uniform in the Linf ball of radius ``vmi_beta * eps`` give the variance term
+        added to the next gradient before momentum (use ``step="momentum"``). torchattacks
+        defaults N = 5, beta = 1.5; the paper N = 20 (preset ``vmifgsm/paper``).
+      sgm_gamma: 1.0 (off) or SGM's decay (Wu et al., ICLR 2020): the gradient through every
+        residual branch of a ResNet-family judge scaled by gamma (paper: 0.2 for ResNets); the
+        forward pass is unchanged. Static (a new gamma compiles a new program); other judges
+        are refused.
+      step="square": the Square attack (Andriushchenko et al., ECCV 2020), Linf, score-based:
+        no gradient; each iteration queries one random square update per image and keeps it if
+        the loss improves (``steps`` = proposals; queries = 1 + proposals, reported as
+        ``extras["queries"]``); ``square_p_init`` starts the square-size schedule (0.8 as
+        torchattacks and AutoAttack; the paper used 0.05 for its ImageNet Linf runs).
     """
 
     name: str = "custom"
@@ -123,11 +149,22 @@ class AttackConfig:
     judge_quality: float = 90.0
     adam_b1: float = 0.9
     adam_b2: float = 0.999
+    # boosters (see above): static switches ...
+    di: bool = False
+    ti_kernel: int = 0
+    vmi_samples: int = 0
+    sgm_gamma: float = 1.0
+    # ... and their traced values
+    di_prob: float = 0.5
+    di_resize_rate: float = 0.9
+    ti_nsig: float = 3.0
+    vmi_beta: float = 1.5
+    square_p_init: float = 0.8
     hyper: tuple[tuple[str, float], ...] = ()
 
     _CHOICES = {
         "param": ("delta", "tanh", "ace"),
-        "step": ("sign", "l2", "momentum", "adam", "sgd"),
+        "step": ("sign", "l2", "momentum", "adam", "sgd", "square"),
         "norm": ("linf", "l2", "none"),
         "formulation": ("attack", "penalty", "alternate"),
         "distortion": ("linf", "l2", "l2sq", "ciede2000", "reg"),
@@ -159,6 +196,26 @@ class AttackConfig:
             raise ValueError(f"attack {self.name!r}: distortion='reg' needs param='ace'")
         if self.param == "tanh" and self.norm != "none":
             raise ValueError(f"attack {self.name!r}: param='tanh' is unconstrained; use norm='none'")
+        self._check_boosters()
+
+    def _check_boosters(self):
+        who = f"attack {self.name!r}"
+        if self.ti_kernel < 0 or self.vmi_samples < 0:
+            raise ValueError(f"{who}: ti_kernel and vmi_samples must be >= 0 (0 = off)")
+        if self.ti_kernel > 0 and self.param not in ("delta", "tanh"):
+            raise ValueError(f"{who}: TI (ti_kernel) smooths image-shaped gradients; it needs "
+                             f"param='delta' or 'tanh', not {self.param!r}")
+        if not self.sgm_gamma > 0.0:
+            raise ValueError(f"{who}: sgm_gamma must be > 0 (1 = off; the paper uses 0.2)")
+        if self.step == "square":
+            bad = [f for f, off in (("di", False), ("ti_kernel", 0), ("vmi_samples", 0),
+                                    ("sgm_gamma", 1.0), ("eot", "none"), ("param", "delta"),
+                                    ("norm", "linf"), ("formulation", "attack"),
+                                    ("random_start", False), ("restarts", 1),
+                                    ("search_steps", 1)) if getattr(self, f) != off]
+            if bad:
+                raise ValueError(f"{who}: step='square' is gradient-free, Linf, additive, one "
+                                 f"round; these settings do not apply: {', '.join(bad)}")
 
     @property
     def rounds(self) -> int:

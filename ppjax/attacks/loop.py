@@ -23,6 +23,10 @@ Drivers (the same step code for all): ``"scan"`` (``lax.scan``, fixed length) or
 program; ``"python"``: the step is jitted once and driven from Python, which stops as soon as no
 image is active. ``"auto"`` is :func:`auto_driver`.
 
+Transfer boosters and the Square attack (:mod:`ppjax.attacks.boosters`) enter :func:`step` at
+places marked ``[boosters]``: the judges the gradient pass sees (DI, SGM), the VMI neighbours'
+gradient passed to the step rule, and, for Square, a judged proposal instead of a gradient.
+
 Randomness is per image: image b's keys derive from ``jax.random.key(seeds[b])`` by
 ``fold_in`` of a tag, the round and the iteration, so results never depend on the batch an image
 is in.
@@ -38,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ppjax.attacks import boosters
 from ppjax.attacks.config import AttackConfig
 from ppjax.attacks.objectives import make_objective
 from ppjax.attacks.parameterisations import _per_image_norm, make_parameterisation
@@ -164,7 +169,7 @@ def _eot_view(cfg: AttackConfig, x, hp, keys, sample: int):
 
 
 def _fused(cfg: AttackConfig) -> bool:
-    return cfg.fused_eval and cfg.eot == "none"
+    return cfg.fused_eval and cfg.eot == "none" and not boosters.transforms_input(cfg)
 
 
 # ----------------------------------------------------------------------------- rounds
@@ -193,7 +198,9 @@ def per_image_rule(rule: optax.GradientTransformation) -> optax.GradientTransfor
 
 
 def _rule(cfg: AttackConfig, hp) -> optax.GradientTransformation:
-    return per_image_rule(make_step_rule(cfg, hp))
+    rule = make_step_rule(cfg, hp)
+    # Square's state is per image already and the loop updates it itself (boosters)
+    return rule if cfg.step == "square" else per_image_rule(rule)
 
 
 def begin_round(cfg: AttackConfig, x0, hp, seeds, state: State, r) -> State:
@@ -309,21 +316,26 @@ def step(cfg: AttackConfig, models, x0, hp, seeds, state: State) -> State:
 
     x_now = par.render(state.params, x0)
     x8 = par.quantize(x_now, x0, hp)
-    if not _fused(cfg):
+    if not _fused(cfg) and not boosters.gradient_free(cfg):
         eval_terms = obj.evaluate(models, _judge_view(cfg, x8, hp), aux, hp)
 
-    def loss_fn(params):
+    def loss_fn(params, shift=None, keys=keys):
         x = par.render(params, x0)
+        if shift is not None:  # [boosters] a VMI neighbour
+            x = x + shift
         if _fused(cfg):
             # The judge sees exactly x8 (forward: x8 + 0, bit for bit, so finish can reuse this
             # judgement); the gradient passes straight through.
             on_grid = x8 + (x - jax.lax.stop_gradient(x))
-            terms = obj.evaluate(models, _judge_view(cfg, on_grid, hp), aux, hp)
+            g_models = boosters.gradient_models(cfg, models, hp, keys)  # [boosters] SGM
+            terms = obj.evaluate(g_models, _judge_view(cfg, on_grid, hp), aux, hp)
             adv = terms.success
         else:
             view = (lambda i: _eot_view(cfg, x, hp, keys, i)) if cfg.eot == "jpeg" else (
                 lambda i: x)
-            losses = [obj.evaluate(models, view(i), aux, hp).loss for i in range(cfg.eot_samples)]
+            # [boosters] DI / SGM: the judges the gradient sees (per-image keys, EOT sample i)
+            losses = [obj.evaluate(boosters.gradient_models(cfg, models, hp, keys, i), view(i),
+                                   aux, hp).loss for i in range(cfg.eot_samples)]
             terms = eval_terms._replace(loss=sum(losses) / cfg.eot_samples)
             adv = eval_terms.success
         adv = jax.lax.stop_gradient(adv)
@@ -337,9 +349,26 @@ def step(cfg: AttackConfig, models, x0, hp, seeds, state: State) -> State:
         per = per + hp["lam"] * reg
         return jnp.sum(jnp.where(live, per, 0.0)), (terms, per)
 
-    grads, (terms, per_loss) = jax.grad(loss_fn, has_aux=True)(state.params)
-    if not _fused(cfg):
-        terms = eval_terms
+    # ---- [boosters] hook 1: the gradient (or, for Square, the judged proposal)
+    rule_extra = {}
+    if boosters.gradient_free(cfg):  # Square: one query of a proposal, no gradient
+        prop = boosters.square_propose(x_now, x0, hp, keys, t, cfg.steps)
+        x8_prop = par.quantize(prop, x0, hp)
+        terms_p = obj.evaluate(models, _judge_view(cfg, x8_prop, hp), aux, hp)
+        x8, terms, square_state, _ = boosters.square_accept(state.opt_state, terms_p, x8_prop,
+                                                            x8, t)
+        per_loss = terms.loss
+    else:
+        grads, (terms, per_loss) = jax.grad(loss_fn, has_aux=True)(state.params)
+        if not _fused(cfg):
+            terms = eval_terms
+        if cfg.vmi_samples > 0:  # VMI: the neighbours' mean gradient for the variance term
+            noise = boosters.neighbour_noise(keys, x0.shape[1:], hp["vmi_beta"] * hp["eps"],
+                                             cfg.vmi_samples)
+            rule_extra["neighbour_grad"] = boosters.neighbour_gradient(
+                lambda u, i: jax.grad(loss_fn, has_aux=True)(
+                    state.params, u, boosters.neighbour_keys(keys, i))[0], noise)
+    # ---- end of hook 1
     succ = terms.success & live
 
     # ---- bookkeeping on the judged iterate x8
@@ -379,17 +408,20 @@ def step(cfg: AttackConfig, models, x0, hp, seeds, state: State) -> State:
     update = live & (t < cfg.steps) & ~stopped
 
     # ---- the update
-    direction, opt_state = rule.update(grads, state.opt_state, state.params)
-    if cfg.schedule == "cosine":
-        lr = cosine(t, cfg.steps, hp["step_size"], hp["step_size_min"])
-        lr2 = cosine(t, cfg.steps, hp["step_size2"], hp["step_size2_min"])
+    if boosters.gradient_free(cfg):  # [boosters] Square: the kept image is the next iterate
+        params, opt_state = x8 - x0, square_state
     else:
-        lr, lr2 = hp["step_size"], hp["step_size2"]
-    lr_img = jnp.broadcast_to(jnp.asarray(lr, jnp.float32), succ.shape)
-    if cfg.formulation == "alternate":
-        lr_img = jnp.where(terms.success, lr2, lr)
-    params = jax.tree.map(lambda p, d: p - _bcast(lr_img, d) * d, state.params, direction)
-    params = par.project(params, x0, hp)
+        direction, opt_state = rule.update(grads, state.opt_state, state.params, **rule_extra)
+        if cfg.schedule == "cosine":
+            lr = cosine(t, cfg.steps, hp["step_size"], hp["step_size_min"])
+            lr2 = cosine(t, cfg.steps, hp["step_size2"], hp["step_size2_min"])
+        else:
+            lr, lr2 = hp["step_size"], hp["step_size2"]
+        lr_img = jnp.broadcast_to(jnp.asarray(lr, jnp.float32), succ.shape)
+        if cfg.formulation == "alternate":
+            lr_img = jnp.where(terms.success, lr2, lr)
+        params = jax.tree.map(lambda p, d: p - _bcast(lr_img, d) * d, state.params, direction)
+        params = par.project(params, x0, hp)
 
     return state._replace(
         params=_select(update, params, state.params),
@@ -445,6 +477,8 @@ def finish(cfg: AttackConfig, models, x0, hp, state: State) -> dict:
         extras["appeal_before"], extras["appeal_after"] = state.clean_appeal, state.kept_appeal
     if cfg.search_steps > 1:
         extras["const"] = state.const
+    if boosters.gradient_free(cfg):  # [boosters] Square: judge queries (start + proposals)
+        extras["queries"] = state.steps_used + 1
     # the continuous iterate the loop ended with (last round; frozen where an image stopped),
     # before 8-bit rounding: for users who keep refining it or round it their own way
     extras["final_iterate"] = _parts(cfg).par.render(state.params, x0)

@@ -92,6 +92,22 @@ def appeal_variant(cfg: AttackConfig, weight: float | None = None) -> AttackConf
     return cfg.replace(objective=obj, hyper=hyper)
 
 
+# Transfer boosters (ppjax.attacks.boosters), named as torchattacks names them, with its defaults
+# (10 steps of 2/255 in an 8/255 ball, no random start, every step taken, the final iterate kept:
+# stopping at the first success on the surrogate would return the least transferable image).
+_TRANSFER = dict(objective="ce", norm="linf", steps=10, eps=8 / 255, step_size=2 / 255,
+                 random_start=False, early_stop=False, best="final", distortion="linf")
+_DIFGSM = AttackConfig(name="difgsm", step="sign", di=True, **_TRANSFER)  # decay 0
+_TIFGSM = AttackConfig(name="tifgsm", step="sign", di=True, ti_kernel=15, **_TRANSFER)
+_VMIFGSM = AttackConfig(name="vmifgsm", step="momentum", momentum=1.0, vmi_samples=5,
+                        **_TRANSFER)
+SGM_GAMMA_RESNET = 0.2  # Wu et al. (ICLR 2020) for ResNets
+# Square (Linf): margin loss, 5000 proposals per image, p_init 0.8 (torchattacks' defaults); stops
+# at the first success (the query count is the point)
+_SQUARE = AttackConfig(name="square", objective="margin", step="square", norm="linf",
+                       eps=8 / 255, steps=5000, square_p_init=0.8, early_stop=True,
+                       best="distortion", distortion="linf")
+
 ATTACKS: dict[str, dict[str, AttackConfig]] = {
     "fgsm": {"default": _FGSM},
     "ifgsm": {"default": _IFGSM},
@@ -108,9 +124,34 @@ ATTACKS: dict[str, dict[str, AttackConfig]] = {
                                     step_size=8 / 255 * 0.01 / 0.3, random_start=True,
                                     early_stop=False, best="final", fused_eval=False),
             "madry": _PGD.replace(steps=40, step_size=0.01, early_stop=False, best="final"),
-            "restarts": _PGD.replace(steps=20, restarts=5)},
+            "restarts": _PGD.replace(steps=20, restarts=5),
+            # PGD with one booster each (transfer: every step taken, the final iterate)
+            "di": _PGD.replace(name="pgd/di", di=True, early_stop=False, best="final"),
+            "ti": _PGD.replace(name="pgd/ti", ti_kernel=15, early_stop=False, best="final"),
+            "sgm": _PGD.replace(name="pgd/sgm", sgm_gamma=SGM_GAMMA_RESNET, early_stop=False,
+                                best="final")},
     "pgd_l2": {"default": _PGD_L2},
-    "mifgsm": {"default": _MIFGSM},
+    "mifgsm": {"default": _MIFGSM,
+               "di": _MIFGSM.replace(name="mifgsm/di", di=True, early_stop=False, best="final"),
+               "ti": _MIFGSM.replace(name="mifgsm/ti", ti_kernel=15, early_stop=False,
+                                     best="final"),
+               "vmi": _MIFGSM.replace(name="mifgsm/vmi", vmi_samples=5, early_stop=False,
+                                      best="final"),
+               "sgm": _MIFGSM.replace(name="mifgsm/sgm", sgm_gamma=SGM_GAMMA_RESNET,
+                                      early_stop=False, best="final"),
+               # all four (VMI-TI-DI-MI with SGM): for ResNet-family surrogates
+               "all": _MIFGSM.replace(name="mifgsm/all", di=True, ti_kernel=15, vmi_samples=5,
+                                      sgm_gamma=SGM_GAMMA_RESNET, early_stop=False,
+                                      best="final")},
+    "difgsm": {"default": _DIFGSM,
+               # M-DI2-FGSM: with momentum 1 (the paper's strongest variant)
+               "momentum": _DIFGSM.replace(name="difgsm/momentum", step="momentum")},
+    "tifgsm": {"default": _TIFGSM,
+               "momentum": _TIFGSM.replace(name="tifgsm/momentum", step="momentum")},
+    "vmifgsm": {"default": _VMIFGSM,
+                "paper": _VMIFGSM.replace(name="vmifgsm/paper", vmi_samples=20)},
+    "square": {"default": _SQUARE,
+               "paper": _SQUARE.replace(name="square/paper", steps=10000, square_p_init=0.05)},
     "cw_l2": {"default": _CW,
               "paper": _CW.replace(steps=10000, search_steps=9, const=1e-3)},
     "ace": {"default": _ACE, "bmvc2020": _ACE, "journal": _ACE_JOURNAL},
@@ -132,7 +173,8 @@ ATTACKS: dict[str, dict[str, AttackConfig]] = {
                        name="camouflage/appeal", early_stop=False, best="appeal")},
 }
 ALIASES = {"bim": "ifgsm", "i-fgsm": "ifgsm", "mi-fgsm": "mifgsm", "cw": "cw_l2",
-           "perc-al": "perc_al", "pgd_linf": "pgd"}
+           "perc-al": "perc_al", "pgd_linf": "pgd", "di-fgsm": "difgsm", "di2-fgsm": "difgsm",
+           "ti-fgsm": "tifgsm", "vmi-fgsm": "vmifgsm", "vmi": "vmifgsm", "square_linf": "square"}
 
 
 def _type_problems(cfg: AttackConfig, overrides: dict) -> list[str]:
@@ -175,6 +217,11 @@ _RANGES = (
     ("judge_quality", 1.0, True, 100.0, "a JPEG quality"),
     ("adam_b1", 0.0, True, 1.0, "an Adam decay (below 1)"),
     ("adam_b2", 0.0, True, 1.0, "an Adam decay (below 1)"),
+    ("di_prob", 0.0, True, 1.0, "DI's probability"),
+    ("di_resize_rate", 0.0, False, 1.0, "DI's smallest size as a fraction of the side (< 1)"),
+    ("ti_nsig", 0.0, False, None, "TI's kernel extent in standard deviations"),
+    ("vmi_beta", 0.0, True, None, "VMI's neighbourhood radius in units of eps"),
+    ("square_p_init", 0.0, False, 1.0, "Square's initial square-area fraction"),
 )
 
 
@@ -184,8 +231,9 @@ def value_problems(cfg: AttackConfig) -> list[str]:
     out = []
     for name, lo, incl, hi, what in _RANGES:
         v = float(getattr(cfg, name))
+        below1 = name.startswith("adam") or name == "di_resize_rate"  # strictly below hi
         if (v < lo if incl else v <= lo) or (hi is not None and (v > hi or (
-                name.startswith("adam") and v >= hi))):
+                below1 and v >= hi))):
             rng = f"{'>=' if incl else '>'} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
             out.append(f"{name}={v:g} is out of range: {what} must be {rng}")
     if cfg.eot_quality_lo > cfg.eot_quality_hi:

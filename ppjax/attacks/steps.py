@@ -7,6 +7,8 @@ schedule), so these transforms carry no learning rate. All statistics are per im
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -49,8 +51,90 @@ def adam(b1=0.9, b2=0.999) -> optax.GradientTransformation:
     return optax.scale_by_adam(b1=b1, b2=b2)
 
 
+def gaussian_kernel(size: int, nsig) -> jnp.ndarray:
+    """TI's kernel (Dong et al. 2019; torchattacks ``TIFGSM.gkern``): the outer product of the
+    standard normal density at ``size`` points evenly spaced on [-nsig, nsig], normalised to sum
+    1. [size, size] float32; ``nsig`` may be traced."""
+    x = jnp.linspace(-nsig, nsig, size).astype(jnp.float32)
+    k1 = jnp.exp(-0.5 * x * x)  # the density's constant cancels in the normalisation
+    k = jnp.outer(k1, k1)
+    return k / jnp.sum(k)
+
+
+def smooth(g: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """Depthwise 2-D convolution (cross-correlation, zero "same" padding) of every channel of
+    ``g`` [B, H, W, C] with ``kernel`` [k, k] (torch ``F.conv2d(g, K, padding="same",
+    groups=C)``)."""
+    c = g.shape[-1]
+    w = jnp.tile(kernel[:, :, None, None], (1, 1, 1, c)).astype(g.dtype)
+    return jax.lax.conv_general_dilated(
+        g, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=c, precision=jax.lax.Precision.HIGHEST)
+
+
+def translation_invariant(size: int, nsig) -> optax.GradientTransformation:
+    """TI: the gradient smoothed by a ``size`` x ``size`` Gaussian (:func:`gaussian_kernel`)
+    before the step rule. Image-shaped leaves [B, H, W, 3] only."""
+    def f(g):
+        if g.ndim != 4 or g.shape[-1] != 3:
+            raise ValueError(f"TI smooths image-shaped gradients [B, H, W, 3]; got {g.shape}")
+        return smooth(g, gaussian_kernel(size, nsig))
+
+    return optax.stateless(lambda updates, params=None: jax.tree.map(f, updates))
+
+
+class VarianceState(NamedTuple):
+    v: Any  # the variance term for the next step (params-shaped; 0 at the start)
+
+
+def variance_tuning() -> optax.GradientTransformationExtraArgs:
+    """VMI's variance tuning (Wang & He, CVPR 2021): the direction passed on is ``g_t + v_t``
+    (then, as in the paper, normalised and accumulated by the momentum rule chained after this),
+    and ``v_{t+1} = mean_i g(x_t + r_i) - g_t`` with the neighbours' mean gradient given as the
+    extra argument ``neighbour_grad`` (see :func:`ppjax.attacks.boosters.neighbour_gradient`)."""
+
+    def init(params):
+        return VarianceState(jax.tree.map(jnp.zeros_like, params))
+
+    def update(updates, state, params=None, *, neighbour_grad=None, **extra):
+        if neighbour_grad is None:
+            raise ValueError("variance_tuning needs neighbour_grad (the neighbours' mean gradient)")
+        out = jax.tree.map(lambda g, v: g + v, updates, state.v)
+        return out, VarianceState(jax.tree.map(lambda n, g: n - g, neighbour_grad, updates))
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def square_rule() -> optax.GradientTransformation:
+    """Square's state holder: ``init`` makes its per-image state; the loop updates that state
+    itself (:func:`ppjax.attacks.boosters.square_accept`) and never calls ``update``."""
+    from ppjax.attacks.boosters import square_init
+
+    def init(params):
+        return square_init(jax.tree.leaves(params)[0].shape[0])
+
+    def update(updates, state, params=None):
+        raise RuntimeError("the Square step takes no gradient; the loop accepts proposals itself")
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_step_rule(cfg, hp) -> optax.GradientTransformation:
-    """The step rule of ``cfg.step`` with traced hyperparameters from ``hp``."""
+    """The step rule of ``cfg`` with traced hyperparameters from ``hp``: the base rule
+    (``cfg.step``) preceded by VMI's variance tuning (``vmi_samples > 0``) and TI's smoothing
+    (``ti_kernel > 0``), in that order (TI smooths ``g + v``, as the VMI paper's TI variant)."""
+    if cfg.step == "square":
+        return square_rule()
+    base = _base_rule(cfg, hp)
+    parts = []
+    if cfg.vmi_samples > 0:
+        parts.append(variance_tuning())
+    if cfg.ti_kernel > 0:
+        parts.append(translation_invariant(cfg.ti_kernel, hp["ti_nsig"]))
+    return optax.chain(*parts, base) if parts else base
+
+
+def _base_rule(cfg, hp) -> optax.GradientTransformation:
     if cfg.step == "sign":
         return sign()
     if cfg.step == "l2":

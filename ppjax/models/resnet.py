@@ -23,6 +23,7 @@ from functools import partial
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ppjax.models.pooling import max_pool
@@ -56,6 +57,29 @@ def _bn(dtype, name):
     return nn.BatchNorm(use_running_average=True, epsilon=1e-5, dtype=dtype, name=name)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def scale_gradient(x: jnp.ndarray, gamma: float) -> jnp.ndarray:
+    """Identity forward; the gradient flowing back through it is multiplied by ``gamma`` (SGM's
+    skip-gradient decay on a residual branch; :func:`ppjax.attacks.boosters.skip_gradient`)."""
+    return x
+
+
+def _sg_fwd(x, gamma):
+    return x, None
+
+
+def _sg_bwd(gamma, _, g):
+    return (g * jnp.asarray(gamma, g.dtype),)
+
+
+scale_gradient.defvjp(_sg_fwd, _sg_bwd)
+
+
+def _residual(out, gamma: float):
+    # SGM (Wu et al., ICLR 2020): d(out + identity)/dx = gamma * d(out)/dx + d(identity)/dx
+    return out if gamma == 1.0 else scale_gradient(out, gamma)
+
+
 class Downsample(nn.Module):
     """torch ``Sequential(conv1x1(stride), BatchNorm2d)``: children named ``0`` and ``1``."""
 
@@ -75,6 +99,7 @@ class Bottleneck(nn.Module):
     downsample: bool = False
     dtype: Dtype = jnp.float32
     expansion: int = 4
+    sgm_gamma: float = 1.0
 
     @nn.compact
     def __call__(self, x):
@@ -83,7 +108,7 @@ class Bottleneck(nn.Module):
         out = _conv(self.planes, 3, self.stride, 1, self.dtype, "conv2")(out)
         out = nn.relu(_bn(self.dtype, "bn2")(out))
         out = _conv(self.planes * self.expansion, 1, 1, 0, self.dtype, "conv3")(out)
-        out = _bn(self.dtype, "bn3")(out)
+        out = _residual(_bn(self.dtype, "bn3")(out), self.sgm_gamma)
         if self.downsample:
             identity = Downsample(self.planes * self.expansion, self.stride, self.dtype,
                                   name="downsample")(x)
@@ -96,6 +121,7 @@ class BasicBlock(nn.Module):
     downsample: bool = False
     dtype: Dtype = jnp.float32
     expansion: int = 1
+    sgm_gamma: float = 1.0
 
     @nn.compact
     def __call__(self, x):
@@ -103,6 +129,7 @@ class BasicBlock(nn.Module):
         out = nn.relu(_bn(self.dtype, "bn1")(_conv(self.planes, 3, self.stride, 1, self.dtype,
                                                    "conv1")(x)))
         out = _bn(self.dtype, "bn2")(_conv(self.planes, 3, 1, 1, self.dtype, "conv2")(out))
+        out = _residual(out, self.sgm_gamma)
         if self.downsample:
             identity = Downsample(self.planes, self.stride, self.dtype, name="downsample")(x)
         return nn.relu(out + identity)
@@ -117,6 +144,7 @@ class _Layer(nn.Module):
     stride: int
     in_planes: int
     dtype: Dtype = jnp.float32
+    sgm_gamma: float = 1.0
 
     @nn.compact
     def __call__(self, x):
@@ -128,6 +156,7 @@ class _Layer(nn.Module):
                 stride=self.stride if i == 0 else 1,
                 downsample=needs_ds and i == 0,
                 dtype=self.dtype,
+                sgm_gamma=self.sgm_gamma,
                 name=str(i),
             )(x)
         return x
@@ -145,6 +174,8 @@ class ResNet(nn.Module):
       stage_sizes: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
       num_classes: 365 for Places365.
       dtype: compute dtype (params stay float32); bf16 gives the fast CPU/GPU path.
+      sgm_gamma: 1.0, or SGM's decay of the gradient through every residual branch (forward
+        unchanged; :func:`ppjax.attacks.boosters.skip_gradient`).
     Returns logits ``[B, num_classes]`` in float32.
     """
 
@@ -156,6 +187,7 @@ class ResNet(nn.Module):
     mean: Sequence[float] = IMAGENET_MEAN
     std: Sequence[float] = IMAGENET_STD
     dtype: Dtype = jnp.float32
+    sgm_gamma: float = 1.0
 
     @nn.compact
     def __call__(self, x01, *, capture: bool = False):
@@ -170,7 +202,7 @@ class ResNet(nn.Module):
         for i, blocks in enumerate(self.stage_sizes):
             planes = 64 * 2**i
             x = _Layer(self.block_cls, planes, blocks, 1 if i == 0 else 2, in_planes, self.dtype,
-                       name=f"layer{i + 1}")(x)
+                       self.sgm_gamma, name=f"layer{i + 1}")(x)
             in_planes = planes * self.block_cls.expansion
             feats[f"layer{i + 1}"] = x
         x = x.astype(jnp.float32)
