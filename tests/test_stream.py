@@ -19,6 +19,9 @@ CASES = {
     "pgd": dict(steps=6, restarts=2, random_start=True, eps=3 / 255, step_size=1 / 255),
     "cw_l2": dict(steps=5, search_steps=3, step_size=0.02, const=0.5),
     "perc_al": dict(steps=6),
+    # transfer boosters drawing per-image randomness every step (DI, VMI neighbours) + TI (SGM
+    # off: the tiny judge has no residual blocks)
+    "mifgsm/all": dict(steps=4, ti_kernel=5, vmi_samples=2, sgm_gamma=1.0),
 }
 
 
@@ -38,8 +41,9 @@ def items(images, order):
 
 
 def alone(name, judge, image, seed):
-    return ppjax.attack(name, judge, jnp.asarray(image[None]), seeds=np.array([seed], np.uint32),
-                        **CASES[name])
+    attack, _, preset = name.partition("/")
+    return ppjax.attack(attack, judge, jnp.asarray(image[None]), preset=preset or None,
+                        seeds=np.array([seed], np.uint32), **CASES[name])
 
 
 def same(a, b, where: str, exact: bool) -> None:
@@ -74,8 +78,9 @@ def test_each_image_equals_running_it_alone(judge, images, name):
     if name == "pgd":
         assert len(set(steps.tolist())) > 1, steps
     for slots, order in ((2, range(N)), (4, [4, 2, 0, 3, 1]), (2, [1, 3, 0, 4, 2]), (8, [2, 0, 1, 4, 3])):
-        got = dict(ppjax.attacks.stream(name, judge, items(images, order), slots=slots,
-                                        **CASES[name]))
+        attack, _, preset = name.partition("/")
+        got = dict(ppjax.attacks.stream(attack, judge, items(images, order), slots=slots,
+                                        preset=preset or None, **CASES[name]))
         assert sorted(got) == list(range(N))
         for i in range(N):
             same(got[i], ref[i], f"image {i}, {slots} slots, order {list(order)}",
