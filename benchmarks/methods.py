@@ -85,7 +85,8 @@ def _compare(s1, d1, s2, d2) -> dict:
             "mean_distortion_torch": float(d2[s2].mean()) if s2.any() else None}
 
 
-def methods(judge, tm, x, labels, steps: int, kappa: float) -> dict:
+def methods(judge, tm, x, labels, steps: int, kappa: float, out: dict | None = None,
+            save=None) -> dict:
     from ppjax.color import ciede2000_l2
     from tests import torch_attack_ref as ref
 
@@ -101,7 +102,7 @@ def methods(judge, tm, x, labels, steps: int, kappa: float) -> dict:
         "perc_al_kappa": (dict(name="perc_al", preset="kappa40", kappa=kappa),
                           lambda: ref.perc_al(tm, x, labels, steps, kappa=kappa)),
     }
-    out = {}
+    out = {} if out is None else out
     for key, (kw, run_ref) in cases.items():
         kw = dict(kw)
         name = kw.pop("name")
@@ -135,6 +136,8 @@ def methods(judge, tm, x, labels, steps: int, kappa: float) -> dict:
         out[key] = row
         print(key, {k: row[k] for k in ("success_agreement", "distortion_rel_diff",
                                         "seconds_ppjax", "seconds_torch")}, flush=True)
+        if save is not None:
+            save()
     return out
 
 
@@ -280,27 +283,38 @@ def main(argv=None) -> int:
     judge, tm, x, labels = _setup(hw, a.batch, a.seed)
     payload = {"machine": machine(), "judge": judge.label, "hw": list(hw), "batch": a.batch,
                "steps": a.steps, "load_average_start": os.getloadavg()[0]}
-    payload["methods"] = methods(judge, tm, x, labels, a.steps, a.kappa)
+
+    def save():  # after every part, so that an interrupted run keeps what it measured
+        payload["seconds_total"] = time.perf_counter() - t0
+        payload["load_average_end"] = os.getloadavg()[0]
+        write_json(a.json, payload)
+        if not a.no_results_md:
+            update_section("methods", results_markdown(payload))
+
+    payload["methods"] = {}
+    methods(judge, tm, x, labels, a.steps, a.kappa, payload["methods"], save)
     payload["ace_fused_eval"] = fused_cost(judge, x, labels, min(a.steps, 20))
+    save()
     payload["ciede2000_vs_authors"] = ciede2000_gap()
+    save()
     if not a.skip_torchattacks:
         payload["torchattacks"] = torchattacks_parity(judge, tm, x, labels)
-    payload["seconds_total"] = time.perf_counter() - t0
-    payload["load_average_end"] = os.getloadavg()[0]
-    write_json(a.json, payload)
-    if not a.no_results_md:
-        update_section("methods", results_markdown(payload))
+    payload["complete"] = True
+    save()
     return 0
 
 
 def results_markdown(p: dict) -> str:
     m = p["machine"]
     lines = ["## Fidelity: ppjax vs torch references (`benchmarks.methods`)\n",
-             f"{m['date']}, {m['processor']}, {m['cpus']} CPUs; judge {p['judge']} at "
+             f"{m['date']}, {m.get('cpu', {}).get('model') or m['processor']}, {m['cpus']} CPUs; "
+             f"judge {p['judge']} at "
              f"{p['hw'][0]}x{p['hw'][1]}, {p['batch']} images, budget {p['steps']} steps; "
              "ppjax on XLA f32. Success agreement = share of images with the same outcome; "
              "distortion diff = largest relative difference where both fooled."
-             + (f" Whole run {p['seconds_total'] / 60:.1f} min, load average "
+             + ("" if p.get("complete") else " INCOMPLETE: the run was interrupted; parts below"
+                " are those it finished.")
+             + (f" Run time {p['seconds_total'] / 60:.1f} min, load average "
                 f"{p['load_average_start']:.1f} -> {p['load_average_end']:.1f}."
                 if "seconds_total" in p else "") + "\n"]
     rows = []
