@@ -402,22 +402,31 @@ def centre_output_bias(module, variables: dict, images: np.ndarray, bias_path: t
     return traverse_util.unflatten_dict(flat)
 
 
+def calibrate_variables(spec, variables: dict, n_images: int = 64, seed: int = 0,
+                        output_bias: tuple[str, ...] | None = None, batch: int = 16) -> dict:
+    """Stand-in realism on Flax ``variables`` of ``spec``'s module: BatchNorm running statistics
+    calibrated on real photos (:func:`calibration_photos`, ``n_images`` augmented crops at the
+    judge's input size, seeded) and, for classifiers, the output bias centred
+    (:func:`centre_output_bias`; ``output_bias`` = the Flax path of that bias, under
+    ``params``). Deterministic for a given seed and photo set."""
+    module = spec.make_module()
+    images = augmented_crops(calibration_photos(), tuple(spec.input_hw), n_images, seed)
+    variables = calibrate_batch_stats(module, variables, images, min(batch, n_images))
+    if output_bias is not None:
+        variables = centre_output_bias(module, variables, images, output_bias, batch)
+    return variables
+
+
 def calibrate_standin(spec, state_dict: dict, n_images: int = 64, seed: int = 0,
                       output_bias: tuple[str, ...] | None = None, batch: int = 16) -> dict:
-    """Stand-in realism: the torch-named random ``state_dict`` with its BatchNorm running
-    statistics calibrated on real photos (:func:`calibration_photos`, ``n_images`` augmented
-    crops at the judge's input size, seeded) and, for classifiers, the output bias centred
-    (:func:`centre_output_bias`; ``output_bias`` = the Flax path of that bias). Returns a new
-    state dict in the same layout. Deterministic for a given seed and photo set."""
+    """:func:`calibrate_variables` on a torch-named random ``state_dict`` (the layout of a torch
+    stand-in file). Returns a new state dict in the same layout, with the BatchNorm statistics
+    (and ``output_bias``) replaced."""
     import torch
 
     abstract = spec.abstract_variables()
-    module = spec.make_module()
     variables = torch_to_flax(state_dict, abstract, "stand-in", spec.architecture)
-    images = augmented_crops(calibration_photos(), tuple(spec.input_hw), n_images, seed)
-    variables = calibrate_batch_stats(module, variables, images, batch)
-    if output_bias is not None:
-        variables = centre_output_bias(module, variables, images, output_bias, batch)
+    variables = calibrate_variables(spec, variables, n_images, seed, output_bias, batch)
     flat = traverse_util.flatten_dict(variables)
     out = dict(state_dict)
     for key, (_shape, flat_key, layout) in expected_torch_shapes(abstract).items():

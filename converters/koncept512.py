@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.common import convert_torch_checkpoint, converter_main, write_standin_file
+from converters.common import calibrate_standin, convert_torch_checkpoint, converter_main, write_standin_file
 from ppjax.judges import get_spec
 
 NAME = "koncept512"
@@ -44,10 +44,19 @@ def plain_layout(state_dict: dict) -> dict:
     return dict(state_dict)
 
 
-def make_standin(weights_dir=None, seed: int = 0) -> Path:
+def make_standin(weights_dir=None, seed: int = 0, calibrate: bool = True) -> Path:
     """Random weights in the ``KonCept512.pth`` layout, converted by :func:`convert`, flagged as a
-    stand-in, then score-calibrated (:func:`calibrate_standin_score`)."""
-    src = write_standin_file(get_spec(NAME), plain_layout, weights_dir, seed)
+    stand-in, then score-calibrated (:func:`calibrate_standin_score`). With ``calibrate``
+    (default) the BatchNorm statistics are first calibrated on real photos
+    (:func:`converters.common.calibrate_standin`, 16 crops at 384x512), so that the score
+    depends on the photo through the whole network and not only through the final affine map."""
+    spec = get_spec(NAME)
+
+    def calibrated(sd):
+        return calibrate_standin(spec, sd, n_images=16, seed=seed, batch=4)
+
+    src = write_standin_file(spec, plain_layout, weights_dir, seed,
+                             calibrate=calibrated if calibrate else None)
     out = convert(src, weights_dir, standin=True)
     calibrate_standin_score(src, weights_dir)
     return out

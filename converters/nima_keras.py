@@ -43,6 +43,7 @@ from flax import traverse_util
 
 from converters.common import (
     ConversionError,
+    calibrate_variables,
     conversion_metadata,
     converter_main,
     mismatch_error,
@@ -283,13 +284,25 @@ def random_keras_weights(abstract_variables, seed: int = 0, dense: str = "dense_
     return out
 
 
-def make_standin(weights_dir=None, seed: int = 0) -> Path:
+def make_standin(weights_dir=None, seed: int = 0, calibrate: bool = True) -> Path:
     """Random weights written in titu1994's weights-only h5 layout (with h5py, no Keras),
-    converted by :func:`convert` and flagged as stand-in."""
+    converted by :func:`convert` and flagged as stand-in. With ``calibrate`` (default) the
+    BatchNorm moving statistics are calibrated on real photos
+    (:func:`converters.common.calibrate_variables`) before they are written, so that the
+    stand-in's score depends on the photo."""
     from ppjax.config import downloads_dir
 
     spec = get_spec(NAME)
-    weights = random_keras_weights(spec.abstract_variables(), seed)
+    abstract = spec.abstract_variables()
+    weights = random_keras_weights(abstract, seed)
+    if calibrate:
+        variables = calibrate_variables(
+            spec, keras_to_flax(weights, abstract, "stand-in", spec.architecture), n_images=32,
+            seed=seed)
+        flat = traverse_util.flatten_dict(variables)
+        for key, (_shape, flat_key, _layout) in expected_keras_weights(abstract).items():
+            if flat_key[0] == "batch_stats":
+                weights[key] = np.asarray(flat[flat_key], np.float32)
     order = _weightless_layers()[:1] + sorted({k[0] for k in weights}, key=_layer_rank)
     order += _weightless_layers()[1:]
     src = write_keras_h5(downloads_dir(weights_dir) / (spec.filename + ".standin"), weights, order)

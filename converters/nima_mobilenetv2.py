@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters.common import convert_torch_checkpoint, converter_main, write_standin_file
+from converters.common import calibrate_standin, convert_torch_checkpoint, converter_main, write_standin_file
 from ppjax.judges import get_spec
 
 NAME = "nima_mobilenetv2"
@@ -24,10 +24,19 @@ def convert(src, weights_dir=None, standin: bool = False, out_dir=None) -> Path:
                                     strip_prefixes=("module.",), out_dir=out_dir)
 
 
-def make_standin(weights_dir=None, seed: int = 0) -> Path:
+def make_standin(weights_dir=None, seed: int = 0, calibrate: bool = True) -> Path:
     """Random weights saved as a plain state dict (the ``nima224.pth`` layout), converted by
-    :func:`convert` and flagged as stand-in."""
-    src = write_standin_file(get_spec(NAME), dict, weights_dir, seed)
+    :func:`convert` and flagged as stand-in. With ``calibrate`` (default) the BatchNorm
+    statistics are calibrated on real photos (:func:`converters.common.calibrate_standin`), so
+    that the stand-in's score depends on the photo (the head ends in a softmax: no bias is
+    centred)."""
+    spec = get_spec(NAME)
+
+    def calibrated(sd):
+        return calibrate_standin(spec, sd, n_images=32, seed=seed)
+
+    src = write_standin_file(spec, dict, weights_dir, seed,
+                             calibrate=calibrated if calibrate else None)
     return convert(src, weights_dir, standin=True)
 
 

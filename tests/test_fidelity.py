@@ -82,8 +82,71 @@ def test_standin_top1_depends_on_the_input(resnet_pair, ref_images, resnet_stand
     assert len(set(top.tolist())) >= 3, top
 
 
+def perc_al_shadow(judge, model, x, labels, steps: int, kappa: float):
+    """The torch reference's PerC-AL run (traced) and, at EVERY iteration t, ppjax's loop step
+    started from the reference's state (its continuous perturbation delta_t). Per iteration:
+    ``(ppjax's judgement, the reference's, the reference's signed distance to the decision,
+    ||ppjax's delta_{t+1} - reference's delta_{t+1}|| / ||reference's step||)``. Comparing one
+    step at a time from the same state tests the algorithm without the amplification of float
+    rounding along a chaotic trajectory."""
+    trace = []
+    theirs = ref.perc_al(model, x, labels, steps, kappa=kappa, trace=trace)
+    cfg = get_attack("perc_al", steps=steps, kappa=kappa)
+    hp = {k: jnp.float32(v) for k, v in cfg.hyperparameters().items()}
+    b = len(x)
+    aux = {"labels": jnp.asarray(labels, jnp.int32), "targets": jnp.full(b, -1, jnp.int32),
+           "group": jnp.zeros(1, bool)}
+    seeds = jnp.arange(b, dtype=jnp.uint32)
+    x0 = jnp.asarray(x)
+    s0 = jax.jit(lambda m: loop.init(cfg, m, x0, aux, hp, seeds))({"judge": judge})
+    one = jax.jit(lambda m, st: loop.step(cfg, m, x0, hp, seeds, st))
+    rows = []
+    for t, (delta, adv, edge) in enumerate(trace):
+        new = one({"judge": judge}, s0._replace(params=jnp.asarray(delta), t=jnp.int32(t)))
+        err = np.zeros(b)
+        if t < steps:
+            nxt = trace[t + 1][0]
+            size = np.sqrt(((nxt - delta) ** 2).reshape(b, -1).sum(1))
+            err = np.sqrt(((np.asarray(new.params) - nxt) ** 2).reshape(b, -1).sum(1)) / (
+                np.maximum(size, 1e-12))
+        rows.append((np.asarray(new.success), adv, edge, err))
+    return theirs, rows
+
+
+def check_shadow(rows, ce_tol: float, colour_tol: float, tie: float = 1e-3):
+    """Same judgement at every iteration (except near-ties, |distance to the decision| <= tie)
+    and the same next iterate: colour steps within ``colour_tol``, cross-entropy steps within
+    ``ce_tol`` (relative to the step's length)."""
+    for t, (ours, theirs, edge, err) in enumerate(rows):
+        differ = (ours != theirs) & (np.abs(edge) > tie)
+        assert not differ.any(), (t, ours, theirs, edge)
+        colour = theirs & (ours == theirs)
+        assert (err[colour] <= colour_tol).all(), ("colour step", t, err, theirs)
+        assert (err[~theirs] <= ce_tol).all(), ("CE step", t, err, theirs)
+
+
 @pytest.mark.parametrize("method", ["ace", "ace_journal", "perc_al", "perc_al_kappa"])
 def test_method_agrees_with_torch_reference(resnet_pair, ref_images, method):
+    """ACE: success identical on >= 90% of the images, final regulariser within 10% where both
+    fooled (the issue's figures).
+
+    PerC-AL: the ALGORITHM is checked step for step (:func:`perc_al_shadow`, kappa 0; kappa on
+    the small network): from the reference's state, ppjax judges the same way at every one of
+    the 61 iterations and its next iterate is the reference's, colour steps to 1e-3 (measured
+    <= 3.4e-4; they also pin the cosine schedule), cross-entropy steps to 0.1 (measured <= 2.4e-2,
+    6.3% with kappa 1). The CE steps are looser because the calibrated ResNet-50's input
+    gradient is ill-conditioned in float32: at the clean image, torch's own float32 gradient is
+    4.7% from its float64 gradient on one of these images (ppjax's 4.3%).
+    End to end, success is identical (the issue's >= 90%), but the final CIEDE2000 distortion
+    is NOT within 10% on every image, and cannot be: PerC-AL keeps its 8-bit copy at the
+    decision boundary (it steps back toward the clean image until it is no longer adversarial,
+    then across again), and the trajectory visits near-ties (margins within 0.004-0.02 of 0) a
+    few times per image. A float32 difference in a step decides such a tie either way and the
+    trajectories part. Measured (4 images, 60 steps, distortions): torch float64 8.77, 4.90,
+    16.84, 6.78; torch float32 with 2 threads 8.81, 4.90, 15.12, 6.66; with 1 thread 9.10,
+    4.90, 18.71, 6.66; ppjax 8.80, 4.90, 16.37, 10.68. Torch float32 is itself 10-11% from
+    torch float64 on the third image, and 1 vs 2 threads differ by 24% there. Checked end to
+    end: within 10% on at least half the images."""
     judge, tm = resnet_pair
     x = ref_images
     labels = np.asarray(jnp.argmax(judge(jnp.asarray(x)), -1))
@@ -104,15 +167,16 @@ def test_method_agrees_with_torch_reference(resnet_pair, ref_images, method):
         kappa = 1.0 if method == "perc_al_kappa" else 0.0  # stand-in logits are O(1), not O(40)
         res = ppjax.attack("perc_al", judge, x, labels, steps=REF_STEPS, kappa=kappa,
                            backend="xla")
-        theirs = ref.perc_al(tm, x, labels, REF_STEPS, kappa=kappa)
+        if kappa:  # kappa is checked step for step on the small network (CI time)
+            theirs = ref.perc_al(tm, x, labels, REF_STEPS, kappa=kappa)
+        else:
+            theirs, rows = perc_al_shadow(judge, tm, x, labels, REF_STEPS, kappa)
+            check_shadow(rows, ce_tol=0.1, colour_tol=1e-3)
         dist = res.extras["best_key"]
     agree, rel, both = _agree(res.success, np.where(res.success, dist, 0.0), theirs)
     assert both >= 1, (res.success, theirs["success"])
     assert agree >= 0.9, (method, res.success, theirs["success"])
     if method.startswith("perc_al"):
-        # OPEN (issue 13): the bar is every image within 10%. PerC-AL's switching between the
-        # CE and the colour step is chaotic: measured 2-3 of 4 images within 10% (two equal to
-        # 5 digits), the others 16-60% apart after 50 steps. Checked here: at least half.
         s1, s2 = np.asarray(res.success), theirs["success"]
         both_m = s1 & s2
         d1, d2 = np.asarray(dist)[both_m], theirs["distortion"][both_m]
@@ -146,6 +210,37 @@ def tiny_x(photo_paths):
     from tests.conftest import photos_at
 
     return jnp.asarray(photos_at(photo_paths, (32, 32), 4))
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    """(ppjax tiny CNN judge, its torch replica on NHWC input) with the same random weights."""
+    from converters.common import torch_to_flax
+    from tests.test_attacks import TinyCNN, make_judge
+    from tests.torch_ref.pgd import TinyCNN as TorchTiny
+
+    torch.manual_seed(3)
+    tnet = TorchTiny().eval()
+    abstract = jax.eval_shape(TinyCNN().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    judge = make_judge(torch_to_flax(tnet.state_dict(), abstract, "tiny", "tiny"))
+
+    class NHWC(torch.nn.Module):
+        def forward(self, x):
+            return tnet(x.permute(0, 3, 1, 2))
+
+    return judge, NHWC()
+
+
+@pytest.mark.parametrize("kappa", [0.0, 1.0])
+def test_perc_al_step_for_step_on_a_small_network(tiny_pair, tiny_x, kappa):
+    """On a small, well-conditioned network every PerC-AL iteration of ppjax equals the torch
+    reference's to 1e-3 (judgement, colour and cross-entropy steps alike; measured <= 1.2e-4)."""
+    judge, model = tiny_pair
+    x = np.asarray(tiny_x)
+    labels = np.asarray(jnp.argmax(judge(tiny_x), -1))
+    theirs, rows = perc_al_shadow(judge, model, x, labels, 40, kappa)
+    check_shadow(rows, ce_tol=1e-3, colour_tol=1e-3)
+    assert theirs["success"].any() and any(r[1].any() and (~r[1]).any() for r in rows)
 
 
 def test_perc_al_iterate_is_continuous_and_output_on_grid(tiny, tiny_x):
@@ -296,3 +391,30 @@ def test_relative_drop_and_ranked_flag():
     rep = _summarise(2020, data.get_task(2020), "run", {}, None, judge, None, None, True, rows, [])
     assert rep["protection"]["relative_accuracy_drop"] == pytest.approx(1 - 0.25 / 0.75)
     assert rep["protection"]["ranked"] is True
+
+
+# ----------------------------------------------------------------------------- stand-ins
+
+
+@pytest.mark.parametrize("name", ["nima_mobilenet", "nima_mobilenetv2"])
+def test_calibrated_nima_standin_scores_depend_on_the_photo(name, tmp_path):
+    """BatchNorm statistics calibrated on real photos: the NIMA stand-in's mean score varies
+    across photos (the shared photos and scikit-image's) at least 3x as much as with the random
+    statistics (measured: Keras 0.064 -> 0.32, PyTorch 0.017 -> 0.087 standard deviation)."""
+    import importlib
+
+    from converters.common import calibration_photos
+    from ppjax.judges import get_spec
+
+    conv = importlib.import_module(get_spec(name).converter)
+    x = np.stack([np.asarray(Image.fromarray(a).resize((224, 224), Image.BILINEAR), np.float32)
+                  / 255.0 for _, a in calibration_photos()])
+    spread = {}
+    for calibrate in (False, True):
+        d = tmp_path / str(calibrate)
+        conv.make_standin(weights_dir=d, calibrate=calibrate)
+        judge = ppjax.load_judge(name, weights_dir=d, standin=True)
+        scores = np.asarray(jax.jit(lambda j, xb: j.score(xb))(judge, jnp.asarray(x)))
+        assert np.isfinite(scores).all() and ((scores > 1) & (scores < 10)).all()
+        spread[calibrate] = float(scores.std())
+    assert spread[True] >= 3 * spread[False], spread

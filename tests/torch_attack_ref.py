@@ -114,19 +114,25 @@ def _unit(g):
 # ----------------------------------------------------------------------------- PerC-AL
 
 
-def perc_al(model, x0, labels, steps, alpha_l=1.0, alpha_c=0.5, kappa=0.0, targets=None):
+def perc_al(model, x0, labels, steps, alpha_l=1.0, alpha_c=0.5, kappa=0.0, targets=None,
+            dtype=torch.float32, trace=None):
     """PerC-AL: a continuous iterate; while its 8-bit copy is not adversarial, a step of
     cosine-annealed size alpha_l (-> alpha_l / 100) along the L2-normalised cross-entropy
     gradient; once adversarial, a step of size alpha_c (-> alpha_c / 10) down the L2-normalised
     gradient of the PerC distance; clamp to [0, 1]. ``targets``: targeted (success = top-1 ==
     target) instead of untargeted (success = top-1 != label, and margin <= -kappa if kappa > 0).
+    ``dtype``: the arithmetic (float64 with a float64 ``model`` measures float32 rounding).
+    ``trace``: a list that receives, per iteration t = 0..steps, ``(delta_t, adv_t, edge_t)``:
+    the continuous perturbation, the judgement of its 8-bit copy and that copy's signed distance
+    to the decision (``margin + kappa`` untargeted, ``max_{j != target} z_j - z_target``
+    targeted; adversarial where <= 0), as numpy.
     Returns dict(images, success, distortion) as numpy."""
-    x0 = torch.as_tensor(np.asarray(x0), dtype=torch.float32)
+    x0 = torch.as_tensor(np.asarray(x0), dtype=dtype)
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     tgt = None if targets is None else torch.as_tensor(np.asarray(targets), dtype=torch.long)
     b = x0.shape[0]
     delta = torch.zeros_like(x0)
-    best_x, best_d = x0.clone(), torch.full((b,), float("inf"))
+    best_x, best_d = x0.clone(), torch.full((b,), float("inf"), dtype=dtype)
     succ_any = torch.zeros(b, dtype=torch.bool)
     lmin, cmin = alpha_l / 100, alpha_c / 10
     for t in range(steps + 1):
@@ -140,6 +146,9 @@ def perc_al(model, x0, labels, steps, alpha_l=1.0, alpha_c=0.5, kappa=0.0, targe
                 if kappa > 0:
                     adv = adv & (margin(z8, labels) <= -kappa)
             d8 = perc_distance(x8, x0)
+            if trace is not None:
+                edge = -margin(z8, tgt) if tgt is not None else margin(z8, labels) + kappa
+                trace.append((delta.numpy().copy(), adv.numpy().copy(), edge.numpy().copy()))
         take = adv & (d8 <= best_d)
         best_x[take], best_d[take] = x8[take], d8[take]
         succ_any |= adv
@@ -157,7 +166,7 @@ def perc_al(model, x0, labels, steps, alpha_l=1.0, alpha_c=0.5, kappa=0.0, targe
         step = torch.where(adv.view(-1, 1, 1, 1), -a_c * _unit(g_col), a_l * _unit(g_ce))
         delta = (x0 + delta + step).clamp(0, 1) - x0
     return {"images": best_x.numpy(), "success": succ_any.numpy(),
-            "distortion": torch.where(succ_any, best_d, torch.zeros(b)).numpy()}
+            "distortion": torch.where(succ_any, best_d, torch.zeros_like(best_d)).numpy()}
 
 
 # ----------------------------------------------------------------------------- ACE
