@@ -42,6 +42,8 @@ run() {
 if [[ $INSTALL == 1 ]]; then
   if [[ ! -x $PYTHON ]]; then run python3 -m venv "$VENV"; fi
   run "$PYTHON" -m pip install -q --upgrade pip
+  # torch only writes the stand-in weights here: the CPU wheel (~200 MB, not the CUDA one's GBs)
+  run "$PYTHON" -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
   run "$PYTHON" -m pip install -q -e ".[cuda,convert]"
 fi
 run mkdir -p "$OUT"
