@@ -2,10 +2,11 @@
 
 # The public names load JAX on first use only (PEP 562), so ``ppjax --help`` and the CLI's
 # argument checks start without it.
-_LAZY = {"attack": "ppjax.attacks", "AttackResult": "ppjax.attacks", "JUDGES": "ppjax.judges",
-         "Judge": "ppjax.judges", "load_judge": "ppjax.judges"}
+_LAZY = {"attack": "ppjax.attacks", "stream": "ppjax.attacks", "StreamItem": "ppjax.attacks",
+         "AttackResult": "ppjax.attacks", "JUDGES": "ppjax.judges", "Judge": "ppjax.judges",
+         "load_judge": "ppjax.judges"}
 
-__all__ = ["JUDGES", "AttackResult", "Judge", "attack", "load_judge"]
+__all__ = ["JUDGES", "AttackResult", "Judge", "StreamItem", "attack", "load_judge", "stream"]
 __version__ = "0.1.0"
 
 

@@ -344,7 +344,7 @@ def test_eps_sweep_traces_once(judge, x):
                                            kappa=0.1 * eps, momentum=0.5, **SMALL_PGD)
         new = {k: TRACES[k] - before[k] for k in TRACES if TRACES[k] != before[k]}
         expect = {"whole": 1} if driver == "scan" else {"init": 1, "step": 1, "finish": 1,
-                                                          "next_round": 1}
+                                                          "advance": 1}
         assert new == expect, (driver, new)
 
 

@@ -13,7 +13,15 @@ appealing success (:func:`with_appeal` does all of this for a score judge). EOT 
 """
 
 from ppjax.attacks import loop
-from ppjax.attacks.api import AttackResult, Backend, attack, choose_backend, default_seeds
+from ppjax.attacks.api import (
+    AttackResult,
+    Backend,
+    attack,
+    choose_backend,
+    default_seeds,
+    resolve,
+    stream,
+)
 from ppjax.attacks.config import TRACED_FIELDS, AttackConfig
 from ppjax.attacks.loop import TRACES, auto_driver, python_states, run
 from ppjax.attacks.objectives import (
@@ -27,11 +35,12 @@ from ppjax.attacks.objectives import (
     with_appeal,
 )
 from ppjax.attacks.registry import ALIASES, ATTACKS, get_attack
+from ppjax.attacks.stream import StreamItem
 
 __all__ = [
     "ALIASES", "ATTACKS", "AttackConfig", "AttackResult", "Backend", "OBJECTIVES", "Objective",
     "TRACED_FIELDS", "TRACES", "Terms", "attack", "auto_driver", "choose_backend", "class_mask",
     "default_seeds",
     "get_attack", "loop", "python_states", "read_indoor_classes", "read_sensitive_categories",
-    "register", "run", "with_appeal",
+    "register", "resolve", "run", "stream", "StreamItem", "with_appeal",
 ]

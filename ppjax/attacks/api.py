@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Hashable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -14,6 +16,7 @@ from ppjax.attacks.config import AttackConfig
 from ppjax.attacks.loop import run
 from ppjax.attacks.objectives import class_mask
 from ppjax.attacks.registry import get_attack
+from ppjax.attacks.stream import StreamItem, run_slots, to_grid
 
 
 class AttackResult(NamedTuple):
@@ -113,6 +116,41 @@ def choose_backend(backend: str = "auto", dtype=None, mesh=None) -> Backend:
     return Backend("onednn", dt)
 
 
+def resolve(name: str | AttackConfig, preset: str | None = None, **overrides) -> AttackConfig:
+    """The attack a name (or config) and settings stand for (raises on unknown names)."""
+    if isinstance(name, AttackConfig):
+        return name.replace(**overrides)
+    return get_attack(name, preset, **overrides)
+
+
+def prepare_models(judge, extra_judges=None, dtype=None, backend: str = "auto",
+                   mesh=None) -> dict:
+    """``{"judge": judge, **extra_judges}`` on the execution path :func:`choose_backend` picks
+    (oneDNN-accelerated, or cast to ``dtype``): done once per run."""
+    models = {"judge": judge, **(extra_judges or {})}
+    path = choose_backend(backend, dtype, mesh)
+    if path.name == "onednn":
+        from ppjax import onednn
+
+        models["judge"] = onednn.accelerate(models["judge"], dtype=path.dtype, check=False)
+    elif path.dtype is not None:
+        models["judge"] = models["judge"].with_dtype(path.dtype)
+    return models
+
+
+def group_mask(judge, group) -> jnp.ndarray:
+    """Objective "group"'s class set as a [C] bool mask (from indices or a mask)."""
+    if group is None:
+        raise ValueError("attack: objective 'group' needs group= (class indices or a mask)")
+    g = np.asarray(group)
+    if g.dtype != bool:
+        num_classes = getattr(judge.module, "num_classes", None)
+        if num_classes is None:
+            raise ValueError("attack: pass group as a [C] bool mask for this judge")
+        g = class_mask(g.tolist(), num_classes)
+    return jnp.asarray(g)
+
+
 def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str | None = None,
            seeds=None, targets=None, group=None, dtype=None, driver: str = "auto",
            chunk: int = 1, seed: int = 0, extra_judges: dict | None = None,
@@ -141,15 +179,14 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
         :func:`choose_backend` (bfloat16 on a CPU without native bf16 kernels runs float32).
       **overrides: any :class:`AttackConfig` field (``eps=4/255``, ``steps=20``, ...).
     """
-    cfg = name.replace(**overrides) if isinstance(name, AttackConfig) else get_attack(
-        name, preset, **overrides)
-    x = jnp.asarray(images)
+    cfg = resolve(name, preset, **overrides)
+    x = np.asarray(images)
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"attack: images must be [B, H, W, 3] in [0, 1], got shape {x.shape}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
+    if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"attack: images must be float in [0, 1], got dtype {x.dtype}")
     judge.check_input(x)
-    x = jnp.clip(jnp.round(x.astype(jnp.float32) * 255.0), 0, 255) / 255.0
+    x = jnp.asarray(to_grid(x))
     b = x.shape[0]
 
     def per_image(v, what):
@@ -163,30 +200,15 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
     if cfg.objective == "targeted" and targets is None:
         raise ValueError("attack: objective 'targeted' needs targets=[B] class indices")
     if cfg.objective == "group":
-        if group is None:
-            raise ValueError("attack: objective 'group' needs group= (class indices or a mask)")
-        g = np.asarray(group)
-        num_classes = judge.module.num_classes if hasattr(judge.module, "num_classes") else None
-        if g.dtype != bool:
-            if num_classes is None:
-                raise ValueError("attack: pass group as a [C] bool mask for this judge")
-            g = class_mask(g.tolist(), num_classes)
-        aux["group"] = jnp.asarray(g)
+        aux["group"] = group_mask(judge, group)
     if seeds is None:
         seeds = default_seeds(b, seed)
     seeds = jnp.asarray(seeds).astype(jnp.uint32).reshape(-1)
     if seeds.shape != (b,):
         raise ValueError(f"attack: seeds must have shape [{b}], got {seeds.shape}")
-    models = {"judge": judge, **(extra_judges or {})}
     if mesh is None and jax.device_count() > 1:
         mesh = sharding.batch_mesh()
-    path = choose_backend(backend, dtype, mesh)
-    if path.name == "onednn":
-        from ppjax import onednn
-
-        models["judge"] = onednn.accelerate(models["judge"], dtype=path.dtype, check=False)
-    elif path.dtype is not None:
-        models["judge"] = models["judge"].with_dtype(path.dtype)
+    models = prepare_models(judge, extra_judges, dtype, backend, mesh)
     if mesh is None or mesh.size == 1:
         return AttackResult(**run(cfg, models, x, aux, seeds, driver=driver, chunk=chunk))
     per_image = {"x": x, "seeds": seeds, **{k: v for k, v in aux.items() if k != "group"}}
@@ -200,3 +222,45 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
         return run(cfg, shared["models"], x, batched, seeds, driver=driver, chunk=chunk)
 
     return AttackResult(**sharding.run_data_parallel(go, shared, per_image, mesh))
+
+
+def stream(name: str | AttackConfig, judge, items: Iterable[StreamItem], *,
+           preset: str | None = None, slots: int = 8, chunk: int = 1, group=None, dtype=None,
+           extra_judges: dict | None = None, mesh=None, backend: str = "auto",
+           **overrides) -> Iterator[tuple[Hashable, AttackResult]]:
+    """Attack a stream of images with continuous batching (:mod:`ppjax.attacks.stream`).
+
+    Yields ``(key, AttackResult)`` per image, in completion order, each field for ONE image
+    (numpy; ``images`` [H, W, 3]). The attack is resolved, the judge prepared and the programs
+    compiled once for the whole stream; ``items`` (:class:`StreamItem`) is consumed lazily, so
+    memory stays bounded whatever its length. Each image's result equals
+    ``attack(..., images=[its image], labels=[label], seeds=[seed])``, byte for byte.
+
+    Args:
+      slots: images on the device at once (the batch the engine runs; at least 2). With
+        several devices it is rounded up to a multiple of their number and the slots are
+        split over them.
+      chunk: iterations per compiled call between refills.
+      Others: as :func:`attack`.
+    """
+    cfg = resolve(name, preset, **overrides)
+    g = group_mask(judge, group) if cfg.objective == "group" else None
+    if mesh is None and jax.device_count() > 1:
+        mesh = sharding.batch_mesh()
+    models = prepare_models(judge, extra_judges, dtype, backend, mesh)
+    put = None
+    if mesh is not None and mesh.size > 1:
+        slots = -(-max(slots, 2) // mesh.size) * mesh.size
+        models = sharding.replicate(models, mesh)
+        put = functools.partial(jax.device_put, device=sharding.batch_sharding(mesh))
+
+    def checked(items):
+        for it in items:
+            judge.check_input(np.zeros((1,) + np.shape(it.image), np.float32))
+            if cfg.objective == "targeted" and int(it.target) < 0:
+                raise ValueError(f"stream: objective 'targeted' needs a target for {it.key!r}")
+            yield it
+
+    for key, row in run_slots(cfg, models, checked(items), slots=slots, chunk=chunk, group=g,
+                              put=put):
+        yield key, AttackResult(**row)

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from ppjax.attacks.config import AttackConfig
 from ppjax.attacks.objectives import make_objective
@@ -64,8 +65,8 @@ class State(NamedTuple):
     params: Any  # parameterisation's parameters
     opt_state: Any  # step rule's state
     aux: dict  # labels [B] int32, targets [B] int32, group [C] bool
-    t: jnp.ndarray  # scalar int32: iteration within the round (0..steps)
-    r: jnp.ndarray  # scalar int32: round
+    t: jnp.ndarray  # int32: iteration within the image's current round (0..steps)
+    r: jnp.ndarray  # int32: the image's current round
     active: jnp.ndarray  # bool
     steps_used: jnp.ndarray  # int32: updates applied (all rounds)
     success: jnp.ndarray  # bool: succeeded at least once
@@ -77,7 +78,7 @@ class State(NamedTuple):
     const: jnp.ndarray  # float32: per-image constant (C&W binary search)
     lo: jnp.ndarray  # float32: binary search lower bound
     hi: jnp.ndarray  # float32: binary search upper bound (1e10 = none yet)
-    iterations: jnp.ndarray  # scalar int32: loop iterations executed (all rounds)
+    iterations: jnp.ndarray  # int32: iterations that judged this image (all rounds)
     plateau_loss: jnp.ndarray  # float32: loss at the last plateau check (cfg.plateau > 0)
     # Judge outputs kept for :func:`finish` (what a fresh forward pass would report): the clean
     # images' (judged once in :func:`init`) and the kept images' (taken in :func:`step` together
@@ -90,15 +91,17 @@ class State(NamedTuple):
 
 
 def _image_keys(seeds: jnp.ndarray, *tags) -> jnp.ndarray:
-    """One PRNG key per image from its own seed: ``fold_in(key(seed), tag)...``."""
+    """One PRNG key per image from its own seed: ``fold_in(key(seed), tag)...``; a tag is a
+    scalar or one value per image (e.g. the image's own round and iteration)."""
 
-    def one(seed):
+    def one(seed, *tags):
         k = jax.random.key(seed)
         for tag in tags:
             k = jax.random.fold_in(k, tag)
         return k
 
-    return jax.vmap(one)(seeds)
+    tags = [jnp.broadcast_to(jnp.asarray(tag, jnp.int32), seeds.shape) for tag in tags]
+    return jax.vmap(one)(seeds, *tags)
 
 
 def _bcast(v, like):
@@ -167,17 +170,48 @@ def _fused(cfg: AttackConfig) -> bool:
 # ----------------------------------------------------------------------------- rounds
 
 
-def begin_round(cfg: AttackConfig, models, x0, hp, seeds, state: State, r) -> State:
-    """Fresh parameters and optimiser state for round ``r``; with early stop, images that
-    already succeeded sit the round out."""
+def per_image_rule(rule: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``rule`` applied to each image on its own (``vmap`` over the leading axis), so every
+    leaf of its state, counters included (Adam's step count), belongs to one image: an image's
+    steps do not depend on when it entered the batch or who shares it."""
+
+    def one(fn):
+        def call(*trees):
+            trees = [jax.tree.map(lambda a: a[None], t) for t in trees]
+            out = fn(*trees)
+            return jax.tree.map(lambda a: a[0] if getattr(a, "ndim", 0) else a, out)
+        return call
+
+    def init(params):
+        return jax.vmap(lambda p: jax.tree.map(lambda a: a, rule.init(
+            jax.tree.map(lambda a: a[None], p))))(params)
+
+    def update(updates, state, params=None):
+        def u(g, s, p):
+            d, s = rule.update(jax.tree.map(lambda a: a[None], g), s,
+                               jax.tree.map(lambda a: a[None], p))
+            return jax.tree.map(lambda a: a[0], d), s
+        return jax.vmap(u)(updates, state, params)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _rule(cfg: AttackConfig, hp) -> optax.GradientTransformation:
+    return per_image_rule(make_step_rule(cfg, hp))
+
+
+def begin_round(cfg: AttackConfig, x0, hp, seeds, state: State, r) -> State:
+    """Fresh parameters and optimiser state for round ``r`` (a scalar, or one round per
+    image); with early stop, images that already succeeded sit the round out."""
     par = _parts(cfg).par
     keys = _image_keys(seeds, _TAG_INIT, r)
     params = par.init(x0, keys, hp)
-    opt_state = make_step_rule(cfg, hp).init(params)
+    opt_state = _rule(cfg, hp).init(params)
     b = x0.shape[0]
     active = ~state.success if cfg.early_stop else jnp.ones(b, bool)
     return state._replace(
-        params=params, opt_state=opt_state, t=jnp.int32(0), r=jnp.asarray(r, jnp.int32),
+        params=params, opt_state=opt_state, t=jnp.zeros(b, jnp.int32),
+        r=jnp.broadcast_to(jnp.asarray(r, jnp.int32), (b,)),
         active=active, stop_at=jnp.full(b, _BIG, jnp.int32), round_success=jnp.zeros(b, bool),
         plateau_loss=jnp.full(b, jnp.inf, jnp.float32))
 
@@ -207,38 +241,62 @@ class _Known:
         return getattr(self._judge, name)
 
 
+def more_rounds(cfg: AttackConfig, state: State) -> jnp.ndarray:
+    """[B] bool: the image has a round left to run (with early stop, a protected image has
+    none)."""
+    more = state.r < cfg.rounds - 1
+    return more & ~state.success if cfg.early_stop else more
+
+
+def finished(cfg: AttackConfig, state: State) -> jnp.ndarray:
+    """[B] bool: the image's attack is over: its round ended and it has no round left."""
+    return ~state.active & ~more_rounds(cfg, state)
+
+
+def advance(cfg: AttackConfig, x0, hp, seeds, state: State) -> State:
+    """Per image: an image whose round ended and that has a round left starts its next round
+    (after the C&W update of its constant); every other image is left as it is."""
+    go = ~state.active & more_rounds(cfg, state)
+    nxt = begin_round(cfg, x0, hp, seeds, end_round(cfg, state), state.r + 1)
+    return _select_state(go, nxt, state)
+
+
+def _select_state(mask, new: State, old: State) -> State:
+    """Per-image choice between two states of the same batch (``aux`` is taken from ``new``)."""
+    picked = _select(mask, new._replace(aux=None), old._replace(aux=None))
+    return picked._replace(aux=new.aux)
+
+
 def init(cfg: AttackConfig, models, x0, aux, hp, seeds) -> State:
     """Initial state. Missing labels (< 0) become the judge's clean top-1; the least-likely
-    objective's targets become the clean bottom-1. The clean images are judged here once (for
-    :func:`finish`), reusing the labelling forward pass when the judge sees ``x0`` itself."""
+    objective's targets become the clean bottom-1. The clean images are judged here once, and
+    that judgement is reused for :func:`finish` (and, for a judge that sees ``x0`` itself, it is
+    the labelling forward pass: no second forward)."""
     obj = _parts(cfg).obj
     aux = dict(aux)
-    judge_models = models
+    view = _judge_view(cfg, x0, hp)
     if obj.output == "logits" and cfg.objective != "group":
-        out = models["judge"](x0)
-        judge_models = {**models, "judge": _Known(models["judge"], x0, out)}
-        z = out.astype(jnp.float32)
-        aux["labels"] = jnp.where(aux["labels"] < 0, jnp.argmax(z, -1), aux["labels"]).astype(
-            jnp.int32)
+        z = models["judge"](x0)
+        aux["labels"] = jnp.where(aux["labels"] < 0, jnp.argmax(z.astype(jnp.float32), -1),
+                                  aux["labels"]).astype(jnp.int32)
         if cfg.objective == "least_likely":
-            aux["targets"] = jnp.argmin(z, -1).astype(jnp.int32)
-    clean = obj.evaluate(judge_models, _judge_view(cfg, x0, hp), aux, hp)
+            aux["targets"] = jnp.argmin(z.astype(jnp.float32), -1).astype(jnp.int32)
+        if view is x0:  # the judge sees x0 itself: reuse these logits
+            models = {**models, "judge": _Known(models["judge"], x0, z)}
+    clean = obj.evaluate(models, view, aux, hp)
     b = x0.shape[0]
+    zero = jnp.zeros(b, jnp.int32)
     base = State(
-        params=None, opt_state=None, aux=aux, t=jnp.int32(0), r=jnp.int32(0),
-        active=jnp.ones(b, bool), steps_used=jnp.zeros(b, jnp.int32),
+        params=None, opt_state=None, aux=aux, t=zero, r=zero,
+        active=jnp.ones(b, bool), steps_used=zero,
         success=jnp.zeros(b, bool), success_step=jnp.full(b, -1, jnp.int32),
         stop_at=jnp.full(b, _BIG, jnp.int32), best_x=x0, best_key=jnp.full(b, jnp.inf, jnp.float32),
         round_success=jnp.zeros(b, bool), const=jnp.full(b, hp["const"], jnp.float32),
         lo=jnp.zeros(b, jnp.float32), hi=jnp.full(b, 1e10, jnp.float32),
-        iterations=jnp.int32(0), plateau_loss=jnp.full(b, jnp.inf, jnp.float32),
+        iterations=zero, plateau_loss=jnp.full(b, jnp.inf, jnp.float32),
         clean_score=clean.score, clean_appeal=clean.appeal,
         kept_score=clean.score, kept_success=clean.success, kept_appeal=clean.appeal)
-    return begin_round(cfg, models, x0, hp, seeds, base, 0)
-
-
-def next_round(cfg: AttackConfig, models, x0, hp, seeds, state: State, r) -> State:
-    return begin_round(cfg, models, x0, hp, seeds, end_round(cfg, state), r)
+    return begin_round(cfg, x0, hp, seeds, base, 0)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -247,7 +305,7 @@ def next_round(cfg: AttackConfig, models, x0, hp, seeds, state: State, r) -> Sta
 def step(cfg: AttackConfig, models, x0, hp, seeds, state: State) -> State:
     """One iteration for the whole batch (see the module docstring). Pure: ``state -> state``."""
     obj, par = _parts(cfg)
-    rule = make_step_rule(cfg, hp)
+    rule = _rule(cfg, hp)
     t = state.t
     keys = _image_keys(seeds, _TAG_STEP, state.r, t)
     live = state.active & (t <= cfg.steps)
@@ -331,7 +389,7 @@ def step(cfg: AttackConfig, models, x0, hp, seeds, state: State) -> State:
         lr2 = cosine(t, cfg.steps, hp["step_size2"], hp["step_size2_min"])
     else:
         lr, lr2 = hp["step_size"], hp["step_size2"]
-    lr_img = jnp.full(succ.shape, lr, jnp.float32)
+    lr_img = jnp.broadcast_to(jnp.asarray(lr, jnp.float32), succ.shape)
     if cfg.formulation == "alternate":
         lr_img = jnp.where(terms.success, lr2, lr)
     params = jax.tree.map(lambda p, d: p - _bcast(lr_img, d) * d, state.params, direction)
@@ -352,7 +410,7 @@ def step(cfg: AttackConfig, models, x0, hp, seeds, state: State) -> State:
         kept_success=keep(terms.success, state.kept_success),
         kept_appeal=keep(terms.appeal, state.kept_appeal),
         round_success=state.round_success | succ,
-        iterations=state.iterations + 1,
+        iterations=state.iterations + live.astype(jnp.int32),
         plateau_loss=plateau_loss,
     )
 
@@ -383,7 +441,7 @@ def finish(cfg: AttackConfig, models, x0, hp, state: State) -> dict:
     extras = {
         "score_before": state.clean_score, "score_after": state.kept_score,
         "tracked_success": state.success, "best_key": state.best_key,
-        "iterations": jnp.full(b, state.iterations, jnp.int32),
+        "iterations": state.iterations,
     }
     if obj.output == "logits":
         extras["labels"] = state.aux["labels"]
@@ -416,15 +474,13 @@ def whole(cfg: AttackConfig, driver: str, models, x0, aux, hp, seeds) -> dict:
         if driver == "scan":
             return jax.lax.scan(lambda s, _: (step(cfg, models, x0, hp, seeds, s), None), state,
                                 None, length=cfg.steps + 1)[0]
-        return jax.lax.while_loop(lambda s: jnp.any(s.active) & (s.t <= cfg.steps),
+        return jax.lax.while_loop(lambda s: jnp.any(s.active),
                                   lambda s: step(cfg, models, x0, hp, seeds, s), state)
 
     state = inner(state)
     if cfg.rounds > 1:
-        def round_body(r, state):
-            return inner(begin_round(cfg, models, x0, hp, seeds, end_round(cfg, state), r))
-
-        state = jax.lax.fori_loop(1, cfg.rounds, round_body, state)
+        state = jax.lax.fori_loop(
+            1, cfg.rounds, lambda r, s: inner(advance(cfg, x0, hp, seeds, s)), state)
     return finish(cfg, models, x0, hp, end_round(cfg, state))
 
 
@@ -451,8 +507,28 @@ def _jit(name: str, fn, static_argnums):
 _whole_j = _jit("whole", whole, (0, 1))
 _init_j = _jit("init", init, (0,))
 _step_j = _jit("step", step_chunk, (0, 1))
-_next_round_j = _jit("next_round", next_round, (0,))
+_advance_j = _jit("advance", advance, (0,))
 _finish_j = _jit("finish", _finish_round, (0,))
+
+
+def merge(cfg: AttackConfig, fresh: State, state: State, take, empty) -> State:
+    """Continuous batching's refill: slots ``take`` take ``fresh`` (an :func:`init` of the
+    batch that now holds their new images), the other slots keep ``state``. ``empty`` slots
+    hold no image: they are made finished, so they never run."""
+    kept = {k: jnp.where(take, fresh.aux[k], state.aux[k]) for k in ("labels", "targets")}
+    state = _select_state(take, fresh, state)._replace(aux={**fresh.aux, **kept})
+    return state._replace(active=state.active & ~empty,
+                          r=jnp.where(empty, cfg.rounds - 1, state.r))
+
+
+def poll(cfg: AttackConfig, state: State) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """What the host needs between chunks: per image, (round over with another to run,
+    attack over)."""
+    return ~state.active & more_rounds(cfg, state), finished(cfg, state)
+
+
+_merge_j = _jit("merge", merge, (0,))
+_poll_j = _jit("poll", poll, (0,))
 
 
 def run(cfg: AttackConfig, models: dict, x0, aux: dict, seeds, *, driver: str = "auto",
@@ -475,6 +551,11 @@ def run(cfg: AttackConfig, models: dict, x0, aux: dict, seeds, *, driver: str = 
         raise ValueError(f"driver must be one of {', '.join(DRIVERS)}, got {driver!r}")
     if driver == "auto":
         driver = auto_driver()
+    if x0.shape[0] == 1:  # one image runs in two slots (see ppjax.attacks.stream)
+        two = lambda a: jnp.concatenate([a, a])  # noqa: E731
+        per = {k: two(v) for k, v in aux.items() if k != "group"}
+        res = run(cfg, models, two(x0), {**aux, **per}, two(seeds), driver=driver, chunk=chunk)
+        return jax.tree.map(lambda a: a[:1] if getattr(a, "ndim", 0) else a, res)
     static, hp = cfg.static(), _traced(cfg)
     if driver in ("scan", "while"):
         return _whole_j(static, driver, models, x0, aux, hp, seeds)
@@ -497,7 +578,7 @@ def python_states(cfg: AttackConfig, models: dict, x0, aux: dict, seeds, *, chun
     state = _init_j(static, models, x0, aux, hp, seeds)
     for r in range(cfg.rounds):
         if r:
-            state = _next_round_j(static, models, x0, hp, seeds, state, r)
+            state = _advance_j(static, x0, hp, seeds, state)
         for _ in range(-(-(cfg.steps + 1) // chunk)):
             state = _step_j(static, chunk, models, x0, hp, seeds, state)
             yield state
