@@ -214,12 +214,25 @@ def host_ceiling(paths: list[Path], task: int = 2019, workers: int | None = None
 SIM_NAME = "sim_accelerator"
 
 
-def _hold(seconds_per_image: float):
-    def hold(x):  # x: [B] (one value per image): the device is busy for B images
-        time.sleep(seconds_per_image * x.shape[0])
-        return np.zeros(x.shape, np.float32)
+# The emulated device time per image and judge call, read when the callback runs (so it can be
+# calibrated without recompiling), and the images that went through the judge (a counter).
+SIM = {"seconds_per_image": 0.0, "images": 0}
 
-    return hold
+
+def sim_state() -> dict:
+    """:data:`SIM` of ``benchmarks.pipeline`` as imported by the judge registry: under
+    ``python -m benchmarks.pipeline`` this file also runs as ``__main__``, a second module."""
+    import importlib
+
+    return importlib.import_module("benchmarks.pipeline").SIM
+
+
+def _hold(x):
+    """x: [B], one value per image: the device is busy for B images."""
+    SIM["images"] += int(x.shape[0])
+    if SIM["seconds_per_image"] > 0:
+        time.sleep(SIM["seconds_per_image"] * x.shape[0])
+    return np.zeros(x.shape, np.float32)
 
 
 def sim_device_module():
@@ -230,13 +243,14 @@ def sim_device_module():
     from jax.experimental import io_callback
 
     class SimDevice(nn.Module):
-        """A tiny classifier (16x16 average pooling, 768-64-365 MLP: input-dependent, ~1 MFLOP
-        an image) whose forward pass holds the host for ``seconds_per_image`` x batch through
-        an ``io_callback``: the emulated device time, during which the host is free, as with a
-        real accelerator. The hold does not enter the gradient (its input is stop_gradient)."""
+        """A tiny classifier (16x16 average pooling, 768-64-365 MLP: input-dependent, ~0.1
+        MFLOP an image); with ``emulate``, its forward pass holds the host for
+        ``SIM["seconds_per_image"]`` x batch through an ``io_callback``: the emulated device
+        time, during which the host is free, as with a real accelerator. The hold does not
+        enter the gradient (its input is stop_gradient)."""
 
         num_classes: int = 365
-        seconds_per_image: float = 0.0
+        emulate: bool = False
         dtype: object = jnp.float32
 
         @nn.compact
@@ -245,8 +259,8 @@ def sim_device_module():
             x = (x01 * 2.0 - 1.0).reshape(b, 16, h // 16, 16, w // 16, 3).mean(axis=(2, 4))
             x = nn.relu(nn.Dense(64, dtype=self.dtype)(x.reshape(b, -1)))
             out = nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
-            if self.seconds_per_image > 0:
-                held = io_callback(_hold(self.seconds_per_image),
+            if self.emulate:
+                held = io_callback(_hold,
                                    jax.ShapeDtypeStruct((b,), jnp.float32),
                                    jax.lax.stop_gradient(x01[:, 0, 0, 0]).astype(jnp.float32))
                 out = out + held[:, None]
@@ -259,19 +273,21 @@ def SimDevice(**kw):  # noqa: N802 (a module factory, as JudgeSpec.model expects
     return sim_device_module()(**kw)
 
 
-def register_sim_judge(seconds_per_image: float, name: str = SIM_NAME, weights_dir=None):
+def register_sim_judge(emulate: bool, name: str = SIM_NAME, weights_dir=None):
     """Register (in this process only) the simulated accelerator as judge ``name``: 256x256
-    input, 365 logits, emulated device time ``seconds_per_image`` per image and judge call;
-    its stand-in weights are written to ``weights_dir`` (:func:`make_standin`) when absent."""
+    input, 365 logits, with ``emulate`` an emulated device time of ``SIM["seconds_per_image"]``
+    per image and judge call; its stand-in weights are written to ``weights_dir``
+    (:func:`make_standin`) when absent."""
     from ppjax.judges import JudgeSpec, judge_dir, register
 
     spec = register(JudgeSpec(
         name=name, model="benchmarks.pipeline:SimDevice",
-        model_kwargs=(("num_classes", 365), ("seconds_per_image", float(seconds_per_image))),
+        model_kwargs=(("num_classes", 365), ("emulate", bool(emulate))),
         input_hw=(256, 256), output="logits", filename="(none: STAND-IN only)", url="",
         converter="benchmarks.pipeline",
-        architecture=f"simulated accelerator: tiny MLP + {seconds_per_image * 1e3:.2f} ms "
-                     "emulated device time per image and judge call (STAND-IN)",
+        architecture="simulated accelerator: tiny MLP" + (" + emulated device time per image "
+                                                          "and judge call" if emulate else "")
+                     + " (STAND-IN)",
         preprocessing="RGB [0,1] -> [-1,1], 256x256", year=2019))
     if not (judge_dir(name, weights_dir, standin=True) / "metadata.json").exists():
         make_standin(weights_dir, name=name)
@@ -340,8 +356,7 @@ def efficiency_case(case: str, folder: Path, paths, args, weights_dir) -> dict:
     from ppjax import load_judge
 
     if case == "sim":
-        evals = args.eff_steps + 2  # clean judgement, one gradient per step, the final judgement
-        register_sim_judge(1.0 / (args.sim_rate * evals), SIM_NAME, weights_dir)
+        register_sim_judge(True, SIM_NAME, weights_dir)
         name, dtype = SIM_NAME, "float32"
     else:
         name, dtype = args.judge, args.dtype
@@ -349,7 +364,12 @@ def efficiency_case(case: str, folder: Path, paths, args, weights_dir) -> dict:
     judge = load_judge(name, weights_dir=weights_dir, standin=True)
     jdt = jnp.bfloat16 if dtype == "bfloat16" else None
     loaded = _decoded(paths)
+    sim = sim_state()
+    sim.update(seconds_per_image=0.0, images=0)
     engine_only(judge, loaded[: args.slots], "pgd", args.slots, jdt, **overrides)  # compile
+    if case == "sim":  # judge calls per image, counted: the device then runs at --sim-rate
+        per_image = sim["images"] / args.slots
+        sim["seconds_per_image"] = 1.0 / (args.sim_rate * per_image)
     eng = engine_only(judge, loaded, "pgd", args.slots, jdt, **overrides)
     tmp = Path(tempfile.mkdtemp(prefix="ppjax-eff-", dir=folder.parent))
     try:
@@ -358,7 +378,10 @@ def efficiency_case(case: str, folder: Path, paths, args, weights_dir) -> dict:
                           **overrides)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"judge": f"{name} (STAND-IN)", "dtype": dtype, "images": len(paths),
+    sim["seconds_per_image"] = 0.0
+    extra = ({"sim_device_img_s": args.sim_rate, "sim_judge_calls_per_image": per_image}
+             if case == "sim" else {})
+    return {**extra, "judge": f"{name} (STAND-IN)", "dtype": dtype, "images": len(paths),
             "slots": args.slots, "steps": args.eff_steps, "engine_img_s": eng["img_s"],
             "protect_img_s": e2e["img_s"], "efficiency": e2e["img_s"] / eng["img_s"],
             "engine_success": eng["success"], "protect_success": e2e["success"]}
@@ -373,7 +396,7 @@ def _scale_child(folder: str, weights_dir: str, slots: int, steps: int) -> None:
 
     import psutil
 
-    register_sim_judge(0.0, "sim_cheap", weights_dir)
+    register_sim_judge(False, "sim_cheap", weights_dir)
     me = psutil.Process()
     peak = [0.0]
     stop = threading.Event()
