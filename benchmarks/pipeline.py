@@ -560,13 +560,14 @@ def time_to_protect(paths, args, weights_dir) -> dict:
 # --------------------------------------------------------------------------- main
 
 HOST_CHOICE = (
-    "Choice (`ppjax.pipeline`): worker **processes** for both pools. On this 2-core machine "
-    "threads gained nothing over the main thread (Pillow holds the GIL for part of decoding and "
-    "of PNG encoding, and the main process's interpreter is also the device loop's), processes "
-    "did; grain's `mp_prefetch` starts its worker processes per iterator and was slower for "
-    "sets of this size, so it is not a dependency. Processes also confine a decoder crash to "
-    "its file. PNG encoding (zlib level 6, fixed by the byte-identical-resume contract) is the "
-    "host's slowest job.")
+    "Choice (`ppjax.pipeline`): worker **processes** for both pools. They wrote fastest (PNG "
+    "encoding holds the GIL in part). For decoding, no pool beat the main thread on this "
+    "machine: its 2 cores were saturated by other work while measuring, so the three are "
+    "within noise; processes are kept because they alone leave the main process's interpreter "
+    "to the device loop where cores are free (the accelerator case) and confine a decoder "
+    "crash to its file. grain's `mp_prefetch` starts its worker processes per iterator and was "
+    "slowest at these set sizes, so it is not a dependency. PNG encoding (zlib level 6, fixed "
+    "by the byte-identical-resume contract) is the host's slowest job.")
 
 def _markdown(res: dict, meta: dict) -> str:
     cpu = meta["cpu"].get("model", meta["processor"])

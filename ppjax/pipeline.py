@@ -12,12 +12,13 @@
   :class:`concurrent.futures.Future` of the sha256, through which errors surface.
 
 Mechanism, chosen by measurement (``python -m benchmarks.pipeline``, section ``pipeline_host``
-of ``benchmarks/RESULTS.md``): both pools are worker processes (forkserver, so a worker never
-forks a multithreaded JAX process), because on the 2-core test machine threads gained nothing
-over the main thread for either job (Pillow holds the GIL for part of decoding and of PNG
-encoding) while processes did, and grain's ``mp_prefetch`` was slower still (it starts its
-workers per iterator); processes also isolate a decoder crash to its file. Like any
-multiprocessing code, a script that uses them needs the ``if __name__ == "__main__":`` guard.
+of ``benchmarks/RESULTS.md``): worker processes for both pools, because they wrote fastest (PNG
+encoding holds the GIL in part), decoded within the noise of threads and of the main thread on
+the saturated 2-core test machine while being the only pool that leaves the main process's
+interpreter to the device loop and confines a decoder crash to its file, and beat grain, whose
+``mp_prefetch`` starts its workers per iterator. Workers come from a forkserver, so none forks
+a multithreaded JAX process; like any multiprocessing code, a script that uses the pools needs
+the ``if __name__ == "__main__":`` guard.
 
 Ctrl-C (or closing the iterator early) cancels cleanly: pending work is cancelled and worker
 processes are terminated, so no child outlives the run. Workers ignore SIGINT themselves; the
