@@ -218,7 +218,8 @@ def _prefetch(it, task, rule, max_pixels, workers, depth, pool, loader):
                     loaded = data.Loaded(item, None, [], "decoding crashed: the worker process "
                                          "died on this file (a decoder fault, or the OS killed "
                                          "it for memory)")
-                window = collections.deque((i, submit(i)) for i, _ in window)
+                window = collections.deque((i, f if _succeeded(f) else submit(i))
+                                           for i, f in window)
             except Exception as e:  # the loader raised: this file's error, the run goes on
                 loaded = data.Loaded(item, None, [], f"decoding failed: {type(e).__name__}: {e}")
             fill(depth - 1)  # the one being handed over still counts
@@ -226,6 +227,10 @@ def _prefetch(it, task, rule, max_pixels, workers, depth, pool, loader):
         clean = True
     finally:
         _stop_executor(ex, now=not clean)
+
+
+def _succeeded(f: cf.Future) -> bool:
+    return f.done() and not f.cancelled() and f.exception() is None
 
 
 def _alone(ex, loader, item, args) -> data.Loaded | None:
