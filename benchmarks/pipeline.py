@@ -560,14 +560,14 @@ def time_to_protect(paths, args, weights_dir) -> dict:
 # --------------------------------------------------------------------------- main
 
 HOST_CHOICE = (
-    "Choice (`ppjax.pipeline`): worker **processes** for both pools. They wrote fastest (PNG "
-    "encoding holds the GIL in part). For decoding, no pool beat the main thread on this "
-    "machine: its 2 cores were saturated by other work while measuring, so the three are "
-    "within noise; processes are kept because they alone leave the main process's interpreter "
-    "to the device loop where cores are free (the accelerator case) and confine a decoder "
-    "crash to its file. grain's `mp_prefetch` starts its worker processes per iterator and was "
-    "slowest at these set sizes, so it is not a dependency. PNG encoding (zlib level 6, fixed "
-    "by the byte-identical-resume contract) is the host's slowest job.")
+    "Choice (`ppjax.pipeline`): worker **processes** for both pools. With the pool alone the "
+    "decoders are within noise of one another on these 2 shared cores (other jobs kept them "
+    "busy; figures move by +-20% between runs); with a consumer that holds the GIL, as the "
+    "device loop does, processes keep decoding beside it where threads compete with it; the "
+    "writer is fastest in processes (PNG encoding holds the GIL in part). Processes also "
+    "confine a decoder crash to its file. grain's `mp_prefetch` starts its worker processes "
+    "per iterator and was slowest at these set sizes, so it is not a dependency. PNG encoding "
+    "(zlib level 6, fixed by the byte-identical-resume contract) is the host's slowest job.")
 
 def _markdown(res: dict, meta: dict) -> str:
     cpu = meta["cpu"].get("model", meta["processor"])

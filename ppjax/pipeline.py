@@ -13,12 +13,11 @@
 
 Mechanism, chosen by measurement (``python -m benchmarks.pipeline``, section ``pipeline_host``
 of ``benchmarks/RESULTS.md``): worker processes for both pools, because they wrote fastest (PNG
-encoding holds the GIL in part), decoded within the noise of threads and of the main thread on
-the saturated 2-core test machine while being the only pool that leaves the main process's
-interpreter to the device loop and confines a decoder crash to its file, and beat grain, whose
-``mp_prefetch`` starts its workers per iterator. Workers come from a forkserver, so none forks
-a multithreaded JAX process; like any multiprocessing code, a script that uses the pools needs
-the ``if __name__ == "__main__":`` guard.
+encoding holds the GIL in part) and kept decoding beside a consumer that holds the GIL (the
+device loop) where threads competed with it, they confine a decoder crash to its file, and
+grain's ``mp_prefetch`` (which starts its workers per iterator) was slower. Workers come from
+a forkserver, so none forks a multithreaded JAX process; like any multiprocessing code, a
+script that uses the pools needs the ``if __name__ == "__main__":`` guard.
 
 Ctrl-C (or closing the iterator early) cancels cleanly: pending work is cancelled and worker
 processes are terminated, so no child outlives the run. Workers ignore SIGINT themselves; the
