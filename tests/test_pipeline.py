@@ -268,3 +268,18 @@ def test_writer_recovers_from_a_killed_worker(tmp_path, photos_256):
                 outcomes.append("broken")
     assert outcomes[-1] == hashlib.sha256(imageio.encode_png(img)).hexdigest()
     assert set(outcomes[:-1]) <= {"broken"}
+
+
+def test_write_zip_atomic_equals_in_memory_zip(tmp_path, photos_256):
+    """Byte-identical to ppjax.protect.write_zip (the whole zip built in memory), streamed."""
+    from ppjax.protect import write_zip
+
+    files = []
+    for i, x in enumerate(imageio.to_uint8(photos_256[:3])):
+        p = tmp_path / f"{'cba'[i]}_{i}.png"
+        p.write_bytes(imageio.encode_png(x))
+        files.append(p)
+    ref = write_zip(tmp_path, "run", files)
+    got = pipeline.write_zip_atomic(tmp_path / "streamed.zip", files, chunk=4096)
+    assert got.read_bytes() == ref.read_bytes()
+    assert not list(tmp_path.glob(".*.tmp"))
