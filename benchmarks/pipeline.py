@@ -655,12 +655,25 @@ def main(argv=None) -> int:
     parts = set(args.parts.split(","))
     meta = _results.machine()
     res: dict = {"args": vars(args)}
+
+    def save():  # after every part: a long run that stops early keeps what it measured
+        _results.write_json(args.json, {"machine": meta, "standin": True, **res})
+        rest = {k: v for k, v in res.items() if k not in ("host", "host_images")}
+        if args.results_md:
+            if "host" in res:  # ppjax.pipeline's choice of mechanism cites this section
+                _results.update_section(args.results_section + "_host", _markdown(
+                    {"host": res["host"], "host_images": res["host_images"]}, meta) + "\n\n"
+                    + HOST_CHOICE)
+            if set(rest) - {"args"}:
+                _results.update_section(args.results_section, _markdown(rest, meta))
+
     root = Path(tempfile.mkdtemp(prefix="ppjax-pipe-"))
     try:
         if "host" in parts:
             paths = make_varied_set(root / "host", args.host_n, seed=1)
             res["host"], res["host_images"] = host_ceiling(paths, 2019, tmp=root / "w"), len(paths)
             print(_markdown({"host": res["host"], "host_images": len(paths)}, meta), flush=True)
+            save()
         if "scale" in parts:
             res["scale"] = [dict(scale(int(n), root, weights_dir, args.slots, args.scale_steps),
                                  steps=args.scale_steps) for n in args.scale.split(",") if n]
@@ -668,6 +681,7 @@ def main(argv=None) -> int:
                 res[f"rss_mib_{r['images']}"] = r["rss_mib"]
                 res[f"rss_tree_mib_{r['images']}"] = r["rss_tree_mib"]
             print(res["scale"], flush=True)
+            save()
         if "efficiency" in parts:
             res["efficiency_cases"] = {}
             for case in args.cases.split(","):
@@ -678,25 +692,17 @@ def main(argv=None) -> int:
                                                                 weights_dir)
                 print(case, res["efficiency_cases"][case], flush=True)
             res["efficiency"] = {c: r["efficiency"] for c, r in res["efficiency_cases"].items()}
+            save()
         if "ttp" in parts:
             paths = make_varied_set(root / "ttp", args.ttp_n, seed=3)
             res["ttp"] = time_to_protect(paths, args, weights_dir)
             res["ratio_vs_torch"] = res["ttp"]["ratio_vs_torch"]
             res["ratio_vs_masked"] = res["ttp"]["ratio_vs_masked"]
             print(res["ttp"], flush=True)
+            save()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    _results.write_json(args.json, {"machine": meta, "standin": True, **res})
-    rest = {k: v for k, v in res.items() if k not in ("host", "host_images")}
-    md = _markdown(rest, meta)
-    print(md)
-    if args.results_md:
-        if "host" in res:  # ppjax.pipeline's choice of mechanism cites this section
-            _results.update_section(args.results_section + "_host", _markdown(
-                {"host": res["host"], "host_images": res["host_images"]}, meta) + "\n\n"
-                + HOST_CHOICE)
-        if set(rest) - {"args"}:
-            _results.update_section(args.results_section, md)
+    print(_markdown({k: v for k, v in res.items() if k not in ("host", "host_images")}, meta))
     return 0
 
 
