@@ -616,7 +616,8 @@ def _markdown(res: dict, meta: dict) -> str:
               t["ideal_seconds"] / t["streaming_seconds"]]]))
         md.append(f"\nratio_vs_torch = {t['ratio_vs_torch']:.3f}, ratio_vs_masked = "
                   f"{t['ratio_vs_masked']:.3f}; steps to success (histogram): "
-                  + ", ".join(f"{k}: {v}" for k, v in t["steps_histogram"].items())
+                  + ", ".join(f"{k}: {v}" for k, v in sorted(
+                      t["steps_histogram"].items(), key=lambda kv: int(kv[0].split("-")[0])))
                   + f"; failed: {t['failed']}. torch seconds per PGD step on {t['slots']} images "
                   "(2-step probe): " + ", ".join(f"{k} {v:.3g}" for k, v in
                                                   t["torch_step_seconds_probe"].items()) + ".")
