@@ -97,6 +97,13 @@ LEVERS = [
                batch_mult=2),
 ]
 
+# accelerators (GPU/TPU): plain XLA (no CPU compiler options), BatchNorm folded; selected with
+# --variants (benchmarks/gpu_check.sh)
+ACCEL_BF16 = JaxVariant("ppjax bf16 (BN folded, XLA)", dtype="bfloat16", fold=True)
+ACCEL_F32 = JaxVariant("ppjax f32 (BN folded, XLA)", fold=True)
+VARIANTS = {"naive": NAIVE, "best_xla": BEST_XLA, "onednn_f32": ONEDNN_F32, "best": BEST,
+            "accel_bf16": ACCEL_BF16, "accel_f32": ACCEL_F32}
+
 TORCH_VARIANTS = ("torch eager f32", "torch eager channels-last bf16",
                   "torch.compile channels-last bf16")
 
@@ -269,7 +276,7 @@ def peak_rss_child(engine: str, judge: str, batch: int, weights_dir: str) -> flo
 
 
 def _child(engine: str, judge: str, batch: int, weights_dir: str) -> None:
-    variants = {v.name: v for v in LEVERS + DEFAULT_VARIANTS}
+    variants = {v.name: v for v in LEVERS + DEFAULT_VARIANTS + list(VARIANTS.values())}
     if engine in variants:
         run_once, _, _ = make_jax_engine(variants[engine], judge, weights_dir, batch)
     else:
@@ -330,7 +337,11 @@ def runnable(variant: JaxVariant) -> str | None:
 
 def bench_judge(judge: str, args, weights_dir: str) -> list[dict]:
     jax_variants = (LEVERS + [ONEDNN_F32, BEST]) if args.levers else DEFAULT_VARIANTS
+    if args.variants:
+        jax_variants = [VARIANTS[v] for v in args.variants.split(",") if v]
     torch_kinds = [k for k in TORCH_VARIANTS if args.torch_compile or "compile" not in k]
+    if not args.torch:
+        torch_kinds = []
     batch = args.batch or DEFAULT_BATCH.get(judge, 8)
     engines, skipped = {}, []
     for v in jax_variants:
@@ -436,6 +447,13 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=4, help="iterations per engine per round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     p.add_argument("--levers", action="store_true", help="measure every ppjax lever")
+    p.add_argument("--variants", default=None,
+                   help=f"ppjax configurations to run instead of the default ones, comma-separated "
+                        f"from {', '.join(VARIANTS)} (accel_*: for GPUs/TPUs)")
+    p.add_argument("--no-torch", dest="torch", action="store_false",
+                   help="skip the torch engines (e.g. on a GPU machine with CPU-only torch)")
+    p.add_argument("--results-section", default=None,
+                   help="RESULTS.md section to write (default: throughput[_levers])")
     p.add_argument("--no-torch-compile", dest="torch_compile", action="store_false",
                    help="skip torch.compile (minutes of compilation on a small CPU)")
     p.add_argument("--torch-compile-timeout", type=int, default=900,
@@ -479,6 +497,7 @@ def main(argv=None) -> int:
         section = "throughput_levers" if args.levers else "throughput"
         if meta["cpu"].get("onednn_max_cpu_isa"):  # an imitated smaller CPU: its own section
             section += "_" + meta["cpu"]["onednn_max_cpu_isa"].lower()
+        section = args.results_section or section
         _results.update_section(section, md)
     return 0
 

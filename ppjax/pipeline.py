@@ -10,14 +10,16 @@
   bytes) and writes them atomically (:func:`ppjax.imageio.atomic_write_bytes`, fsync) in a pool
   of workers; ``submit`` blocks while ``depth`` writes are pending and returns a
   :class:`concurrent.futures.Future` of the sha256, through which errors surface.
+* :func:`write_zip_atomic` assembles the submission zip streaming from disk (the same bytes as
+  building it in memory, without holding the whole set).
 
 Mechanism, chosen by measurement (``python -m benchmarks.pipeline``, section ``pipeline_host``
-of ``benchmarks/RESULTS.md``): both pools are worker processes (forkserver, so a worker never
-forks a multithreaded JAX process), because on the 2-core test machine threads gained nothing
-over the main thread for either job (Pillow holds the GIL for part of decoding and of PNG
-encoding) while processes did, and grain's ``mp_prefetch`` was slower still (it starts its
-workers per iterator); processes also isolate a decoder crash to its file. Like any
-multiprocessing code, a script that uses them needs the ``if __name__ == "__main__":`` guard.
+of ``benchmarks/RESULTS.md``): worker processes for both pools, because they wrote fastest (PNG
+encoding holds the GIL in part) and kept decoding beside a consumer that holds the GIL (the
+device loop) where threads competed with it, they confine a decoder crash to its file, and
+grain's ``mp_prefetch`` (which starts its workers per iterator) was slower. Workers come from
+a forkserver, so none forks a multithreaded JAX process; like any multiprocessing code, a
+script that uses the pools needs the ``if __name__ == "__main__":`` guard.
 
 Ctrl-C (or closing the iterator early) cancels cleanly: pending work is cancelled and worker
 processes are terminated, so no child outlives the run. Workers ignore SIGINT themselves; the
@@ -225,7 +227,8 @@ def _prefetch(it, task, rule, max_pixels, workers, depth, pool, loader):
                     loaded = data.Loaded(item, None, [], "decoding crashed: the worker process "
                                          "died on this file (a decoder fault, or the OS killed "
                                          "it for memory)")
-                window = collections.deque((i, submit(i)) for i, _ in window)
+                window = collections.deque((i, f if _succeeded(f) else submit(i))
+                                           for i, f in window)
             except Exception as e:  # the loader raised: this file's error, the run goes on
                 loaded = data.Loaded(item, None, [], f"decoding failed: {type(e).__name__}: {e}")
             fill(depth - 1)  # the one being handed over still counts
@@ -233,6 +236,10 @@ def _prefetch(it, task, rule, max_pixels, workers, depth, pool, loader):
         clean = True
     finally:
         _stop_executor(ex, now=not clean)
+
+
+def _succeeded(f: cf.Future) -> bool:
+    return f.done() and not f.cancelled() and f.exception() is None
 
 
 def _alone(ex, loader, item, args) -> data.Loaded | None:
@@ -323,3 +330,37 @@ class Writer:
     def __exit__(self, exc_type, *_) -> None:
         # a KeyboardInterrupt should not wait for the queue; a normal exit writes everything
         self.close(cancel=exc_type is KeyboardInterrupt)
+
+
+def write_zip_atomic(dst: str | os.PathLike, files: Iterable[str | os.PathLike],
+                     chunk: int = 1 << 20) -> Path:
+    """A deterministic zip of ``files`` (flat, sorted by name, stored, fixed timestamps, mode
+    0644) written to ``dst`` atomically, streaming each file from disk in ``chunk`` pieces, so
+    memory does not grow with the set (a zip of 3000 PNGs is ~350 MB). The bytes equal those of
+    ``ZipFile.writestr`` of the same entries into memory: the sizes are set before each entry
+    is opened, as ``writestr`` does."""
+    import tempfile
+    import zipfile
+
+    dst = Path(dst)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~imageio._umask())
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+                for p in sorted((Path(q) for q in files), key=lambda q: q.name):
+                    info = zipfile.ZipInfo(p.name, date_time=(1980, 1, 1, 0, 0, 0))
+                    info.external_attr = 0o644 << 16
+                    info.create_system = 3
+                    info.file_size = p.stat().st_size
+                    with open(p, "rb") as src, z.open(info, "w") as out:
+                        while block := src.read(chunk):
+                            out.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return dst

@@ -238,3 +238,48 @@ def test_writer_submit_blocks_at_depth(tmp_path, photos_256, monkeypatch):
     for i, f in enumerate(futs):
         exp = img if i % 2 == 0 else 255 - img
         assert f.result() == hashlib.sha256(imageio.encode_png(exp)).hexdigest()
+
+
+def test_writer_recovers_from_a_killed_worker(tmp_path, photos_256):
+    """A writer process killed (OOM killer, a crash) fails the writes it held, through their
+    futures; the next submits start a fresh pool and succeed."""
+    psutil = pytest.importorskip("psutil")
+    from concurrent.futures.process import BrokenProcessPool
+
+    img = imageio.to_uint8(photos_256[0])
+    me = psutil.Process()
+    before = {c.pid for c in me.children(recursive=True)}
+    with pipeline.Writer(workers=1, pool="process") as w:
+        w.submit(tmp_path / "a.png", img).result()
+        killed = 0
+        for c in me.children(recursive=True):
+            if c.pid not in before and "forkserver" in " ".join(c.cmdline()) and \
+                    c.ppid() != me.pid:  # the worker (a child of the fork server)
+                c.kill()
+                killed += 1
+        assert killed == 1
+        outcomes = []
+        for i in range(3):
+            f = w.submit(tmp_path / f"b{i}.png", img)
+            try:
+                outcomes.append(f.result(timeout=60))
+                break
+            except BrokenProcessPool:
+                outcomes.append("broken")
+    assert outcomes[-1] == hashlib.sha256(imageio.encode_png(img)).hexdigest()
+    assert set(outcomes[:-1]) <= {"broken"}
+
+
+def test_write_zip_atomic_equals_in_memory_zip(tmp_path, photos_256):
+    """Byte-identical to ppjax.protect.write_zip (the whole zip built in memory), streamed."""
+    from ppjax.protect import write_zip
+
+    files = []
+    for i, x in enumerate(imageio.to_uint8(photos_256[:3])):
+        p = tmp_path / f"{'cba'[i]}_{i}.png"
+        p.write_bytes(imageio.encode_png(x))
+        files.append(p)
+    ref = write_zip(tmp_path, "run", files)
+    got = pipeline.write_zip_atomic(tmp_path / "streamed.zip", files, chunk=4096)
+    assert got.read_bytes() == ref.read_bytes()
+    assert not list(tmp_path.glob(".*.tmp"))
