@@ -55,7 +55,6 @@ import re
 import sys
 import time
 import unicodedata
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -408,19 +407,12 @@ def validate_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=Non
 
 
 def write_zip(out: Path, run_code: str, files: list[Path], standin: bool = False) -> Path:
-    """Deterministic zip (sorted, fixed timestamps, stored) of ``files``, flat, atomically."""
-    import io
+    """The submission zip ``<out>/<zip_name>``: deterministic (sorted, fixed timestamps,
+    stored), flat, written atomically and streamed from disk, so memory does not grow with the
+    set (:func:`ppjax.pipeline.write_zip_atomic`)."""
+    from ppjax.pipeline import write_zip_atomic
 
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
-        for p in sorted(files, key=lambda q: q.name):
-            info = zipfile.ZipInfo(p.name, date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            info.create_system = 3
-            z.writestr(info, p.read_bytes())
-    dst = out / zip_name(run_code, standin)
-    imageio.atomic_write_bytes(dst, buf.getvalue())
-    return dst
+    return write_zip_atomic(out / zip_name(run_code, standin), files)
 
 
 class _Tag(logging.LoggerAdapter):

@@ -271,15 +271,25 @@ def test_writer_recovers_from_a_killed_worker(tmp_path, photos_256):
 
 
 def test_write_zip_atomic_equals_in_memory_zip(tmp_path, photos_256):
-    """Byte-identical to ppjax.protect.write_zip (the whole zip built in memory), streamed."""
-    from ppjax.protect import write_zip
+    """Byte-identical to the same entries written by ``ZipFile.writestr`` into memory (as
+    ppjax's zips were built before they were streamed), and readable by zipfile."""
+    import io
+    import zipfile
 
     files = []
     for i, x in enumerate(imageio.to_uint8(photos_256[:3])):
         p = tmp_path / f"{'cba'[i]}_{i}.png"
         p.write_bytes(imageio.encode_png(x))
         files.append(p)
-    ref = write_zip(tmp_path, "run", files)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for p in sorted(files, key=lambda q: q.name):
+            info = zipfile.ZipInfo(p.name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.create_system = 3
+            z.writestr(info, p.read_bytes())
     got = pipeline.write_zip_atomic(tmp_path / "streamed.zip", files, chunk=4096)
-    assert got.read_bytes() == ref.read_bytes()
+    assert got.read_bytes() == buf.getvalue()
+    with zipfile.ZipFile(got) as z:
+        assert z.namelist() == sorted(p.name for p in files) and z.testzip() is None
     assert not list(tmp_path.glob(".*.tmp"))
