@@ -128,7 +128,10 @@ def test_prefetch_rejects_bad_settings():
 
 
 _INTERRUPT = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    # Python's own Ctrl-C handler, whatever this process inherited: a shell starts background
+    # jobs (e.g. `make test &`) with SIGINT ignored, and Python then installs none
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import psutil
     from ppjax import data, pipeline
     from tests.test_pipeline import _slow
