@@ -61,7 +61,6 @@ class RunFile:
     label: int | None = None
     label_source: str | None = None
     notes: tuple[str, ...] = ()
-    error: str | None = None  # (always None: every listed file is decoded)
 
 
 def _strip_run_code(stem: str, run_code: str | None) -> str:

@@ -193,9 +193,10 @@ def _prefetch(it, task, rule, max_pixels, workers, depth, pool, loader):
     args = (task, rule, max_pixels)
 
     def submit(item):
-        if item.error:  # refused before decoding: no worker needed
+        refused = getattr(item, "error", None)  # a data.Item refused before decoding
+        if refused:  # no worker needed
             f = cf.Future()
-            f.set_result(data.Loaded(item, None, [], item.error))
+            f.set_result(data.Loaded(item, None, [], refused))
             return f
         with _sigint_deferred():
             return ex.submit(loader, item, *args)

@@ -506,14 +506,13 @@ def read_manifests(out: Path) -> dict[str, dict]:
 class _Progress:
     """The run's counters, manifest and progress bar: one place records each finished file."""
 
-    def __init__(self, L, manifest: Manifest, total: int, initial: int, tag: str, desc: str,
-                 enabled: bool):
+    def __init__(self, L, manifest: Manifest, total: int, tag: str, desc: str, enabled: bool):
         from tqdm import tqdm
 
         self.L, self.manifest, self.tag = L, manifest, tag
         self.n_fail = self.n_ok = self.n_succ = self.n_new = 0
         self.t0 = time.perf_counter()
-        self.bar = tqdm(total=total, initial=initial, unit="img", disable=not enabled, desc=desc,
+        self.bar = tqdm(total=total, unit="img", disable=not enabled, desc=desc,
                         file=sys.stderr, dynamic_ncols=True)
 
     def error(self, name: str, err: str, notes=None, output=None) -> None:
@@ -612,7 +611,7 @@ def _run_locked(plan: ProtectPlan, weights_dir, slots, progress, max_pixels, wor
     todo, n_skip, pre_errors, n_all = _todo(cfg, plan.items, out, img_dir, shard, L)
     if n_skip:
         L.info("resuming: %d of %d images already done, skipped", n_skip, len(plan.items))
-    prog = _Progress(L, Manifest(out / shard.manifest), len(todo) + len(pre_errors), 0, tag,
+    prog = _Progress(L, Manifest(out / shard.manifest), len(todo) + len(pre_errors), tag,
                      f"{tag}protect {cfg.run_code}", progress)
     try:
         for name, err, oname in pre_errors:

@@ -253,7 +253,6 @@ def run_point(cfg, judge, images: np.ndarray, batch: int, seed: int, appeal=None
     import jax.numpy as jnp
 
     from ppjax.attacks import StreamItem, default_seeds, stream
-    from ppjax.attacks.objectives import appeal_score
     from ppjax.metrics import psnr
 
     n = len(images)
@@ -271,19 +270,22 @@ def run_point(cfg, judge, images: np.ndarray, batch: int, seed: int, appeal=None
     x0 = np.round(np.asarray(images, np.float32) * 255) / 255
     out["psnr"] = np.asarray(psnr(jnp.asarray(adv), jnp.asarray(x0)))
     if appeal is not None:  # scored in fixed-size batches (one compile)
-        out["appeal"], out["appeal_before"] = (
-            np.concatenate([np.asarray(appeal_score(appeal, jnp.asarray(c)))[:len(c0)]
-                            for c, c0 in _fixed_batches(a, batch)]) for a in (adv, x0))
+        out["appeal"], out["appeal_before"] = (_appeal_scores(appeal, a, batch)
+                                               for a in (adv, x0))
     return out
 
 
-def _fixed_batches(a: np.ndarray, batch: int):
-    """``(padded chunk, real chunk)`` pairs of ``a`` in chunks of ``batch`` rows (the last
-    padded by repeating its last row)."""
-    for start in range(0, len(a), batch):
-        c = a[start:start + batch]
-        yield (np.concatenate([c, np.repeat(c[-1:], batch - len(c), 0)]) if len(c) < batch
-               else c), c
+def _appeal_scores(appeal, images: np.ndarray, batch: int) -> np.ndarray:
+    """The appeal judge's score of each image, in batches of ``batch`` (the last padded by
+    :func:`ppjax.sharding.pad_batch`, so every call has one shape)."""
+    import jax.numpy as jnp
+
+    from ppjax.attacks.objectives import appeal_score
+    from ppjax.sharding import pad_batch
+
+    return np.concatenate([
+        np.asarray(appeal_score(appeal, jnp.asarray(pad_batch(images[i:i + batch], batch))))
+        [:len(images[i:i + batch])] for i in range(0, len(images), batch)])
 
 
 def summarise(grid: Grid, settings, per_image: dict, seconds: float, recompiles: int) -> dict:

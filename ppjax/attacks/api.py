@@ -255,8 +255,11 @@ def stream(name: str | AttackConfig, judge, items: Iterable[StreamItem], *,
         put = functools.partial(jax.device_put, device=sharding.batch_sharding(mesh))
 
     def checked(items):
+        seen = set()  # shapes already checked (one check per shape, not per image)
         for it in items:
-            judge.check_input(np.zeros((1,) + np.shape(it.image), np.float32))
+            if np.shape(it.image) not in seen:
+                judge.check_input(np.zeros((1,) + np.shape(it.image), np.float32))
+                seen.add(np.shape(it.image))
             if cfg.objective == "targeted" and int(it.target) < 0:
                 raise ValueError(f"stream: objective 'targeted' needs a target for {it.key!r}")
             yield it
