@@ -26,10 +26,10 @@ test: $(STAMP)
 # The main job: protect a folder of photos against the 2019 judge, write PNGs + report.md to out/demo/.
 # Uses the real converted weights when present; otherwise says so and runs on a clearly-labelled stand-in.
 demo: $(STAMP)
-	$(PY) -m ppjax.demo --out out/demo $(if $(DEMO_IMAGES),--images "$(DEMO_IMAGES)") $(DEMO_ARGS)
+	$(PY) -m ppjax.runs.demo --out out/demo $(if $(DEMO_IMAGES),--images "$(DEMO_IMAGES)") $(DEMO_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check ppjax converters benchmarks tests
+	$(PY) -m ruff check ppjax benchmarks tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all --json out/bench/all.json

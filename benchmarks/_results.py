@@ -28,8 +28,8 @@ def machine() -> dict:
 
 
 def cpu() -> dict:
-    """The CPU model, its ISA flags, and what oneDNN runs natively on it (``ppjax.onednn``)."""
-    from ppjax import onednn
+    """The CPU model, its ISA flags, and what oneDNN runs natively on it (``ppjax.accel.onednn``)."""
+    from ppjax.accel import onednn
 
     info = dict(onednn.cpu_info())
     caps = onednn.capabilities()

@@ -29,8 +29,8 @@ from benchmarks._results import (
     write_json,
 )
 from ppjax.attacks import TRACES, get_attack, loop
-from ppjax.color import ciede2000_rgb
-from ppjax.jpeg import pil_jpeg
+from ppjax.image.color import ciede2000_rgb
+from ppjax.image.jpeg import pil_jpeg
 
 ATTACKS = ["fgsm", "ifgsm", "pgd", "pgd_l2", "mifgsm", "cw_l2", "ace", "perc_al"]
 # Reduced budgets for the default run (~10 min on 2 cores); --full uses the presets.

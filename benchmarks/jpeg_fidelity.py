@@ -1,9 +1,9 @@
-"""Fidelity of ``ppjax.jpeg.jpeg`` to Pillow's real JPEG codec.
+"""Fidelity of ``ppjax.image.jpeg.jpeg`` to Pillow's real JPEG codec.
 
 For every image in ``--images`` (default: ``$PPJAX_TEST_DATA/images`` or ``../shared/data/images``
 beside the checkout), at its own size, at 256x256 and at 512x384 (width x height, Pillow bicubic),
 and for qualities 50, 75, 90, 95, compare our decoded image with Pillow's encode + decode
-(``ppjax.jpeg.pil_jpeg``, 4:2:0 as Pillow's default). Reported per quality (pooled over all images
+(``ppjax.image.jpeg.pil_jpeg``, 4:2:0 as Pillow's default). Reported per quality (pooled over all images
 and sizes) and per size: PSNR in dB (pooled MSE; ``inf`` when identical) and the fraction of
 identical 8-bit values. Modes: ``exact`` (the headline), ``ste`` / ``cubic`` / ``soft`` and the
 float twin that the gradients of ``exact`` come from (``float_twin``); ``exact`` also at 4:4:4.
@@ -29,7 +29,7 @@ import PIL
 from PIL import Image, features
 
 from benchmarks._results import machine, markdown_table, update_section, write_json
-from ppjax import jpeg as J
+from ppjax.image import jpeg as J
 
 REPO = Path(__file__).resolve().parents[1]
 QUALITIES = (50, 75, 90, 95)

@@ -29,7 +29,7 @@ from benchmarks._results import (
     update_section,
     write_json,
 )
-from ppjax.jpeg import pil_jpeg
+from ppjax.image.jpeg import pil_jpeg
 
 
 def load(weights_dir):

@@ -15,7 +15,7 @@ same batch of real photos (``tests.conftest.photos_at``), which gives:
   timed calls, each ended by ``block_until_ready``).
 
 Engines: ppjax ``jax.jit`` f32 and bf16 (``judge.with_dtype(jnp.bfloat16)``), the same through
-``ppjax.onednn.accelerate`` (BatchNorm folded, convolutions on oneDNN); torch eager f32 and
+``ppjax.accel.onednn.accelerate`` (BatchNorm folded, convolutions on oneDNN); torch eager f32 and
 torch eager channels-last bf16 autocast (``torch.set_num_threads(os.cpu_count())``). The organisers'
 NIMA is a Keras model with no torch replica: its reference is Keras 3 on the JAX backend (the
 model's ``stateless_call`` under ``jax.jit``), labelled as such. ``OMP_WAIT_POLICY`` defaults to
@@ -106,7 +106,7 @@ def _score_np(out: np.ndarray, output: str) -> np.ndarray | None:
 
 def jax_engines(judge, x01: np.ndarray, labels: np.ndarray | None
                 ) -> tuple[list[Engine], list[tuple[str, str]]]:
-    """ppjax f32 and bf16, on XLA and through ``ppjax.onednn``: jitted forward and jitted input
+    """ppjax f32 and bf16, on XLA and through ``ppjax.accel.onednn``: jitted forward and jitted input
     gradient of the attack loss. Also returns ``(engine, why)`` for the engines this CPU cannot
     run (rows marked n/a)."""
     import jax
@@ -121,7 +121,7 @@ def jax_engines(judge, x01: np.ndarray, labels: np.ndarray | None
             return -jnp.sum(jnp.take_along_axis(logp, y[:, None], axis=1))
         return jnp.sum(j.score(x))
 
-    from ppjax import onednn
+    from ppjax.accel import onednn
 
     forward = jax.jit(lambda j, x: j(x))
     grad = jax.jit(jax.grad(loss, argnums=1))
@@ -234,7 +234,7 @@ def replica_resnet50_places365(x01, wd: Path, args) -> Replica:
     import torch
 
     from benchmarks.torch_ref.resnet import randomize, resnet50
-    from converters import resnet50_places365
+    from ppjax.convert import resnet50_places365
 
     torch.manual_seed(0)
     net = randomize(resnet50(365), seed=1).eval()
@@ -255,7 +255,7 @@ def replica_koncept512(x01, wd: Path, args) -> Replica:
     import torch
 
     from benchmarks.torch_ref.inception_resnet_v2 import KonCept512, randomize, spread_scores
-    from converters import koncept512
+    from ppjax.convert import koncept512
     from tests.conftest import photos_at
 
     torch.manual_seed(0)
@@ -281,7 +281,7 @@ def replica_nima_mobilenetv2(x01, wd: Path, args) -> Replica:
     import torch
 
     from benchmarks.torch_ref.mobilenet_v2 import NIMA
-    from converters import nima_mobilenetv2
+    from ppjax.convert import nima_mobilenetv2
     from tests.test_nima import _replica_state_dict
 
     sd = _replica_state_dict(seed=3)
@@ -302,7 +302,7 @@ def replica_nima_mobilenet(x01, wd: Path, args) -> Replica:
     import jax
     import jax.numpy as jnp
 
-    from converters import nima_keras
+    from ppjax.convert import nima_keras
     from tests import keras_ref
 
     model = keras_ref.build_nima_keras()

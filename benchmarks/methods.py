@@ -47,9 +47,9 @@ def _setup(hw, batch: int, seed: int):
     import torch
     from tests.torch_ref.resnet import resnet50
 
-    from converters import resnet50_places365
-    from converters.common import augmented_crops, calibration_photos
     from ppjax.config import downloads_dir
+    from ppjax.convert import resnet50_places365
+    from ppjax.convert.common import augmented_crops, calibration_photos
     from tests import torch_attack_ref as ref
 
     d = tempfile.mkdtemp(prefix="ppjax-methods-")
@@ -87,7 +87,7 @@ def _compare(s1, d1, s2, d2) -> dict:
 
 def methods(judge, tm, x, labels, steps: int, kappa: float, out: dict | None = None,
             save=None) -> dict:
-    from ppjax.color import ciede2000_l2
+    from ppjax.image.color import ciede2000_l2
     from tests import torch_attack_ref as ref
 
     def perc(images):
@@ -233,7 +233,7 @@ def ciede2000_authors_variant(lab1, lab2):
     Their other deviation, a mean hue of 0 instead of h1' + h2' where a chroma is 0, changes
     nothing: there dH' = 2 sqrt(C1' C2') sin(.) = 0, and the mean hue only enters through terms
     multiplied by dH'."""
-    from ppjax.color import ciede2000
+    from ppjax.image.color import ciede2000
 
     def nudge(lab):
         zero = (lab[..., 1] == 0) & (lab[..., 2] == 0)
@@ -246,8 +246,8 @@ def ciede2000_gap(n: int = 8) -> dict:
     """Standard CIEDE2000 vs the authors' variant on real photos and their JPEG-90 copies: the
     per-pixel and per-image (L2 norm) differences."""
     from benchmarks._results import shared_photos
-    from ppjax.color import ciede2000, rgb_to_lab
-    from ppjax.jpeg import pil_jpeg
+    from ppjax.image.color import ciede2000, rgb_to_lab
+    from ppjax.image.jpeg import pil_jpeg
 
     x = shared_photos(n, (256, 256))
     y = pil_jpeg(np.round(x * 255).astype(np.uint8), 90)

@@ -8,7 +8,7 @@ random weights, or the simulated accelerator): the figures measure speed, never 
 
 Parts:
 
-* ``host``: the host pipeline alone (:mod:`ppjax.pipeline`) on a varied set of JPEGs: decode +
+* ``host``: the host pipeline alone (:mod:`ppjax.runs.pipeline`) on a varied set of JPEGs: decode +
   resize img/s and encode + hash + write img/s, serially, with threads, with processes and with
   grain (when installed).
 * ``scale``: ``run_protect`` over 300 and 3000 generated images with a cheap judge (the
@@ -107,7 +107,7 @@ def _grain_decode(items, task, workers):
     import grain
     from absl import flags
 
-    from ppjax import data
+    from ppjax.runs import data
 
     if not flags.FLAGS.is_parsed():  # grain reads absl flags; a library caller has parsed none
         flags.FLAGS.mark_as_parsed()
@@ -128,7 +128,7 @@ def host_ceiling(paths: list[Path], task: int = 2019, workers: int | None = None
     """img/s of decode+resize and of encode+hash+write, serially and per pool kind (best of
     ``repeats``: the machine is shared), and of decode+resize feeding a consumer that holds the
     GIL ``busy_ms`` per image (how much decoding the pool hides behind a busy main thread)."""
-    from ppjax import data, pipeline
+    from ppjax.runs import data, pipeline
 
     workers = workers or pipeline.default_workers()
     items = [data.Item(p.name, str(p)) for p in paths]
@@ -156,7 +156,7 @@ def host_ceiling(paths: list[Path], task: int = 2019, workers: int | None = None
     rows.append({"job": f"decode+resize, consumer busy {busy_ms:g} ms/img",
                  "mechanism": "serial (main thread)", "workers": 1, "img_s": len(items) / dt})
     for pool in ("thread", "process"):
-        name = f"ppjax.pipeline.prefetch ({pool}{'es' if pool == 'process' else 's'})"
+        name = f"ppjax.runs.pipeline.prefetch ({pool}{'es' if pool == 'process' else 's'})"
         got, dt = best(lambda pool=pool: list(pipeline.prefetch(items, task, workers=workers,
                                                                 pool=pool)))
         assert all(np.array_equal(a.image, b.image) for a, b in zip(ref, got, strict=True))
@@ -202,7 +202,7 @@ def host_ceiling(paths: list[Path], task: int = 2019, workers: int | None = None
         got, dt = best(write_all)
         assert got == [hashlib.sha256((tmp / "serial" / f"{i}.png").read_bytes()).hexdigest()
                        for i in range(len(imgs))]
-        rows.append({"job": "encode+hash+write", "mechanism": f"ppjax.pipeline.Writer ({pool}"
+        rows.append({"job": "encode+hash+write", "mechanism": f"ppjax.runs.pipeline.Writer ({pool}"
                      f"{'es' if pool == 'process' else 's'})", "workers": workers,
                      "img_s": len(imgs) / dt})
     shutil.rmtree(tmp, ignore_errors=True)
@@ -298,8 +298,8 @@ def make_standin(weights_dir=None, seed: int = 0, name: str = SIM_NAME):
     """Random weights for the simulated judge ``name``, flagged as stand-in."""
     import jax
 
-    from ppjax.checkpoint import save_converted
     from ppjax.judges import get_spec, judge_dir
+    from ppjax.judges.checkpoint import save_converted
 
     spec = get_spec(name)
     mod = spec.make_module()
@@ -313,7 +313,7 @@ def make_standin(weights_dir=None, seed: int = 0, name: str = SIM_NAME):
 # --------------------------------------------------------------------------- protect + engine
 
 def _decoded(paths, task=2019):
-    from ppjax import data
+    from ppjax.runs import data
 
     return [data.load_item(data.Item(p.name, str(p)), task) for p in paths]
 
@@ -322,7 +322,7 @@ def engine_only(judge, loaded, attack: str, slots: int, dtype=None, **overrides)
     """``ppjax.attacks.stream`` over images already decoded in memory, the seeds and labels
     ``ppjax protect`` would use; returns img/s and per-image results."""
     from ppjax.attacks import StreamItem, stream
-    from ppjax.protect import image_seed
+    from ppjax.runs.protect import image_seed
 
     items = (StreamItem(ld.item.name, ld.image, image_seed(ld.item.name, 0))
              for ld in loaded if ld.image is not None)
@@ -336,7 +336,7 @@ def engine_only(judge, loaded, attack: str, slots: int, dtype=None, **overrides)
 def protect_run(folder: Path, out: Path, judge_name: str, attack: str, slots: int, weights_dir,
                 dtype: str = "float32", **overrides) -> dict:
     """``run_protect`` of the whole folder (decode to zip) on the judge's stand-in."""
-    from ppjax.protect import ProtectConfig, run_protect
+    from ppjax.runs.protect import ProtectConfig, run_protect
 
     cfg = ProtectConfig(task=2019, attack=attack, run_code="bench", images=str(folder),
                         judge=judge_name, overrides=tuple(sorted(overrides.items())),
@@ -560,7 +560,7 @@ def time_to_protect(paths, args, weights_dir) -> dict:
 # --------------------------------------------------------------------------- main
 
 HOST_CHOICE = (
-    "Choice (`ppjax.pipeline`): worker **processes** for both pools. With the pool alone the "
+    "Choice (`ppjax.runs.pipeline`): worker **processes** for both pools. With the pool alone the "
     "decoders are within noise of one another on these 2 shared cores (other jobs kept them "
     "busy; figures move by +-20% between runs); with a consumer that holds the GIL, as the "
     "device loop does, processes keep decoding beside it where threads compete with it; the "
@@ -661,7 +661,7 @@ def main(argv=None) -> int:
         _results.write_json(args.json, {"machine": meta, "standin": True, **res})
         rest = {k: v for k, v in res.items() if k not in ("host", "host_images")}
         if args.results_md:
-            if "host" in res:  # ppjax.pipeline's choice of mechanism cites this section
+            if "host" in res:  # ppjax.runs.pipeline's choice of mechanism cites this section
                 _results.update_section(args.results_section + "_host", _markdown(
                     {"host": res["host"], "host_images": res["host_images"]}, meta) + "\n\n"
                     + HOST_CHOICE)

@@ -10,7 +10,7 @@ img·it/s and as img·it per CPU-second of the process (robust to other load on 
         [--batch N] [--iters 4] [--rounds 3] [--levers] [--no-torch-compile] [--no-memory]
 
 The default run measures ppjax naive (f32, XLA), ppjax's best XLA-only configuration and ppjax's
-best configuration (``ppjax.onednn``: BatchNorm folded, convolutions through oneDNN in bf16 on
+best configuration (``ppjax.accel.onednn``: BatchNorm folded, convolutions through oneDNN in bf16 on
 AMX, the fast max-pool gradient), against torch eager f32 and channels-last bf16 (and
 ``torch.compile`` with ``--torch-compile``). ``--levers`` adds every ppjax configuration tried
 (XLA CPU library paths, bf16, BatchNorm folding, oneDNN, batch size, donation) and writes them
@@ -64,7 +64,7 @@ class JaxVariant:
     path: str = "ynn"
     batch_mult: int = 1  # batch = --batch * batch_mult
     donate: bool = True
-    onednn: bool = False  # convolutions through ppjax.onednn (AMX for bf16)
+    onednn: bool = False  # convolutions through ppjax.accel.onednn (AMX for bf16)
 
 
 # ppjax's candidates for its best on this CPU (what ``ppjax.attack(backend="auto")`` runs in
@@ -135,11 +135,11 @@ def make_jax_engine(variant: JaxVariant, judge_name: str, weights_dir: str, batc
     import jax
     import jax.numpy as jnp
 
-    from ppjax.fold import fold_bn
+    from ppjax.accel.fold import fold_bn
 
     judge = _judge(judge_name, weights_dir)
     if variant.onednn:  # as ppjax.attack runs it (kernels stored in the compute dtype)
-        from ppjax.onednn import accelerate
+        from ppjax.accel.onednn import accelerate
 
         judge = accelerate(judge, fold=variant.fold, check=False, dtype=jnp.dtype(variant.dtype))
     elif variant.fold:
@@ -325,7 +325,7 @@ def runnable(variant: JaxVariant) -> str | None:
     """None when this CPU can run ``variant``, else why not (the row's "n/a" text)."""
     if not variant.onednn:
         return None
-    from ppjax import onednn
+    from ppjax.accel import onednn
 
     caps = onednn.capabilities()
     if not caps.available:

@@ -27,7 +27,7 @@ DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imag
 
 def load_photos(folder: Path, hw, n: int) -> np.ndarray:
     """``n`` distinct [H, W, 3] crops in [0, 1] (8-bit values) from the photos in ``folder``."""
-    from ppjax.sweep import list_images
+    from ppjax.runs.sweep import list_images
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.conftest import photos_at
@@ -54,7 +54,7 @@ def run(args) -> dict:
     net = torch_models.resnet50(365).eval()
     torch_models.load_from_judge(net, unfolded)
     if args.fold:
-        from ppjax.fold import fold_bn
+        from ppjax.accel.fold import fold_bn
 
         judge = fold_bn(judge)
     model = torch_models.with_normalisation(net, channels_last=True).to(
@@ -127,7 +127,7 @@ def run(args) -> dict:
 def _ppjax_config(args) -> str:
     if not args.bf16:
         return "f32, XLA" + (", BN folded" if args.fold else "")
-    from ppjax import onednn
+    from ppjax.accel import onednn
 
     backend = "oneDNN" if onednn.available() else "XLA"
     return f"bf16, {backend}" + (", BN folded" if args.fold else "")

@@ -67,7 +67,7 @@ def load_from_judge(net: nn.Module, judge) -> nn.Module:
     import numpy as np
     from flax import traverse_util
 
-    from converters.common import _to_torch_layout, expected_torch_shapes
+    from ppjax.convert.common import _to_torch_layout, expected_torch_shapes
 
     flat = traverse_util.flatten_dict(dict(judge.variables))
     state = {key: torch.from_numpy(np.ascontiguousarray(

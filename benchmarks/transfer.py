@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from ppjax import transfer
+    from ppjax.runs import transfer
 
     names = transfer.parse_judges(args.judges)
     members = transfer.parse_judges(args.ensemble) if args.ensemble else []
@@ -240,7 +240,7 @@ def main(argv=None) -> int:
 
 
 def markdown(payload: dict) -> str:
-    from ppjax import transfer
+    from ppjax.runs import transfer
 
     m, a = payload["machine"], payload["args"]
     mat = payload["transfer_matrix_pgd"]

@@ -65,7 +65,7 @@ def photos_256(photo_paths) -> np.ndarray:
 def standin_weights(tmp_path_factory) -> Path:
     """A weights directory with the ResNet-50-Places365 stand-in (made by the real converter)."""
     d = tmp_path_factory.mktemp("weights")
-    from converters import resnet50_places365
+    from ppjax.convert import resnet50_places365
 
     resnet50_places365.make_standin(weights_dir=d)
     return d
@@ -78,9 +78,9 @@ def resnet_uncalibrated(tmp_path_factory):
     parity tests (folding, oneDNN) compare gradients to 0.2-2%; the calibrated stand-in is a
     realistic, chaotic deep network whose input gradient moves by ~2% under float reordering
     alone, so those tests run on this well-conditioned variant of the same file layout."""
-    from converters import resnet50_places365
-    from converters.common import write_standin_file
     from ppjax import load_judge
+    from ppjax.convert import resnet50_places365
+    from ppjax.convert.common import write_standin_file
     from ppjax.judges import get_spec
 
     d = tmp_path_factory.mktemp("weights_uncalibrated")

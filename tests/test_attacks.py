@@ -285,7 +285,7 @@ def test_final_judgement_equals_a_fresh_forward_pass(judge, x, case):
     """``finish`` reports judge outputs kept from ``init`` (clean images) and from the step that
     took each kept image, without a new forward pass: they must equal the judge run afresh on the
     returned images (and on the clean ones), through the judging JPEG where there is one."""
-    from ppjax.jpeg import jpeg
+    from ppjax.image.jpeg import jpeg
 
     def view(images, q=None):
         images = jnp.asarray(images)
@@ -378,7 +378,7 @@ def test_bf16_compute(judge, x):
 
 
 def test_eot_jpeg_success_survives_the_real_codec(judge, x):
-    from ppjax.jpeg import pil_jpeg
+    from ppjax.image.jpeg import pil_jpeg
 
     res = ppjax.attack("ifgsm", judge, x, eps=16 / 255, step_size=3 / 255, steps=10, eot="jpeg",
                        judge_jpeg=True, judge_quality=90.0, extra_steps=2, best="last")

@@ -1,4 +1,4 @@
-"""ppjax.color against published data: Sharma, Wu & Dalal (2005) CIEDE2000 test pairs, and
+"""ppjax.image.color against published data: Sharma, Wu & Dalal (2005) CIEDE2000 test pairs, and
 sRGB -> CIELAB values computed by an independent float64 implementation of the formulas."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppjax.color import ciede2000, ciede2000_l2, ciede2000_rgb, rgb_to_lab
+from ppjax.image.color import ciede2000, ciede2000_l2, ciede2000_rgb, rgb_to_lab
 
 # (L1, a1, b1, L2, a2, b2, dE00): Sharma et al. 2005, Table 1 (all 34 pairs).
 SHARMA = np.array([

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 import ppjax
-from converters.common import random_torch_state_dict, torch_to_flax
+from ppjax.convert.common import random_torch_state_dict, torch_to_flax
 from tests.conftest import photos_at
 from tests.test_attacks import HW, TinyCNN, make_judge
 from tests.torch_ref.pgd import TinyCNN as TorchTinyCNN

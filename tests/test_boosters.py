@@ -282,8 +282,8 @@ def test_di_choices_distribution():
 @pytest.fixture(scope="module")
 def resnet18(tmp_path_factory):
     from benchmarks.torch_ref.places365_zoo import build
-    from converters import resnet18_places365
     from ppjax import load_judge
+    from ppjax.convert import resnet18_places365
 
     d = tmp_path_factory.mktemp("r18")
     model = build("resnet18_places365")
@@ -330,7 +330,7 @@ def test_sgm_forward_unchanged_gradient_matches_torch_hooks(resnet18):
 def test_sgm_through_the_onednn_engine(resnet18):
     """The attack's default CPU path wraps the judge (folded BatchNorm, oneDNN convolutions):
     SGM reaches the ResNet inside and gives the XLA path's gradient."""
-    from ppjax import onednn
+    from ppjax.accel import onednn
 
     if not onednn.capabilities().available:
         pytest.skip(f"oneDNN unavailable: {onednn.capabilities().reason}")

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import ppjax
-from ppjax import imageio
 from ppjax.attacks import TRACES, get_attack
 from ppjax.attacks.objectives import resize_nearest
-from ppjax.jpeg import pil_jpeg
+from ppjax.image import io as imageio
+from ppjax.image.jpeg import pil_jpeg
 from ppjax.judges import Judge, JudgeSpec
 from tests.conftest import photos_at
 from tests.test_attacks import TinyCNN

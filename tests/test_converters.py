@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from converters import resnet50_places365
-from converters.common import ConversionError, random_torch_state_dict
-from ppjax import fetch, load_judge
-from ppjax.judges import get_spec, judge_dir
+from ppjax import load_judge
+from ppjax.convert import resnet50_places365
+from ppjax.convert.common import ConversionError, random_torch_state_dict
+from ppjax.judges import fetch, get_spec, judge_dir
 from tests.torch_ref.resnet import ResNet
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ppjax import data, imageio
+from ppjax.image import io as imageio
+from ppjax.runs import data
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_folder_streams_in_batches(tmp_path):
 def test_tfds_builder_without_tensorflow(lists, tmp_path, photo_paths):
     import tensorflow_datasets as tfds
 
-    from ppjax.tfds_mepp import Mepp
+    from ppjax.runs.tfds_mepp import Mepp
 
     assert "tensorflow" not in sys.modules or not hasattr(sys.modules["tensorflow"], "constant")
     manual = tmp_path / "manual"

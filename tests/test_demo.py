@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ppjax.demo import SAMPLE_PHOTOS
+from ppjax.runs.demo import SAMPLE_PHOTOS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def _demo(clone: Path, weights: Path, *args) -> subprocess.CompletedProcess:
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     env.pop("PPJAX_TEST_DATA", None)
-    return subprocess.run([sys.executable, "-m", "ppjax.demo", "--out", "out/demo", "--no-fetch",
+    return subprocess.run([sys.executable, "-m", "ppjax.runs.demo", "--out", "out/demo", "--no-fetch",
                            "--weights-dir", str(weights), "--set", "steps=1", *args],
                           cwd=clone, env=env, capture_output=True, text=True, timeout=1200)
 

@@ -13,10 +13,11 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from ppjax import cli, metrics
-from ppjax.color import ciede2000_rgb
-from ppjax.evaluate import run_evaluate
+from ppjax import cli
+from ppjax.image import metrics
+from ppjax.image.color import ciede2000_rgb
 from ppjax.judges import Judge, JudgeSpec
+from ppjax.runs.evaluate import run_evaluate
 
 
 def ssim_reference(x, y):

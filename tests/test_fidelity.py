@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 
 import ppjax
-from ppjax import imageio
 from ppjax.attacks import get_attack, loop
 from ppjax.attacks.objectives import appeal_input, appeal_resize_rule, resize_bilinear
+from ppjax.image import io as imageio
 from tests import torch_attack_ref as ref
 
 REF_HW = (64, 64)  # ResNet-50 is fully convolutional; small images keep CI lean
@@ -54,7 +54,7 @@ def resnet_pair(standin_weights, resnet_standin):
 
 @pytest.fixture(scope="module")
 def ref_images():
-    from converters.common import augmented_crops, calibration_photos
+    from ppjax.convert.common import augmented_crops, calibration_photos
 
     return augmented_crops(calibration_photos(), REF_HW, REF_B, seed=11)
 
@@ -190,7 +190,7 @@ def test_method_agrees_with_torch_reference(resnet_pair, ref_images, method):
 
 def ppjax_reg(images, x0):
     """Journal ACE keeps no regulariser; compare the images by their CIEDE2000 distance."""
-    from ppjax.color import ciede2000_l2
+    from ppjax.image.color import ciede2000_l2
 
     return ciede2000_l2(jnp.asarray(images), jnp.asarray(x0))
 
@@ -215,7 +215,7 @@ def tiny_x(photo_paths):
 @pytest.fixture(scope="module")
 def tiny_pair():
     """(ppjax tiny CNN judge, its torch replica on NHWC input) with the same random weights."""
-    from converters.common import torch_to_flax
+    from ppjax.convert.common import torch_to_flax
     from tests.test_attacks import TinyCNN, make_judge
     from tests.torch_ref.pgd import TinyCNN as TorchTiny
 
@@ -266,7 +266,7 @@ def test_never_fooled_image_is_returned_clean(tiny, tiny_x):
 def test_plateau_stop_is_per_image_and_matches_the_reference(tiny, tiny_x):
     """ACE with plateau 5 on the tiny CNN: ppjax's steps per image equal the torch reference's,
     and at least one image stopped before the budget while another ran longer."""
-    from converters.common import torch_to_flax
+    from ppjax.convert.common import torch_to_flax
     from tests.test_attacks import make_judge, tiny_spec
     from tests.torch_ref.pgd import TinyCNN
 
@@ -299,7 +299,7 @@ def test_2020_centre_crop_without_resize_and_alpha_dropped(tmp_path):
     rgba[..., 3] = 0  # fully transparent: only the organisers' convert('RGB') keeps colours
     p = tmp_path / "a.png"
     Image.fromarray(rgba, "RGBA").save(p)
-    from ppjax import data
+    from ppjax.runs import data
 
     item = data.Item(name="a.png", path=str(p), label=None)
     lo = data.load_item(item, 2020, "auto")
@@ -353,7 +353,7 @@ def test_appeal_resize_rules_follow_each_original(photo_paths):
 
 
 def test_compare_refuses_mixed_tasks_and_jpeg_runs_are_collected(tmp_path):
-    from ppjax.evaluate import collect_run, run_compare
+    from ppjax.runs.evaluate import collect_run, run_compare
 
     for task in (2019, 2020):
         d = tmp_path / str(task)
@@ -374,8 +374,8 @@ def test_relative_drop_and_ranked_flag():
     by at least half (the organisers' rule), computed on 4 images."""
     from types import SimpleNamespace
 
-    from ppjax import data
-    from ppjax.evaluate import _summarise
+    from ppjax.runs import data
+    from ppjax.runs.evaluate import _summarise
 
     judge = SimpleNamespace(label="j")
     rows = [{"correct": c, "correct_clean": cc, "score": 0.0}
@@ -403,7 +403,7 @@ def test_calibrated_nima_standin_scores_depend_on_the_photo(name, tmp_path):
     statistics (measured: Keras 0.064 -> 0.32, PyTorch 0.017 -> 0.087 standard deviation)."""
     import importlib
 
-    from converters.common import calibration_photos
+    from ppjax.convert.common import calibration_photos
     from ppjax.judges import get_spec
 
     conv = importlib.import_module(get_spec(name).converter)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ppjax import report, sweep
+from ppjax.runs import report, sweep
 
 INFERNO_TOP = np.array([252, 255, 164])  # matplotlib's inferno at 1.0
 

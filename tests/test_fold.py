@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ppjax.fold import FOLDED, FoldedModule, find_conv_bn_pairs, fold_bn
+from ppjax.accel.fold import FOLDED, FoldedModule, find_conv_bn_pairs, fold_bn
 from ppjax.judges import Judge, get_spec
 
 

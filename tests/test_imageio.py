@@ -1,4 +1,4 @@
-"""Decoding rules of ppjax.imageio against independent references (numpy formulas, Pillow)."""
+"""Decoding rules of ppjax.image.io against independent references (numpy formulas, Pillow)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ppjax import imageio
+from ppjax.image import io as imageio
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""ppjax.jpeg against Pillow's real codec, the libjpeg formulas and the surrogates' derivatives."""
+"""ppjax.image.jpeg against Pillow's real codec, the libjpeg formulas and the surrogates' derivatives."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ppjax import jpeg as J
+from ppjax.image import jpeg as J
 from tests.conftest import photos_at
 
 MODES = J.ROUNDING_MODES

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from converters import koncept512
-from converters.common import ConversionError, random_torch_state_dict
 from ppjax import load_judge
-from ppjax.checkpoint import read_metadata
+from ppjax.convert import koncept512
+from ppjax.convert.common import ConversionError, random_torch_state_dict
 from ppjax.judges import judge_dir
+from ppjax.judges.checkpoint import read_metadata
 from ppjax.models.inception_resnet_v2 import avgpool_1a
 from ppjax.models.resnet import ResNet18
 from tests.conftest import photos_at
@@ -156,8 +156,8 @@ def test_wrapped_prefixed_mis_shaped_checkpoint_names_the_key(replica_and_refere
 def test_standin_scores_photos_above_the_2020_threshold(tmp_path, photo_paths):
     """The calibrated stand-in scores unseen photos above 50 (as real test photos do), so the
     camouflage attack has work to do; its calibration photos get the target mean and spread."""
-    from ppjax import imageio
-    from ppjax.data import get_task
+    from ppjax.image import io as imageio
+    from ppjax.runs.data import get_task
 
     out = koncept512.make_standin(weights_dir=tmp_path)
     judge = load_judge("koncept512", weights_dir=tmp_path, standin=True)

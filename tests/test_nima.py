@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from converters import nima_keras, nima_mobilenetv2
-from converters.common import ConversionError, random_torch_state_dict
-from ppjax.checkpoint import load_converted
+from ppjax.convert import nima_keras, nima_mobilenetv2
+from ppjax.convert.common import ConversionError, random_torch_state_dict
 from ppjax.judges import get_spec, load_judge
+from ppjax.judges.checkpoint import load_converted
 from ppjax.models.mobilenet import DepthwiseConv, MobileNetV1
 from ppjax.models.resnet import ResNet18
 from tests.conftest import photos_at

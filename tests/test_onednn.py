@@ -1,4 +1,4 @@
-"""The oneDNN convolution path (ppjax/onednn.py) against XLA's own convolution."""
+"""The oneDNN convolution path (ppjax/accel/onednn.py) against XLA's own convolution."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ppjax import onednn
+from ppjax.accel import onednn
 
 pytestmark = pytest.mark.skipif(
     not onednn.available(), reason=f"oneDNN path unavailable: {onednn.why_unavailable()}")
@@ -149,7 +149,7 @@ _FALLBACK_SCRIPT = """
 import logging, sys
 import jax.numpy as jnp, numpy as np
 import ppjax
-from ppjax import onednn
+from ppjax.accel import onednn
 from ppjax.attacks import choose_backend
 
 records = []
@@ -238,7 +238,7 @@ def test_accelerated_resnet_matches_xla_judge(resnet_uncalibrated, photos_256):
     The input gradient is compared in norm, against how far folding alone moves it: on real
     photos max-pool ties and ReLUs at zero make single elements flip under any float
     reordering."""
-    from ppjax.fold import fold_bn
+    from ppjax.accel.fold import fold_bn
 
     resnet_standin = resnet_uncalibrated  # engine parity: see the fixture
     x = jnp.asarray(photos_256[:2])
@@ -278,8 +278,8 @@ def test_accelerated_nima_mobilenetv2_matches_torch(tmp_path, photo_paths):
     replica of nima.pytorch (random weights, randomised BN statistics, the real file layout)."""
     import torch
 
-    from converters import nima_mobilenetv2
     from ppjax import load_judge
+    from ppjax.convert import nima_mobilenetv2
     from tests.conftest import photos_at
     from tests.test_nima import BINS, _replica_state_dict
     from tests.torch_ref.mobilenet_v2 import NIMA, nima_probs

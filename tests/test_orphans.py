@@ -8,14 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from ppjax import orphans
+from ppjax.runs import orphans
 
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import sys, time
 import numpy as np
-from ppjax import pipeline
+from ppjax.runs import pipeline
 if __name__ == "__main__":
     w = pipeline.Writer(workers=2)
     w.submit(sys.argv[1], np.zeros((8, 8, 3), np.uint8)).result()

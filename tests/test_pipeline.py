@@ -1,4 +1,4 @@
-"""ppjax.pipeline: the prefetching decoder and the PNG writer against serial load_item /
+"""ppjax.runs.pipeline: the prefetching decoder and the PNG writer against serial load_item /
 encode_png, per-file errors, the memory bound, crashes and Ctrl-C."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ppjax import data, imageio, pipeline
+from ppjax.image import io as imageio
+from ppjax.runs import data, pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,7 +134,8 @@ _INTERRUPT = textwrap.dedent("""
     # jobs (e.g. `make test &`) with SIGINT ignored, and Python then installs none
     signal.signal(signal.SIGINT, signal.default_int_handler)
     import psutil
-    from ppjax import data, pipeline
+    from ppjax.runs import data
+    from ppjax.runs import pipeline
     from tests.test_pipeline import _slow
 
     items = [data.Item(f"{i}.jpg", sys.argv[1]) for i in range(100)]

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from benchmarks.torch_ref.places365_zoo import ZOO, build
-from converters import places365
-from converters.common import ConversionError, random_torch_state_dict
 from ppjax import load_judge
-from ppjax.checkpoint import read_metadata
+from ppjax.convert import places365
+from ppjax.convert.common import ConversionError, random_torch_state_dict
 from ppjax.judges import get_spec, judge_dir
+from ppjax.judges.checkpoint import read_metadata
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -123,8 +123,9 @@ def test_legacy_densenet_names_round_trip():
 def test_fetch_downloads_the_zoo_file_and_converts_it(name, tmp_path, monkeypatch):
     # `ppjax fetch NAME`: the published URL, saved under the published name, then converted
     # (the download itself is replaced: no network here; the file is a replica in the real layout)
-    from ppjax import cli, fetch
+    from ppjax import cli
     from ppjax.config import downloads_dir
+    from ppjax.judges import fetch
 
     spec = get_spec(name)
     assert spec.url == f"http://places2.csail.mit.edu/models_places365/{name}.pth.tar"
@@ -164,7 +165,7 @@ def test_standin_command_says_stand_in(tmp_path, capsys):
 
 
 def test_whole_resnet50_is_refused_too(tmp_path):
-    from converters import resnet50_places365
+    from ppjax.convert import resnet50_places365
 
     src = tmp_path / "whole_resnet50_places365.pth.tar"
     src.write_bytes(b"x")

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from ppjax import cli, load_judge
-from ppjax.protect import output_name, safe_stem
+from ppjax.runs.protect import output_name, safe_stem
 from tests.test_imageio import make_broken_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -287,7 +287,7 @@ def test_bad_settings_fail_fast(src, standin_weights, tmp_path, capsys):
 
 
 def test_parse_overrides():
-    from ppjax.protect import parse_overrides
+    from ppjax.runs.protect import parse_overrides
 
     got = dict(parse_overrides(["eps=8/255", "steps=3", "objective=ce", "early_stop=false"]))
     assert got == {"eps": 8 / 255, "steps": 3, "objective": "ce", "early_stop": False}
@@ -300,7 +300,7 @@ def test_config_defaults_keep_older_runs_resumable(tmp_path):
     default and is refused with any other value."""
     import dataclasses
 
-    from ppjax.protect import CONFIG, ProtectConfig, ResumeMismatch, check_or_store_config
+    from ppjax.runs.protect import CONFIG, ProtectConfig, ResumeMismatch, check_or_store_config
 
     cfg = ProtectConfig(task=2019, attack="ifgsm", run_code="T_1", images="/x", judge="j")
     old = cfg.to_json()

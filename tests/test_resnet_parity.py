@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from converters import resnet50_places365
 from ppjax import load_judge
-from ppjax.checkpoint import read_metadata
+from ppjax.convert import resnet50_places365
 from ppjax.judges import judge_dir
+from ppjax.judges.checkpoint import read_metadata
 from tests.torch_ref.resnet import randomize, resnet50
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)

@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ppjax import cli, data, imageio
+from ppjax import cli
 from ppjax.attacks import get_attack
-from ppjax.protect import LOCK, STANDIN_TEXT
+from ppjax.image import io as imageio
+from ppjax.runs import data
+from ppjax.runs.protect import LOCK, STANDIN_TEXT
 from tests.test_imageio import png_raw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,7 +127,7 @@ def test_interrupted_during_validation_writes_nothing(photos, standin_weights, t
 
 def _hold_lock(out: Path) -> subprocess.Popen:
     """A process holding ``out``'s run lock (as a running ``ppjax protect`` does)."""
-    code = ("import sys, time; from pathlib import Path; from ppjax.protect import OutputLock\n"
+    code = ("import sys, time; from pathlib import Path; from ppjax.runs.protect import OutputLock\n"
             "out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)\n"
             "with OutputLock(out):\n    print('locked', flush=True); time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
@@ -287,7 +289,7 @@ def test_torchattacks_preset_matches_torchattacks_pgd(photo_paths):
 
     import ppjax
     from benchmarks.torch_ref.pgd import TinyCNN as TorchTinyCNN
-    from converters.common import random_torch_state_dict, torch_to_flax
+    from ppjax.convert.common import random_torch_state_dict, torch_to_flax
     from tests.conftest import photos_at
     from tests.test_attacks import HW, TinyCNN, make_judge
 

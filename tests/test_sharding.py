@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ppjax import sharding
+from ppjax import parallel as sharding
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ import dataclasses, json, sys
 import jax, jax.numpy as jnp, numpy as np
 from ppjax.judges import Judge, get_spec
 from ppjax.models.resnet import ResNet18
-from ppjax import sharding
+from ppjax import parallel as sharding
 
 spec = dataclasses.replace(get_spec("resnet50_places365"), name="tiny_resnet18",
                            model="ppjax.models.resnet:ResNet18", input_hw=(32, 32))

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ppjax import sweep
 from ppjax.attacks import attack, default_seeds
 from ppjax.judges import Judge, get_spec
 from ppjax.models.resnet import ResNet18
+from ppjax.runs import sweep
 from tests.conftest import photos_at
 
 EPS = (2 / 255, 4 / 255, 8 / 255)

@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 
 from benchmarks.torch_ref.places365_zoo import AlexNet, ResNet18
-from ppjax import cli, transfer
+from ppjax import cli
 from ppjax.config import downloads_dir
 from ppjax.judges import get_spec
+from ppjax.runs import transfer
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)

@@ -27,7 +27,7 @@ def pgd_linf(model: torch.nn.Module, x0: torch.Tensor, labels: torch.Tensor, eps
 
 class TinyCNN(torch.nn.Module):
     """A small torch classifier (normalisation inside, NCHW) mirrored by the Flax ``TinyCNN``
-    of ``tests/test_attacks.py``; module names match so ``converters.common.torch_to_flax``
+    of ``tests/test_attacks.py``; module names match so ``ppjax.convert.common.torch_to_flax``
     converts it."""
 
     def __init__(self, num_classes: int = 10, size: int = 32):

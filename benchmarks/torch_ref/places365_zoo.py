@@ -5,7 +5,7 @@ architectures (torchvision is not installable here): torchvision ResNet-18, CSAI
 Module names follow the originals exactly, so ``state_dict()`` keys are the current torch names
 (``layer1.0.conv1.weight``, ``features.denseblock1.denselayer1.norm1.weight``,
 ``classifier.6.weight``); the CSAIL DenseNet file's PyTorch 0.2 spelling (``norm.1``) is made by
-``converters.places365.legacy_names``.
+``ppjax.convert.places365.legacy_names``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppjax import sharding
+from ppjax import parallel as sharding
 from ppjax.attacks.config import AttackConfig
 from ppjax.attacks.loop import run
 from ppjax.attacks.objectives import class_mask
@@ -79,7 +79,7 @@ def choose_backend(backend: str = "auto", dtype=None, mesh=None) -> Backend:
     """Which path a judge's convolutions take, by what this CPU can run natively.
 
     * "xla": XLA, in ``dtype``.
-    * "onednn": :mod:`ppjax.onednn`; raises :class:`ppjax.onednn.OneDnnUnavailable` when the
+    * "onednn": :mod:`ppjax.accel.onednn`; raises :class:`ppjax.accel.onednn.OneDnnUnavailable` when the
       extension cannot be built, or for bfloat16 on a CPU without native bf16 kernels (the
       message names the missing feature: AVX512_BF16 or AMX).
     * "auto": oneDNN in a process with a single CPU device when the extension is available
@@ -93,7 +93,7 @@ def choose_backend(backend: str = "auto", dtype=None, mesh=None) -> Backend:
     dt = None if dtype is None else jnp.dtype(dtype)
     if backend == "xla":
         return Backend("xla", dt)
-    from ppjax import onednn
+    from ppjax.accel import onednn
 
     if backend == "onednn":
         onednn.require_native(jnp.float32 if dt is None else dt)
@@ -130,7 +130,7 @@ def prepare_models(judge, extra_judges=None, dtype=None, backend: str = "auto",
     models = {"judge": judge, **(extra_judges or {})}
     path = choose_backend(backend, dtype, mesh)
     if path.name == "onednn":
-        from ppjax import onednn
+        from ppjax.accel import onednn
 
         models["judge"] = onednn.accelerate(models["judge"], dtype=path.dtype, check=False)
     elif path.dtype is not None:
@@ -171,10 +171,10 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
       driver: "auto" | "python" | "scan" | "while" (see :mod:`ppjax.attacks.loop`).
       chunk: iterations per compiled call with the Python driver.
       extra_judges: more judges for the objective, e.g. ``{"appeal": nima}``.
-      mesh: a 1-D ``jax.sharding.Mesh`` (see :mod:`ppjax.sharding`) to split the batch over;
+      mesh: a 1-D ``jax.sharding.Mesh`` (see :mod:`ppjax.parallel`) to split the batch over;
         default: every device when there are several, else none. Results equal one device's;
         with several hosts each host passes its own images and gets all hosts' results back.
-      backend: how the judge's convolutions run: "xla", "onednn" (:mod:`ppjax.onednn`: BatchNorm
+      backend: how the judge's convolutions run: "xla", "onednn" (:mod:`ppjax.accel.onednn`: BatchNorm
         folded, convolutions through oneDNN, AMX or AVX512_BF16 in bfloat16), or "auto"; see
         :func:`choose_backend` (bfloat16 on a CPU without native bf16 kernels runs float32).
       **overrides: any :class:`AttackConfig` field (``eps=4/255``, ``steps=20``, ...).

@@ -62,7 +62,7 @@ class AttackConfig:
         PerC-AL anneals: ``lo + (hi - lo) (1 + cos(pi t / steps)) / 2``).
       k: pieces of the ACE curve.
       topk: k of the top-k objective.
-      eot: "none" or "jpeg": the gradient is taken through ``ppjax.jpeg.jpeg`` (rounding
+      eot: "none" or "jpeg": the gradient is taken through ``ppjax.image.jpeg.jpeg`` (rounding
         ``eot_rounding``)
         with a random per-image quality in [eot_quality_lo, eot_quality_hi], averaged over
         ``eot_samples`` draws.

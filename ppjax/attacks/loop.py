@@ -47,7 +47,7 @@ from ppjax.attacks.config import AttackConfig
 from ppjax.attacks.objectives import make_objective
 from ppjax.attacks.parameterisations import _per_image_norm, make_parameterisation
 from ppjax.attacks.steps import cosine, make_step_rule
-from ppjax.color import ciede2000_l2
+from ppjax.image.color import ciede2000_l2
 
 #: Python-side trace counts per compiled function (a trace = a (re)compilation).
 TRACES: collections.Counter = collections.Counter()
@@ -152,7 +152,7 @@ def _parts(cfg: AttackConfig) -> _Parts:
 def _judge_view(cfg: AttackConfig, x8, hp):
     """What the success test looks at: the 8-bit image, or its exact-forward JPEG."""
     if cfg.judge_jpeg:
-        from ppjax.jpeg import jpeg
+        from ppjax.image.jpeg import jpeg
 
         return jpeg(x8, hp["judge_quality"], subsampling=cfg.subsampling, rounding="ste")
     return x8
@@ -161,7 +161,7 @@ def _judge_view(cfg: AttackConfig, x8, hp):
 def _eot_view(cfg: AttackConfig, x, hp, keys, sample: int):
     """EOT transform: differentiable JPEG (exact forward, straight-through rounding) at a random
     per-image quality in [eot_quality_lo, eot_quality_hi]."""
-    from ppjax.jpeg import jpeg
+    from ppjax.image.jpeg import jpeg
 
     u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, sample), ()))(keys)
     q = jnp.round(hp["eot_quality_lo"] + (hp["eot_quality_hi"] - hp["eot_quality_lo"]) * u)

@@ -330,7 +330,7 @@ def pil_nearest_indices(n_in: int, n_out: int) -> np.ndarray:
 
 def resize_nearest(x: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
     """Nearest-neighbour resize ``x`` [B, H, W, C] -> [B, h, w, C] with Pillow's sampling grid
-    (what Keras ``load_img(target_size=...)`` and :func:`ppjax.imageio.resize_plain` do). A plain
+    (what Keras ``load_img(target_size=...)`` and :func:`ppjax.image.io.resize_plain` do). A plain
     gather: differentiable in ``x`` (each output pixel's gradient lands on its source pixel)."""
     h, w = hw
     if tuple(x.shape[1:3]) == (h, w):

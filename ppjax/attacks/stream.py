@@ -54,7 +54,7 @@ class StreamItem(NamedTuple):
 
     key: anything hashable, returned with the result. image: [H, W, 3] uint8, or float in
     [0, 1] (snapped to the 8-bit grid). seed: the image's own seed (e.g.
-    ``ppjax.protect.image_seed(name)``). label: true class (-1 = the judge's clean top-1).
+    ``ppjax.runs.protect.image_seed(name)``). label: true class (-1 = the judge's clean top-1).
     target: target class (objective "targeted").
     """
 

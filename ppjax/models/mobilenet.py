@@ -13,7 +13,7 @@ depthwise convs as ``same`` or as zero padding + ``valid``; at the even input si
 (224) all of these pad exactly (0, 1), so the same weights give the same outputs.
 
 Flax module names follow the Keras layer names (``conv_dw_3_bn``), so the Keras converter is an
-explicit, flat name map (see ``converters/nima_keras.py``).
+explicit, flat name map (see ``ppjax/convert/nima_keras.py``).
 """
 
 from __future__ import annotations

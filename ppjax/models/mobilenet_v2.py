@@ -14,7 +14,7 @@ MobileNetV2. The differences matter for both the key layout and the numbers:
   * ``features.18`` = ``conv_1x1_bn``: ``Sequential(Conv2d 1x1, BatchNorm2d, ReLU)`` -> 1280 ch;
   * ``features.19`` = ``AvgPool2d(7)``: the global average at 224x224 input.
 BatchNorm eps is torch's 1e-5. Module names mirror the torch paths (``3/conv/6``) so the generic
-torch name map of ``converters.common`` applies.
+torch name map of ``ppjax.convert.common`` applies.
 """
 
 from __future__ import annotations

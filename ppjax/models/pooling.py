@@ -83,7 +83,7 @@ _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 # An alternative max-pooling implementation for the models traced inside ``pooling_impl``
-# (``ppjax.onednn.accelerate`` puts oneDNN's there): same signature as the private op below.
+# (``ppjax.accel.onednn.accelerate`` puts oneDNN's there): same signature as the private op below.
 _IMPL: contextvars.ContextVar = contextvars.ContextVar("ppjax_max_pool_impl", default=None)
 
 

@@ -1,0 +1,111 @@
+"""Weights and data commands: ``fetch``, ``fetch-data``, ``convert``, ``standin``, ``judges``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from ppjax import config
+
+
+def _fetch(args) -> int:
+    from ppjax.judges.fetch import FetchError, fetch_judge
+
+    rc = 0
+    for name in args.judges:
+        try:
+            print(f"{name}: converted to {fetch_judge(name, args.weights_dir, args.force)}")
+        except FetchError as e:
+            print(f"error: {name}: {e}", file=sys.stderr)
+            rc = 1
+    return rc
+
+
+def _fetch_data(args) -> int:
+    from ppjax.judges.fetch import FetchError, fetch_data
+
+    try:
+        for path in fetch_data(args.data_dir, args.force, args.source):
+            print(path)
+    except FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _convert(args) -> int:
+    from ppjax.convert.common import ConversionError
+    from ppjax.judges import get_spec
+
+    spec = get_spec(args.judge)
+    try:
+        out = importlib.import_module(spec.converter).convert(args.src, args.weights_dir)
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.judge}: converted to {out}")
+    return 0
+
+
+def _standin(args) -> int:
+    from ppjax.judges import get_spec
+
+    for name in args.judges:
+        out = importlib.import_module(get_spec(name).converter).make_standin(args.weights_dir)
+        print(f"{name}: STAND-IN (random weights) written to {out}")
+    return 0
+
+
+def _judges(args) -> int:
+    from ppjax.judges import JUDGES, judge_dir
+
+    for name, spec in sorted(JUDGES.items()):
+        real = (judge_dir(name, args.weights_dir) / "metadata.json").exists()
+        stand = (judge_dir(name, args.weights_dir, standin=True) / "metadata.json").exists()
+        state = "converted" if real else ("stand-in only" if stand else "not converted")
+        print(f"{name:28s} {spec.input_hw[0]}x{spec.input_hw[1]}  {state:14s} {spec.url}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    import argparse
+
+    from ppjax.judges import JUDGES
+
+    names = sorted(JUDGES)
+    fmt = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+
+    def common(p):
+        p.add_argument("--weights-dir", default=None,
+                       help=f"converted weights (None: $PPJAX_WEIGHTS_DIR or {config.weights_dir()})")
+
+    p = sub.add_parser("fetch", **fmt, help="download official checkpoints and convert them")
+    p.add_argument("judges", nargs="+", choices=names, metavar="JUDGE",
+                   help=f"one or more of: {', '.join(names)}")
+    p.add_argument("--force", action="store_true", help="download again even if present")
+    common(p)
+    p.set_defaults(func=_fetch)
+
+    p = sub.add_parser("fetch-data", **fmt, help="download label files and MEPP lists")
+    p.add_argument("--data-dir", default=None,
+                   help=f"label files and lists (None: $PPJAX_DATA_DIR or {config.data_dir()})")
+    p.add_argument("--from", dest="source", default=None,
+                   help="copy from a local directory with the same layout instead of downloading")
+    p.add_argument("--force", action="store_true", help="download again even if present")
+    p.set_defaults(func=_fetch_data)
+
+    p = sub.add_parser("convert", **fmt, help="convert a checkpoint file you downloaded by hand")
+    p.add_argument("judge", choices=names, metavar="JUDGE", help=f"one of: {', '.join(names)}")
+    p.add_argument("src", help="the checkpoint file as published")
+    common(p)
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("standin", **fmt, help="create random-weight STAND-IN judges (tests/demos only)")
+    p.add_argument("judges", nargs="+", choices=names, metavar="JUDGE",
+                   help=f"one or more of: {', '.join(names)}")
+    common(p)
+    p.set_defaults(func=_standin)
+
+    p = sub.add_parser("judges", **fmt, help="list judges and whether they are converted")
+    common(p)
+    p.set_defaults(func=_judges)

@@ -1,0 +1,19 @@
+"""Convert the CSAIL ``wideresnet18_places365.pth.tar`` (Places365 zoo) to ppjax.
+
+Layout and renames: :mod:`ppjax.convert.places365`. A plain state dict (with or without the
+``module.`` prefix) is accepted too; ``whole_wideresnet18_places365.pth.tar`` is refused.
+
+    python -m ppjax.convert.wideresnet18_places365 wideresnet18_places365.pth.tar [--weights-dir DIR]
+"""
+
+from __future__ import annotations
+
+from ppjax.convert.places365 import ZooConverter
+
+_ZOO = ZooConverter("wideresnet18_places365", "wideresnet18", __doc__, conflicts=("resnet18",))
+NAME, ARCH = _ZOO.name, _ZOO.arch
+convert, csail_layout, make_standin, main = (_ZOO.convert, _ZOO.csail_layout, _ZOO.make_standin,
+                                             _ZOO.main)
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""Datasets for protect/evaluate, streamed in batches (never the whole set in memory).
+
+Three kinds of set:
+
+* **2019 MEPP lists** (:func:`mepp_items`): a list file (``MEPP18val.csv`` with quoted
+  ``"file","label"`` rows; ``MEPP18test.csv`` / ``MEPP19test.csv`` with names only;
+  ``MEPP19test_manual.csv`` unquoted ``name,label``) plus an image folder. Missing labels come from
+  Places365's ``places365_val.txt`` (lines ``Places365_val_00000001.jpg 165``).
+* **2020 folder** of PNGs at 512x384 (:func:`folder_items`).
+* **A plain folder of photos** with no labels (:func:`folder_items`): ``label`` is ``None`` and
+  ``ppjax protect`` uses the judge's clean prediction in its place.
+
+An :class:`Item` is only a name, a path and an optional label; pixels are decoded per batch by
+:func:`iter_batches`, which turns every undecodable file into a per-item error.
+
+Input folder rules (:func:`scan_folder`, :func:`mepp_items`), each logged and counted:
+
+* **hidden files** (names starting with ``.``, ``..jpg`` included) are skipped and reported as
+  skipped, as are sub-folders (not searched) and files whose extension is not an image's;
+* a **symlink** is followed only when its target lies inside the image folder; a link leaving the
+  folder (or a broken one) is refused as a per-file error with its reason. A name in a MEPP list
+  is the user's explicit choice and is read where it points (``../x.jpg`` included), unless it is
+  such a symlink.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ppjax.image import io as imageio
+
+log = logging.getLogger("ppjax.runs.data")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm",
+                    ".pgm", ".pbm", ".jfif")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """What a Pixel Privacy task judges with (names in :data:`ppjax.judges.JUDGES`)."""
+
+    year: int
+    judge: str
+    appeal_judge: str
+    threshold: float | None = None  # score judges: an image "keeps its quality" if score > this
+    jpeg_quality: int | None = None  # the organisers re-encode the submission with this quality
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return imageio.task_hw(self.year)
+
+
+TASKS: dict[int, TaskSpec] = {
+    2019: TaskSpec(2019, judge="resnet50_places365", appeal_judge="nima_mobilenet"),
+    2020: TaskSpec(2020, judge="koncept512", appeal_judge="nima_mobilenet", threshold=50.0,
+                   jpeg_quality=90),
+}
+
+
+def get_task(year: int) -> TaskSpec:
+    try:
+        return TASKS[int(year)]
+    except (KeyError, ValueError):
+        raise ValueError(f"unknown task {year!r}; known tasks: {sorted(TASKS)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One image of a set: ``name`` as listed (the original file name), its ``path``, and the
+    ground-truth ``label`` (Places365 index) or ``None``."""
+
+    name: str
+    path: str
+    label: int | None = None
+    error: str | None = None  # refused before decoding (e.g. a symlink leaving the folder)
+
+
+@dataclasses.dataclass
+class Loaded:
+    """An item after decoding: ``image`` [H, W, 3] uint8 at the task's size, or ``error``."""
+
+    item: Item
+    image: np.ndarray | None
+    notes: list[str]
+    error: str | None = None
+
+
+def _read_text(path: str | os.PathLike) -> str:
+    # utf-8-sig drops the byte-order mark some of the published lists start with.
+    return Path(path).read_text(encoding="utf-8-sig")
+
+
+def read_mepp_list(path: str | os.PathLike) -> list[tuple[str, int | None]]:
+    """Parse a MEPP list: rows ``name`` or ``name,label`` (fields optionally quoted, CRLF or LF,
+    BOM tolerated, blank lines skipped). Returns ``[(name, label or None)]`` in file order."""
+    rows = []
+    for n, row in enumerate(csv.reader(io.StringIO(_read_text(path))), 1):
+        row = [c.strip() for c in row]
+        if not row or not row[0]:
+            continue
+        if row[0].lower() in ("file", "filename", "name") and n == 1:
+            continue  # header
+        label = None
+        if len(row) > 1 and row[1] != "":
+            try:
+                label = int(row[1])
+            except ValueError:
+                raise ValueError(f"{path}:{n}: label {row[1]!r} is not an integer") from None
+        rows.append((row[0], label))
+    return rows
+
+
+def read_places365_labels(path: str | os.PathLike) -> dict[str, int]:
+    """Parse Places365's ``places365_val.txt``: ``{file name: class index}``."""
+    out = {}
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{n}: expected '<file> <label>', got {line!r}")
+        out[os.path.basename(parts[0])] = int(parts[1])
+    return out
+
+
+def mepp_items(images_dir: str | os.PathLike, list_file: str | os.PathLike,
+               labels_file: str | os.PathLike | None = None) -> list[Item]:
+    """Items of a MEPP list whose images live in ``images_dir``. Labels come from the list's
+    second column when present, else from ``labels_file`` (``places365_val.txt``), else None."""
+    images_dir = Path(images_dir)
+    labels = read_places365_labels(labels_file) if labels_file else {}
+    items = []
+    for name, label in read_mepp_list(list_file):
+        if label is None:
+            label = labels.get(os.path.basename(name))
+        path = images_dir / name
+        # a listed name is the user's explicit choice (``../x.jpg`` included); a symlink is not
+        items.append(Item(name=name, path=str(path), label=label,
+                          error=refusal_reason(path, images_dir) if path.is_symlink() else None))
+    if labels_file and any(it.label is None for it in items):
+        missing = [it.name for it in items if it.label is None]
+        log.warning("%d listed images have no label in %s (first: %s)", len(missing), labels_file,
+                    missing[0])
+    return items
+
+
+def refusal_reason(path: Path, folder: Path) -> str | None:
+    """Why ``path`` (a file named in ``folder``) is refused, or None: a link or name that
+    leaves the folder, or a broken link."""
+    try:
+        target = path.resolve(strict=False)
+        target.relative_to(folder.resolve())
+    except ValueError:
+        kind = "symlink" if path.is_symlink() else "name"
+        return (f"refused: {kind} leads outside the image folder (to {path.resolve()}); only files "
+                f"inside {folder} are read")
+    except OSError as e:  # a symlink loop
+        return f"refused: cannot resolve the link: {e}"
+    if path.is_symlink() and not target.exists():
+        return f"refused: broken symlink (to {target})"
+    return None
+
+
+def scan_folder(images_dir: str | os.PathLike, labels_file: str | os.PathLike | None = None,
+                extensions: Sequence[str] = IMAGE_EXTENSIONS
+                ) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Every image-named file directly in ``images_dir`` (sorted by name), under the module's
+    input folder rules. Returns ``(items, skipped)``: ``skipped`` is ``[(name, reason)]`` for
+    hidden files, sub-folders and non-image files (each logged). Symlinks leaving the folder are
+    items with an ``error``."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {images_dir}")
+    labels = read_places365_labels(labels_file) if labels_file else {}
+    items, skipped = [], []
+    for p in sorted(images_dir.iterdir(), key=lambda q: q.name):
+        if p.name.startswith("."):
+            skipped.append((p.name, "hidden file"))
+        elif p.is_dir() and not p.is_symlink():
+            skipped.append((p.name, "folder (not searched)"))
+        elif p.suffix.lower() not in extensions:
+            skipped.append((p.name, "not an image extension"))
+        else:
+            items.append(Item(name=p.name, path=str(p), label=labels.get(p.name),
+                              error=refusal_reason(p, images_dir)))
+    for reason in sorted({r for _, r in skipped}):
+        names = [n for n, r in skipped if r == reason]
+        log.warning("skipped %d %s(s) in %s: %s%s", len(names), reason, images_dir,
+                    ", ".join(names[:5]), " ..." if len(names) > 5 else "")
+    return items, skipped
+
+
+def folder_items(images_dir: str | os.PathLike, labels_file: str | os.PathLike | None = None,
+                 extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Item]:
+    """The items of :func:`scan_folder` (the skipped files are logged there)."""
+    return scan_folder(images_dir, labels_file, extensions)[0]
+
+
+def dataset_scan(images_dir, list_file=None, labels_file=None
+                 ) -> tuple[list[Item], list[tuple[str, str]]]:
+    """``(items, skipped)``: a MEPP list when ``list_file`` is given (nothing skipped), else the
+    plain folder (:func:`scan_folder`)."""
+    if list_file:
+        return mepp_items(images_dir, list_file, labels_file), []
+    return scan_folder(images_dir, labels_file)
+
+
+def dataset_items(images_dir, list_file=None, labels_file=None) -> list[Item]:
+    """A MEPP list when ``list_file`` is given, else the plain folder."""
+    return dataset_scan(images_dir, list_file, labels_file)[0]
+
+
+def load_item(item: Item, task: int, rule: str = "auto", max_pixels: int | None = None
+              ) -> Loaded:
+    """Decode one item to the task's size; every failure becomes ``Loaded.error``. Alpha is
+    composited on white for 2019 and dropped for 2020 (the organisers' ``convert('RGB')``)."""
+    if item.error:
+        return Loaded(item, None, [], item.error)
+    try:
+        img, notes = imageio.load_rgb(item.path, max_pixels=max_pixels,
+                                      alpha="drop" if task == 2020 else "white")
+        img, more = imageio.to_task_size(img, task, rule)
+        return Loaded(item, img, notes + more)
+    except imageio.DecodeError as e:
+        return Loaded(item, None, [], str(e))
+    except MemoryError:
+        return Loaded(item, None, [], "out of memory while decoding")
+
+
+def batched(xs: Iterable, n: int) -> Iterator[list]:
+    """Consecutive chunks of ``n`` (the last may be shorter)."""
+    if n < 1:
+        raise ValueError(f"batch size must be >= 1, got {n}")
+    chunk = []
+    for x in xs:
+        chunk.append(x)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def iter_batches(items: Iterable[Item], task: int, batch_size: int, rule: str = "auto",
+                 max_pixels: int | None = None) -> Iterator[list[Loaded]]:
+    """Stream ``items`` as lists of :class:`Loaded` of up to ``batch_size``; only one batch of
+    pixels is held at a time."""
+    for chunk in batched(items, batch_size):
+        yield [load_item(it, task, rule, max_pixels) for it in chunk]
+
+
+def stack_ok(batch: Sequence[Loaded], pad_to: int | None = None
+             ) -> tuple[list[Loaded], np.ndarray | None]:
+    """The decodable members of ``batch`` and their images ``[n, H, W, 3]`` uint8, padded (by
+    repeating the last image) to ``pad_to`` rows so every batch has one shape (one compile)."""
+    ok = [b for b in batch if b.image is not None]
+    if not ok:
+        return ok, None
+    x = np.stack([b.image for b in ok])
+    if pad_to and len(ok) < pad_to:
+        x = np.concatenate([x, np.repeat(x[-1:], pad_to - len(ok), axis=0)])
+    return ok, x

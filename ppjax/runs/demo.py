@@ -1,0 +1,174 @@
+"""``make demo``: protect a folder of photos against the 2019 judge and report.
+
+Steps: find the judge (real converted weights; else try ``ppjax fetch``; else, unless
+``--require-real``, a clearly labelled random-weight STAND-IN), run ``ppjax protect`` (I-FGSM,
+8-bit PNGs + run zip) and ``ppjax evaluate`` (top-1 before/after, NIMA appeal, PSNR/SSIM/CIEDE2000,
+figures) into ``--out``. Real users with the real weights get real protection figures; here, offline,
+the demo says plainly that it runs on a stand-in.
+
+Photos: ``--images DIR`` (it must exist); else the data directory's ``images/``
+(``$PPJAX_DATA_DIR``); else ``../shared/data/images`` beside the checkout; else the public-domain
+sample photos that scikit-image ships inside its wheel (astronaut, coffee, chelsea, rocket,
+motorcycle), copied to ``<out>/sample-photos/``, so the demo works on a fresh machine offline.
+
+Each set of photos and settings gets its own run folder, ``<out>/runs/<folder>-<hash>/``, so a demo
+on new photos starts a fresh run and a repeated demo resumes its own; ``<out>/report.md`` reports
+the latest demo. Exit codes as ``ppjax`` (:mod:`ppjax.errors`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ppjax import config, errors
+
+log = logging.getLogger("ppjax.runs.demo")
+REPO = Path(__file__).resolve().parents[1]
+JUDGE = "resnet50_places365"
+APPEAL = "nima_mobilenet"
+# scikit-image's public-domain sample photos (files inside its wheel, no download)
+SAMPLE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
+
+BANNER = """
+==============================================================================
+ STAND-IN DEMO: the real {name} weights are not available here.
+ The demo runs on RANDOM weights: the pipeline is real, the protection
+ figures are meaningless. To use the real judge:
+{how}
+==============================================================================
+"""
+
+
+def sample_photos(dest: Path) -> Path:
+    """Copy scikit-image's sample photos (:data:`SAMPLE_PHOTOS`) into ``dest``; returns it."""
+    from importlib.resources import files
+
+    src = files("skimage.data")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SAMPLE_PHOTOS:
+        data = (src / name).read_bytes()
+        if not (dest / name).exists() or (dest / name).read_bytes() != data:
+            (dest / name).write_bytes(data)
+    return dest
+
+
+def default_images(out: Path) -> Path:
+    """The first folder of photos that exists (see the module docstring)."""
+    for cand in (config.data_dir() / "images", REPO.parent / "shared" / "data" / "images"):
+        if cand.is_dir() and any(p.is_file() and not p.name.startswith(".") for p in cand.iterdir()):
+            return cand
+    try:
+        return sample_photos(out / "sample-photos")
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        raise errors.SetupError(f"no demo photos: pass --images DIR (scikit-image's sample photos "
+                                f"are unavailable: {e})") from None
+
+
+def resolve(name: str, weights_dir, require_real: bool, try_fetch: bool) -> bool:
+    """Return ``standin``: False when real weights are (or become) available."""
+    from ppjax.judges import get_spec, judge_dir
+    from ppjax.judges.fetch import FetchError, fetch_judge, missing_weights_message
+
+    if (judge_dir(name, weights_dir) / "metadata.json").exists():
+        return False
+    if try_fetch:
+        try:
+            fetch_judge(name, weights_dir)
+            return False
+        except FetchError as e:
+            log.warning("%s: %s", name, str(e).splitlines()[0])
+        except Exception as e:  # a fetched file that does not convert is reported, not hidden
+            log.error("%s: fetched but could not convert: %s", name, e)
+    if require_real:
+        raise errors.SetupError(f"--require-real: "
+                                f"{missing_weights_message(get_spec(name), weights_dir)}")
+    how = "\n".join("   " + line for line in missing_weights_message(get_spec(name), weights_dir)
+                    .splitlines()[1:4])
+    print(BANNER.format(name=name, how=how), file=sys.stderr, flush=True)
+    return True
+
+
+def run_folder(out: Path, images: Path, key: dict) -> Path:
+    """``<out>/runs/<folder name>-<hash of the photos' folder and settings>``."""
+    h = hashlib.sha256(json.dumps({"images": str(images), **key}, sort_keys=True).encode())
+    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in images.name)[:40] or "photos"
+    return out / "runs" / f"{slug}-{h.hexdigest()[:10]}"
+
+
+def _demo(a) -> int:
+    from ppjax.runs.evaluate import run_evaluate
+    from ppjax.runs.protect import ProtectConfig, parse_overrides, run_protect
+
+    out = Path(a.out).resolve()
+    if a.images is not None:
+        images = Path(a.images).expanduser()
+        if not images.is_dir():
+            what = "is not a folder" if images.exists() else "does not exist"
+            raise errors.SetupError(f"--images {images} {what} (DEMO_IMAGES in `make demo`)")
+    else:
+        images = default_images(out)
+    images = images.resolve()
+    try:
+        overrides = parse_overrides(a.set)
+    except ValueError as e:
+        raise errors.SetupError(str(e)) from None
+    log.info("demo photos: %s", images)
+    standin = resolve(JUDGE, a.weights_dir, a.require_real, not a.no_fetch)
+    appeal_standin = resolve(APPEAL, a.weights_dir, False, not a.no_fetch) if not standin else True
+    cfg = ProtectConfig(task=2019, attack=a.attack, run_code="ppjax_demo", images=str(images),
+                        judge=JUDGE, standin=standin, overrides=overrides)
+    run_dir = run_folder(out, images, {k: v for k, v in cfg.to_json().items() if k != "images"})
+    summary = run_protect(cfg, run_dir, weights_dir=a.weights_dir, batch_size=4)
+    report = run_evaluate(2019, run_dir, out, images=images, run_code="ppjax_demo",
+                          standin=standin or appeal_standin, weights_dir=a.weights_dir)
+    tag = "STAND-IN (random weights) " if standin else ""
+    print(f"\n{tag}demo done: {summary.get('done', '?')} images protected, "
+          f"{summary.get('failed', 0)} failed -> {run_dir}\nreport: {out / 'report.md'}")
+    if standin:
+        print("Reminder: STAND-IN judge; figures exercise the pipeline only.")
+    return errors.SOME_FAILED if summary.get("failed") or report is None else errors.OK
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="out/demo", help="output folder")
+    p.add_argument("--images", default=None,
+                   help="folder of photos (must exist); default: the data dir's images/, else "
+                        "../shared/data/images, else scikit-image's sample photos")
+    p.add_argument("--weights-dir", default=None, help="converted weights (default "
+                   "$PPJAX_WEIGHTS_DIR or ~/.cache/ppjax/weights)")
+    p.add_argument("--attack", default="ifgsm", help="attack name")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an attack setting (repeatable), e.g. --set steps=5")
+    p.add_argument("--require-real", action="store_true",
+                   help="stop with instructions instead of using a stand-in")
+    p.add_argument("--no-fetch", action="store_true", help="do not try to download weights")
+    p.add_argument("-v", "--verbose", action="store_true", help="tracebacks of unexpected errors")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
+                        force=True)
+    logging.getLogger("ppjax").setLevel(logging.INFO)
+    try:
+        return _demo(a)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return errors.INTERRUPTED
+    except errors.SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return errors.USAGE
+    except Exception as e:
+        if a.verbose:
+            log.exception("unexpected error")
+        print(f"error: unexpected {type(e).__name__}: {e}"
+              + ("" if a.verbose else " (rerun with -v for the traceback)"), file=sys.stderr)
+        return errors.INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
