@@ -1,0 +1,204 @@
+"""The code-layout rules of the re-housing issue, checked on the source (no imports of ppjax):
+no import cycle, no long function, no private name used from outside, nothing but ``ppjax`` installed,
+one registry type, one owner for task sizes."""
+
+from __future__ import annotations
+
+import ast
+import re
+import tomllib
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from ppjax.registry import Registry, UnknownName
+
+REPO = Path(__file__).resolve().parents[1]
+PKG = REPO / "ppjax"
+MAX_LINES = 60
+# model definitions that mirror the original architectures may be longer (the issue's exception)
+LONG_OK = ("ppjax/models/",)
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in PKG.rglob("*.py"):
+        name = ".".join(p.relative_to(REPO).with_suffix("").parts)
+        out[name.removesuffix(".__init__")] = p
+    return out
+
+
+def _imported(mods: dict[str, Path], current: str, node: ast.AST) -> list[str]:
+    """The ppjax modules an import statement loads (``from pkg import mod`` names the module)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name in mods]
+    package = current if mods[current].name == "__init__.py" else current.rpartition(".")[0]
+    if node.level:
+        parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join(parts + ([node.module] if node.module else []))
+    else:
+        base = node.module or ""
+    out = []
+    for a in node.names:
+        if f"{base}.{a.name}" in mods:
+            out.append(f"{base}.{a.name}")
+        elif base in mods:
+            out.append(base)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the ppjax modules it imports anywhere (top level or inside functions)."""
+    mods = _modules()
+    graph: dict[str, set[str]] = defaultdict(set)
+    for name, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                graph[name].update(m for m in _imported(mods, name, node) if m != name)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+    for root in list(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter[0]
+        counter[0] += 1
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, children = work[-1]
+            for w in children:
+                if w not in index:
+                    index[w] = low[w] = counter[0]
+                    counter[0] += 1
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                    break
+                if w in on:
+                    low[v] = min(low[v], index[w])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[v])
+                if low[v] == index[v]:
+                    comp = []
+                    while True:
+                        w = stack.pop()
+                        on.discard(w)
+                        comp.append(w)
+                        if w == v:
+                            break
+                    if len(comp) > 1:
+                        found.append(sorted(comp))
+    return found
+
+
+def test_cycle_finder_finds_a_planted_cycle():
+    graph = defaultdict(set, {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}})
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles(defaultdict(set, {"a": {"b"}, "b": set()})) == []
+
+
+def test_no_import_cycle_among_ppjax_modules():
+    assert cycles(import_graph()) == []
+
+
+def long_functions(root: Path = PKG) -> list[str]:
+    out = []
+    for p in sorted(root.rglob("*.py")):
+        rel = p.relative_to(REPO).as_posix()
+        if rel.startswith(LONG_OK):
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_LINES:
+                    out.append(f"{rel}:{node.lineno} {node.name} ({n} lines)")
+    return out
+
+
+def test_no_function_longer_than_60_lines():
+    assert long_functions() == []
+
+
+def private_uses(path: Path) -> list[str]:
+    """Names starting with ``_`` taken from ppjax: ``from ppjax.x import _y``, ``mod._y`` on a
+    module imported from ppjax, and ``"ppjax.x._y"`` strings (monkeypatch targets)."""
+    tree = ast.parse(path.read_text())
+    bound, out = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ppjax":
+            for a in node.names:
+                if a.name.startswith("_"):
+                    out.append(f"{path.name}:{node.lineno} imports {a.name}")
+                bound.add(a.asname or a.name)
+        elif isinstance(node, ast.Import):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names
+                         if a.name.split(".")[0] == "ppjax")
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and isinstance(node.value, (ast.Name, ast.Attribute))):
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in bound:
+                out.append(f"{path.name}:{node.lineno} uses {ast.unparse(node)}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if re.fullmatch(r"ppjax(\.\w+)*\._\w*", node.value) and "__" not in node.value:
+                out.append(f"{path.name}:{node.lineno} names {node.value}")
+    return sorted(out, key=lambda s: int(s.split(":")[1].split()[0]))
+
+
+def test_private_use_finder_flags_each_form(tmp_path):
+    p = tmp_path / "t.py"
+    p.write_text("from ppjax.attacks import loop, _x\nfrom ppjax import cli as c\nimport ppjax.runs\n"
+                 "loop._step\nc._cache()\nppjax.runs._y\nf('ppjax.runs.protect._z')\nobj._fine\n")
+    got = private_uses(p)
+    assert [g.split(" ", 1)[1] for g in got] == [
+        "imports _x", "uses loop._step", "uses c._cache", "uses ppjax.runs._y", "names ppjax.runs.protect._z"]
+
+
+@pytest.mark.parametrize("folder", ["tests", "benchmarks"])
+def test_tests_and_benchmarks_use_only_public_names(folder):
+    found = [u for p in sorted((REPO / folder).rglob("*.py")) for u in private_uses(p)]
+    assert found == []
+
+
+def test_only_ppjax_is_installed_and_tfds_is_optional():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["ppjax*"]
+    assert not (REPO / "converters").exists()
+    core = " ".join(project["project"]["dependencies"])
+    assert "tensorflow-datasets" not in core and "array_record" not in core
+    assert any("tensorflow-datasets" in d for d in project["project"]["optional-dependencies"]["tfds"])
+
+
+def test_task_sizes_have_one_owner():
+    """The task sizes (2019: 256x256, 2020: 384x512) are written once in ppjax."""
+    pattern = re.compile(r"\(\s*384\s*,\s*512\s*\)|\(\s*512\s*,\s*384\s*\)")
+    owners = sorted(p.relative_to(REPO).as_posix() for p in PKG.rglob("*.py")
+                    if pattern.search(p.read_text()))
+    assert len(owners) == 1, owners
+
+
+def test_registry_names_known_keys_and_refuses_a_second_registration():
+    r: Registry[int] = Registry("widget")
+    r.register("a", 1)
+
+    @r.register("b")
+    def b():
+        return 2
+
+    assert r["a"] == 1 and r["b"] is b and sorted(r) == ["a", "b"] and "a" in r and len(r) == 2
+    with pytest.raises(UnknownName, match=r"unknown widget 'c'; known: a, b"):
+        r["c"]
+    with pytest.raises(ValueError, match="already registered"):
+        r.register("a", 3)
+    r.register("a", 3, replace=True)
+    assert r["a"] == 3 and r.get("zzz") is None
