@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +117,33 @@ def test_standin_is_flagged(resnet_standin, standin_weights):
     # the stand-in never shadows real weights
     with pytest.raises(FileNotFoundError):
         load_judge("resnet50_places365", weights_dir=standin_weights)
+
+
+def test_every_judge_has_a_registered_converter_that_keeps_torch_unloaded():
+    """Each spec's ``converter`` names a :class:`ppjax.convert.Converter` for that judge, and
+    resolving every converter (the registry is lazy) imports neither torch nor h5py: only reading
+    a file or writing a stand-in does."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from ppjax.convert import CONVERTERS, Converter, get_converter\n"
+        "from ppjax.judges import JUDGES\n"
+        "assert 'torch' not in sys.modules\n"
+        "for name, spec in JUDGES.items():\n"
+        "    c = get_converter(spec.converter)\n"
+        "    assert isinstance(c, Converter) and c.NAME == name, name\n"
+        "    assert spec.filename in c.SOURCE_FORMAT, name\n"
+        "assert sorted(CONVERTERS) == sorted(s.converter for s in JUDGES.values())\n"
+        "print(sorted(m for m in ('torch', 'h5py') if m in sys.modules))\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=repo)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    with pytest.raises(KeyError, match="unknown converter 'nope'; known: alexnet_places365"):
+        from ppjax.convert import get_converter
+
+        get_converter("nope")

@@ -401,12 +401,11 @@ def test_calibrated_nima_standin_scores_depend_on_the_photo(name, tmp_path):
     """BatchNorm statistics calibrated on real photos: the NIMA stand-in's mean score varies
     across photos (the shared photos and scikit-image's) at least 3x as much as with the random
     statistics (measured: Keras 0.064 -> 0.32, PyTorch 0.017 -> 0.087 standard deviation)."""
-    import importlib
-
+    from ppjax.convert import get_converter
     from ppjax.convert.common import calibration_photos
     from ppjax.judges import get_spec
 
-    conv = importlib.import_module(get_spec(name).converter)
+    conv = get_converter(get_spec(name).converter)
     x = np.stack([np.asarray(Image.fromarray(a).resize((224, 224), Image.BILINEAR), np.float32)
                   / 255.0 for _, a in calibration_photos()])
     spread = {}

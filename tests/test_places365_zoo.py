@@ -12,7 +12,7 @@ import torch
 
 from benchmarks.torch_ref.places365_zoo import ZOO, build
 from ppjax import load_judge
-from ppjax.convert import places365
+from ppjax.convert import get_converter, places365
 from ppjax.convert.common import ConversionError, random_torch_state_dict
 from ppjax.judges import get_spec, judge_dir
 from ppjax.judges.checkpoint import read_metadata
@@ -23,9 +23,7 @@ BATCH = {"densenet161_places365": 1}  # keep CI lean: DenseNet-161 is the slow o
 
 
 def _converter(name):
-    import importlib
-
-    return importlib.import_module(get_spec(name).converter)
+    return get_converter(get_spec(name).converter)
 
 
 def _save_csail(name, model, d):

@@ -1,8 +1,10 @@
-"""Weights and data commands: ``fetch``, ``fetch-data``, ``convert``, ``standin``, ``judges``."""
+"""Weights and data commands: ``fetch``, ``fetch-data``, ``convert``, ``standin``, ``judges``.
+
+Judges come from :data:`ppjax.judges.JUDGES`, their converters from
+:data:`ppjax.convert.CONVERTERS` (each imported only when its command runs)."""
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 from ppjax import config
@@ -34,12 +36,12 @@ def _fetch_data(args) -> int:
 
 
 def _convert(args) -> int:
+    from ppjax.convert import get_converter
     from ppjax.convert.common import ConversionError
     from ppjax.judges import get_spec
 
-    spec = get_spec(args.judge)
     try:
-        out = importlib.import_module(spec.converter).convert(args.src, args.weights_dir)
+        out = get_converter(get_spec(args.judge).converter).convert(args.src, args.weights_dir)
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -48,10 +50,11 @@ def _convert(args) -> int:
 
 
 def _standin(args) -> int:
+    from ppjax.convert import get_converter
     from ppjax.judges import get_spec
 
     for name in args.judges:
-        out = importlib.import_module(get_spec(name).converter).make_standin(args.weights_dir)
+        out = get_converter(get_spec(name).converter).make_standin(args.weights_dir)
         print(f"{name}: STAND-IN (random weights) written to {out}")
     return 0
 

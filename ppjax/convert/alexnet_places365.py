@@ -3,17 +3,13 @@
 Layout and renames: :mod:`ppjax.convert.places365`. A plain state dict (with or without the
 ``module.`` prefix) is accepted too; ``whole_alexnet_places365.pth.tar`` is refused.
 
-    python -m ppjax.convert.alexnet_places365 alexnet_places365.pth.tar [--weights-dir DIR]
+    ppjax convert alexnet_places365 alexnet_places365.pth.tar
 """
 
 from __future__ import annotations
 
 from ppjax.convert.places365 import ZooConverter
 
-_ZOO = ZooConverter("alexnet_places365", "alexnet", __doc__)
-NAME, ARCH = _ZOO.name, _ZOO.arch
-convert, csail_layout, make_standin, main = (_ZOO.convert, _ZOO.csail_layout, _ZOO.make_standin,
-                                             _ZOO.main)
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+_ZOO = ZooConverter("alexnet_places365", "alexnet")
+NAME, ARCH, SOURCE_FORMAT = _ZOO.name, _ZOO.arch, _ZOO.source_format
+convert, csail_layout, make_standin = _ZOO.convert, _ZOO.csail_layout, _ZOO.make_standin

@@ -252,23 +252,6 @@ def write_standin_file(spec, wrap, weights_dir=None, seed: int = 0, calibrate=No
     return path
 
 
-def converter_main(doc: str, filename: str, convert, argv=None) -> int:
-    """The command line every converter module shares: ``python -m converters.X SRC``."""
-    import argparse
-    import sys
-
-    p = argparse.ArgumentParser(description=doc.splitlines()[0])
-    p.add_argument("src", help=f"path to {filename}")
-    p.add_argument("--weights-dir", default=None)
-    a = p.parse_args(argv)
-    try:
-        print(convert(a.src, a.weights_dir))
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
 # ----------------------------------------------------------------------------- stand-in realism
 
 #: scikit-image's bundled public-domain colour photos used to calibrate stand-ins.

@@ -7,7 +7,7 @@ with a ``"state_dict"`` entry and keys prefixed ``module.`` (saved from ``DataPa
 accepted too. Anything else fails with one :class:`~ppjax.convert.common.ConversionError` naming every
 missing, unexpected and mis-shaped key; nothing is written in that case.
 
-    python -m ppjax.convert.koncept512 KonCept512.pth [--weights-dir DIR]
+    ppjax convert koncept512 KonCept512.pth
 """
 
 from __future__ import annotations
@@ -20,12 +20,16 @@ import numpy as np
 from ppjax.convert.common import (
     calibrate_standin,
     convert_torch_checkpoint,
-    converter_main,
     write_standin_file,
 )
 from ppjax.judges import get_spec
 
 NAME = "koncept512"
+# the published file this converter reads (ppjax.convert.Converter)
+SOURCE_FORMAT = (
+    "KonCept512.pth: torch weights-only state dict of koniq-PyTorch model_qa (base.*,"
+    " fc.*)"
+)
 log = logging.getLogger("ppjax.convert")
 
 # A random-weight KonCept512 scores photos far from the KonIQ scale (about 0.24 at seed 0), below
@@ -120,11 +124,3 @@ def calibrate_standin_score(src, weights_dir=None, photos: np.ndarray | None = N
     log.info("%s stand-in calibrated: clean scores %.3g..%.3g -> %.1f..%.1f (scale %.3g, "
              "shift %.3g)", NAME, before.min(), before.max(), after.min(), after.max(), scale, shift)
     return {"scale": scale, "shift": shift, "before": before, "after": after}
-
-
-def main(argv=None) -> int:
-    return converter_main(__doc__, "KonCept512.pth", convert, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

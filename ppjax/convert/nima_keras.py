@@ -30,7 +30,7 @@ titu1994's files, ``dense`` in Keras 3): any single layer named ``dense`` or ``d
 Validation is strict: missing, unexpected and mis-shaped weights are reported in one
 :class:`ConversionError` before anything is written.
 
-    python -m ppjax.convert.nima_keras mobilenet_weights.h5 [--weights-dir DIR]
+    ppjax convert nima_mobilenet mobilenet_weights.h5
 """
 
 from __future__ import annotations
@@ -45,12 +45,15 @@ from ppjax.convert.common import (
     ConversionError,
     calibrate_variables,
     conversion_metadata,
-    converter_main,
     mismatch_error,
 )
 from ppjax.judges import get_spec
 
 NAME = "nima_mobilenet"
+# the published file this converter reads (ppjax.convert.Converter)
+SOURCE_FORMAT = (
+    "mobilenet_weights.h5: legacy Keras h5 weights of titu1994's NIMA MobileNet"
+)
 BACKBONE = "mobilenet"
 HEAD = "dense"
 DENSE_RE = re.compile(r"^dense(_\d+)?$")
@@ -316,11 +319,3 @@ def _layer_rank(name: str) -> tuple[int, int]:
     if m:
         return (int(m.group(2)) * 4 + (m.group(1) == "pw") * 2 + bool(m.group(3)), 0)
     return (10_000, 0)
-
-
-def main(argv=None) -> int:
-    return converter_main(__doc__, "mobilenet_weights.h5 (legacy Keras h5)", convert, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -6,7 +6,7 @@ The file is a plain state dict of ``NIMA`` from that repository's ``nima/model.p
 ``head.2.bias``. A ``module.`` prefix (DataParallel) or a ``{"state_dict": ...}`` wrapper is
 accepted too; ``num_batches_tracked`` entries are optional (the original was saved by an old torch).
 
-    python -m ppjax.convert.nima_mobilenetv2 nima224.pth [--weights-dir DIR]
+    ppjax convert nima_mobilenetv2 nima224.pth
 """
 
 from __future__ import annotations
@@ -16,12 +16,16 @@ from pathlib import Path
 from ppjax.convert.common import (
     calibrate_standin,
     convert_torch_checkpoint,
-    converter_main,
     write_standin_file,
 )
 from ppjax.judges import get_spec
 
 NAME = "nima_mobilenetv2"
+# the published file this converter reads (ppjax.convert.Converter)
+SOURCE_FORMAT = (
+    "nima224.pth: torch weights-only state dict of nima.pytorch v1 NIMA "
+    "(base_model.0.*, head.2.*)"
+)
 
 
 def convert(src, weights_dir=None, standin: bool = False, out_dir=None) -> Path:
@@ -43,11 +47,3 @@ def make_standin(weights_dir=None, seed: int = 0, calibrate: bool = True) -> Pat
     src = write_standin_file(spec, dict, weights_dir, seed,
                              calibrate=calibrated if calibrate else None)
     return convert(src, weights_dir, standin=True)
-
-
-def main(argv=None) -> int:
-    return converter_main(__doc__, "nima224.pth", convert, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

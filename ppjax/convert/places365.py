@@ -20,7 +20,6 @@ from pathlib import Path
 from ppjax.convert.common import (
     ConversionError,
     conversion_metadata,
-    converter_main,
     extract_state_dict,
     load_torch_file,
     torch_to_flax,
@@ -108,15 +107,17 @@ def make_standin(spec, convert_fn, arch: str, legacy: bool = False, weights_dir=
 
 class ZooConverter:
     """The module-level API of one zoo judge's converter (``convert``, ``csail_layout``,
-    ``make_standin``, ``main``), so each ``ppjax/convert/<judge>.py`` only names its file's
-    architecture: ``arch`` (the file's ``"arch"`` field), ``legacy`` (DenseNet's PyTorch 0.2 key
-    spelling) and ``conflicts`` (other ``arch`` values to refuse, e.g. a ResNet-18 file given as
-    the wide ResNet-18: their keys are identical)."""
+    ``make_standin``, ``source_format``; the module is a :class:`ppjax.convert.Converter`), so
+    each ``ppjax/convert/<judge>.py`` only names its file's architecture: ``arch`` (the file's
+    ``"arch"`` field), ``legacy`` (DenseNet's PyTorch 0.2 key spelling) and ``conflicts`` (other
+    ``arch`` values to refuse, e.g. a ResNet-18 file given as the wide ResNet-18: their keys are
+    identical)."""
 
-    def __init__(self, name: str, arch: str, doc: str, legacy: bool = False,
+    def __init__(self, name: str, arch: str, legacy: bool = False,
                  conflicts: tuple[str, ...] = ()):
-        self.name, self.arch, self.doc, self.legacy, self.conflicts = (name, arch, doc, legacy,
-                                                                       conflicts)
+        self.name, self.arch, self.legacy, self.conflicts = name, arch, legacy, conflicts
+        self.source_format = (f"{name}.pth.tar: torch weights-only {{epoch, arch={arch!r}, "
+                              "state_dict (module.-prefixed), best_prec1}, CSAIL Places365 zoo")
 
     def convert(self, src, weights_dir=None, standin: bool = False, out_dir=None) -> Path:
         """Validate ``src`` strictly against the Flax tree and save it; returns its directory."""
@@ -130,6 +131,3 @@ class ZooConverter:
         """Random weights in the CSAIL layout, converted and flagged as a stand-in."""
         return make_standin(get_spec(self.name), self.convert, self.arch, self.legacy,
                             weights_dir, seed)
-
-    def main(self, argv=None) -> int:
-        return converter_main(self.doc, f"{self.name}.pth.tar", self.convert, argv)

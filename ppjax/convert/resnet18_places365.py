@@ -3,17 +3,13 @@
 Layout and renames: :mod:`ppjax.convert.places365`. A plain state dict (with or without the
 ``module.`` prefix) is accepted too; ``whole_resnet18_places365.pth.tar`` is refused.
 
-    python -m ppjax.convert.resnet18_places365 resnet18_places365.pth.tar [--weights-dir DIR]
+    ppjax convert resnet18_places365 resnet18_places365.pth.tar
 """
 
 from __future__ import annotations
 
 from ppjax.convert.places365 import ZooConverter
 
-_ZOO = ZooConverter("resnet18_places365", "resnet18", __doc__, conflicts=("wideresnet18", "wideresnet"))
-NAME, ARCH = _ZOO.name, _ZOO.arch
-convert, csail_layout, make_standin, main = (_ZOO.convert, _ZOO.csail_layout, _ZOO.make_standin,
-                                             _ZOO.main)
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+_ZOO = ZooConverter("resnet18_places365", "resnet18", conflicts=("wideresnet18", "wideresnet"))
+NAME, ARCH, SOURCE_FORMAT = _ZOO.name, _ZOO.arch, _ZOO.source_format
+convert, csail_layout, make_standin = _ZOO.convert, _ZOO.csail_layout, _ZOO.make_standin

@@ -5,7 +5,7 @@ saved from ``DataParallel``: every key is a torchvision ResNet-50 name prefixed 
 state dict (with or without the prefix) is accepted too; ``whole_resnet50_places365.pth.tar`` (a
 whole-model pickle) is refused (:mod:`ppjax.convert.places365`).
 
-    python -m ppjax.convert.resnet50_places365 resnet50_places365.pth.tar [--weights-dir DIR]
+    ppjax convert resnet50_places365 resnet50_places365.pth.tar
 """
 
 from __future__ import annotations
@@ -13,10 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ppjax.convert import places365
-from ppjax.convert.common import calibrate_standin, converter_main, write_standin_file
+from ppjax.convert.common import calibrate_standin, write_standin_file
 from ppjax.judges import get_spec
 
 NAME = "resnet50_places365"
+# the published file this converter reads (ppjax.convert.Converter)
+SOURCE_FORMAT = (
+    "resnet50_places365.pth.tar: torch weights-only {epoch, arch, state_dict "
+    "(module.-prefixed torchvision ResNet-50 names), best_prec1}"
+)
 
 
 def convert(src, weights_dir=None, standin: bool = False, out_dir=None) -> Path:
@@ -44,11 +49,3 @@ def make_standin(weights_dir=None, seed: int = 0) -> Path:
 
     src = write_standin_file(spec, csail_layout, weights_dir, seed, calibrate=calibrate)
     return convert(src, weights_dir, standin=True)
-
-
-def main(argv=None) -> int:
-    return converter_main(__doc__, "resnet50_places365.pth.tar", convert, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -6,7 +6,6 @@ within seconds, naming the URL and the path where the file can be placed by hand
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import urllib.error
@@ -14,6 +13,11 @@ import urllib.request
 from pathlib import Path
 
 from ppjax import config
+from ppjax.convert import get_converter
+from ppjax.judges.spec import get_spec, missing_weights_message
+
+__all__ = ["DATA_FILES", "FetchError", "download", "fetch_data", "fetch_judge",
+           "missing_weights_message"]
 
 # Label files and lists, relative to the data directory -> public URL (as linked from the
 # task pages of 2018 and 2019).
@@ -40,20 +44,6 @@ TIMEOUT_S = 10.0
 
 class FetchError(RuntimeError):
     """A download failed; the message says how to get the file by hand."""
-
-
-def missing_weights_message(spec, weights_dir=None) -> str:
-    dest = config.downloads_dir(weights_dir) / spec.filename
-    return (
-        f"judge {spec.name!r} has not been converted yet (looked in "
-        f"{config.weights_dir(weights_dir) / spec.name}).\n"
-        f"  * online:  ppjax fetch {spec.name}\n"
-        f"  * by hand: download {spec.url}\n"
-        f"             to {dest}\n"
-        f"             then run: ppjax convert {spec.name} {dest}\n"
-        f"  * or pass --standin to run on random stand-in weights (results are meaningless and "
-        f"are labelled as such)."
-    )
 
 
 def download(url: str, dest: Path, desc: str | None = None, timeout: float = TIMEOUT_S) -> Path:
@@ -83,14 +73,11 @@ def download(url: str, dest: Path, desc: str | None = None, timeout: float = TIM
 
 def fetch_judge(name: str, weights_dir=None, force: bool = False) -> Path:
     """Download the official checkpoint of judge ``name`` (unless present) and convert it."""
-    from ppjax.judges import get_spec
-
     spec = get_spec(name)
     dest = config.downloads_dir(weights_dir) / spec.filename
     if force or not dest.exists():
         download(spec.url, dest, desc=spec.filename)
-    converter = importlib.import_module(spec.converter)
-    return converter.convert(dest, weights_dir)
+    return get_converter(spec.converter).convert(dest, weights_dir)
 
 
 def fetch_data(data_dir=None, force: bool = False, source_dir: str | None = None) -> list[Path]:
