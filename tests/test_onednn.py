@@ -112,9 +112,14 @@ def test_conv2d_refuses_bad_input():
 
 
 def test_missing_wheels_say_what_to_install(monkeypatch):
-    monkeypatch.setattr(onednn, "_dist_file", lambda dist, suffix: None)
+    import importlib.metadata
+
+    def not_installed(dist):
+        raise importlib.metadata.PackageNotFoundError(dist)
+
+    monkeypatch.setattr(importlib.metadata, "files", not_installed)
     with pytest.raises(onednn.OneDnnUnavailable, match="pip install"):
-        onednn._paths()
+        onednn.wheel_paths()
 
 
 @pytest.mark.skipif(CAPS is None or "amx" not in (CAPS.isa or ""),

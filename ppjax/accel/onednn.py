@@ -37,16 +37,17 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppjax.accel.intercept import InterceptingModule, Interceptor, is_call, wrappers
 from ppjax.config import _cache_root
 from ppjax.judges import Judge
 from ppjax.models.mobilenet import DepthwiseConv
+from ppjax.models.pooling import pooling_impl
 
 TARGET = "ppjax_onednn_conv"
 POOL_FWD, POOL_BWD = "ppjax_onednn_maxpool_fwd", "ppjax_onednn_maxpool_bwd"
@@ -71,8 +72,10 @@ def _dist_file(dist: str, suffix: str) -> Path | None:
     return None
 
 
-def _paths() -> tuple[Path, Path]:
-    """(oneDNN include dir, directory of libdnnl.so) from the installed wheels."""
+def wheel_paths() -> tuple[Path, Path]:
+    """``(include dir, directory of libdnnl.so.3)`` of the installed oneDNN wheels
+    (``onednn-devel-cpu-gomp``, ``onednn-cpu-gomp``); :class:`OneDnnUnavailable` saying what to
+    install when either is missing."""
     header = _dist_file("onednn-devel-cpu-gomp", "include/oneapi/dnnl/dnnl.hpp")
     lib = _dist_file("onednn-cpu-gomp", "/libdnnl.so.3")
     if header is None or lib is None:
@@ -92,7 +95,7 @@ def _compiler() -> str:
 
 def build(verbose: bool = False) -> Path:
     """Compile the extension (once per source/jax/oneDNN combination) and return its path."""
-    include, libdir = _paths()
+    include, libdir = wheel_paths()
     jax_include = jax.ffi.include_dir()
     digest = hashlib.sha256()
     digest.update(_SOURCE.read_bytes())
@@ -246,7 +249,7 @@ def require_native(dtype) -> None:
 
 
 def _effective_isa() -> str:
-    _, libdir = _paths()
+    _, libdir = wheel_paths()
     lib = ctypes.CDLL(str(libdir / "libdnnl.so.3"))
     lib.dnnl_get_effective_cpu_isa.restype = ctypes.c_int
     code = int(lib.dnnl_get_effective_cpu_isa())
@@ -362,7 +365,7 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int] = (1, 1),
     ``kernel`` (XLA). ``x`` and ``kernel`` must share a dtype, float32 or bfloat16;
     ``out_dtype`` (default: that dtype) may be float32 for bfloat16 operands: the f32
     accumulator is written out unrounded, so the elementwise work after the convolution runs in
-    float32 (XLA's CPU code is several times faster there than in bfloat16)."""
+    float32 (XLA's CPU elementwise code is faster there than in bfloat16: benchmarks/RESULTS.md)."""
     if x.ndim != 4 or kernel.ndim != 4:
         raise ValueError(f"conv2d expects x [N,H,W,C] and kernel [KH,KW,C/G,O], got {x.shape} "
                          f"and {kernel.shape}")
@@ -502,60 +505,45 @@ def _onednn_depthwise_call(mod: DepthwiseConv, x, out_dtype):
 
 
 @dataclasses.dataclass(frozen=True)
-class OneDnnModule:
+class OneDnnModule(InterceptingModule):
     """Stands in for a linen module inside a :class:`~ppjax.judges.Judge`: ``apply`` runs
     ``inner`` with every eligible ``nn.Conv`` (2-D, no dilation, zero padding, float32/bf16)
-    and every MobileNet ``DepthwiseConv`` computed by oneDNN. Hashable and static like the
-    module it wraps.
+    and every MobileNet ``DepthwiseConv`` computed by oneDNN, and max pooling through
+    :func:`max_pool`.
 
     ``f32_activations``: with a bfloat16 compute dtype, convolutions still read bfloat16
     operands (AMX) but write their float32 accumulators, so biases, activations and residual
-    sums between convolutions run in float32 ("bf16 compute, f32 bookkeeping"): faster on
-    XLA's CPU backend and more accurate."""
+    sums between convolutions run in float32 ("bf16 compute, f32 bookkeeping"; whether that is
+    faster depends on the judge: ``benchmarks/RESULTS.md``, :data:`F32_ACTIVATIONS`)."""
 
-    inner: Any
     f32_activations: bool = False
 
-    def apply(self, variables, *args, **kwargs):
+    def interceptor(self, variables) -> Interceptor:
+        out = jnp.float32 if self.f32_activations else None
+
         def through_onednn(next_fun, a, kw, context):
-            mod = context.module
-            if context.method_name == "__call__" and a and not kw:
-                out = jnp.float32 if self.f32_activations else None
-                if isinstance(mod, nn.Conv) and _eligible(mod, a[0]):
-                    return _onednn_conv_call(mod, a[0], out)
-                if isinstance(mod, DepthwiseConv) and a[0].ndim == 4:
-                    return _onednn_depthwise_call(mod, a[0], out)
+            if a and not kw:
+                if is_call(context, nn.Conv) and _eligible(context.module, a[0]):
+                    return _onednn_conv_call(context.module, a[0], out)
+                if is_call(context, DepthwiseConv) and a[0].ndim == 4:
+                    return _onednn_depthwise_call(context.module, a[0], out)
             return next_fun(*a, **kw)
 
-        from ppjax.models.pooling import pooling_impl
+        return through_onednn
 
-        with nn.intercept_methods(through_onednn), pooling_impl(max_pool):
-            return self.inner.apply(variables, *args, **kwargs)
-
-    def clone(self, **overrides) -> OneDnnModule:
-        return OneDnnModule(self.inner.clone(**overrides), self.f32_activations)
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    def environment(self):
+        return pooling_impl(max_pool)
 
 
 def is_accelerated(judge: Judge) -> bool:
     """Whether ``judge``'s convolutions already run through oneDNN."""
-    module = judge.module
-    while module is not None:  # through wrappers (FoldedModule, OneDnnModule) to the model
-        if isinstance(module, OneDnnModule):
-            return True
-        module = getattr(module, "__dict__", {}).get("inner")
-    return False
+    return any(isinstance(m, OneDnnModule) for m in wrappers(judge.module))
 
 
-# f32_activations by judge, chosen by measurement (PGD step, batch 8, 2 Xeon cores with AMX,
-# 2026-11-22): the MobileNets gain from float32 activations (MobileNetV2 ~30%, Keras MobileNet
-# ~20%: ReLU6 and the depthwise stages run faster in f32 on XLA:CPU); ResNet-50 loses ~30% (its
-# large activation maps make the doubled memory traffic dominate). Others (KonCept512: not
-# measured) default to bfloat16 activations.
+# f32_activations by judge, chosen by measurement (benchmarks/RESULTS.md, oneDNN levers): the
+# MobileNets gain from float32 activations (ReLU6 and the depthwise stages run faster in f32 on
+# XLA:CPU); ResNet-50 loses (its large activation maps make the doubled memory traffic dominate).
+# Others default to bfloat16 activations.
 F32_ACTIVATIONS = {"nima_mobilenetv2": True, "nima_mobilenet": True}
 
 # (id(judge), settings, dtype) -> (judge, accelerated judge): repeated calls (one per batch in
