@@ -128,3 +128,35 @@ def test_generic_pairs_and_formula():
 def test_conv_output_read_elsewhere_is_refused():
     with pytest.raises(ValueError, match="changed"):
         fold_bn(_tiny_judge(leak=True))
+
+
+def test_wrapper_base_nests_clones_and_reads_through():
+    """The intercepting-module base shared by the rewrites: a rewrite that doubles every conv's
+    output equals the model with every conv kernel and bias doubled (convolution is linear); a
+    rewrite of a rewrite lists both (outermost first in :func:`wrappers`); ``clone`` keeps the
+    rewrites around the cloned model; attribute reads reach the model."""
+    from ppjax.accel.intercept import InterceptingModule, is_call, wrappers
+
+    @dataclasses.dataclass(frozen=True)
+    class Doubled(InterceptingModule):
+        def interceptor(self, variables):
+            def double(next_fun, a, kw, context):
+                y = next_fun(*a, **kw)
+                return 2 * y if is_call(context, nn.Conv) else y
+
+            return double
+
+    judge = _tiny_judge(leak=False)
+    twice = jax.tree_util.tree_map_with_path(
+        lambda p, a: 2 * a if "params" in str(p[0]) and str(p[1].key).startswith(("c", "dw"))
+        else a, judge.variables)
+    x = jax.random.uniform(jax.random.key(3), (2, 8, 8, 3))
+    np.testing.assert_allclose(np.asarray(judge.replace(module=Doubled(judge.module))(x)),
+                               np.asarray(judge.replace(variables=twice)(x)), rtol=1e-5, atol=1e-5)
+    folded = fold_bn(judge)
+    both = folded.replace(module=Doubled(folded.module))
+    assert [type(m) for m in wrappers(both.module)] == [Doubled, FoldedModule]
+    assert both.module.leak is False  # read through both wrappers
+    b16 = both.with_dtype(jnp.bfloat16)
+    assert [type(m) for m in wrappers(b16.module)] == [Doubled, FoldedModule]
+    assert b16.module.inner.pairs == folded.module.pairs and b16.module.dtype == jnp.bfloat16
