@@ -5,7 +5,8 @@ Attacks are per-image computations, so sharding is pure data parallelism: a 1-D
 per-image array placed with ``NamedSharding(mesh, P("batch"))``, weights with ``P()``
 (replicated). A jitted function called on such arrays is partitioned by XLA; nothing inside the
 attack changes. The batch is padded up to a multiple of the device count by repeating its last
-image (results for the pad are dropped), so any batch size works.
+image (:func:`pad_batch`, the one padding of ppjax; results for the pad are dropped), so any batch
+size works.
 
 Several hosts: call :func:`init_distributed` first on every host (it wraps
 ``jax.distributed.initialize``); then ``jax.devices()`` lists the devices of all hosts, each host
@@ -136,27 +137,38 @@ def gather(tree) -> Any:
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def sharded_call(fn: Callable, replicated_args, *batched, mesh: Mesh | None = None):
-    """``fn(replicated_args, *batched)`` with the batch split over all devices.
+def run_data_parallel(fn: Callable, replicated_args, batched, mesh: Mesh | None = None):
+    """``fn(replicated_args, batched)`` with the batch split over all devices: the one
+    implementation of padding, placing, gathering and cutting back (:func:`sharded_call` is it
+    with ``fn`` jitted).
 
     Args:
-      fn: a pure function; it is jitted here (pass an already jitted one to reuse its cache).
+      fn: called with the placed arguments; not jitted here (it may drive jitted programs from
+        Python, which follow their inputs' shardings: computation follows data).
       replicated_args: pytree put on every device (a judge, hyperparameters).
-      *batched: pytrees whose leaves are [B, ...] arrays (this host's images, labels, seeds).
+      batched: pytree whose leaves are [B, ...] arrays (this host's images, labels, seeds),
+        padded to a multiple of the host's device count with :func:`pad_batch`.
+      mesh: default :func:`batch_mesh` (every device of every host).
     Returns ``fn``'s outputs as numpy arrays; each leaf whose leading axis is the (padded) batch
     is cut back to the real images: [B] on one host, [num_hosts * B] (host-major) on several,
     where every host passes the same B.
     """
     mesh = mesh or batch_mesh()
     local = mesh.size // jax.process_count()
-    b = {np.shape(leaf)[0] for t in batched for leaf in jax.tree.leaves(t)}
-    if len(b) != 1:
-        raise ValueError(f"sharded_call: batched arguments disagree on the batch size: {sorted(b)}")
-    (b,) = b
+    sizes = {np.shape(leaf)[0] for leaf in jax.tree.leaves(batched)}
+    if len(sizes) != 1:
+        raise ValueError(f"batched arguments disagree on the batch size: {sorted(sizes)}")
+    (b,) = sizes
     size = -(-b // local) * local
-    batched = jax.tree.map(lambda a: pad_batch(a, size), batched)
-    out = jax.jit(fn)(replicate(replicated_args, mesh), *shard_batch(batched, mesh))
-    return unpad_batch(gather(out), b, size)
+    placed = shard_batch(jax.tree.map(lambda a: pad_batch(a, size), batched), mesh)
+    return unpad_batch(gather(fn(replicate(replicated_args, mesh), placed)), b, size)
+
+
+def sharded_call(fn: Callable, replicated_args, *batched, mesh: Mesh | None = None):
+    """``jax.jit(fn)(replicated_args, *batched)`` with the batch split over all devices
+    (:func:`run_data_parallel`; pass an already jitted ``fn`` to reuse its cache)."""
+    jitted = jax.jit(fn)
+    return run_data_parallel(lambda r, b: jitted(r, *b), replicated_args, batched, mesh)
 
 
 def unpad_batch(tree, b: int, size: int):
@@ -170,17 +182,6 @@ def unpad_batch(tree, b: int, size: int):
         return a.reshape(hosts, size, *a.shape[1:])[:, :b].reshape(hosts * b, *a.shape[1:])
 
     return jax.tree.map(unpad, tree)
-
-
-def run_data_parallel(fn: Callable, replicated_args, batched, mesh: Mesh):
-    """``fn(replicated_args, batched)`` (``fn`` not jitted here: it may drive jitted programs
-    from Python) with ``batched``'s [B, ...] leaves padded, split over ``mesh`` and cut back.
-    Jitted programs inside ``fn`` follow their inputs' shardings (computation follows data)."""
-    local = mesh.size // jax.process_count()
-    (b,) = {np.shape(leaf)[0] for leaf in jax.tree.leaves(batched)}
-    size = -(-b // local) * local
-    batched = shard_batch(jax.tree.map(lambda a: pad_batch(a, size), batched), mesh)
-    return unpad_batch(gather(fn(replicate(replicated_args, mesh), batched)), b, size)
 
 
 def describe(x: jnp.ndarray) -> str:

@@ -97,6 +97,7 @@ def calibrate_standin_score(src, weights_dir=None, photos: np.ndarray | None = N
     import torch
 
     from ppjax import load_judge
+    from ppjax.parallel import pad_batch
 
     x = calibration_photos() if photos is None else np.asarray(photos, np.float32)
     score = jax.jit(lambda j, xb: j.score(xb))  # one compile serves both loads
@@ -105,7 +106,7 @@ def calibrate_standin_score(src, weights_dir=None, photos: np.ndarray | None = N
         judge = load_judge(NAME, weights_dir, standin=True)
         if not judge.standin:  # never touch real weights
             raise ValueError(f"{NAME}: refusing to calibrate weights that are not a stand-in")
-        xs = np.concatenate([x, x[-1:].repeat(-len(x) % 2, 0)])  # pairs: one batch shape
+        xs = pad_batch(x, len(x) + len(x) % 2)  # pairs: one batch shape
         return np.concatenate([np.asarray(score(judge, xs[i:i + 2]))
                                for i in range(0, len(xs), 2)])[:len(x)]
 
