@@ -52,8 +52,7 @@ def load(path: Path, size: str) -> np.ndarray:
 
 
 def _float_twin(x, q, subsampling="420"):
-    qy, qc = J.quality_tables(jnp.broadcast_to(jnp.asarray(q), (x.shape[0],)))
-    return J._smooth_codec(x, qy, qc, subsampling, "exact")
+    return J.float_twin(x, q, subsampling=subsampling, rounding="exact")
 
 
 _FNS = {

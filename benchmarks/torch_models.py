@@ -67,11 +67,11 @@ def load_from_judge(net: nn.Module, judge) -> nn.Module:
     import numpy as np
     from flax import traverse_util
 
-    from ppjax.convert.common import _to_torch_layout, expected_torch_shapes
+    from ppjax.convert.common import expected_torch_shapes, to_torch_layout
 
     flat = traverse_util.flatten_dict(dict(judge.variables))
     state = {key: torch.from_numpy(np.ascontiguousarray(
-        _to_torch_layout(np.asarray(flat[flat_key], np.float32), layout)))
+        to_torch_layout(np.asarray(flat[flat_key], np.float32), layout)))
         for key, (_, flat_key, layout) in expected_torch_shapes(judge.variables).items()}
     missing, unexpected = net.load_state_dict(state, strict=False)
     if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):

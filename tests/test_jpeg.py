@@ -92,7 +92,7 @@ def test_quality_tables_match_pillow_and_formula():
         np.testing.assert_array_equal(np.asarray(chroma[i]).ravel(), np.asarray(tables[1]), str(q))
         # the documented formula, in plain python integers
         s = 5000 // q if q < 50 else 200 - 2 * q
-        want = [min(max((t * s + 50) // 100, 1), 255) for t in J._LUMA_BASE.ravel().tolist()]
+        want = [min(max((t * s + 50) // 100, 1), 255) for t in J.LUMA_BASE.ravel().tolist()]
         assert np.asarray(luma[i]).ravel().tolist() == want
     sl, sc = J.quality_tables(90)
     assert sl.shape == (8, 8) and sc.dtype == jnp.int32

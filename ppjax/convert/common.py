@@ -102,7 +102,9 @@ def _torch_key_and_layout(flat_key: tuple[str, ...], ndim: int) -> tuple[str, st
     raise ConversionError(f"no torch name rule for Flax leaf {'/'.join(flat_key)}")
 
 
-def _to_flax_layout(a: np.ndarray, layout: str) -> np.ndarray:
+def to_flax_layout(a: np.ndarray, layout: str) -> np.ndarray:
+    """A torch array in Flax's layout (``layout`` from :func:`expected_torch_shapes`): conv
+    ``[O, I/g, kh, kw]`` -> ``[kh, kw, I/g, O]``, linear ``[out, in]`` -> ``[in, out]``."""
     if layout == "conv":
         return np.transpose(a, (2, 3, 1, 0))
     if layout == "linear":
@@ -110,7 +112,8 @@ def _to_flax_layout(a: np.ndarray, layout: str) -> np.ndarray:
     return a
 
 
-def _to_torch_layout(a: np.ndarray, layout: str) -> np.ndarray:
+def to_torch_layout(a: np.ndarray, layout: str) -> np.ndarray:
+    """The inverse of :func:`to_flax_layout`: a Flax array back in torch's layout."""
     if layout == "conv":
         return np.transpose(a, (3, 2, 0, 1))
     if layout == "linear":
@@ -165,7 +168,7 @@ def torch_to_flax(state_dict: dict, abstract_variables: Any, source: str, arch: 
         raise mismatch_error(source, arch, missing, unexpected, misshaped)
     flat = {}
     for key, (_, flat_key, layout) in expected.items():
-        flat[flat_key] = np.ascontiguousarray(_to_flax_layout(given[key], layout), np.float32)
+        flat[flat_key] = np.ascontiguousarray(to_flax_layout(given[key], layout), np.float32)
     return traverse_util.unflatten_dict(flat)
 
 
@@ -416,5 +419,5 @@ def calibrate_standin(spec, state_dict: dict, n_images: int = 64, seed: int = 0,
         if flat_key[0] == "batch_stats" or (output_bias is not None
                                             and flat_key == ("params",) + tuple(output_bias)):
             out[key] = torch.from_numpy(np.ascontiguousarray(
-                _to_torch_layout(np.asarray(flat[flat_key]), layout), np.float32))
+                to_torch_layout(np.asarray(flat[flat_key]), layout), np.float32))
     return out

@@ -123,6 +123,40 @@ def _to_rgb8(im: Image.Image, notes: list[str], depth: int | None, alpha: str = 
         raise DecodeError(f"cannot convert mode {mode} to RGB: {e}") from None
 
 
+def _bomb_error(pixels, limit: int | None, max_pixels: int | None) -> DecodeError:
+    """The decompression-bomb refusal, naming the limit that applied. Pillow refuses files over
+    twice its own limit inside ``Image.open``, naming that doubled limit; the limit applied here
+    is ``limit`` (or Pillow's hard one when it is lower)."""
+    hard = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+    applied = min(limit, hard) if (limit and hard) else (limit or hard)
+    src_name = "max_pixels" if max_pixels is not None and applied == limit else \
+        "Pillow MAX_IMAGE_PIXELS" if applied == limit else "2 x Pillow MAX_IMAGE_PIXELS"
+    return DecodeError(f"decompression bomb guard: {pixels} pixels exceeds the limit of "
+                       f"{applied} pixels ({src_name}); not decoded")
+
+
+def _open_rgb8(src, limit: int | None, max_pixels: int | None, alpha: str,
+               notes: list[str]) -> tuple[np.ndarray, str | None]:
+    """``(img, format)``: the file opened, size-checked, EXIF-oriented and converted to 8-bit RGB
+    (conversions appended to ``notes``); Pillow's own errors pass through."""
+    with warnings.catch_warnings():
+        # our own check below applies ``limit``; Pillow's warning would name its own
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(src) as im:
+            w, h = im.size
+            if limit and w * h > limit:
+                raise _bomb_error(f"{w}x{h} = {w * h}", limit, max_pixels)
+            depth = _raw_bit_depth(im)
+            im.load()
+            orientation = im.getexif().get(0x0112, 1)
+            if orientation not in (None, 1):
+                im2 = ImageOps.exif_transpose(im)
+                notes.append(f"EXIF orientation {orientation} applied")
+            else:
+                im2 = im
+            return _to_rgb8(im2, notes, depth, alpha), im.format
+
+
 def decode_rgb(data: bytes | str | os.PathLike, max_pixels: int | None = None,
                alpha: str = "white") -> tuple[np.ndarray, list[str]]:
     """Decode an image file (path or bytes) to 8-bit RGB under the module's rules (``alpha``:
@@ -138,41 +172,15 @@ def decode_rgb(data: bytes | str | os.PathLike, max_pixels: int | None = None,
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
     src = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
     notes: list[str] = []
-    def bomb(pixels) -> DecodeError:
-        # Pillow refuses files over twice its own limit inside ``Image.open``, naming that doubled
-        # limit; the limit applied here is ``limit`` (or Pillow's hard one when it is lower).
-        hard = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
-        applied = min(limit, hard) if (limit and hard) else (limit or hard)
-        src_name = "max_pixels" if max_pixels is not None and applied == limit else \
-            "Pillow MAX_IMAGE_PIXELS" if applied == limit else "2 x Pillow MAX_IMAGE_PIXELS"
-        return DecodeError(f"decompression bomb guard: {pixels} pixels exceeds the limit of "
-                           f"{applied} pixels ({src_name}); not decoded")
-
     try:
-        with warnings.catch_warnings():
-            # our own check below applies ``limit``; Pillow's warning would name its own
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(src) as im:
-                w, h = im.size
-                if limit and w * h > limit:
-                    raise bomb(f"{w}x{h} = {w * h}")
-                depth = _raw_bit_depth(im)
-                im.load()
-                orientation = im.getexif().get(0x0112, 1)
-                if orientation not in (None, 1):
-                    im2 = ImageOps.exif_transpose(im)
-                    notes.append(f"EXIF orientation {orientation} applied")
-                else:
-                    im2 = im
-                fmt = im.format
-                img = _to_rgb8(im2, notes, depth, alpha)
+        img, fmt = _open_rgb8(src, limit, max_pixels, alpha, notes)
     except DecodeError:
         raise
     except Image.DecompressionBombError as e:
         import re
 
         m = re.search(r"\((\d+) pixels\)", str(e))
-        raise bomb(m.group(1) if m else "the image's") from None
+        raise _bomb_error(m.group(1) if m else "the image's", limit, max_pixels) from None
     except Image.UnidentifiedImageError:
         raise DecodeError("not an image (Pillow cannot identify the file)") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:

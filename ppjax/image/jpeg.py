@@ -39,11 +39,10 @@ only, no ``jvp`` / ``jacfwd``.
 Choosing ``rounding``
 ---------------------
 Forward exactness: ``"exact"``, ``"ste"`` and ``"soft_ste"`` return Pillow's pixels bit for bit;
-``"cubic"`` is about 50 dB from Pillow at quality 90 and ``"soft"`` about 43 dB. Gradient quality
-was measured in ``benchmarks/jpeg_fidelity.py`` (sign-gradient ascent of a linear objective read
-through the *real* JPEG-90): rise 343 / 441 / 441 / 467 / 467 for exact / ste / cubic / soft /
-soft_ste on a white-noise target and 406 / 397 / 397 / 420 / 420 on a smooth one (204 and 399
-without JPEG in the loop). Rules of thumb:
+``"cubic"`` and ``"soft"`` do not (the smooth roundings move pixels; how far from Pillow, in dB,
+and how good each mode's gradient is, as the rise of a linear objective read through the *real*
+JPEG: ``benchmarks/jpeg_fidelity.py`` and ``benchmarks/RESULTS.md``, section ``jpeg_fidelity``).
+Rules of thumb:
 
 * attacks that must survive a real JPEG (EOT over quality): ``"soft_ste"`` (exact forward, the best
   measured gradient, never zero), else ``"ste"``;
@@ -97,8 +96,9 @@ SOFT_ROUND_ALPHA = 4.0
 #: Overshoot (grey levels) of the soft clipping used by ``rounding="soft"`` (Reich et al.'s 0.02).
 SOFT_CLIP_SCALE = 0.02
 
-# Standard tables of the JPEG spec (Annex K), natural (row-major) order, as in libjpeg's jcparam.c.
-_LUMA_BASE = np.array(
+#: Standard quantisation tables of the JPEG spec (Annex K) at quality 50, [8, 8] int32 in natural
+#: (row-major) order, as in libjpeg's jcparam.c; :func:`quality_tables` scales them.
+LUMA_BASE = np.array(
     [
         [16, 11, 10, 16, 24, 40, 51, 61],
         [12, 12, 14, 19, 26, 58, 60, 55],
@@ -111,7 +111,7 @@ _LUMA_BASE = np.array(
     ],
     np.int32,
 )
-_CHROMA_BASE = np.array(
+CHROMA_BASE = np.array(
     [
         [17, 18, 24, 47, 99, 99, 99, 99],
         [18, 21, 26, 66, 99, 99, 99, 99],
@@ -183,7 +183,7 @@ def quality_tables(quality) -> tuple[jax.Array, jax.Array]:
         base = jnp.asarray(base).reshape((1,) * q.ndim + (8, 8))
         return jnp.clip((base * s + 50) // 100, 1, 255).astype(jnp.int32)
 
-    return scale(_LUMA_BASE), scale(_CHROMA_BASE)
+    return scale(LUMA_BASE), scale(CHROMA_BASE)
 
 
 def _as_int_quality(q: jax.Array) -> jax.Array:
@@ -613,23 +613,38 @@ def jpeg(x, quality, *, subsampling: str = "420", rounding: str = "exact") -> ja
       ``[B, H, W, 3]`` float32 in [0, 1]. In ``"exact"``, ``"ste"`` and ``"soft_ste"`` modes it
       equals Pillow's decoded image exactly and lies on the 8-bit grid ``k / 255``.
     """
-    if rounding not in ROUNDING_MODES:
-        raise ValueError(f"jpeg: rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
-    if subsampling not in SUBSAMPLINGS:
-        raise ValueError(f"jpeg: subsampling must be one of {SUBSAMPLINGS}, got {subsampling!r}")
-    x = jnp.asarray(x)
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"jpeg: x must have shape [B, H, W, 3], got {x.shape}")
-    if x.shape[1] < 1 or x.shape[2] < 1:
-        raise ValueError(f"jpeg: empty image of shape {x.shape}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"jpeg: x must be float in [0, 1], got dtype {x.dtype}")
-    q = _check_quality(quality, x.shape[0])
-    qy, qc = quality_tables(q)
-    x = x.astype(jnp.float32)
+    x, qy, qc = _checked(x, quality, subsampling, rounding, "jpeg")
     if rounding in ("exact", "ste", "soft_ste"):
         return _straight_through(x, qy, qc, subsampling, rounding)
     return _smooth_codec(x, qy, qc, subsampling, rounding)
+
+
+def float_twin(x, quality, *, subsampling: str = "420", rounding: str = "exact") -> jax.Array:
+    """The float32 twin of the codec that every ``rounding`` mode takes its gradient from, run
+    forward: the pipeline of :func:`jpeg` in float arithmetic, with roundings and clippings as
+    ``rounding`` differentiates them. Close to Pillow's pixels but not bit-exact (how close:
+    ``benchmarks/jpeg_fidelity.py``). Arguments and result as :func:`jpeg`; for the ``"cubic"``
+    and ``"soft"`` modes it is :func:`jpeg` itself."""
+    x, qy, qc = _checked(x, quality, subsampling, rounding, "float_twin")
+    return _smooth_codec(x, qy, qc, subsampling, rounding)
+
+
+def _checked(x, quality, subsampling: str, rounding: str, who: str):
+    """``(x float32, luma tables, chroma tables)`` after checking every argument."""
+    if rounding not in ROUNDING_MODES:
+        raise ValueError(f"{who}: rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
+    if subsampling not in SUBSAMPLINGS:
+        raise ValueError(f"{who}: subsampling must be one of {SUBSAMPLINGS}, got {subsampling!r}")
+    x = jnp.asarray(x)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"{who}: x must have shape [B, H, W, 3], got {x.shape}")
+    if x.shape[1] < 1 or x.shape[2] < 1:
+        raise ValueError(f"{who}: empty image of shape {x.shape}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{who}: x must be float in [0, 1], got dtype {x.dtype}")
+    q = _check_quality(quality, x.shape[0])
+    qy, qc = quality_tables(q)
+    return x.astype(jnp.float32), qy, qc
 
 
 def pil_jpeg(x, quality, subsampling: str = "420") -> np.ndarray:

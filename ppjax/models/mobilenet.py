@@ -45,8 +45,8 @@ class DepthwiseConv(nn.Module):
     ``nn.Conv(C, feature_group_count=C)`` stores it, so converters need not care which runs.
 
     ``impl="shift"`` (default) sums the kh*kw shifted, strided slices times their per-channel
-    taps: XLA:CPU runs grouped convolutions slowly (about 8x slower than this at 112x112x96,
-    measured here); ``impl="conv"`` is the grouped convolution itself (cuDNN-friendly).
+    taps: XLA:CPU runs grouped convolutions slowly (benchmarks/RESULTS.md); ``impl="conv"`` is
+    the grouped convolution itself (cuDNN-friendly).
     ``padding``: ((top, bottom), (left, right)) zeros.
     """
 

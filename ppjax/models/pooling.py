@@ -1,8 +1,8 @@
 """Max pooling with a fast gradient on CPU.
 
 ``nn.max_pool``'s gradient is XLA's ``select_and_scatter``, which the CPU backend emits as a
-scalar loop: on ResNet-50's stem (8 x 128 x 128 x 64) it took ~225 ms of a ~900 ms attack
-iteration, more than the convolutions of a whole stage. :func:`max_pool` computes the same
+scalar loop, slower on ResNet-50's stem than the convolutions of a whole stage
+(benchmarks/RESULTS.md, the CPU levers). :func:`max_pool` computes the same
 forward pass (an exact max) and routes the gradient with one strided slice, one compare and one
 interior-padded add per window offset, all elementwise work that XLA fuses and vectorises.
 
@@ -112,8 +112,8 @@ def max_pool(x: jnp.ndarray, window=(3, 3), strides=(2, 2),
     if impl is not None and x.dtype in (jnp.float32, jnp.bfloat16):
         return impl(x, window, strides, padding)
     if x.dtype == jnp.bfloat16 or x.dtype == jnp.float16:
-        # exact either way (max and the casts are exact); XLA's CPU elementwise code is several
-        # times faster in float32 than in the 16-bit types
+        # exact either way (max and the casts are exact); XLA's CPU elementwise code is faster
+        # in float32 than in the 16-bit types
         return _max_pool(x.astype(jnp.float32), window, strides, padding).astype(x.dtype)
     return _max_pool(x, window, strides, padding)
 
