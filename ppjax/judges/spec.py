@@ -1,8 +1,9 @@
 """The judges' specs: :class:`JudgeSpec` and the :data:`JUDGES` registry (where each judge's
 checkpoint comes from, how it is converted, what it expects), plus where converted weights live.
 
-Imported by :mod:`ppjax.judges` (loading) and :mod:`ppjax.judges.fetch` (downloading); it loads
-neither JAX models nor converters until a spec is used.
+Imported by :mod:`ppjax.judges` (loading) and :mod:`ppjax.judges.fetch` (downloading). A spec
+names its model and converter by string; neither module is imported until it is used. The Pixel
+Privacy judges take the task's size (:data:`ppjax.image.io.TASK_HW`).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ register(
         name="resnet50_places365",
         model="ppjax.models.resnet:ResNet50",
         model_kwargs=(("num_classes", 365),),
-        input_hw=(256, 256),
+        input_hw=TASK_HW[2019],
         output="logits",
         filename="resnet50_places365.pth.tar",
         url="http://places2.csail.mit.edu/models_places365/resnet50_places365.pth.tar",
@@ -78,7 +79,7 @@ def _places365_zoo(name: str, model: str, architecture: str) -> JudgeSpec:
     """A judge of the CSAIL Places365 CNN zoo: ``<name>.pth.tar`` at the zoo's URL, converted by
     ``ppjax.convert.<name>``, 256x256 input with the 2019 preprocessing, 365 logits."""
     return register(JudgeSpec(
-        name=name, model=model, model_kwargs=(("num_classes", 365),), input_hw=(256, 256),
+        name=name, model=model, model_kwargs=(("num_classes", 365),), input_hw=TASK_HW[2019],
         output="logits", filename=f"{name}.pth.tar", url=f"{_PLACES365_ZOO}{name}.pth.tar",
         converter=name,
         architecture=f"{architecture}, 365 classes (Places365-Standard, CSAIL model zoo)",
