@@ -13,7 +13,7 @@ import pytest
 import ppjax
 from ppjax.attacks import (
     OBJECTIVES,
-    TRACES,
+    count_traces,
     get_attack,
     loop,
     read_indoor_classes,
@@ -138,7 +138,7 @@ def trajectory(judge, x, name, extra_judges=None, **kw) -> np.ndarray:
            "targets": jnp.full(x.shape[0], -1, jnp.int32)}
     seeds = ppjax.attacks.default_seeds(x.shape[0])
     states = loop.python_states(cfg, {"judge": judge, **(extra_judges or {})}, x, aux, seeds)
-    return np.stack([np.asarray(s.best_x) for s in states])
+    return np.stack([np.asarray(s.best.x) for s in states])
 
 
 def test_early_stop_freezes_protected_images(judge, x):
@@ -338,11 +338,11 @@ SMALL_PGD = dict(steps=3, restarts=2)  # one program shared by the next three te
 def test_eps_sweep_traces_once(judge, x):
     results = {}
     for driver in ("python", "scan"):
-        before = TRACES.copy()
-        for eps in (2, 4, 6, 8, 10):
-            results[driver] = ppjax.attack("pgd", judge, x, eps=eps / 255, driver=driver,
-                                           kappa=0.1 * eps, momentum=0.5, **SMALL_PGD)
-        new = {k: TRACES[k] - before[k] for k in TRACES if TRACES[k] != before[k]}
+        with count_traces() as traces:
+            for eps in (2, 4, 6, 8, 10):
+                results[driver] = ppjax.attack("pgd", judge, x, eps=eps / 255, driver=driver,
+                                               kappa=0.1 * eps, momentum=0.5, **SMALL_PGD)
+        new = dict(traces)
         expect = {"whole": 1} if driver == "scan" else {"init": 1, "step": 1, "finish": 1,
                                                           "advance": 1}
         assert new == expect, (driver, new)

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppjax.registry import Registry
+
 
 class Terms(NamedTuple):
     """What an objective reports for a batch (all [B])."""
@@ -42,25 +44,31 @@ class Objective(NamedTuple):
     output: str = "logits"  # "logits" | "score"
 
 
-OBJECTIVES: dict[str, Callable[[Any], Objective]] = {}
+#: Objective factories by name (``AttackConfig.objective``): ``factory(cfg) -> Objective``.
+OBJECTIVES: Registry = Registry("objective")
+
+#: ``"<name>" + APPEAL_SUFFIX`` is objective ``name`` with an appeal term (:func:`with_appeal`).
+APPEAL_SUFFIX = "+appeal"
 
 
 def register(name: str):
-    """Decorator: register an objective factory ``factory(cfg) -> Objective`` under ``name``."""
+    """Decorator: register an objective factory ``factory(cfg) -> Objective`` under ``name``
+    (``OBJECTIVES.register``)."""
+    return OBJECTIVES.register(name)
 
-    def deco(factory):
-        OBJECTIVES[name] = factory
-        return factory
 
-    return deco
+def objective_factory(name: str) -> Callable[[Any], Objective]:
+    """The factory ``name`` stands for: a registered objective, or ``"<base>+appeal"``,
+    composed as ``with_appeal(<base>)`` for any registered base (nothing is registered for
+    it). Raises :class:`ppjax.registry.UnknownName` naming the known objectives."""
+    if name not in OBJECTIVES and name.endswith(APPEAL_SUFFIX):
+        return with_appeal(objective_factory(name.removesuffix(APPEAL_SUFFIX)))
+    return OBJECTIVES[name]
 
 
 def make_objective(cfg) -> Objective:
-    try:
-        return OBJECTIVES[cfg.objective](cfg)
-    except KeyError:
-        raise KeyError(f"unknown objective {cfg.objective!r}; known: "
-                       f"{', '.join(sorted(OBJECTIVES))}") from None
+    """The objective ``cfg.objective`` names, built for ``cfg``."""
+    return objective_factory(cfg.objective)(cfg)
 
 
 # ----------------------------------------------------------------------------- logit helpers
@@ -241,8 +249,8 @@ def _ensemble(reduce: str):
     return factory
 
 
-register("ensemble_logits")(_ensemble("logits"))
-register("ensemble_losses")(_ensemble("losses"))
+OBJECTIVES.register("ensemble_logits", _ensemble("logits"))
+OBJECTIVES.register("ensemble_losses", _ensemble("losses"))
 
 
 def ensemble_members(judges, weights=None, success_on: int | str | None = None
@@ -404,8 +412,9 @@ def with_appeal(base: Callable[[Any], Objective], judge_key: str = "appeal",
     """Wrap an objective factory with an appeal term: ``appeal = appeal_score(models[judge_key],
     x)`` (e.g. NIMA's mean score, on ``x`` resized as the evaluation does) and ``loss -= hp[weight]
     * appeal``; the weight is a traced value passed through ``AttackConfig.hyper`` (changing it
-    does not recompile). Every objective registered above also exists as ``"<name>+appeal"``
-    (e.g. ``"score_below+appeal"``); set ``best="appeal"`` to keep the most appealing success.
+    does not recompile). Every registered objective is also reachable as ``"<name>+appeal"``
+    (e.g. ``"score_below+appeal"``, :func:`objective_factory`); set ``best="appeal"`` to keep
+    the most appealing success.
     The result reports ``appeal_before`` / ``appeal_after`` per image."""
 
     def factory(cfg) -> Objective:
@@ -425,11 +434,6 @@ def with_appeal(base: Callable[[Any], Objective], judge_key: str = "appeal",
         return Objective(evaluate, inner.output)
 
     return factory
-
-
-for _name in list(OBJECTIVES):
-    register(f"{_name}+appeal")(with_appeal(OBJECTIVES[_name]))
-del _name
 
 
 # ----------------------------------------------------------------------------- class sets
