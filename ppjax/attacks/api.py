@@ -171,6 +171,13 @@ def _batch_inputs(cfg: AttackConfig, judge, images, labels, targets, group, seed
     return jnp.asarray(to_grid(x)), aux, seeds
 
 
+def _with_appeal(extra_judges: dict | None, appeal_judge) -> dict:
+    extra = dict(extra_judges or {})
+    if appeal_judge is not None:
+        extra["appeal"] = appeal_judge
+    return extra
+
+
 def _run_sharded(cfg: AttackConfig, models, x, aux, seeds, mesh, driver, chunk) -> dict:
     """:func:`ppjax.attacks.loop.run` with the batch split over ``mesh``'s devices."""
     per_image = {"x": x, "seeds": seeds, **{k: v for k, v in aux.items() if k != "group"}}
@@ -189,7 +196,7 @@ def _run_sharded(cfg: AttackConfig, models, x, aux, seeds, mesh, driver, chunk) 
 def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str | None = None,
            seeds=None, targets=None, group=None, dtype=None, driver: str = "auto",
            chunk: int = 1, seed: int = 0, extra_judges: dict | None = None,
-           mesh=None, backend: str = "auto", **settings) -> AttackResult:
+           appeal_judge=None, mesh=None, backend: str = "auto", **settings) -> AttackResult:
     """Run a named attack (or an :class:`AttackConfig`) on a batch.
 
     Args:
@@ -207,6 +214,8 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
       driver: "auto" | "python" | "scan" | "while" (see :mod:`ppjax.attacks.loop`).
       chunk: iterations per compiled call with the Python driver.
       extra_judges: more judges for the objective, e.g. ``{"appeal": nima}``.
+      appeal_judge: a score judge (e.g. a NIMA): adds the appeal term to the attack
+        (:func:`ppjax.attacks.resolve_attack`) and this judge as ``extra_judges["appeal"]``.
       mesh: a 1-D ``jax.sharding.Mesh`` (see :mod:`ppjax.parallel`) to split the batch over;
         default: every device when there are several, else none. Results equal one device's;
         with several hosts each host passes its own images and gets all hosts' results back.
@@ -217,11 +226,11 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
       **settings: :class:`AttackConfig` fields (``eps=4/255``, ``steps=20``, ...) and the
         config's ``hyper`` values; anything else is an error naming the valid settings.
     """
-    cfg = resolve_attack(name, preset, settings)
+    cfg = resolve_attack(name, preset, settings, appeal_judge is not None)
     x, aux, seeds = _batch_inputs(cfg, judge, images, labels, targets, group, seeds, seed)
     if mesh is None and jax.device_count() > 1:
         mesh = sharding.batch_mesh()
-    models = prepare_models(judge, extra_judges, dtype, backend, mesh)
+    models = prepare_models(judge, _with_appeal(extra_judges, appeal_judge), dtype, backend, mesh)
     if mesh is None or mesh.size == 1:
         return AttackResult(**run(cfg, models, x, aux, seeds, driver=driver, chunk=chunk))
     return AttackResult(**_run_sharded(cfg, models, x, aux, seeds, mesh, driver, chunk))
@@ -229,8 +238,8 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
 
 def stream(name: str | AttackConfig, judge, items: Iterable[StreamItem], *,
            preset: str | None = None, slots: int = 8, chunk: int = 1, group=None, dtype=None,
-           extra_judges: dict | None = None, mesh=None, backend: str = "auto",
-           **settings) -> Iterator[tuple[Hashable, AttackResult]]:
+           extra_judges: dict | None = None, appeal_judge=None, mesh=None,
+           backend: str = "auto", **settings) -> Iterator[tuple[Hashable, AttackResult]]:
     """Attack a stream of images with continuous batching (:mod:`ppjax.attacks.stream`).
 
     Yields ``(key, AttackResult)`` per image, in completion order, each field for ONE image
@@ -246,11 +255,11 @@ def stream(name: str | AttackConfig, judge, items: Iterable[StreamItem], *,
       chunk: iterations per compiled call between refills.
       Others: as :func:`attack`.
     """
-    cfg = resolve_attack(name, preset, settings)
+    cfg = resolve_attack(name, preset, settings, appeal_judge is not None)
     g = group_mask(judge, group) if cfg.objective == "group" else None
     if mesh is None and jax.local_device_count() > 1:  # this process's devices: each process
         mesh = sharding.batch_mesh(jax.local_devices())  # of a distributed run streams its share
-    models = prepare_models(judge, extra_judges, dtype, backend, mesh)
+    models = prepare_models(judge, _with_appeal(extra_judges, appeal_judge), dtype, backend, mesh)
     put = None
     if mesh is not None and mesh.size > 1:
         slots = -(-max(slots, 2) // mesh.size) * mesh.size

@@ -43,10 +43,10 @@ from ppjax.attacks.config import AttackConfig
 MIN_SLOTS = 2
 
 #: A refill judges the whole slot batch once (:func:`~ppjax.attacks.loop.init`: one forward
-#: pass, about a third of an attack iteration's forward + backward). Free slots are therefore
-#: refilled once the slot-iterations they have idled while images waited reach this fraction of
-#: the slot count (or at once when every slot is free), so one refill serves several finished
-#: images instead of costing a forward pass per finished image. Results do not depend on it.
+#: pass). Free slots are therefore refilled once the slot-iterations they have idled while images
+#: waited reach this fraction of the slot count (or at once when every slot is free), so one
+#: refill serves several finished images instead of costing a forward pass per finished image.
+#: Results do not depend on it.
 REFILL_AFTER = 1 / 3
 
 
