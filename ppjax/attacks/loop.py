@@ -280,18 +280,15 @@ class _Answered:
 
 
 def judge_clean(cfg: AttackConfig, models, x0, aux, hp) -> Clean:
-    """The clean judgement :func:`start` takes. Missing labels (< 0) become the judge's clean
-    top-1; the least-likely objective's targets become the clean bottom-1. When the judge sees
-    ``x0`` itself (no judging JPEG), that labelling forward pass is also the judgement."""
+    """The clean judgement :func:`start` takes. A classifier objective's ``prepare`` fills
+    ``aux`` from the judge's clean logits (missing labels become the clean top-1, ...). When the
+    judge sees ``x0`` itself (no judging JPEG), that labelling forward pass is also the
+    judgement."""
     obj = _parts(cfg).obj
     aux = dict(aux)
-    if obj.output == "logits" and cfg.objective != "group":
+    if obj.output == "logits" and obj.prepare is not None:
         z = models["judge"](x0)
-        zf = z.astype(jnp.float32)
-        aux["labels"] = jnp.where(aux["labels"] < 0, jnp.argmax(zf, -1),
-                                  aux["labels"]).astype(jnp.int32)
-        if cfg.objective == "least_likely":
-            aux["targets"] = jnp.argmin(zf, -1).astype(jnp.int32)
+        aux = obj.prepare(z.astype(jnp.float32), aux)
         if not cfg.judge_jpeg:
             models = {**models, "judge": _Answered(models["judge"], x0.shape, z)}
     return Clean(aux, obj.evaluate(models, judge_view(cfg, x0, hp), aux, hp))

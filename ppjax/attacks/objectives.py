@@ -37,11 +37,25 @@ class Terms(NamedTuple):
     appeal: jnp.ndarray | None = None  # float32, higher is better (None: no appeal term)
 
 
+def fill_labels(z: jnp.ndarray, aux: dict) -> dict:
+    """Missing labels (< 0) become the clean top-1 of the logits ``z`` [B, C] float32."""
+    labels = jnp.where(aux["labels"] < 0, jnp.argmax(z, -1), aux["labels"])
+    return {**aux, "labels": labels.astype(jnp.int32)}
+
+
+def fill_least_likely(z: jnp.ndarray, aux: dict) -> dict:
+    """:func:`fill_labels`, and the targets become the clean bottom-1."""
+    return {**fill_labels(z, aux), "targets": jnp.argmin(z, -1).astype(jnp.int32)}
+
+
 class Objective(NamedTuple):
-    """``evaluate(models, x, aux, hp) -> Terms``; ``output`` is the judge output it needs."""
+    """``evaluate(models, x, aux, hp) -> Terms``; ``output`` is the judge output it needs;
+    ``prepare(z, aux) -> aux`` fills ``aux`` from the judge's clean logits ``z`` [B, C] float32
+    (default :func:`fill_labels`; None: no labelling pass; used with ``output="logits"``)."""
 
     evaluate: Callable[..., Terms]
     output: str = "logits"  # "logits" | "score"
+    prepare: Callable[[jnp.ndarray, dict], dict] | None = fill_labels
 
 
 #: Objective factories by name (``AttackConfig.objective``): ``factory(cfg) -> Objective``.
@@ -150,7 +164,7 @@ def least_likely(cfg) -> Objective:
         return Terms(cross_entropy(z, aux["targets"]), jnp.argmax(z, -1) != aux["labels"],
                      label_margin(z, aux["labels"]))
 
-    return Objective(evaluate)
+    return Objective(evaluate, prepare=fill_least_likely)
 
 
 @register("topk")
@@ -184,7 +198,7 @@ def group(cfg) -> Objective:
         top_in = jnp.take(aux["group"].astype(bool), jnp.argmax(z, -1))
         return Terms(jnp.maximum(m, -hp["kappa"]), ~top_in, m)
 
-    return Objective(evaluate)
+    return Objective(evaluate, prepare=None)  # no labels: the class set decides
 
 
 # ----------------------------------------------------------------------------- ensembles
@@ -431,7 +445,7 @@ def with_appeal(base: Callable[[Any], Objective], judge_key: str = "appeal",
             a = appeal_score(models[judge_key], x, getattr(cfg, "appeal_resize", "auto"))
             return t._replace(loss=t.loss - hp[weight] * a, appeal=a)
 
-        return Objective(evaluate, inner.output)
+        return Objective(evaluate, inner.output, inner.prepare)
 
     return factory
 
