@@ -12,13 +12,16 @@ import pytest
 
 import ppjax
 from ppjax.attacks import (
+    BEST_RULES,
     OBJECTIVES,
+    compile_attack,
     count_traces,
     get_attack,
     loop,
     read_indoor_classes,
     read_sensitive_categories,
     register,
+    resolve_attack,
     with_appeal,
 )
 from ppjax.judges import Judge, JudgeSpec
@@ -409,3 +412,52 @@ def test_final_float_iterate_is_returned(judge, x):
     np.testing.assert_array_equal(np.round(f * 255), np.round(np.asarray(res.images) * 255))
     x8 = np.round(np.asarray(x) * 255) / 255
     assert np.abs(f - x8).max() <= eps + 1e-6
+
+
+def test_unknown_settings_are_refused_naming_the_valid_ones(judge, x):
+    with pytest.raises(TypeError, match=r"'appeal' is not a setting.*appeal_judge"):
+        ppjax.attack("camouflage", judge, x, appeal=True)
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) epsilon; known: .*\beps\b"):
+        ppjax.attack("pgd", judge, x, epsilon=0.1)
+    with pytest.raises(KeyError, match=r"unknown attack 'nope'; known: .*\bpgd\b"):
+        resolve_attack("nope")
+
+
+def _first_success(cfg, cand, best_key, ever):
+    """A best-rule registered from outside the loop: keep the first success (an image never
+    fooled follows its iterate)."""
+    return (cand.succ | cand.live) & ~ever, jnp.zeros_like(best_key)
+
+
+def test_a_registered_best_rule_is_used_without_touching_the_loop(judge, x):
+    if "first_success" not in BEST_RULES:
+        BEST_RULES.register("first_success", _first_success)
+    kw = dict(steps=8, step_size=1 / 255, eps=16 / 255)
+    res = ppjax.attack("ifgsm", judge, x, early_stop=False, best="first_success", backend="xla",
+                       **kw)
+    traj = trajectory(judge, x, "ifgsm", **kw)  # every judged iterate, judged again below
+    clean = top1(judge, x)
+    fooled = np.stack([top1(judge, t) != clean for t in traj])  # [steps + 1, B]
+    assert fooled.any(0).all()
+    first = fooled.argmax(0)
+    np.testing.assert_array_equal(res.success_step, first)
+    np.testing.assert_array_equal(np.asarray(res.images), traj[first, np.arange(len(first))])
+    np.testing.assert_array_equal(res.steps, 8)  # every step taken (no early stop)
+
+
+def test_compile_attack_programs_run_the_attack(judge, x):
+    cfg = get_attack("pgd", eps=6 / 255, **SMALL_PGD)
+    models, b = {"judge": judge}, x.shape[0]
+    aux = {"labels": jnp.full(b, -1, jnp.int32), "targets": jnp.full(b, -1, jnp.int32)}
+    seeds = ppjax.attacks.default_seeds(b)
+    p = compile_attack(cfg)
+    state = p.init(models, x, aux, seeds)
+    for r in range(cfg.rounds):
+        if r:
+            state = p.advance(x, seeds, state)
+        for _ in range(cfg.steps + 1):
+            state = p.step(models, x, seeds, state)
+    got = p.finish(models, x, state)
+    ref = ppjax.attack(cfg, judge, x, driver="scan", backend="xla")
+    for k in ("images", "success", "steps", "success_step"):
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(getattr(ref, k)), k)
