@@ -135,7 +135,7 @@ def test_bounds_hold_after_rounding_for_off_grid_eps(judge, x):
 
 def trajectory(judge, x, name, extra_judges=None, **kw) -> np.ndarray:
     """Every judged 8-bit iterate [steps + 1, B, H, W, 3] of one round, read from the Python
-    driver's states with ``best="final"`` (then ``best_x`` is the current iterate)."""
+    driver's states with ``best="final"`` (then ``best.x`` is the current iterate)."""
     cfg = get_attack(name, best="final", early_stop=False, **kw)
     aux = {"labels": jnp.full(x.shape[0], -1, jnp.int32),
            "targets": jnp.full(x.shape[0], -1, jnp.int32)}
