@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ppjax.attacks.objectives import APPEAL_RESIZE_RULES
+from ppjax.attacks.objectives import appeal_resize_rules
 from ppjax.attacks.parameterisations import NORMS, PARAMETERISATIONS
 from ppjax.attacks.rules import BEST_RULES, DISTORTIONS, EOT_VIEWS, FORMULATIONS
 from ppjax.attacks.steps import SCHEDULES, STEP_RULES
@@ -35,7 +35,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "param": tuple(PARAMETERISATIONS), "step": tuple(STEP_RULES), "norm": NORMS,
         "formulation": tuple(FORMULATIONS), "distortion": tuple(DISTORTIONS),
         "best": tuple(BEST_RULES), "unfooled": ("last", "clean"),
-        "appeal_resize": APPEAL_RESIZE_RULES, "schedule": tuple(SCHEDULES),
+        "appeal_resize": appeal_resize_rules(), "schedule": tuple(SCHEDULES),
         "eot": tuple(EOT_VIEWS), "eot_rounding": ("soft_ste", "ste", "cubic", "soft", "exact"),
     }
 

@@ -17,6 +17,7 @@ registering a factory; the loop is untouched. :func:`with_appeal` shows the patt
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -369,17 +370,6 @@ def resize_nearest(x: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
 #:   resizes to 224x224 with nearest (rule ``"nearest"``);
 #: * ``nima_mobilenetv2`` (nima.pytorch): ``Resize((224, 224))``, bilinear (rule ``"bilinear"``).
 APPEAL_RESIZE = {"nima_mobilenet": "native", "nima_mobilenetv2": "bilinear"}
-APPEAL_RESIZE_RULES = ("auto", "native", "nearest", "bilinear")
-
-
-def appeal_resize_rule(judge, rule: str = "auto") -> str:
-    """The resize rule used for ``judge`` (``rule`` unless "auto"; see :data:`APPEAL_RESIZE`)."""
-    if rule not in APPEAL_RESIZE_RULES:
-        raise ValueError(f"appeal resize rule {rule!r}; choose one of {', '.join(APPEAL_RESIZE_RULES)}")
-    if rule != "auto":
-        return rule
-    spec = getattr(judge, "spec", None)
-    return APPEAL_RESIZE.get(getattr(spec, "name", None), "nearest")
 
 
 def resize_bilinear(x: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
@@ -392,25 +382,48 @@ def resize_bilinear(x: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
     return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "linear", antialias=True)
 
 
+def _native(judge, x):
+    """The judge takes ``x`` at its own size (a judge with global pooling)."""
+    hw = tuple(x.shape[1:3])
+    if hw != tuple(judge.spec.input_hw):
+        judge = judge.replace(spec=dataclasses.replace(judge.spec, input_hw=hw))
+    return judge, x
+
+
+#: How an appeal judge is shown an image, by rule name: ``fn(judge, x) -> (judge', x')``.
+APPEAL_RESIZERS: Registry = Registry("appeal resize rule")
+APPEAL_RESIZERS.register("native", _native)
+APPEAL_RESIZERS.register("nearest", lambda judge, x: (
+    judge, resize_nearest(x, tuple(judge.spec.input_hw))))
+APPEAL_RESIZERS.register("bilinear", lambda judge, x: (
+    judge, resize_bilinear(x, tuple(judge.spec.input_hw))))
+
+
+def appeal_resize_rules() -> tuple[str, ...]:
+    """The accepted ``appeal_resize`` values: ``"auto"`` and every registered rule."""
+    return ("auto", *APPEAL_RESIZERS)
+
+
+def appeal_resize_rule(judge, rule: str = "auto") -> str:
+    """The resize rule used for ``judge`` (``rule`` unless "auto"; see :data:`APPEAL_RESIZE`)."""
+    if rule not in appeal_resize_rules():
+        raise ValueError(f"appeal resize rule {rule!r}; choose one of "
+                         f"{', '.join(appeal_resize_rules())}")
+    if rule != "auto":
+        return rule
+    spec = getattr(judge, "spec", None)
+    return APPEAL_RESIZE.get(getattr(spec, "name", None), "nearest")
+
+
 def appeal_input(judge, x: jnp.ndarray, rule: str = "auto"):
     """``(judge', x')``: the image ``x`` [B, H, W, 3] in [0, 1] as the appeal judge's original
     feeds it to the network (the single owner of that rule: the attack's appeal term, ``ppjax
     evaluate`` and ``ppjax sweep`` all call it). With ``"native"``, ``judge'`` accepts ``x`` at
     its own size."""
     rule = appeal_resize_rule(judge, rule)
-    spec = getattr(judge, "spec", None)
-    if spec is None:
+    if getattr(judge, "spec", None) is None:
         return judge, x
-    hw = tuple(spec.input_hw)
-    if rule == "native":
-        if tuple(x.shape[1:3]) != hw:
-            import dataclasses
-
-            judge = judge.replace(spec=dataclasses.replace(spec, input_hw=tuple(x.shape[1:3])))
-        return judge, x
-    if rule == "bilinear":
-        return judge, resize_bilinear(x, hw)
-    return judge, resize_nearest(x, hw)
+    return APPEAL_RESIZERS[rule](judge, x)
 
 
 def appeal_score(judge, x: jnp.ndarray, rule: str = "auto") -> jnp.ndarray:
