@@ -28,7 +28,7 @@ from benchmarks._results import (
     update_section,
     write_json,
 )
-from ppjax.attacks import TRACES, get_attack, loop
+from ppjax.attacks import compile_attack, count_traces, get_attack
 from ppjax.image.color import ciede2000_rgb
 from ppjax.image.jpeg import pil_jpeg
 
@@ -51,7 +51,7 @@ def bench_one(name: str, judge, x, labels, full: bool, steady_iters: int = 2) ->
     models = {"judge": judge}
     aux = {"labels": labels, "targets": jnp.full(b, -1, jnp.int32)}
     seeds = ppjax.attacks.default_seeds(b)
-    static, hp = cfg.static(), loop._traced(cfg)
+    programs = compile_attack(cfg)
 
     def timed(fn, *args):
         t0 = time.perf_counter()
@@ -59,33 +59,32 @@ def bench_one(name: str, judge, x, labels, full: bool, steady_iters: int = 2) ->
         return out, time.perf_counter() - t0
 
     # compile time: first call (compile + run) minus second call (run) of each program
-    before = TRACES.copy()
-    state, t_init1 = timed(loop._init_j, static, models, x, aux, hp, seeds)
-    _, t_init2 = timed(loop._init_j, static, models, x, aux, hp, seeds)
-    stepped, t_step1 = timed(loop._step_j, static, 1, models, x, hp, seeds, state)
-    t_steps = []
-    for _ in range(steady_iters):  # steady state: every image active at the first iterations
-        _, t = timed(loop._step_j, static, 1, models, x, hp, seeds, state)
-        t_steps.append(t)
-    per_it = float(np.median(t_steps))
-    _, t_fin1 = timed(loop._finish_j, static, models, x, hp, stepped)
-    _, t_fin2 = timed(loop._finish_j, static, models, x, hp, stepped)
-    compile_s = max(t_init1 - t_init2, 0) + max(t_step1 - per_it, 0) + max(t_fin1 - t_fin2, 0)
-    if cfg.rounds > 1:
-        _, t_nr1 = timed(loop._next_round_j, static, models, x, hp, seeds, stepped, 1)
-        _, t_nr2 = timed(loop._next_round_j, static, models, x, hp, seeds, stepped, 1)
-        compile_s += max(t_nr1 - t_nr2, 0)
+    with count_traces() as run_traces:
+        state, t_init1 = timed(programs.init, models, x, aux, seeds)
+        _, t_init2 = timed(programs.init, models, x, aux, seeds)
+        stepped, t_step1 = timed(programs.step, models, x, seeds, state)
+        t_steps = []
+        for _ in range(steady_iters):  # steady state: every image active at the first iterations
+            _, t = timed(programs.step, models, x, seeds, state)
+            t_steps.append(t)
+        per_it = float(np.median(t_steps))
+        _, t_fin1 = timed(programs.finish, models, x, stepped)
+        _, t_fin2 = timed(programs.finish, models, x, stepped)
+        compile_s = max(t_init1 - t_init2, 0) + max(t_step1 - per_it, 0) + max(t_fin1 - t_fin2, 0)
+        if cfg.rounds > 1:
+            _, t_nr1 = timed(programs.advance, x, seeds, stepped)
+            _, t_nr2 = timed(programs.advance, x, seeds, stepped)
+            compile_s += max(t_nr1 - t_nr2, 0)
 
-    res, wall = timed(lambda: ppjax.attack(cfg, judge, x, labels, driver="python"))
-    run_traces = {k: TRACES[k] - before[k] for k in TRACES if TRACES[k] != before[k]}
+        res, wall = timed(lambda: ppjax.attack(cfg, judge, x, labels, driver="python"))
+    run_traces = dict(run_traces)
     iterations = int(res.extras["iterations"][0])
 
     # 5-value eps sweep of the one-program (scan) entry point, traced without compiling
-    before = TRACES["whole"]
-    for eps in SWEEP:
-        loop._whole_j.trace(static, "scan", models, x, aux, loop._traced(cfg.replace(eps=eps)),
-                            seeds)
-    sweep_traces = TRACES["whole"] - before
+    with count_traces() as traces:
+        for eps in SWEEP:
+            jax.eval_shape(compile_attack(cfg.replace(eps=eps)).whole, models, x, aux, seeds)
+    sweep_traces = traces["whole"]
 
     imgs = np.asarray(res.images)
     real = pil_jpeg(imgs, 90)

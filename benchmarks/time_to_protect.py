@@ -94,22 +94,22 @@ def run(args) -> dict:
             steps.append(np.asarray(r.steps))
         return float(np.mean(np.concatenate(succ))), float(np.mean(np.concatenate(steps)))
 
-    from ppjax.attacks import TRACES
+    from ppjax.attacks import count_traces
 
     t0 = time.perf_counter()
     ppjax_first = ppjax_pgd()
     ppjax_cold = time.perf_counter() - t0
     torch_pgd()  # warm-up (first-call allocations)
     torch_times, ppjax_times = [], []
-    traces = sum(TRACES.values())
-    for _ in range(args.rounds):  # interleaved: load on a shared machine hits both alike
-        t0 = time.perf_counter()
-        torch_success = torch_pgd()
-        torch_times.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        ppjax_success, mean_steps = ppjax_pgd()
-        ppjax_times.append(time.perf_counter() - t0)
-    if sum(TRACES.values()) != traces:
+    with count_traces() as traces:
+        for _ in range(args.rounds):  # interleaved: load on a shared machine hits both alike
+            t0 = time.perf_counter()
+            torch_success = torch_pgd()
+            torch_times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            ppjax_success, mean_steps = ppjax_pgd()
+            ppjax_times.append(time.perf_counter() - t0)
+    if sum(traces.values()):
         raise RuntimeError("the warm ppjax runs recompiled")
     assert ppjax_first[0] == ppjax_success
     torch_s, ppjax_warm = float(np.median(torch_times)), float(np.median(ppjax_times))

@@ -12,13 +12,16 @@ import pytest
 
 import ppjax
 from ppjax.attacks import (
+    BEST_RULES,
     OBJECTIVES,
-    TRACES,
+    compile_attack,
+    count_traces,
     get_attack,
     loop,
     read_indoor_classes,
     read_sensitive_categories,
     register,
+    resolve_attack,
     with_appeal,
 )
 from ppjax.judges import Judge, JudgeSpec
@@ -132,13 +135,13 @@ def test_bounds_hold_after_rounding_for_off_grid_eps(judge, x):
 
 def trajectory(judge, x, name, extra_judges=None, **kw) -> np.ndarray:
     """Every judged 8-bit iterate [steps + 1, B, H, W, 3] of one round, read from the Python
-    driver's states with ``best="final"`` (then ``best_x`` is the current iterate)."""
+    driver's states with ``best="final"`` (then ``best.x`` is the current iterate)."""
     cfg = get_attack(name, best="final", early_stop=False, **kw)
     aux = {"labels": jnp.full(x.shape[0], -1, jnp.int32),
            "targets": jnp.full(x.shape[0], -1, jnp.int32)}
     seeds = ppjax.attacks.default_seeds(x.shape[0])
     states = loop.python_states(cfg, {"judge": judge, **(extra_judges or {})}, x, aux, seeds)
-    return np.stack([np.asarray(s.best_x) for s in states])
+    return np.stack([np.asarray(s.best.x) for s in states])
 
 
 def test_early_stop_freezes_protected_images(judge, x):
@@ -338,11 +341,11 @@ SMALL_PGD = dict(steps=3, restarts=2)  # one program shared by the next three te
 def test_eps_sweep_traces_once(judge, x):
     results = {}
     for driver in ("python", "scan"):
-        before = TRACES.copy()
-        for eps in (2, 4, 6, 8, 10):
-            results[driver] = ppjax.attack("pgd", judge, x, eps=eps / 255, driver=driver,
-                                           kappa=0.1 * eps, momentum=0.5, **SMALL_PGD)
-        new = {k: TRACES[k] - before[k] for k in TRACES if TRACES[k] != before[k]}
+        with count_traces() as traces:
+            for eps in (2, 4, 6, 8, 10):
+                results[driver] = ppjax.attack("pgd", judge, x, eps=eps / 255, driver=driver,
+                                               kappa=0.1 * eps, momentum=0.5, **SMALL_PGD)
+        new = dict(traces)
         expect = {"whole": 1} if driver == "scan" else {"init": 1, "step": 1, "finish": 1,
                                                           "advance": 1}
         assert new == expect, (driver, new)
@@ -409,3 +412,52 @@ def test_final_float_iterate_is_returned(judge, x):
     np.testing.assert_array_equal(np.round(f * 255), np.round(np.asarray(res.images) * 255))
     x8 = np.round(np.asarray(x) * 255) / 255
     assert np.abs(f - x8).max() <= eps + 1e-6
+
+
+def test_unknown_settings_are_refused_naming_the_valid_ones(judge, x):
+    with pytest.raises(TypeError, match=r"'appeal' is not a setting.*appeal_judge"):
+        ppjax.attack("camouflage", judge, x, appeal=True)
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) epsilon; known: .*\beps\b"):
+        ppjax.attack("pgd", judge, x, epsilon=0.1)
+    with pytest.raises(KeyError, match=r"unknown attack 'nope'; known: .*\bpgd\b"):
+        resolve_attack("nope")
+
+
+def _first_success(cfg, cand, best_key, ever):
+    """A best-rule registered from outside the loop: keep the first success (an image never
+    fooled follows its iterate)."""
+    return (cand.succ | cand.live) & ~ever, jnp.zeros_like(best_key)
+
+
+def test_a_registered_best_rule_is_used_without_touching_the_loop(judge, x):
+    if "first_success" not in BEST_RULES:
+        BEST_RULES.register("first_success", _first_success)
+    kw = dict(steps=8, step_size=1 / 255, eps=16 / 255)
+    res = ppjax.attack("ifgsm", judge, x, early_stop=False, best="first_success", backend="xla",
+                       **kw)
+    traj = trajectory(judge, x, "ifgsm", **kw)  # every judged iterate, judged again below
+    clean = top1(judge, x)
+    fooled = np.stack([top1(judge, t) != clean for t in traj])  # [steps + 1, B]
+    assert fooled.any(0).all()
+    first = fooled.argmax(0)
+    np.testing.assert_array_equal(res.success_step, first)
+    np.testing.assert_array_equal(np.asarray(res.images), traj[first, np.arange(len(first))])
+    np.testing.assert_array_equal(res.steps, 8)  # every step taken (no early stop)
+
+
+def test_compile_attack_programs_run_the_attack(judge, x):
+    cfg = get_attack("pgd", eps=6 / 255, **SMALL_PGD)
+    models, b = {"judge": judge}, x.shape[0]
+    aux = {"labels": jnp.full(b, -1, jnp.int32), "targets": jnp.full(b, -1, jnp.int32)}
+    seeds = ppjax.attacks.default_seeds(b)
+    p = compile_attack(cfg)
+    state = p.init(models, x, aux, seeds)
+    for r in range(cfg.rounds):
+        if r:
+            state = p.advance(x, seeds, state)
+        for _ in range(cfg.steps + 1):
+            state = p.step(models, x, seeds, state)
+    got = p.finish(models, x, state)
+    ref = ppjax.attack(cfg, judge, x, driver="scan", backend="xla")
+    for k in ("images", "success", "steps", "success_step"):
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(getattr(ref, k)), k)

@@ -19,7 +19,7 @@ import torch
 import torchattacks
 
 import ppjax
-from ppjax.attacks import TRACES, boosters, get_attack, steps
+from ppjax.attacks import boosters, count_traces, get_attack, resolve_attack, steps
 from ppjax.judges import Judge, JudgeSpec
 
 HW = 16  # tiny images: the agreements are about arithmetic, not about networks
@@ -399,15 +399,15 @@ def _appeal_judge():
 def test_boosters_with_eot_jpeg_and_appeal_stay_in_eps_and_do_not_recompile(batch):
     x, _ = batch
     judge, appeal = _tiny_judge(), _appeal_judge()
-    base = dict(steps=3, eot="jpeg", eot_samples=2, subsampling="444", appeal=True)
-    before = TRACES["step"]
-    r1 = ppjax.attack("mifgsm", judge, x, preset="all", sgm_gamma=1.0, driver="python",
-                      extra_judges={"appeal": appeal}, **base)
-    compiled = TRACES["step"] - before
-    r2 = ppjax.attack("mifgsm", judge, x, preset="all", sgm_gamma=1.0, driver="python",
-                      extra_judges={"appeal": appeal}, di_prob=0.9, di_resize_rate=0.8,
-                      ti_nsig=2.0, vmi_beta=1.0, appeal_weight=2.0, eps=6 / 255, **base)
-    assert TRACES["step"] - before == compiled, "a traced booster value recompiled"
+    base = dict(steps=3, eot="jpeg", eot_samples=2, subsampling="444", sgm_gamma=1.0)
+    r1 = ppjax.attack(resolve_attack("mifgsm", "all", base, appeal_judge=True), judge, x,
+                      driver="python", extra_judges={"appeal": appeal})
+    more = dict(di_prob=0.9, di_resize_rate=0.8, ti_nsig=2.0, vmi_beta=1.0, appeal_weight=2.0,
+                eps=6 / 255)
+    with count_traces() as second:
+        r2 = ppjax.attack(resolve_attack("mifgsm", "all", {**base, **more}, appeal_judge=True),
+                          judge, x, driver="python", extra_judges={"appeal": appeal})
+    assert second["step"] == 0, "a traced booster value recompiled"
     for r, eps in ((r1, 8), (r2, 6)):
         assert np.all(np.asarray(r.linf) * 255 <= eps + 1e-3)
         imgs = np.asarray(r.images) * 255

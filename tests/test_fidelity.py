@@ -102,14 +102,15 @@ def perc_al_shadow(judge, model, x, labels, steps: int, kappa: float):
     one = jax.jit(lambda m, st: loop.step(cfg, m, x0, hp, seeds, st))
     rows = []
     for t, (delta, adv, edge) in enumerate(trace):
-        new = one({"judge": judge}, s0._replace(params=jnp.asarray(delta), t=jnp.int32(t)))
+        new = one({"judge": judge}, s0._replace(params=jnp.asarray(delta),
+                                                progress=s0.progress._replace(t=jnp.int32(t))))
         err = np.zeros(b)
         if t < steps:
             nxt = trace[t + 1][0]
             size = np.sqrt(((nxt - delta) ** 2).reshape(b, -1).sum(1))
             err = np.sqrt(((np.asarray(new.params) - nxt) ** 2).reshape(b, -1).sum(1)) / (
                 np.maximum(size, 1e-12))
-        rows.append((np.asarray(new.success), adv, edge, err))
+        rows.append((np.asarray(new.progress.success), adv, edge, err))
     return theirs, rows
 
 
@@ -251,7 +252,7 @@ def test_perc_al_iterate_is_continuous_and_output_on_grid(tiny, tiny_x):
     states = list(loop.python_states(cfg, {"judge": tiny}, tiny_x, aux, seeds))
     delta = np.asarray(states[-1].params, np.float64) * 255.0
     assert np.abs(delta - np.round(delta)).max() > 0.05  # off the 8-bit grid
-    best = np.asarray(states[-1].best_x, np.float64) * 255.0
+    best = np.asarray(states[-1].best.x, np.float64) * 255.0
     assert np.abs(best - np.round(best)).max() < 1e-3
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import ppjax
-from ppjax.attacks import TRACES, StreamItem
+from ppjax.attacks import StreamItem, count_traces
 from tests.conftest import photos_at
 from tests.test_attacks import HW, make_judge
 
@@ -97,14 +97,14 @@ def test_refills_never_recompile_and_input_is_consumed_lazily(judge, images):
             yield StreamItem(i, images[i % N], i)
 
     list(ppjax.attacks.stream("pgd", judge, source(2), slots=2, **cfg))  # compile
-    before = TRACES.copy()
-    for _key, _res in ppjax.attacks.stream("pgd", judge, source(12), slots=2,
-                                           eps=2 / 255, **{k: v for k, v in cfg.items()
-                                                           if k != "eps"}):
-        yielded[0] += 1
-        gap.append(pulled[0] - yielded[0])
+    with count_traces() as traces:
+        for _key, _res in ppjax.attacks.stream("pgd", judge, source(12), slots=2,
+                                               eps=2 / 255, **{k: v for k, v in cfg.items()
+                                                               if k != "eps"}):
+            yielded[0] += 1
+            gap.append(pulled[0] - yielded[0])
     assert yielded[0] == 12
-    assert {k: TRACES[k] - before[k] for k in TRACES if TRACES[k] != before[k]} == {}
+    assert dict(traces) == {}
     # held at once: the running slots, the finished ones waiting to be fetched, one in hand
     assert max(gap) <= 2 * 2 + 1
 

@@ -1,15 +1,24 @@
 """Attacks as compositions run by one generic loop (see :mod:`ppjax.attacks.loop`).
 
 * :func:`attack` -- the simple call; :class:`AttackResult` -- its per-image results;
-* :data:`ATTACKS` / :func:`get_attack` -- named attacks and presets;
-* the parts: :mod:`.objectives`, :mod:`.parameterisations`, :mod:`.steps`, :mod:`.config`.
+* :data:`ATTACKS` / :func:`resolve_attack` (:func:`get_attack`) -- named attacks and presets,
+  resolved with settings into an :class:`AttackConfig` once, at the boundary;
+* :func:`compile_attack` -- the compiled programs (init / step / advance / finish / merge /
+  poll / whole); :func:`count_traces` -- counts their compilations (a no-recompile check);
+* the parts: :mod:`.objectives`, :mod:`.parameterisations`, :mod:`.steps`, :mod:`.rules`,
+  :mod:`.boosters`; the config: :mod:`.config`; the presets: :mod:`.registry`.
 
-Extending without touching the loop: register an objective factory (``@register("name")``,
-``factory(cfg) -> Objective``); give it extra judges through ``attack(..., extra_judges=...)``
-(they arrive in ``models``) and extra traced weights through ``AttackConfig.hyper`` (they arrive
-in ``hp``); report an ``appeal`` in its :class:`Terms` and set ``best="appeal"`` to keep the most
-appealing success (:func:`with_appeal` does all of this for a score judge). EOT through JPEG is
-``eot="jpeg"`` with ``eot_quality_lo/hi``; judging after JPEG is ``judge_jpeg=True``.
+Extending without touching the loop: register a part in its registry (each a
+:class:`ppjax.registry.Registry`): an objective factory (``@register("name")``,
+``factory(cfg) -> Objective``; :data:`OBJECTIVES`), a parameterisation
+(:data:`PARAMETERISATIONS`), a step rule or schedule (:data:`STEP_RULES`, :data:`SCHEDULES`), a
+formulation, best-rule, distortion or EOT view (:data:`FORMULATIONS`, :data:`BEST_RULES`,
+:data:`DISTORTIONS`, :data:`EOT_VIEWS`); the config accepts the new name at once. An
+objective gets extra judges through ``attack(..., extra_judges=...)`` (in ``models``) and extra
+traced weights through ``AttackConfig.hyper`` (in ``hp``); it may report an ``appeal`` in its
+:class:`Terms`, and ``best="appeal"`` keeps the most appealing success (:func:`with_appeal` does
+all of this for a score judge). EOT through JPEG is ``eot="jpeg"`` with ``eot_quality_lo/hi``;
+judging after JPEG is ``judge_jpeg=True``.
 """
 
 from ppjax.attacks import loop
@@ -19,11 +28,18 @@ from ppjax.attacks.api import (
     attack,
     choose_backend,
     default_seeds,
-    resolve,
     stream,
 )
-from ppjax.attacks.config import TRACED_FIELDS, AttackConfig
-from ppjax.attacks.loop import TRACES, auto_driver, python_states, run
+from ppjax.attacks.config import TRACED_FIELDS, AttackConfig, traced
+from ppjax.attacks.loop import (
+    Programs,
+    State,
+    auto_driver,
+    compile_attack,
+    count_traces,
+    python_states,
+    run,
+)
 from ppjax.attacks.objectives import (
     OBJECTIVES,
     Objective,
@@ -34,13 +50,18 @@ from ppjax.attacks.objectives import (
     register,
     with_appeal,
 )
-from ppjax.attacks.registry import ALIASES, ATTACKS, get_attack
+from ppjax.attacks.parameterisations import PARAMETERISATIONS
+from ppjax.attacks.registry import ALIASES, ATTACKS, appeal_variant, get_attack, resolve_attack
+from ppjax.attacks.rules import BEST_RULES, DISTORTIONS, EOT_VIEWS, FORMULATIONS
+from ppjax.attacks.steps import SCHEDULES, STEP_RULES
 from ppjax.attacks.stream import StreamItem
 
 __all__ = [
-    "ALIASES", "ATTACKS", "AttackConfig", "AttackResult", "Backend", "OBJECTIVES", "Objective",
-    "TRACED_FIELDS", "TRACES", "Terms", "attack", "auto_driver", "choose_backend", "class_mask",
-    "default_seeds",
-    "get_attack", "loop", "python_states", "read_indoor_classes", "read_sensitive_categories",
-    "register", "resolve", "run", "stream", "StreamItem", "with_appeal",
+    "ALIASES", "ATTACKS", "AttackConfig", "AttackResult", "BEST_RULES", "Backend", "DISTORTIONS",
+    "EOT_VIEWS", "FORMULATIONS", "OBJECTIVES", "Objective", "PARAMETERISATIONS", "Programs",
+    "SCHEDULES", "STEP_RULES", "State", "StreamItem", "TRACED_FIELDS", "Terms", "appeal_variant",
+    "attack", "auto_driver", "choose_backend", "class_mask", "compile_attack", "count_traces",
+    "default_seeds", "get_attack", "loop", "python_states", "read_indoor_classes",
+    "read_sensitive_categories", "register", "resolve_attack", "run", "stream", "traced",
+    "with_appeal",
 ]

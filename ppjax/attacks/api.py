@@ -15,7 +15,7 @@ from ppjax import parallel as sharding
 from ppjax.attacks.config import AttackConfig
 from ppjax.attacks.loop import run
 from ppjax.attacks.objectives import class_mask
-from ppjax.attacks.registry import get_attack
+from ppjax.attacks.registry import resolve_attack
 from ppjax.attacks.stream import StreamItem, run_slots, to_grid
 
 
@@ -116,13 +116,6 @@ def choose_backend(backend: str = "auto", dtype=None, mesh=None) -> Backend:
     return Backend("onednn", dt)
 
 
-def resolve(name: str | AttackConfig, preset: str | None = None, **overrides) -> AttackConfig:
-    """The attack a name (or config) and settings stand for (raises on unknown names)."""
-    if isinstance(name, AttackConfig):
-        return name.replace(**overrides)
-    return get_attack(name, preset, **overrides)
-
-
 def prepare_models(judge, extra_judges=None, dtype=None, backend: str = "auto",
                    mesh=None) -> dict:
     """``{"judge": judge, **extra_judges}`` on the execution path :func:`choose_backend` picks
@@ -151,14 +144,64 @@ def group_mask(judge, group) -> jnp.ndarray:
     return jnp.asarray(g)
 
 
+def _batch_inputs(cfg: AttackConfig, judge, images, labels, targets, group, seeds, seed):
+    """``(x, aux, seeds)`` checked: the images on the 8-bit grid, per-image labels and targets
+    (and the group mask), per-image seeds."""
+    x = np.asarray(images)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"attack: images must be [B, H, W, 3] in [0, 1], got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"attack: images must be float in [0, 1], got dtype {x.dtype}")
+    judge.check_input(x)
+    b = x.shape[0]
+
+    def per_image(v, what, dtype=jnp.int32):
+        v = jnp.asarray(v).astype(dtype).reshape(-1)
+        if v.shape != (b,):
+            raise ValueError(f"attack: {what} must have shape [{b}], got {v.shape}")
+        return v
+
+    aux = {"labels": per_image(labels if labels is not None else np.full(b, -1), "labels"),
+           "targets": per_image(targets if targets is not None else np.full(b, -1), "targets")}
+    if cfg.objective == "targeted" and targets is None:
+        raise ValueError("attack: objective 'targeted' needs targets=[B] class indices")
+    if cfg.objective == "group":
+        aux["group"] = group_mask(judge, group)
+    seeds = per_image(default_seeds(b, seed) if seeds is None else seeds, "seeds", jnp.uint32)
+    return jnp.asarray(to_grid(x)), aux, seeds
+
+
+def _with_appeal(extra_judges: dict | None, appeal_judge) -> dict:
+    extra = dict(extra_judges or {})
+    if appeal_judge is not None:
+        extra["appeal"] = appeal_judge
+    return extra
+
+
+def _run_sharded(cfg: AttackConfig, models, x, aux, seeds, mesh, driver, chunk) -> dict:
+    """:func:`ppjax.attacks.loop.run` with the batch split over ``mesh``'s devices."""
+    per_image = {"x": x, "seeds": seeds, **{k: v for k, v in aux.items() if k != "group"}}
+    shared = {"models": models, "group": aux.get("group")}
+
+    def go(shared, batched):
+        batched = dict(batched)
+        x, seeds = batched.pop("x"), batched.pop("seeds")
+        if shared["group"] is not None:
+            batched["group"] = shared["group"]
+        return run(cfg, shared["models"], x, batched, seeds, driver=driver, chunk=chunk)
+
+    return sharding.run_data_parallel(go, shared, per_image, mesh)
+
+
 def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str | None = None,
            seeds=None, targets=None, group=None, dtype=None, driver: str = "auto",
            chunk: int = 1, seed: int = 0, extra_judges: dict | None = None,
-           mesh=None, backend: str = "auto", **overrides) -> AttackResult:
+           appeal_judge=None, mesh=None, backend: str = "auto", **settings) -> AttackResult:
     """Run a named attack (or an :class:`AttackConfig`) on a batch.
 
     Args:
-      name: a key of :data:`ppjax.attacks.ATTACKS` (or an alias), or an ``AttackConfig``.
+      name: a key of :data:`ppjax.attacks.ATTACKS` (or an alias), or an ``AttackConfig`` (e.g.
+        from :func:`ppjax.attacks.resolve_attack`, which also adds an appeal term).
       judge: a :class:`ppjax.Judge`.
       images: [B, H, W, 3] float in [0, 1]; snapped to the 8-bit grid on entry.
       labels: [B] int true classes for classifier judges; None (or -1 entries) = the judge's
@@ -171,63 +214,32 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
       driver: "auto" | "python" | "scan" | "while" (see :mod:`ppjax.attacks.loop`).
       chunk: iterations per compiled call with the Python driver.
       extra_judges: more judges for the objective, e.g. ``{"appeal": nima}``.
+      appeal_judge: a score judge (e.g. a NIMA): adds the appeal term to the attack
+        (:func:`ppjax.attacks.resolve_attack`) and this judge as ``extra_judges["appeal"]``.
       mesh: a 1-D ``jax.sharding.Mesh`` (see :mod:`ppjax.parallel`) to split the batch over;
         default: every device when there are several, else none. Results equal one device's;
         with several hosts each host passes its own images and gets all hosts' results back.
-      backend: how the judge's convolutions run: "xla", "onednn" (:mod:`ppjax.accel.onednn`: BatchNorm
-        folded, convolutions through oneDNN, AMX or AVX512_BF16 in bfloat16), or "auto"; see
-        :func:`choose_backend` (bfloat16 on a CPU without native bf16 kernels runs float32).
-      **overrides: any :class:`AttackConfig` field (``eps=4/255``, ``steps=20``, ...).
+      backend: how the judge's convolutions run: "xla", "onednn" (:mod:`ppjax.accel.onednn`:
+        BatchNorm folded, convolutions through oneDNN, AMX or AVX512_BF16 in bfloat16), or
+        "auto"; see :func:`choose_backend` (bfloat16 on a CPU without native bf16 kernels runs
+        float32).
+      **settings: :class:`AttackConfig` fields (``eps=4/255``, ``steps=20``, ...) and the
+        config's ``hyper`` values; anything else is an error naming the valid settings.
     """
-    cfg = resolve(name, preset, **overrides)
-    x = np.asarray(images)
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"attack: images must be [B, H, W, 3] in [0, 1], got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"attack: images must be float in [0, 1], got dtype {x.dtype}")
-    judge.check_input(x)
-    x = jnp.asarray(to_grid(x))
-    b = x.shape[0]
-
-    def per_image(v, what):
-        v = jnp.asarray(v, jnp.int32).reshape(-1)
-        if v.shape != (b,):
-            raise ValueError(f"attack: {what} must have shape [{b}], got {v.shape}")
-        return v
-
-    aux = {"labels": per_image(labels if labels is not None else np.full(b, -1), "labels"),
-           "targets": per_image(targets if targets is not None else np.full(b, -1), "targets")}
-    if cfg.objective == "targeted" and targets is None:
-        raise ValueError("attack: objective 'targeted' needs targets=[B] class indices")
-    if cfg.objective == "group":
-        aux["group"] = group_mask(judge, group)
-    if seeds is None:
-        seeds = default_seeds(b, seed)
-    seeds = jnp.asarray(seeds).astype(jnp.uint32).reshape(-1)
-    if seeds.shape != (b,):
-        raise ValueError(f"attack: seeds must have shape [{b}], got {seeds.shape}")
+    cfg = resolve_attack(name, preset, settings, appeal_judge is not None)
+    x, aux, seeds = _batch_inputs(cfg, judge, images, labels, targets, group, seeds, seed)
     if mesh is None and jax.device_count() > 1:
         mesh = sharding.batch_mesh()
-    models = prepare_models(judge, extra_judges, dtype, backend, mesh)
+    models = prepare_models(judge, _with_appeal(extra_judges, appeal_judge), dtype, backend, mesh)
     if mesh is None or mesh.size == 1:
         return AttackResult(**run(cfg, models, x, aux, seeds, driver=driver, chunk=chunk))
-    per_image = {"x": x, "seeds": seeds, **{k: v for k, v in aux.items() if k != "group"}}
-    shared = {"models": models, "group": aux.get("group")}
-
-    def go(shared, batched):
-        batched = dict(batched)
-        x, seeds = batched.pop("x"), batched.pop("seeds")
-        if shared["group"] is not None:
-            batched["group"] = shared["group"]
-        return run(cfg, shared["models"], x, batched, seeds, driver=driver, chunk=chunk)
-
-    return AttackResult(**sharding.run_data_parallel(go, shared, per_image, mesh))
+    return AttackResult(**_run_sharded(cfg, models, x, aux, seeds, mesh, driver, chunk))
 
 
 def stream(name: str | AttackConfig, judge, items: Iterable[StreamItem], *,
            preset: str | None = None, slots: int = 8, chunk: int = 1, group=None, dtype=None,
-           extra_judges: dict | None = None, mesh=None, backend: str = "auto",
-           **overrides) -> Iterator[tuple[Hashable, AttackResult]]:
+           extra_judges: dict | None = None, appeal_judge=None, mesh=None,
+           backend: str = "auto", **settings) -> Iterator[tuple[Hashable, AttackResult]]:
     """Attack a stream of images with continuous batching (:mod:`ppjax.attacks.stream`).
 
     Yields ``(key, AttackResult)`` per image, in completion order, each field for ONE image
@@ -243,11 +255,11 @@ def stream(name: str | AttackConfig, judge, items: Iterable[StreamItem], *,
       chunk: iterations per compiled call between refills.
       Others: as :func:`attack`.
     """
-    cfg = resolve(name, preset, **overrides)
+    cfg = resolve_attack(name, preset, settings, appeal_judge is not None)
     g = group_mask(judge, group) if cfg.objective == "group" else None
     if mesh is None and jax.local_device_count() > 1:  # this process's devices: each process
         mesh = sharding.batch_mesh(jax.local_devices())  # of a distributed run streams its share
-    models = prepare_models(judge, extra_judges, dtype, backend, mesh)
+    models = prepare_models(judge, _with_appeal(extra_judges, appeal_judge), dtype, backend, mesh)
     put = None
     if mesh is not None and mesh.size > 1:
         slots = -(-max(slots, 2) // mesh.size) * mesh.size

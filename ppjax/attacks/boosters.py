@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from ppjax.attacks.objectives import ENSEMBLE_PREFIX, Terms
+from ppjax.attacks.parameterisations import expand_to
 from ppjax.models.resnet import scale_gradient  # noqa: F401  (SGM's custom_vjp, re-exported)
 
 _TAG_DI, _TAG_VMI, _TAG_SQUARE = 101, 102, 103
@@ -38,10 +39,6 @@ def _fold(keys: jnp.ndarray, *tags) -> jnp.ndarray:
         return k
 
     return jax.vmap(one)(keys)
-
-
-def _bcast(v, like):
-    return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
 
 
 def transforms_input(cfg) -> bool:
@@ -266,7 +263,7 @@ def square_propose(x_cur, x0, hp, keys, t, budget: int):
         return start, new
 
     start, new = jax.vmap(one)(_fold(keys, _TAG_SQUARE), x_cur, x0, s)
-    return jnp.where(_bcast(t == 0, x0), start, new)
+    return jnp.where(expand_to(t == 0, x0), start, new)
 
 
 def square_init(b: int) -> dict:
@@ -288,7 +285,7 @@ def square_accept(state: dict, terms: Terms, x8_prop, x8_cur, t):
     first = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (b,)) == 0
     improved = terms.loss < state["loss_min"]
     take = first | improved | terms.success
-    keep = _bcast(take, x8_prop)
+    keep = expand_to(take, x8_prop)
     appeal = state["appeal"] if terms.appeal is None else jnp.where(take, terms.appeal,
                                                                     state["appeal"])
     cur = Terms(loss=jnp.where(take, terms.loss, state["loss_min"]),

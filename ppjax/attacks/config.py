@@ -1,6 +1,7 @@
 """Attack configuration: one frozen dataclass, hashable, no callables.
 
-Fields fall in two groups (see :data:`TRACED_FIELDS`):
+Fields fall in two groups, declared once per field (:func:`traced` marks the traced ones;
+:data:`TRACED_FIELDS` lists them):
 
 * **static** fields choose the program (which parts are composed, loop lengths, shapes); changing
   one compiles a new program;
@@ -15,13 +16,28 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-# Fields whose values are passed to the compiled program as traced f32 scalars.
-TRACED_FIELDS = (
-    "eps", "step_size", "step_size_min", "step_size2", "step_size2_min", "momentum",
-    "kappa", "const", "lam", "theta_min", "theta_max", "threshold", "margin",
-    "eot_quality_lo", "eot_quality_hi", "judge_quality", "adam_b1", "adam_b2",
-    "di_prob", "di_resize_rate", "ti_nsig", "vmi_beta", "square_p_init",
-)
+from ppjax.attacks.objectives import appeal_resize_rules
+from ppjax.attacks.parameterisations import NORMS, PARAMETERISATIONS
+from ppjax.attacks.rules import BEST_RULES, DISTORTIONS, EOT_VIEWS, FORMULATIONS
+from ppjax.attacks.steps import SCHEDULES, STEP_RULES
+
+
+def traced(default: float):
+    """A traced field: its value enters the compiled program as an f32 array argument (a new
+    value never recompiles). Every other field is static: it chooses the program."""
+    return dataclasses.field(default=default, metadata={"traced": True})
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """The names each choice field accepts, read from the registries of the parts (so a part
+    registered later is accepted too)."""
+    return {
+        "param": tuple(PARAMETERISATIONS), "step": tuple(STEP_RULES), "norm": NORMS,
+        "formulation": tuple(FORMULATIONS), "distortion": tuple(DISTORTIONS),
+        "best": tuple(BEST_RULES), "unfooled": ("last", "clean"),
+        "appeal_resize": appeal_resize_rules(), "schedule": tuple(SCHEDULES),
+        "eot": tuple(EOT_VIEWS), "eot_rounding": ("soft_ste", "ste", "cubic", "soft", "exact"),
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,53 +147,39 @@ class AttackConfig:
     subsampling: str = "420"
     fused_eval: bool = True
     # traced values
-    eps: float = 8 / 255
-    step_size: float = 2 / 255
-    step_size_min: float = 0.0
-    step_size2: float = 0.0
-    step_size2_min: float = 0.0
-    momentum: float = 1.0
-    kappa: float = 0.0
-    const: float = 1.0
-    lam: float = 0.0
-    theta_min: float = 0.0
-    theta_max: float = 1e9
-    threshold: float = 50.0
-    margin: float = 0.0
-    eot_quality_lo: float = 80.0
-    eot_quality_hi: float = 95.0
-    judge_quality: float = 90.0
-    adam_b1: float = 0.9
-    adam_b2: float = 0.999
+    eps: float = traced(8 / 255)
+    step_size: float = traced(2 / 255)
+    step_size_min: float = traced(0.0)
+    step_size2: float = traced(0.0)
+    step_size2_min: float = traced(0.0)
+    momentum: float = traced(1.0)
+    kappa: float = traced(0.0)
+    const: float = traced(1.0)
+    lam: float = traced(0.0)
+    theta_min: float = traced(0.0)
+    theta_max: float = traced(1e9)
+    threshold: float = traced(50.0)
+    margin: float = traced(0.0)
+    eot_quality_lo: float = traced(80.0)
+    eot_quality_hi: float = traced(95.0)
+    judge_quality: float = traced(90.0)
+    adam_b1: float = traced(0.9)
+    adam_b2: float = traced(0.999)
     # boosters (see above): static switches ...
     di: bool = False
     ti_kernel: int = 0
     vmi_samples: int = 0
     sgm_gamma: float = 1.0
     # ... and their traced values
-    di_prob: float = 0.5
-    di_resize_rate: float = 0.9
-    ti_nsig: float = 3.0
-    vmi_beta: float = 1.5
-    square_p_init: float = 0.8
+    di_prob: float = traced(0.5)
+    di_resize_rate: float = traced(0.9)
+    ti_nsig: float = traced(3.0)
+    vmi_beta: float = traced(1.5)
+    square_p_init: float = traced(0.8)
     hyper: tuple[tuple[str, float], ...] = ()
 
-    _CHOICES = {
-        "param": ("delta", "tanh", "ace"),
-        "step": ("sign", "l2", "momentum", "adam", "sgd", "square"),
-        "norm": ("linf", "l2", "none"),
-        "formulation": ("attack", "penalty", "alternate"),
-        "distortion": ("linf", "l2", "l2sq", "ciede2000", "reg"),
-        "best": ("distortion", "appeal", "last", "final"),
-        "unfooled": ("last", "clean"),
-        "appeal_resize": ("auto", "native", "nearest", "bilinear"),
-        "schedule": ("constant", "cosine"),
-        "eot": ("none", "jpeg"),
-        "eot_rounding": ("soft_ste", "ste", "cubic", "soft", "exact"),
-    }
-
     def __post_init__(self):
-        for field, choices in self._CHOICES.items():
+        for field, choices in _choices().items():
             if getattr(self, field) not in choices:
                 raise ValueError(f"attack {self.name!r}: {field}={getattr(self, field)!r}; "
                                  f"choose one of {', '.join(choices)}")
@@ -222,7 +224,8 @@ class AttackConfig:
         return max(self.restarts, self.search_steps)
 
     def static(self) -> AttackConfig:
-        """This config with every traced value blanked: the part that keys compilation."""
+        """This config with every traced value blanked (names of ``hyper`` kept): the part that
+        keys compilation."""
         blank = {f: 0.0 for f in TRACED_FIELDS}
         return dataclasses.replace(self, name="", hyper=tuple((k, 0.0) for k, _ in self.hyper),
                                    **blank)
@@ -243,3 +246,7 @@ class AttackConfig:
         if "hyper" in overrides and isinstance(overrides["hyper"], dict):
             overrides["hyper"] = tuple(sorted(overrides["hyper"].items()))
         return dataclasses.replace(self, **overrides)
+
+
+#: The fields whose values are passed to the compiled program as traced f32 scalars.
+TRACED_FIELDS = tuple(f.name for f in dataclasses.fields(AttackConfig) if f.metadata.get("traced"))

@@ -17,6 +17,7 @@ registering a factory; the loop is untouched. :func:`with_appeal` shows the patt
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +25,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ppjax.registry import Registry
 
 
 class Terms(NamedTuple):
@@ -35,32 +38,52 @@ class Terms(NamedTuple):
     appeal: jnp.ndarray | None = None  # float32, higher is better (None: no appeal term)
 
 
+def fill_labels(z: jnp.ndarray, aux: dict) -> dict:
+    """Missing labels (< 0) become the clean top-1 of the logits ``z`` [B, C] float32."""
+    labels = jnp.where(aux["labels"] < 0, jnp.argmax(z, -1), aux["labels"])
+    return {**aux, "labels": labels.astype(jnp.int32)}
+
+
+def fill_least_likely(z: jnp.ndarray, aux: dict) -> dict:
+    """:func:`fill_labels`, and the targets become the clean bottom-1."""
+    return {**fill_labels(z, aux), "targets": jnp.argmin(z, -1).astype(jnp.int32)}
+
+
 class Objective(NamedTuple):
-    """``evaluate(models, x, aux, hp) -> Terms``; ``output`` is the judge output it needs."""
+    """``evaluate(models, x, aux, hp) -> Terms``; ``output`` is the judge output it needs;
+    ``prepare(z, aux) -> aux`` fills ``aux`` from the judge's clean logits ``z`` [B, C] float32
+    (default :func:`fill_labels`; None: no labelling pass; used with ``output="logits"``)."""
 
     evaluate: Callable[..., Terms]
     output: str = "logits"  # "logits" | "score"
+    prepare: Callable[[jnp.ndarray, dict], dict] | None = fill_labels
 
 
-OBJECTIVES: dict[str, Callable[[Any], Objective]] = {}
+#: Objective factories by name (``AttackConfig.objective``): ``factory(cfg) -> Objective``.
+OBJECTIVES: Registry = Registry("objective")
+
+#: ``"<name>" + APPEAL_SUFFIX`` is objective ``name`` with an appeal term (:func:`with_appeal`).
+APPEAL_SUFFIX = "+appeal"
 
 
 def register(name: str):
-    """Decorator: register an objective factory ``factory(cfg) -> Objective`` under ``name``."""
+    """Decorator: register an objective factory ``factory(cfg) -> Objective`` under ``name``
+    (``OBJECTIVES.register``)."""
+    return OBJECTIVES.register(name)
 
-    def deco(factory):
-        OBJECTIVES[name] = factory
-        return factory
 
-    return deco
+def objective_factory(name: str) -> Callable[[Any], Objective]:
+    """The factory ``name`` stands for: a registered objective, or ``"<base>+appeal"``,
+    composed as ``with_appeal(<base>)`` for any registered base (nothing is registered for
+    it). Raises :class:`ppjax.registry.UnknownName` naming the known objectives."""
+    if name not in OBJECTIVES and name.endswith(APPEAL_SUFFIX):
+        return with_appeal(objective_factory(name.removesuffix(APPEAL_SUFFIX)))
+    return OBJECTIVES[name]
 
 
 def make_objective(cfg) -> Objective:
-    try:
-        return OBJECTIVES[cfg.objective](cfg)
-    except KeyError:
-        raise KeyError(f"unknown objective {cfg.objective!r}; known: "
-                       f"{', '.join(sorted(OBJECTIVES))}") from None
+    """The objective ``cfg.objective`` names, built for ``cfg``."""
+    return objective_factory(cfg.objective)(cfg)
 
 
 # ----------------------------------------------------------------------------- logit helpers
@@ -142,7 +165,7 @@ def least_likely(cfg) -> Objective:
         return Terms(cross_entropy(z, aux["targets"]), jnp.argmax(z, -1) != aux["labels"],
                      label_margin(z, aux["labels"]))
 
-    return Objective(evaluate)
+    return Objective(evaluate, prepare=fill_least_likely)
 
 
 @register("topk")
@@ -176,7 +199,7 @@ def group(cfg) -> Objective:
         top_in = jnp.take(aux["group"].astype(bool), jnp.argmax(z, -1))
         return Terms(jnp.maximum(m, -hp["kappa"]), ~top_in, m)
 
-    return Objective(evaluate)
+    return Objective(evaluate, prepare=None)  # no labels: the class set decides
 
 
 # ----------------------------------------------------------------------------- ensembles
@@ -241,8 +264,8 @@ def _ensemble(reduce: str):
     return factory
 
 
-register("ensemble_logits")(_ensemble("logits"))
-register("ensemble_losses")(_ensemble("losses"))
+OBJECTIVES.register("ensemble_logits", _ensemble("logits"))
+OBJECTIVES.register("ensemble_losses", _ensemble("losses"))
 
 
 def ensemble_members(judges, weights=None, success_on: int | str | None = None
@@ -347,17 +370,6 @@ def resize_nearest(x: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
 #:   resizes to 224x224 with nearest (rule ``"nearest"``);
 #: * ``nima_mobilenetv2`` (nima.pytorch): ``Resize((224, 224))``, bilinear (rule ``"bilinear"``).
 APPEAL_RESIZE = {"nima_mobilenet": "native", "nima_mobilenetv2": "bilinear"}
-APPEAL_RESIZE_RULES = ("auto", "native", "nearest", "bilinear")
-
-
-def appeal_resize_rule(judge, rule: str = "auto") -> str:
-    """The resize rule used for ``judge`` (``rule`` unless "auto"; see :data:`APPEAL_RESIZE`)."""
-    if rule not in APPEAL_RESIZE_RULES:
-        raise ValueError(f"appeal resize rule {rule!r}; choose one of {', '.join(APPEAL_RESIZE_RULES)}")
-    if rule != "auto":
-        return rule
-    spec = getattr(judge, "spec", None)
-    return APPEAL_RESIZE.get(getattr(spec, "name", None), "nearest")
 
 
 def resize_bilinear(x: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
@@ -370,25 +382,48 @@ def resize_bilinear(x: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
     return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "linear", antialias=True)
 
 
+def _native(judge, x):
+    """The judge takes ``x`` at its own size (a judge with global pooling)."""
+    hw = tuple(x.shape[1:3])
+    if hw != tuple(judge.spec.input_hw):
+        judge = judge.replace(spec=dataclasses.replace(judge.spec, input_hw=hw))
+    return judge, x
+
+
+#: How an appeal judge is shown an image, by rule name: ``fn(judge, x) -> (judge', x')``.
+APPEAL_RESIZERS: Registry = Registry("appeal resize rule")
+APPEAL_RESIZERS.register("native", _native)
+APPEAL_RESIZERS.register("nearest", lambda judge, x: (
+    judge, resize_nearest(x, tuple(judge.spec.input_hw))))
+APPEAL_RESIZERS.register("bilinear", lambda judge, x: (
+    judge, resize_bilinear(x, tuple(judge.spec.input_hw))))
+
+
+def appeal_resize_rules() -> tuple[str, ...]:
+    """The accepted ``appeal_resize`` values: ``"auto"`` and every registered rule."""
+    return ("auto", *APPEAL_RESIZERS)
+
+
+def appeal_resize_rule(judge, rule: str = "auto") -> str:
+    """The resize rule used for ``judge`` (``rule`` unless "auto"; see :data:`APPEAL_RESIZE`)."""
+    if rule not in appeal_resize_rules():
+        raise ValueError(f"appeal resize rule {rule!r}; choose one of "
+                         f"{', '.join(appeal_resize_rules())}")
+    if rule != "auto":
+        return rule
+    spec = getattr(judge, "spec", None)
+    return APPEAL_RESIZE.get(getattr(spec, "name", None), "nearest")
+
+
 def appeal_input(judge, x: jnp.ndarray, rule: str = "auto"):
     """``(judge', x')``: the image ``x`` [B, H, W, 3] in [0, 1] as the appeal judge's original
     feeds it to the network (the single owner of that rule: the attack's appeal term, ``ppjax
     evaluate`` and ``ppjax sweep`` all call it). With ``"native"``, ``judge'`` accepts ``x`` at
     its own size."""
     rule = appeal_resize_rule(judge, rule)
-    spec = getattr(judge, "spec", None)
-    if spec is None:
+    if getattr(judge, "spec", None) is None:
         return judge, x
-    hw = tuple(spec.input_hw)
-    if rule == "native":
-        if tuple(x.shape[1:3]) != hw:
-            import dataclasses
-
-            judge = judge.replace(spec=dataclasses.replace(spec, input_hw=tuple(x.shape[1:3])))
-        return judge, x
-    if rule == "bilinear":
-        return judge, resize_bilinear(x, hw)
-    return judge, resize_nearest(x, hw)
+    return APPEAL_RESIZERS[rule](judge, x)
 
 
 def appeal_score(judge, x: jnp.ndarray, rule: str = "auto") -> jnp.ndarray:
@@ -404,8 +439,9 @@ def with_appeal(base: Callable[[Any], Objective], judge_key: str = "appeal",
     """Wrap an objective factory with an appeal term: ``appeal = appeal_score(models[judge_key],
     x)`` (e.g. NIMA's mean score, on ``x`` resized as the evaluation does) and ``loss -= hp[weight]
     * appeal``; the weight is a traced value passed through ``AttackConfig.hyper`` (changing it
-    does not recompile). Every objective registered above also exists as ``"<name>+appeal"``
-    (e.g. ``"score_below+appeal"``); set ``best="appeal"`` to keep the most appealing success.
+    does not recompile). Every registered objective is also reachable as ``"<name>+appeal"``
+    (e.g. ``"score_below+appeal"``, :func:`objective_factory`); set ``best="appeal"`` to keep
+    the most appealing success.
     The result reports ``appeal_before`` / ``appeal_after`` per image."""
 
     def factory(cfg) -> Objective:
@@ -422,14 +458,9 @@ def with_appeal(base: Callable[[Any], Objective], judge_key: str = "appeal",
             a = appeal_score(models[judge_key], x, getattr(cfg, "appeal_resize", "auto"))
             return t._replace(loss=t.loss - hp[weight] * a, appeal=a)
 
-        return Objective(evaluate, inner.output)
+        return Objective(evaluate, inner.output, inner.prepare)
 
     return factory
-
-
-for _name in list(OBJECTIVES):
-    register(f"{_name}+appeal")(with_appeal(OBJECTIVES[_name]))
-del _name
 
 
 # ----------------------------------------------------------------------------- class sets

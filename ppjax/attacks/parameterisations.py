@@ -20,6 +20,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ppjax.registry import Registry
+
+#: The constraints a parameterisation projects onto (``AttackConfig.norm``).
+NORMS = ("linf", "l2", "none")
+
 
 class Parameterisation(NamedTuple):
     init: Callable
@@ -47,11 +52,13 @@ def clip01(x: jnp.ndarray) -> jnp.ndarray:
     return x + jax.lax.stop_gradient(jnp.clip(x, 0.0, 1.0) - x)
 
 
-def _per_image_norm(d: jnp.ndarray) -> jnp.ndarray:
+def per_image_norm(d: jnp.ndarray) -> jnp.ndarray:
+    """L2 norm [B] of each image of ``d`` [B, ...] (over everything but the leading axis)."""
     return jnp.sqrt(jnp.sum(d.reshape(d.shape[0], -1) ** 2, axis=-1))
 
 
-def _bcast(v: jnp.ndarray, like: jnp.ndarray) -> jnp.ndarray:
+def expand_to(v: jnp.ndarray, like: jnp.ndarray) -> jnp.ndarray:
+    """Per-image values ``v`` [B] reshaped to broadcast against ``like`` [B, ...]."""
     return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
 
 
@@ -64,8 +71,8 @@ def quantize_within(x: jnp.ndarray, x0: jnp.ndarray, norm: str, eps) -> jnp.ndar
         x8 = jnp.clip(x8, x0 - r, x0 + r)
     elif norm == "l2":
         trunc = jnp.clip(x0 + jnp.trunc((x - x0) * 255.0) / 255.0, 0.0, 1.0)
-        over = _per_image_norm(x8 - x0) > eps
-        x8 = jnp.where(_bcast(over, x8), trunc, x8)
+        over = per_image_norm(x8 - x0) > eps
+        x8 = jnp.where(expand_to(over, x8), trunc, x8)
     return x8
 
 
@@ -74,11 +81,16 @@ def project_delta(delta: jnp.ndarray, x0: jnp.ndarray, norm: str, eps) -> jnp.nd
     if norm == "linf":
         delta = jnp.clip(delta, -eps, eps)
     elif norm == "l2":
-        n = _per_image_norm(delta)
-        delta = delta * _bcast(jnp.minimum(1.0, eps / jnp.maximum(n, 1e-12)), delta)
+        n = per_image_norm(delta)
+        delta = delta * expand_to(jnp.minimum(1.0, eps / jnp.maximum(n, 1e-12)), delta)
     return jnp.clip(x0 + delta, 0.0, 1.0) - x0
 
 
+#: Parameterisations by name (``AttackConfig.param``): ``factory(cfg) -> Parameterisation``.
+PARAMETERISATIONS: Registry = Registry("parameterisation")
+
+
+@PARAMETERISATIONS.register("delta")
 def additive(cfg) -> Parameterisation:
     """``x = clip(x0 + delta)``, delta in the ``cfg.norm`` ball of radius ``eps`` (optionally a
     random start). The iterate stays continuous; only the judged and returned copy is rounded
@@ -116,6 +128,7 @@ def additive(cfg) -> Parameterisation:
     return Parameterisation(init, render, project, reg, quantize)
 
 
+@PARAMETERISATIONS.register("tanh")
 def tanh_space(cfg) -> Parameterisation:
     """C&W change of variables ``x = (tanh(w) + 1) / 2``: unconstrained ``w``, x in (0, 1)."""
 
@@ -157,6 +170,7 @@ def ace_curve(x0: jnp.ndarray, theta: jnp.ndarray) -> jnp.ndarray:
     return jax.vmap(one)(idx, frac, theta, csum, total)
 
 
+@PARAMETERISATIONS.register("ace")
 def ace(cfg) -> Parameterisation:
     """ACE: per-channel monotone piecewise-linear curve with ``cfg.k`` pieces, theta clipped to
     [theta_min, theta_max] (>= 1e-6 so the curve stays defined). Regulariser:
@@ -182,8 +196,6 @@ def ace(cfg) -> Parameterisation:
     return Parameterisation(init, render, project, reg, quantize)
 
 
-PARAMETERISATIONS = {"delta": additive, "tanh": tanh_space, "ace": ace}
-
-
 def make_parameterisation(cfg) -> Parameterisation:
+    """The parameterisation ``cfg.param`` names, built for ``cfg``."""
     return PARAMETERISATIONS[cfg.param](cfg)

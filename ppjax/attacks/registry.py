@@ -21,7 +21,7 @@ Quality camouflage (2020, KonCept512; success = score < 50 after the organisers'
 * ``camouflage/appeal``: the default plus a NIMA appeal term (objective
   ``score_below+appeal``, traced ``appeal_weight``), run for all steps, keeping the most
   appealing success. Needs ``extra_judges={"appeal": nima}``. ``get_attack(..., appeal=True)``
-  adds the same term to any preset.
+  (:func:`resolve_attack` with an ``appeal_judge``) adds the same term to any preset.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import math
 import numbers
 
 from ppjax.attacks.config import AttackConfig
+from ppjax.registry import Registry, UnknownName
 
 # ``pgd/torchattacks`` and ``pgd/foolbox`` reproduce those libraries' PGD (defaults and loop: every
 # step taken, the final iterate returned); tests/test_runs.py checks the first against torchattacks.
@@ -108,7 +109,12 @@ _SQUARE = AttackConfig(name="square", objective="margin", step="square", norm="l
                        eps=8 / 255, steps=5000, square_p_init=0.8, early_stop=True,
                        best="distortion", distortion="linf")
 
-ATTACKS: dict[str, dict[str, AttackConfig]] = {
+#: Named attacks: ``ATTACKS[name]`` is a dict ``{preset: AttackConfig}`` with a "default".
+ATTACKS: Registry = Registry("attack")
+#: Other spellings of attack names: ``ALIASES[alias]`` is a key of :data:`ATTACKS`.
+ALIASES: Registry = Registry("attack alias")
+
+for _name, _presets in {
     "fgsm": {"default": _FGSM},
     "ifgsm": {"default": _IFGSM},
     "pgd": {"default": _PGD,
@@ -171,10 +177,14 @@ ATTACKS: dict[str, dict[str, AttackConfig]] = {
                    "pp2020_baseline": _PP2020_BASELINE,
                    "appeal": appeal_variant(_CAMOUFLAGE).replace(
                        name="camouflage/appeal", early_stop=False, best="appeal")},
-}
-ALIASES = {"bim": "ifgsm", "i-fgsm": "ifgsm", "mi-fgsm": "mifgsm", "cw": "cw_l2",
-           "perc-al": "perc_al", "pgd_linf": "pgd", "di-fgsm": "difgsm", "di2-fgsm": "difgsm",
-           "ti-fgsm": "tifgsm", "vmi-fgsm": "vmifgsm", "vmi": "vmifgsm", "square_linf": "square"}
+}.items():
+    ATTACKS.register(_name, _presets)
+for _alias, _target in {
+    "bim": "ifgsm", "i-fgsm": "ifgsm", "mi-fgsm": "mifgsm", "cw": "cw_l2", "perc-al": "perc_al",
+    "pgd_linf": "pgd", "di-fgsm": "difgsm", "di2-fgsm": "difgsm", "ti-fgsm": "tifgsm",
+    "vmi-fgsm": "vmifgsm", "vmi": "vmifgsm", "square_linf": "square"}.items():
+    ALIASES.register(_alias, _target)
+del _name, _presets, _alias, _target
 
 
 def _type_problems(cfg: AttackConfig, overrides: dict) -> list[str]:
@@ -245,56 +255,96 @@ def value_problems(cfg: AttackConfig) -> list[str]:
     return out
 
 
-def get_attack(name: str, preset: str | None = None, *, appeal: bool = False,
-               **overrides) -> AttackConfig:
-    """The config of attack ``name`` (preset ``"default"`` if None), with ``overrides``.
-
-    ``appeal=True`` adds the appeal term (:func:`appeal_variant`). An override named like one of
-    the config's ``hyper`` values (e.g. ``appeal_weight=0.5``) sets that traced value.
-
-    Every problem of the result is reported at once (``ValueError``): a value of the wrong kind
-    (``eps="abc"``), a value outside its meaning (:func:`value_problems`), and overrides that
-    contradict the preset: ``early_stop=False`` while the preset keeps the smallest-distortion
-    success (``best="distortion"``) would silently return an early iterate, so it needs ``best``
-    said too (``best="final"`` for the final iterate, as torchattacks returns); ``const`` under a
-    C&W binary search (``search_steps > 1``) is only its start, so it needs ``search_steps`` said.
-    """
+def _preset(name: str, preset: str | None) -> tuple[str, str, AttackConfig]:
+    """``(attack key, preset name, config)`` of a named attack's preset."""
     key = ALIASES.get(name, name)
     if key not in ATTACKS:
-        raise KeyError(f"unknown attack {name!r}; known: {', '.join(sorted(ATTACKS))} "
-                       f"(aliases: {', '.join(sorted(ALIASES))})")
-    presets = ATTACKS[key]
+        raise UnknownName(f"unknown attack {name!r}; known: {', '.join(sorted(ATTACKS))} "
+                          f"(aliases: {', '.join(sorted(ALIASES))})")
     p = preset or "default"
-    if p not in presets:
-        raise KeyError(f"attack {key!r} has no preset {p!r}; presets: {', '.join(presets)}")
-    cfg = presets[p]
-    if appeal:
-        cfg = appeal_variant(cfg)
+    if p not in ATTACKS[key]:
+        raise UnknownName(f"attack {key!r} has no preset {p!r}; presets: "
+                          f"{', '.join(ATTACKS[key])}")
+    return key, p, ATTACKS[key][p]
+
+
+def _setting_problems(key: str, p: str, cfg: AttackConfig, settings: dict) -> None:
+    """Raise for settings of the wrong kind, appeal weights without an appeal term, and
+    settings that contradict the preset (see :func:`resolve_attack`)."""
     hyper = dict(cfg.hyper)
-    bad = [f"{k} must be a finite number, got {v!r}" for k, v in overrides.items()
+    bad = [f"{k} must be a finite number, got {v!r}" for k, v in settings.items()
            if k in hyper and (isinstance(v, bool) or not isinstance(v, numbers.Real))]
-    bad += _type_problems(cfg, overrides)
+    bad += _type_problems(cfg, settings)
     if bad:
         raise ValueError(f"attack {key!r}: " + "; ".join(bad))
-    named = {k: float(overrides.pop(k)) for k in list(overrides) if k in hyper}
-    if "appeal_weight" in overrides:
+    if "appeal_weight" in settings and "appeal_weight" not in hyper:
         raise TypeError(f"attack {key!r} preset {p!r} has no appeal term: appeal_weight needs "
-                        f"appeal=True (CLI: --appeal NIMA_JUDGE) or a preset with one")
-    if (overrides.get("early_stop") is False and "best" not in overrides
+                        f"an appeal judge (CLI: --appeal NIMA_JUDGE) or a preset with one")
+    if (settings.get("early_stop") is False and "best" not in settings
             and cfg.best == "distortion" and cfg.early_stop):
         raise ValueError(
             f"attack {key!r}: early_stop=False with the preset's best='distortion' keeps the "
             f"smallest-distortion success, usually the first one: say best='final' for the final "
             f"iterate (torchattacks' behaviour) or best='distortion' to confirm")
-    if "const" in overrides and "search_steps" not in overrides and cfg.search_steps > 1:
+    if "const" in settings and "search_steps" not in settings and cfg.search_steps > 1:
         raise ValueError(
-            f"attack {key!r}: const={overrides['const']!r} with the preset's binary search "
+            f"attack {key!r}: const={settings['const']!r} with the preset's binary search "
             f"(search_steps={cfg.search_steps}) is only the starting constant: say "
             f"search_steps=1 for that single constant, or search_steps=N to search from it")
+
+
+def resolve_attack(name: str | AttackConfig, preset: str | None = None,
+                   settings: dict | None = None, appeal_judge=None) -> AttackConfig:
+    """The one place where an attack's name, preset and settings become an
+    :class:`AttackConfig` (the CLI, the sweep and :func:`ppjax.attack` all call it, once).
+
+    Args:
+      name: a key of :data:`ATTACKS` or :data:`ALIASES`, or an ``AttackConfig`` (then
+        ``settings`` replace its fields, and ``preset`` must be None).
+      preset: the preset of a named attack (default ``"default"``).
+      settings: ``AttackConfig`` field values; a name of one of the config's ``hyper`` values
+        (e.g. ``appeal_weight``) sets that traced value.
+      appeal_judge: the appeal judge's name (or True) adds the appeal term
+        (:func:`appeal_variant`); None or False adds none. The caller loads that judge and
+        passes it as ``extra_judges={"appeal": judge}``.
+
+    Every problem is reported at once (``ValueError``): a value of the wrong kind
+    (``eps="abc"``), a value outside its meaning (:func:`value_problems`), and settings that
+    contradict the preset: ``early_stop=False`` while the preset keeps the smallest-distortion
+    success (``best="distortion"``) would silently return an early iterate, so it needs ``best``
+    said too (``best="final"`` for the final iterate, as torchattacks returns); ``const`` under a
+    C&W binary search (``search_steps > 1``) is only its start, so it needs ``search_steps`` said.
+    An unknown setting raises ``TypeError`` naming the valid ones; an unknown name
+    :class:`ppjax.registry.UnknownName` (a ``KeyError``) naming the known ones.
+    """
+    settings = dict(settings or {})
+    if "appeal" in settings:
+        raise TypeError("attack: 'appeal' is not a setting: the appeal term comes with an appeal "
+                        "judge (resolve_attack(..., appeal_judge=NAME); CLI: --appeal NAME)")
+    if isinstance(name, AttackConfig):
+        if preset is not None:
+            raise ValueError(f"attack: preset={preset!r} applies to a named attack, not to a "
+                             f"config")
+        cfg = appeal_variant(name) if appeal_judge else name
+        return cfg.replace(**settings)
+    key, p, cfg = _preset(name, preset)
+    if appeal_judge:
+        cfg = appeal_variant(cfg)
+    _setting_problems(key, p, cfg, settings)
+    hyper = dict(cfg.hyper)
+    named = {k: float(settings.pop(k)) for k in list(settings) if k in hyper}
     if named:
-        overrides["hyper"] = {**hyper, **named, **dict(overrides.get("hyper", {}) or {})}
-    cfg = cfg.replace(**overrides) if overrides else cfg
+        settings["hyper"] = {**hyper, **named, **dict(settings.get("hyper", {}) or {})}
+    cfg = cfg.replace(**settings) if settings else cfg
     bad = value_problems(cfg)
     if bad:
         raise ValueError(f"attack {key!r}: " + "; ".join(bad))
     return cfg
+
+
+def get_attack(name: str, preset: str | None = None, *, appeal: bool = False,
+               **settings) -> AttackConfig:
+    """``resolve_attack(name, preset, settings, appeal_judge=appeal)``: the config of attack
+    ``name`` (preset ``"default"`` if None) with ``settings``; ``appeal=True`` adds the appeal
+    term."""
+    return resolve_attack(name, preset, settings, appeal_judge=appeal or None)

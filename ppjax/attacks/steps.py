@@ -13,6 +13,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ppjax.attacks.boosters import square_init
+from ppjax.registry import Registry
+
 
 def _per_image(fn):
     """Apply ``fn(g)`` to every leaf, with norms reduced over all but the leading axis."""
@@ -105,10 +108,20 @@ def variance_tuning() -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def square_rule() -> optax.GradientTransformation:
+#: Base step rules by name (``AttackConfig.step``): ``factory(cfg, hp) ->
+#: GradientTransformation`` with traced hyperparameters from ``hp``.
+STEP_RULES: Registry = Registry("step rule")
+STEP_RULES.register("sign", lambda cfg, hp: sign())
+STEP_RULES.register("l2", lambda cfg, hp: normalize(2))
+STEP_RULES.register("momentum", lambda cfg, hp: momentum_sign(hp["momentum"]))
+STEP_RULES.register("adam", lambda cfg, hp: adam(hp["adam_b1"], hp["adam_b2"]))
+STEP_RULES.register("sgd", lambda cfg, hp: optax.identity())
+
+
+@STEP_RULES.register("square")
+def square_rule(cfg=None, hp=None) -> optax.GradientTransformation:
     """Square's state holder: ``init`` makes its per-image state; the loop updates that state
     itself (:func:`ppjax.attacks.boosters.square_accept`) and never calls ``update``."""
-    from ppjax.attacks.boosters import square_init
 
     def init(params):
         return square_init(jax.tree.leaves(params)[0].shape[0])
@@ -121,11 +134,10 @@ def square_rule() -> optax.GradientTransformation:
 
 def make_step_rule(cfg, hp) -> optax.GradientTransformation:
     """The step rule of ``cfg`` with traced hyperparameters from ``hp``: the base rule
-    (``cfg.step``) preceded by VMI's variance tuning (``vmi_samples > 0``) and TI's smoothing
-    (``ti_kernel > 0``), in that order (TI smooths ``g + v``, as the VMI paper's TI variant)."""
-    if cfg.step == "square":
-        return square_rule()
-    base = _base_rule(cfg, hp)
+    (``STEP_RULES[cfg.step]``) preceded by VMI's variance tuning (``vmi_samples > 0``) and TI's
+    smoothing (``ti_kernel > 0``), in that order (TI smooths ``g + v``, as the VMI paper's TI
+    variant). (The config refuses both with the gradient-free Square.)"""
+    base = STEP_RULES[cfg.step](cfg, hp)
     parts = []
     if cfg.vmi_samples > 0:
         parts.append(variance_tuning())
@@ -134,22 +146,15 @@ def make_step_rule(cfg, hp) -> optax.GradientTransformation:
     return optax.chain(*parts, base) if parts else base
 
 
-def _base_rule(cfg, hp) -> optax.GradientTransformation:
-    if cfg.step == "sign":
-        return sign()
-    if cfg.step == "l2":
-        return normalize(2)
-    if cfg.step == "momentum":
-        return momentum_sign(hp["momentum"])
-    if cfg.step == "adam":
-        return adam(hp["adam_b1"], hp["adam_b2"])
-    if cfg.step == "sgd":
-        return optax.identity()
-    raise ValueError(f"unknown step rule {cfg.step!r}")
-
-
 def cosine(t, total: int, hi, lo):
     """Cosine annealing from ``hi`` (t = 0) toward ``lo``: ``lo + (hi - lo) (1 + cos(pi t /
     total)) / 2``, PerC-AL's schedule (its last step, t = total - 1, stays just above ``lo``)."""
     frac = jnp.asarray(t, jnp.float32) / max(total, 1)
     return lo + (hi - lo) * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(frac, 1.0)))
+
+
+#: Step-size schedules by name (``AttackConfig.schedule``): ``schedule(t, total, hi, lo)``, the
+#: step size at iteration ``t`` of ``total`` starting from ``hi``.
+SCHEDULES: Registry = Registry("schedule")
+SCHEDULES.register("constant", lambda t, total, hi, lo: hi)
+SCHEDULES.register("cosine", cosine)

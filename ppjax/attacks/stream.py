@@ -2,7 +2,8 @@
 
 The device holds ``S`` slots; each holds one image's complete attack state (parameters,
 optimiser state, best-so-far, counters, round, C&W bounds: :class:`ppjax.attacks.loop.State`,
-whose arrays are all per image). The host loop:
+whose arrays are all per image). The host loop drives the programs of
+:func:`~ppjax.attacks.loop.compile_attack`:
 
 1. fills free slots from the queue (one :func:`~ppjax.attacks.loop.init` of the slot batch,
    merged into the state for the new slots only);
@@ -42,10 +43,10 @@ from ppjax.attacks.config import AttackConfig
 MIN_SLOTS = 2
 
 #: A refill judges the whole slot batch once (:func:`~ppjax.attacks.loop.init`: one forward
-#: pass, about a third of an attack iteration's forward + backward). Free slots are therefore
-#: refilled once the slot-iterations they have idled while images waited reach this fraction of
-#: the slot count (or at once when every slot is free), so one refill serves several finished
-#: images instead of costing a forward pass per finished image. Results do not depend on it.
+#: pass). Free slots are therefore refilled once the slot-iterations they have idled while images
+#: waited reach this fraction of the slot count (or at once when every slot is free), so one
+#: refill serves several finished images instead of costing a forward pass per finished image.
+#: Results do not depend on it.
 REFILL_AFTER = 1 / 3
 
 
@@ -111,7 +112,7 @@ def run_slots(cfg: AttackConfig, models: dict, items: Iterable[StreamItem], *, s
     ``slots`` images are held. ``put`` places a host array on the device(s) (default
     ``jnp.asarray``; a sharded placement for several devices)."""
     put = put or jnp.asarray
-    static, hp = cfg.static(), loop._traced(cfg)
+    programs = loop.compile_attack(cfg, chunk=chunk)
     queue = iter(items)
     first = next(queue, None)
     if first is None:
@@ -133,22 +134,22 @@ def run_slots(cfg: AttackConfig, models: dict, items: Iterable[StreamItem], *, s
                     break
                 host.place(s, item)
                 take[s] = True
-            state, dev = _load(static, models, hp, host, state, take, group, put)
+            state, dev = _load(programs, models, host, state, take, group, put)
             idle = 0.0
         if done is not None:  # the previous chunk's finished images, fetched now
             yield from done
             done = None
         if not host.busy.any():
             return
-        state = loop._step_j(static, chunk, models, dev["x"], hp, dev["seeds"], state)
+        state = programs.step(models, dev["x"], dev["seeds"], state)
         if pending:  # slots left empty while images wait: the refill's cost accumulates
             idle += chunk * float((~host.busy).sum())
-        go, over = jax.device_get(loop._poll_j(static, state))
+        go, over = jax.device_get(programs.poll(state))
         if go.any():
-            state = loop._advance_j(static, dev["x"], hp, dev["seeds"], state)
+            state = programs.advance(dev["x"], dev["seeds"], state)
         over = np.flatnonzero(over & host.busy)
         if over.size:
-            res = loop._finish_j(static, models, dev["x"], hp, state)
+            res = programs.finish(models, dev["x"], state)
             done = _Fetch(res, [(int(s), host.keys[s]) for s in over])
             host.busy[over] = False
 
@@ -166,12 +167,12 @@ class _Fetch:
             yield key, _row(res, s)
 
 
-def _load(static, models, hp, host: _Slots, state, take, group, put):
+def _load(programs: loop.Programs, models, host: _Slots, state, take, group, put):
     dev = {"x": put(host.x), "seeds": put(host.seeds)}
     aux = {"labels": put(host.labels), "targets": put(host.targets)}
     if group is not None:
         aux["group"] = group
-    fresh = loop._init_j(static, models, dev["x"], aux, hp, dev["seeds"])
+    fresh = programs.init(models, dev["x"], aux, dev["seeds"])
     empty = jnp.asarray(~host.busy)
     base = fresh if state is None else state
-    return loop._merge_j(static, fresh, base, jnp.asarray(take), empty), dev
+    return programs.merge(fresh, base, jnp.asarray(take), empty), dev

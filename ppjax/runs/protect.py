@@ -673,7 +673,7 @@ def _stream(cfg, judge, extra, todo, img_dir, prog: _Progress, slots, max_pixels
         try:
             for name, res in ppjax.attacks.stream(
                     cfg.attack, judge, items(), preset=cfg.preset, slots=slots,
-                    appeal=bool(cfg.appeal), extra_judges=extra,
+                    appeal_judge=extra.get("appeal"), extra_judges=extra,
                     dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else None,
                     **dict(cfg.overrides)):
                 b = held.pop(name)

@@ -226,21 +226,12 @@ def load_images(paths, hw: tuple[int, int], max_images: int, errors: list | None
 
 
 def _attack_config(grid: Grid, settings, has_appeal: bool):
-    from ppjax.attacks import OBJECTIVES, get_attack, with_appeal
-    from ppjax.attacks.objectives import register
+    from ppjax.attacks import resolve_attack
 
     s = dict(settings)
-    weight = s.pop("appeal_weight", None)
-    cfg = get_attack(grid.attack, grid.preset, **s)
-    if weight is not None:
-        if not has_appeal:
-            raise ValueError("sweep: appeal_weight needs appeal_judge in the config")
-        name = f"{cfg.objective}+appeal"
-        if name not in OBJECTIVES:
-            register(name)(with_appeal(OBJECTIVES[cfg.objective]))
-        hyper = dict(cfg.hyper) | {"appeal_weight": float(weight)}
-        cfg = cfg.replace(objective=name, hyper=tuple(sorted(hyper.items())))
-    return cfg
+    if "appeal_weight" in s and not has_appeal:
+        raise ValueError("sweep: appeal_weight needs appeal_judge in the config")
+    return resolve_attack(grid.attack, grid.preset, s, appeal_judge="appeal_weight" in s)
 
 
 def run_point(cfg, judge, images: np.ndarray, batch: int, seed: int, appeal=None,
@@ -343,7 +334,7 @@ def run_sweep(cfg: SweepConfig, judge=None, appeal=None) -> list[dict]:
     ``judge`` / ``appeal`` override loading by name (tests). Files that cannot be read are listed
     in ``results.json`` (``errors``); the points run on the others."""
     from ppjax import load_judge
-    from ppjax.attacks import TRACES
+    from ppjax.attacks import count_traces
     from ppjax.errors import SetupError
     from ppjax.runs.protect import OutputLock
 
@@ -373,12 +364,12 @@ def run_sweep(cfg: SweepConfig, judge=None, appeal=None) -> list[dict]:
                 key = row_key(grid, settings)
                 if key in done:
                     continue
-                before = sum(TRACES.values())
                 t0 = time.perf_counter()
-                per_image = run_point(acfg, judge, images, batch, cfg.seed, appeal, cfg.driver,
-                                      cfg.dtype)
+                with count_traces() as traces:
+                    per_image = run_point(acfg, judge, images, batch, cfg.seed, appeal,
+                                          cfg.driver, cfg.dtype)
                 row = summarise(grid, settings, per_image, time.perf_counter() - t0,
-                                sum(TRACES.values()) - before)
+                                sum(traces.values()))
                 writer.writerow(row)
                 f.flush()
                 done[key] = row
