@@ -20,7 +20,7 @@ from ppjax import cli
 from ppjax.attacks import get_attack
 from ppjax.image import io as imageio
 from ppjax.runs import data
-from ppjax.runs.protect import LOCK, STANDIN_TEXT
+from ppjax.runs.layout import LOCK, STANDIN_TEXT
 from tests.test_imageio import png_raw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def test_interrupted_during_validation_writes_nothing(photos, standin_weights, t
 
 def _hold_lock(out: Path) -> subprocess.Popen:
     """A process holding ``out``'s run lock (as a running ``ppjax protect`` does)."""
-    code = ("import sys, time; from pathlib import Path; from ppjax.runs.protect import OutputLock\n"
+    code = ("import sys, time; from pathlib import Path; from ppjax.runs.layout import OutputLock\n"
             "out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)\n"
             "with OutputLock(out):\n    print('locked', flush=True); time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,

@@ -48,7 +48,8 @@ def write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_bytes(path, (text + "\n").encode("utf-8"))
 
 
-def _fmt(v, digits=4) -> str:
+def fmt_value(v, digits=4) -> str:
+    """A report cell: ``n/a`` for None or NaN, ``digits`` decimals for a float."""
     if v is None:
         return "n/a"
     if isinstance(v, float):
@@ -60,7 +61,7 @@ def _fmt(v, digits=4) -> str:
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt_value(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 

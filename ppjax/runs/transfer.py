@@ -80,26 +80,10 @@ def _logits_fn():
     return jax.jit(lambda j, x: j(x))
 
 
-def score_with_judges(run, judges, *, images=None, list_file=None, labels_file=None,
-                      run_code=None, batch_size: int = 4) -> dict:
-    """Top-1 accuracy of every judge on one 2019 run, before and after protection.
-
-    Args:
-      run: a ``ppjax protect`` output folder or a folder of PNGs (see ``ppjax.runs.evaluate``).
-      judges: loaded classifier :class:`ppjax.Judge` objects (logits ``[B, 365]``).
-    Returns a dict: ``protected_against`` (the run's judge), ``standin``, ``judges``: one entry
-    per judge with ``top1_accuracy``, ``top1_accuracy_clean``, ``accuracy_drop`` (clean minus
-    protected, on the images that have both), ``n_labelled``, ``n_images``; and ``errors``.
-    """
-    import jax.numpy as jnp
-
-    from ppjax.image import io as imageio
+def _check_judges(judges, task: int, run: Path) -> None:
+    """Every judge a classifier at the task's size, the run a 2019 run."""
     from ppjax.runs import data
-    from ppjax.runs.evaluate import collect_run
 
-    run = Path(run).resolve()
-    files, errors, cfg = collect_run(run, images, list_file, labels_file, run_code)
-    task = int(cfg.get("task") or 2019)
     if task != 2019:
         raise ValueError(f"--judges scores scene classifiers: a 2019 run is needed, {run} is a "
                          f"{task} run")
@@ -110,61 +94,73 @@ def score_with_judges(run, judges, *, images=None, list_file=None, labels_file=N
         if tuple(j.spec.input_hw) != tuple(hw):
             raise ValueError(f"judge {j.spec.name!r} takes {j.spec.input_hw}, the run's images "
                              f"are {hw}")
-    rule = cfg.get("resize", "resize")
-    fn = _logits_fn()
-    # per judge: lists of (correct protected, correct clean or None)
+
+
+def _top1_hits(judges, files, task: int, rule: str, batch_size: int, errors: list):
+    """Per judge, ``(correct protected, correct clean or None)`` of every labelled image (the
+    label, else the judge's own clean prediction on the original), and the images judged."""
+    import jax.numpy as jnp
+
+    from ppjax.image import io as imageio
+    from ppjax.runs import data
+    from ppjax.runs.evaluate import decode_pair, padded_pair
+
     results = {j.spec.name: [] for j in judges}
     n_images = 0
     for chunk in data.batched(files, batch_size):
-        adv, orig, labels = [], [], []
-        for f in chunk:
-            try:
-                a, _ = imageio.load_rgb(f.path)
-                if a.shape[:2] != hw:
-                    raise imageio.DecodeError(f"submitted image is {a.shape[1]}x{a.shape[0]}, "
-                                              f"task {task} needs {hw[1]}x{hw[0]}")
-            except imageio.DecodeError as e:
-                errors.append({"name": f.name, "error": str(e)})
-                continue
-            o = None
-            if f.original is not None:
-                lo = data.load_item(f.original, task, rule)
-                o = None if lo.error else lo.image
-            adv.append(a)
-            orig.append(o)
-            labels.append(f.original.label if f.original and f.original.label is not None
-                          else f.label)
-        if not adv:
+        decoded = [decode_pair(f, task, rule) for f in chunk]
+        errors += [{"name": d.item.name, "error": d.error} for d in decoded if d.error is not None]
+        ok = [d for d in decoded if d.error is None]
+        if not ok:
             continue
-        n, pad = len(adv), batch_size - len(adv)
-        have_o = [o is not None for o in orig]
-        xa = jnp.asarray(imageio.to_float01(np.stack(adv + [adv[-1]] * pad)))
-        xo = jnp.asarray(imageio.to_float01(np.stack(
-            [o if o is not None else a for o, a in zip(orig, adv, strict=True)] + [adv[-1]] * pad)))
+        n = len(ok)
         n_images += n
+        xa, xo, have_o = padded_pair(ok, batch_size)
+        xa, xo = (jnp.asarray(imageio.to_float01(x)) for x in (xa, xo))
         for j in judges:
-            pa = np.asarray(fn(j, xa))[:n].argmax(-1)
-            pc = np.asarray(fn(j, xo))[:n].argmax(-1) if any(have_o) else None
-            for i in range(n):
-                lab = labels[i]
+            pa = np.asarray(_logits_fn()(j, xa))[:n].argmax(-1)
+            pc = np.asarray(_logits_fn()(j, xo))[:n].argmax(-1) if any(have_o) else None
+            for i, d in enumerate(ok):
+                lab = d.row["label"]
                 if lab is None and have_o[i]:
                     lab = int(pc[i])  # the judge's own clean prediction
-                if lab is None:
-                    continue
-                results[j.spec.name].append(
-                    (bool(pa[i] == lab), bool(pc[i] == lab) if have_o[i] else None))
-    rows = []
-    for j in judges:
-        r = results[j.spec.name]
-        both = [(a, c) for a, c in r if c is not None]
-        rows.append({
-            "judge": j.spec.name, "label": j.label, "standin": bool(j.standin),
-            "top1_accuracy": (sum(a for a, _ in r) / len(r)) if r else None,
-            "top1_accuracy_clean": (sum(c for _, c in both) / len(both)) if both else None,
-            "accuracy_drop": ((sum(c for _, c in both) - sum(a for a, _ in both)) / len(both))
-            if both else None,
-            "n_labelled": len(r), "n_images": n_images,
-        })
+                if lab is not None:
+                    results[j.spec.name].append(
+                        (bool(pa[i] == lab), bool(pc[i] == lab) if have_o[i] else None))
+    return results, n_images
+
+
+def _judge_row(j, r: list, n_images: int) -> dict:
+    both = [(a, c) for a, c in r if c is not None]
+    return {
+        "judge": j.spec.name, "label": j.label, "standin": bool(j.standin),
+        "top1_accuracy": (sum(a for a, _ in r) / len(r)) if r else None,
+        "top1_accuracy_clean": (sum(c for _, c in both) / len(both)) if both else None,
+        "accuracy_drop": ((sum(c for _, c in both) - sum(a for a, _ in both)) / len(both))
+        if both else None,
+        "n_labelled": len(r), "n_images": n_images,
+    }
+
+
+def score_with_judges(run, judges, *, images=None, list_file=None, labels_file=None,
+                      run_code=None, batch_size: int = 4) -> dict:
+    """Top-1 accuracy of every judge on one 2019 run, before and after protection.
+
+    Args:
+      run: a ``ppjax protect`` output folder or a folder of PNGs (see ``ppjax.runs.layout``).
+      judges: loaded classifier :class:`ppjax.Judge` objects (logits ``[B, 365]``).
+    Returns a dict: ``protected_against`` (the run's judge), ``standin``, ``judges``: one entry
+    per judge with ``top1_accuracy``, ``top1_accuracy_clean``, ``accuracy_drop`` (clean minus
+    protected, on the images that have both), ``n_labelled``, ``n_images``; and ``errors``.
+    """
+    from ppjax.runs.layout import collect_run
+
+    run = Path(run).resolve()
+    files, errors, cfg = collect_run(run, images, list_file, labels_file, run_code)
+    task = int(cfg.get("task") or 2019)
+    _check_judges(judges, task, run)
+    results, n_images = _top1_hits(judges, files, task, cfg.get("resize", "resize"), batch_size,
+                                   errors)
     standin = any(j.standin for j in judges) or bool(cfg.get("standin"))
     return {
         "run": str(run), "run_code": run_code or cfg.get("run_code"),
@@ -172,7 +168,8 @@ def score_with_judges(run, judges, *, images=None, list_file=None, labels_file=N
         "standin": standin, "note": TRANSFER_STANDIN if standin else None,
         "procedure": ("top-1 of each judge on the submitted 8-bit PNGs (no resize) and on the "
                       "originals; drop = clean accuracy - protected accuracy"),
-        "judges": rows, "errors": errors,
+        "judges": [_judge_row(j, results[j.spec.name], n_images) for j in judges],
+        "errors": errors,
     }
 
 
@@ -211,8 +208,8 @@ def add_judges_to_report(rep: dict, out, judges, *, images=None, list_file=None,
     tag = "STAND-IN " if res["standin"] else ""
     for r in res["judges"]:
         log.info("%sjudged by %s: top-1 %s (clean %s), drop %s", tag, r["label"],
-                 report._fmt(r["top1_accuracy"]), report._fmt(r["top1_accuracy_clean"]),
-                 report._fmt(r["accuracy_drop"]))
+                 report.fmt_value(r["top1_accuracy"]), report.fmt_value(r["top1_accuracy_clean"]),
+                 report.fmt_value(r["accuracy_drop"]))
     return rep
 
 
