@@ -8,7 +8,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-from ppjax.runs.sweep import load_config, run_sweep
+from ppjax.runs.sweep import run_sweep
+from ppjax.runs.sweep_config import load_config
 
 
 def command(args) -> int:

@@ -41,7 +41,7 @@ import numpy as np
 from ppjax.image import io as imageio
 from ppjax.image import metrics
 from ppjax.registry import Registry
-from ppjax.runs import data, report
+from ppjax.runs import data, plots, report
 from ppjax.runs.layout import RunFile, collect_run
 
 log = logging.getLogger("ppjax.runs.evaluate")
@@ -379,18 +379,18 @@ def _figures(out: Path, scorer: TaskScorer, per_image, pairs, have_nima, tag: st
     """Figures of the report; ``tag`` prefixes every title (STAND-IN runs say so on the image)."""
     figs = []
     if pairs:
-        report.before_after_grid(pairs, out / "grid.png",
+        plots.before_after_grid(pairs, out / "grid.png",
                                  title=tag + "original | protected | |difference|")
-        report.perturbation_heatmap(pairs, out / "heatmap.png", tag=tag)
+        plots.perturbation_heatmap(pairs, out / "heatmap.png", tag=tag)
         figs += ["grid.png", "heatmap.png"]
     before = [r.get("score_clean") for r in per_image]
     after = [r.get("score") for r in per_image]
     if any(v is not None for v in before + after):
-        report.histogram(before, after, out / "hist_protection.png", tag + scorer.hist_title,
+        plots.histogram(before, after, out / "hist_protection.png", tag + scorer.hist_title,
                          scorer.hist_axis, threshold=scorer.spec.threshold)
         figs.append("hist_protection.png")
     if have_nima:
-        report.histogram([r.get("nima_clean") for r in per_image],
+        plots.histogram([r.get("nima_clean") for r in per_image],
                          [r.get("nima") for r in per_image], out / "hist_nima.png",
                          tag + "NIMA mean score: before vs after", "NIMA score")
         figs.append("hist_nima.png")
