@@ -323,12 +323,12 @@ def iter_batches(items: Iterable[Item], task: int, batch_size: int, rule: str = 
 
 def stack_ok(batch: Sequence[Loaded], pad_to: int | None = None
              ) -> tuple[list[Loaded], np.ndarray | None]:
-    """The decodable members of ``batch`` and their images ``[n, H, W, 3]`` uint8, padded (by
-    repeating the last image) to ``pad_to`` rows so every batch has one shape (one compile)."""
+    """The decodable members of ``batch`` and their images ``[n, H, W, 3]`` uint8, padded
+    (:func:`ppjax.parallel.pad_batch`) to ``pad_to`` rows so every batch has one shape."""
     ok = [b for b in batch if b.image is not None]
     if not ok:
         return ok, None
+    from ppjax.parallel import pad_batch  # here: this module is preloaded without JAX
+
     x = np.stack([b.image for b in ok])
-    if pad_to and len(ok) < pad_to:
-        x = np.concatenate([x, np.repeat(x[-1:], pad_to - len(ok), axis=0)])
-    return ok, x
+    return ok, pad_batch(x, pad_to) if pad_to and len(ok) < pad_to else x

@@ -14,7 +14,6 @@ Guarantees:
   by kill -9), so a stale lock never blocks a resume.
 * **STAND-IN mark**: a run on stand-in judges names its zip ``STANDIN_<runcode>.zip``, puts a
   ``ppjax-standin`` text chunk in every PNG and ``"standin": true`` in ``summary.json``.
-
 * **Atomic writes.** Every PNG, the zip and the JSON files are written to a temporary sibling,
   fsynced and renamed. A manifest line is appended (and fsynced) only after its PNG is in place,
   with the PNG's sha256.
@@ -32,7 +31,7 @@ Guarantees:
   waits for all and writes the zip and ``summary.json`` from every manifest.
 * **Bad input** never stops the run: each failure is a manifest entry with its error, logged, and
   the exit code is 1 when any file failed.
-* **Names** are sanitised (:func:`output_name`): unicode is kept (NFC), path separators and other
+* **Names** are sanitised (:func:`ppjax.runs.layout.output_name`): unicode is kept (NFC), path separators and other
   unsafe characters become ``_``, and the result is checked to lie inside the output folder.
 """
 

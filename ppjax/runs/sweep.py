@@ -93,9 +93,9 @@ def run_point(cfg, judge, images: np.ndarray, batch: int, seed: int, appeal=None
     """Attack all ``images`` [N, H, W, 3] with ``cfg`` through the streaming engine
     (:func:`ppjax.attacks.stream`, ``batch`` slots: a finished image's slot takes the next at
     once); per-image results (numpy) in input order, ``images`` the protected images (on the
-    8-bit grid). Image i's seed is ``default_seeds(N, seed)[i]``. The programs are compiled once per static configuration, so
-    points that change only values never recompile. ``driver`` is kept for older configs:
-    sweeps always stream."""
+    8-bit grid). Image i's seed is ``default_seeds(N, seed)[i]``. The programs are compiled
+    once per static configuration, so points that change only values never recompile.
+    ``driver`` is kept for older configs: sweeps always stream."""
     import jax.numpy as jnp
 
     from ppjax.attacks import StreamItem, default_seeds, stream
