@@ -52,6 +52,7 @@ class TaskSpec:
     appeal_judge: str
     threshold: float | None = None  # score judges: an image "keeps its quality" if score > this
     jpeg_quality: int | None = None  # the organisers re-encode the submission with this quality
+    alpha: str = "white"  # transparent pixels: composited on white, or dropped (``convert('RGB')``)
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -61,7 +62,7 @@ class TaskSpec:
 TASKS: dict[int, TaskSpec] = {
     2019: TaskSpec(2019, judge="resnet50_places365", appeal_judge="nima_mobilenet"),
     2020: TaskSpec(2020, judge="koncept512", appeal_judge="nima_mobilenet", threshold=50.0,
-                   jpeg_quality=90),
+                   jpeg_quality=90, alpha="drop"),
 }
 
 
@@ -222,13 +223,13 @@ def load_item(item: Item, task: int | None, rule: str = "auto", max_pixels: int 
               *, hw: tuple[int, int] | None = None) -> Loaded:
     """Decode one item to the task's size (by ``rule``), or to ``hw`` (a judge's size, by a plain
     bicubic resize, as ``ppjax sweep`` feeds its judge) when given; every failure becomes
-    ``Loaded.error``. Alpha is composited on white, except for 2020, where it is dropped (the
-    organisers' ``convert('RGB')``)."""
+    ``Loaded.error``. Alpha as the task says (:attr:`TaskSpec.alpha`: 2020 drops it, as the
+    organisers' ``convert('RGB')``; otherwise, and at a judge's size, composited on white)."""
     if item.error:
         return Loaded(item, None, [], item.error)
     try:
-        img, notes = imageio.load_rgb(item.path, max_pixels=max_pixels,
-                                      alpha="drop" if task == 2020 else "white")
+        alpha = "white" if task is None else get_task(task).alpha
+        img, notes = imageio.load_rgb(item.path, max_pixels=max_pixels, alpha=alpha)
         img, more = imageio.to_task_size(img, task, rule) if hw is None else _to_hw(img, hw)
         return Loaded(item, img, notes + more)
     except imageio.DecodeError as e:

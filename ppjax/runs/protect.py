@@ -31,8 +31,9 @@ Guarantees:
   waits for all and writes the zip and ``summary.json`` from every manifest.
 * **Bad input** never stops the run: each failure is a manifest entry with its error, logged, and
   the exit code is 1 when any file failed.
-* **Names** are sanitised (:func:`ppjax.runs.layout.output_name`): unicode is kept (NFC), path separators and other
-  unsafe characters become ``_``, and the result is checked to lie inside the output folder.
+* **Names** are sanitised (:func:`ppjax.runs.layout.output_name`): unicode is kept (NFC), path
+  separators and other unsafe characters become ``_``, and the result is checked to lie inside
+  the output folder.
 """
 
 from __future__ import annotations
