@@ -200,7 +200,12 @@ def _prefetch(it, task, rule, max_pixels, workers, depth, pool, loader):
             f.set_result(data.Loaded(item, None, [], refused))
             return f
         with _sigint_deferred():
-            return ex.submit(loader, item, *args)
+            try:
+                return ex.submit(loader, item, *args)
+            except BrokenProcessPool as e:  # a worker died since: retried when its turn comes
+                f = cf.Future()
+                f.set_exception(e)
+                return f
 
     def fill(limit):
         while len(window) < limit:

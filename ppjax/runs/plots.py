@@ -1,6 +1,7 @@
 """Figures of ppjax's runs, drawn with matplotlib (object API on the Agg canvas: no display, no
 global pyplot state), each written atomically: ``ppjax evaluate``'s before/after grid,
-perturbation heat map and score histograms, and ``ppjax sweep``'s Pareto plot."""
+perturbation heat map and score histograms, the transfer matrix, and ``ppjax sweep``'s Pareto
+plot."""
 
 from __future__ import annotations
 
@@ -181,3 +182,32 @@ def pareto_plot(rows: list[dict], path: Path, label: str = "", x_key: str = "mea
         ax.set_xlim(0, max(p[0] for p in pts) * 1.25 or 1.0)
         fig.legend(loc="outside lower center", ncols=6, fontsize=8, frameon=False)  # not over points
     save_figure(fig, path)
+
+
+def transfer_heatmap(res: dict, path: str | os.PathLike) -> Path:
+    """Heat map of a transfer matrix's drops (:func:`ppjax.runs.transfer.transfer_matrix`): one
+    cell per (protected against, judged by), each with its value."""
+    drop = np.array([[np.nan if v is None else v for v in row] for row in res["drop"]],
+                    np.float64)
+    nr, nc = drop.shape
+    fig = figure(1.6 + 1.3 * nc, 1.4 + 0.6 * nr, dpi=110)
+    ax = fig.subplots()
+    im = ax.imshow(np.ma.masked_invalid(drop), cmap="viridis", vmin=min(0.0, np.nanmin(drop)
+                   if np.isfinite(drop).any() else 0.0), vmax=1.0, aspect="auto")
+    for i in range(nr):
+        for k in range(nc):
+            v = drop[i, k]
+            ax.text(k, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
+                    color="black" if np.isnan(v) or v >= 0.6 else "white", fontsize=9)
+    ax.set_xticks(range(nc), [c.replace("_places365", "") for c in res["columns"]],
+                  rotation=30, ha="right")
+    ax.set_yticks(range(nr), [r.replace("_places365", "") for r in res["rows"]])
+    ax.set_xlabel("judged by")
+    ax.set_ylabel("protected against")
+    title = "top-1 accuracy drop"
+    if res["standin"]:
+        title = "STAND-IN (random weights): transfer rates meaningless\n" + title
+    ax.set_title(title, fontsize=10, color="red" if res["standin"] else "black")
+    fig.colorbar(im, ax=ax, fraction=0.05)
+    save_figure(fig, path)
+    return Path(path)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -259,13 +258,13 @@ def transfer_matrix(runs, out=None) -> dict | None:
                                      for row in drop],
            "runs": rows}
     if out is not None:
-        from ppjax.runs import report
+        from ppjax.runs import plots, report
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         report.write_json(out / "transfer_matrix.json", res)
         (out / "transfer_matrix.md").write_text(matrix_markdown(res), encoding="utf-8")
-        heatmap_figure(res, out / "transfer_matrix.png")
+        plots.transfer_heatmap(res, out / "transfer_matrix.png")
     return res
 
 
@@ -281,40 +280,3 @@ def matrix_markdown(res: dict) -> str:
     body = [[r] + row for r, row in zip(res["rows"], res["drop"], strict=True)]
     out.append(markdown_table(header, body))
     return "\n".join(out) + "\n"
-
-
-def heatmap_figure(res: dict, path: str | os.PathLike) -> Path:
-    """Heat map of the drops (matplotlib, Agg): one cell per (protected against, judged by)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    drop = np.array([[np.nan if v is None else v for v in row] for row in res["drop"]],
-                    np.float64)
-    nr, nc = drop.shape
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * nc, 1.4 + 0.6 * nr), dpi=110)
-    im = ax.imshow(np.ma.masked_invalid(drop), cmap="viridis", vmin=min(0.0, np.nanmin(drop)
-                   if np.isfinite(drop).any() else 0.0), vmax=1.0, aspect="auto")
-    for i in range(nr):
-        for k in range(nc):
-            v = drop[i, k]
-            ax.text(k, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
-                    color="white" if np.isnan(v) or v < 0.6 else "black", fontsize=9)
-    ax.set_xticks(range(nc), [c.replace("_places365", "") for c in res["columns"]],
-                  rotation=30, ha="right")
-    ax.set_yticks(range(nr), [r.replace("_places365", "") for r in res["rows"]])
-    ax.set_xlabel("judged by")
-    ax.set_ylabel("protected against")
-    title = "top-1 accuracy drop"
-    if res["standin"]:
-        title = "STAND-IN (random weights): transfer rates meaningless\n" + title
-    ax.set_title(title, fontsize=10, color="red" if res["standin"] else "black")
-    fig.colorbar(im, ax=ax, fraction=0.05)
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
