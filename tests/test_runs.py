@@ -261,6 +261,26 @@ def test_help_loads_no_jax_and_lists_exit_codes():
         assert word in r.stdout
 
 
+def test_command_table_is_a_registry_of_lazy_modules():
+    """``ppjax.cli.COMMANDS`` is a Registry: an unknown name lists the commands; each command's
+    module, imported on use, gives that command a real parser (with an entry) and imports no
+    other command's module."""
+    import argparse
+
+    from ppjax.registry import Registry, UnknownName
+
+    assert isinstance(cli.COMMANDS, Registry)
+    with pytest.raises(UnknownName, match="unknown command 'nope'; known: convert, evaluate"):
+        cli.COMMANDS["nope"]
+    for name in cli.COMMANDS:
+        parser = cli.build_parser(name)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        assert callable(sub.choices[name].get_default("func")), name
+        others = [n for n in cli.COMMANDS if cli.COMMANDS[n].module.target
+                  != cli.COMMANDS[name].module.target]
+        assert all(sub.choices[n].get_default("func") is None for n in others), name
+
+
 def test_every_option_has_help_and_protect_lists_the_attacks():
     import argparse
 

@@ -8,6 +8,9 @@ the sweep read it)::
     DIR/<runcode>.zip        # the submission (STANDIN_<runcode>.zip on stand-in judges)
     DIR/summary.json         # counts, success rate, per-file errors of the last invocation
     DIR/.ppjax.lock          # held (flock) while a run works in DIR (OutputLock)
+
+:func:`collect_run` reads such a folder, or a plain folder of ``<runcode>_<stem>.png`` files, for
+``ppjax evaluate``; ``ppjax sweep`` holds its output folder with the same :class:`OutputLock`.
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ def output_name(run_code: str, name: str) -> str:
     return f"{run_code}_{safe_stem(name)}.png"
 
 def is_inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (links resolved) lies inside ``folder``."""
     try:
         path.resolve().relative_to(folder.resolve())
         return True
@@ -99,6 +103,7 @@ def is_inside(path: Path, folder: Path) -> bool:
 
 
 def file_sha256(path: Path) -> str | None:
+    """The sha256 (hex) of the file's bytes, or None when it cannot be read."""
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
