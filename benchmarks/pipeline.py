@@ -336,7 +336,8 @@ def engine_only(judge, loaded, attack: str, slots: int, dtype=None, **overrides)
 def protect_run(folder: Path, out: Path, judge_name: str, attack: str, slots: int, weights_dir,
                 dtype: str = "float32", **overrides) -> dict:
     """``run_protect`` of the whole folder (decode to zip) on the judge's stand-in."""
-    from ppjax.runs.protect import ProtectConfig, run_protect
+    from ppjax.runs.layout import ProtectConfig
+    from ppjax.runs.protect import run_protect
 
     cfg = ProtectConfig(task=2019, attack=attack, run_code="bench", images=str(folder),
                         judge=judge_name, overrides=tuple(sorted(overrides.items())),

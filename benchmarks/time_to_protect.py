@@ -27,12 +27,12 @@ DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imag
 
 def load_photos(folder: Path, hw, n: int) -> np.ndarray:
     """``n`` distinct [H, W, 3] crops in [0, 1] (8-bit values) from the photos in ``folder``."""
-    from ppjax.runs.sweep import list_images
+    from ppjax.runs.data import path_items
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.conftest import photos_at
 
-    return photos_at(list_images([folder]), hw, n)
+    return photos_at([Path(it.path) for it in path_items([folder])], hw, n)
 
 
 def run(args) -> dict:

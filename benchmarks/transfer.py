@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from ppjax.runs import transfer
+    from ppjax.runs import plots, transfer
 
     names = transfer.parse_judges(args.judges)
     members = transfer.parse_judges(args.ensemble) if args.ensemble else []
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
                "parity_max_abs_diff": {r["judge"]: r["parity_max_abs_diff"] for r in par}}
     _results.write_json(args.json, payload)
     if args.json:
-        transfer.heatmap_figure(matrix, Path(args.json).with_suffix(".png"))
+        plots.transfer_heatmap(matrix, Path(args.json).with_suffix(".png"))
     md = markdown(payload)
     print(md)
     if args.results_md:

@@ -375,21 +375,19 @@ def test_relative_drop_and_ranked_flag():
     by at least half (the organisers' rule), computed on 4 images."""
     from types import SimpleNamespace
 
-    from ppjax.runs import data
-    from ppjax.runs.evaluate import _summarise
+    from ppjax.runs.evaluate import summarise
 
     judge = SimpleNamespace(label="j")
     rows = [{"correct": c, "correct_clean": cc, "score": 0.0}
             for c, cc in ((False, True), (True, True), (False, True), (True, False))]
     for task in (2019, 2020):
-        rep = _summarise(task, data.get_task(task), "run", {}, None, judge, None, None, True,
-                         rows, [])
+        rep = summarise(task, rows, [], run="run", judge=judge, standin=True)
         p = rep["protection"]
         assert p["relative_accuracy_drop"] == pytest.approx((0.75 - 0.5) / 0.75)
         if task == 2020:
             assert p["ranked"] is False  # a 33% reduction is not ranked
     rows[1]["correct"] = False
-    rep = _summarise(2020, data.get_task(2020), "run", {}, None, judge, None, None, True, rows, [])
+    rep = summarise(2020, rows, [], run="run", judge=judge, standin=True)
     assert rep["protection"]["relative_accuracy_drop"] == pytest.approx(1 - 0.25 / 0.75)
     assert rep["protection"]["ranked"] is True
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ppjax.runs import report, sweep
+from ppjax.runs import plots
 
 INFERNO_TOP = np.array([252, 255, 164])  # matplotlib's inferno at 1.0
 
@@ -25,7 +25,7 @@ def _rgb(path) -> np.ndarray:
 
 
 def test_heatmap_of_a_one_level_change_is_not_blank(tmp_path):
-    report.perturbation_heatmap([_pair(1)], tmp_path / "h.png", tile=128, tag="STAND-IN: ")
+    plots.perturbation_heatmap([_pair(1)], tmp_path / "h.png", tile=128, tag="STAND-IN: ")
     px = _rgb(tmp_path / "h.png")
     top = (np.abs(px - INFERNO_TOP).sum(-1) < 30).sum()
     black = (px.sum(-1) < 30).sum()
@@ -34,7 +34,7 @@ def test_heatmap_of_a_one_level_change_is_not_blank(tmp_path):
 
 
 def test_grid_difference_column_is_visible(tmp_path):
-    report.before_after_grid([_pair(1)], tmp_path / "g.png", tile=128, title="t")
+    plots.before_after_grid([_pair(1)], tmp_path / "g.png", tile=128, title="t")
     px = _rgb(tmp_path / "g.png")
     w = px.shape[1]
     right = px[:, 2 * w // 3:]
@@ -45,11 +45,11 @@ def test_grid_difference_column_is_visible(tmp_path):
 def test_titles_legends_and_pareto_labels_fit(tmp_path):
     rows = [{"attack": "pgd", "preset": "default", "settings": {"eps": e}, "mean_l2": e * 30,
              "protection": min(1.0, e * 40)} for e in (0.01, 0.02)]
-    sweep.pareto_plot(rows, tmp_path / "p.png", label="x" * 60, standin=True)
-    report.histogram([1, 2, 3], [2, 3, 4], tmp_path / "h.png", "T" * 70, "score", threshold=2.5)
+    plots.pareto_plot(rows, tmp_path / "p.png", label="x" * 60, standin=True)
+    plots.histogram([1, 2, 3], [2, 3, 4], tmp_path / "h.png", "T" * 70, "score", threshold=2.5)
     for f in ("p.png", "h.png"):
         px = _rgb(tmp_path / f)
         # constrained layout keeps every mark inside: the outermost pixel columns stay white
         assert (px[:, :2] > 250).all() and (px[:, -2:] > 250).all(), f
     assert _rgb(tmp_path / "p.png").shape[:2] == (480, 720)
-    assert sweep._point_label(rows[0]) == "pgd eps=0.01"
+    assert plots.point_label(rows[0]) == "pgd eps=0.01"

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from ppjax import cli, load_judge
-from ppjax.runs.protect import output_name, safe_stem
+from ppjax.runs.layout import output_name, safe_stem
 from tests.test_imageio import make_broken_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,7 +300,7 @@ def test_config_defaults_keep_older_runs_resumable(tmp_path):
     default and is refused with any other value."""
     import dataclasses
 
-    from ppjax.runs.protect import CONFIG, ProtectConfig, ResumeMismatch, check_or_store_config
+    from ppjax.runs.layout import CONFIG, ProtectConfig, ResumeMismatch, check_or_store_config
 
     cfg = ProtectConfig(task=2019, attack="ifgsm", run_code="T_1", images="/x", judge="j")
     old = cfg.to_json()
@@ -311,20 +311,20 @@ def test_config_defaults_keep_older_runs_resumable(tmp_path):
         check_or_store_config(tmp_path, dataclasses.replace(cfg, dtype="bfloat16"))
 
 
-def test_cli_keeps_a_persistent_compilation_cache(tmp_path, monkeypatch):
+def test_cli_keeps_apersistent_compilation_cache(tmp_path, monkeypatch):
     """The CLI caches compiled programs under the ppjax cache unless told otherwise."""
-    from ppjax.cli import _persistent_compilation_cache
+    from ppjax.cli import persistent_compilation_cache
 
     before = jax.config.jax_compilation_cache_dir
     try:
         monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
         monkeypatch.delenv("PPJAX_NO_COMPILATION_CACHE", raising=False)
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-        _persistent_compilation_cache()
+        persistent_compilation_cache()
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "ppjax" / "jax")
         jax.config.update("jax_compilation_cache_dir", before)
         monkeypatch.setenv("PPJAX_NO_COMPILATION_CACHE", "1")
-        _persistent_compilation_cache()
+        persistent_compilation_cache()
         assert jax.config.jax_compilation_cache_dir == before
     finally:
         jax.config.update("jax_compilation_cache_dir", before)

@@ -20,7 +20,7 @@ from ppjax import cli
 from ppjax.attacks import get_attack
 from ppjax.image import io as imageio
 from ppjax.runs import data
-from ppjax.runs.protect import LOCK, STANDIN_TEXT
+from ppjax.runs.layout import LOCK, STANDIN_TEXT
 from tests.test_imageio import png_raw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def test_interrupted_during_validation_writes_nothing(photos, standin_weights, t
 
 def _hold_lock(out: Path) -> subprocess.Popen:
     """A process holding ``out``'s run lock (as a running ``ppjax protect`` does)."""
-    code = ("import sys, time; from pathlib import Path; from ppjax.runs.protect import OutputLock\n"
+    code = ("import sys, time; from pathlib import Path; from ppjax.runs.layout import OutputLock\n"
             "out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)\n"
             "with OutputLock(out):\n    print('locked', flush=True); time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
@@ -259,6 +259,26 @@ def test_help_loads_no_jax_and_lists_exit_codes():
     assert r.stdout.startswith("NOJAX")
     for word in ("protect", "sweep", "evaluate", "exit codes", "usage or setup error"):
         assert word in r.stdout
+
+
+def test_command_table_is_a_registry_of_lazy_modules():
+    """``ppjax.cli.COMMANDS`` is a Registry: an unknown name lists the commands; each command's
+    module, imported on use, gives that command a real parser (with an entry) and imports no
+    other command's module."""
+    import argparse
+
+    from ppjax.registry import Registry, UnknownName
+
+    assert isinstance(cli.COMMANDS, Registry)
+    with pytest.raises(UnknownName, match="unknown command 'nope'; known: convert, evaluate"):
+        cli.COMMANDS["nope"]
+    for name in cli.COMMANDS:
+        parser = cli.build_parser(name)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        assert callable(sub.choices[name].get_default("func")), name
+        others = [n for n in cli.COMMANDS if cli.COMMANDS[n].module.target
+                  != cli.COMMANDS[name].module.target]
+        assert all(sub.choices[n].get_default("func") is None for n in others), name
 
 
 def test_every_option_has_help_and_protect_lists_the_attacks():

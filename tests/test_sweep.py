@@ -18,7 +18,7 @@ from PIL import Image
 from ppjax.attacks import attack, default_seeds
 from ppjax.judges import Judge, get_spec
 from ppjax.models.resnet import ResNet18
-from ppjax.runs import sweep
+from ppjax.runs import data, plots, sweep, sweep_config
 from tests.conftest import photos_at
 
 EPS = (2 / 255, 4 / 255, 8 / 255)
@@ -41,8 +41,8 @@ def image_dir(tmp_path_factory, photo_paths):
     return d
 
 
-def _config(image_dir, out, eps=EPS) -> sweep.SweepConfig:
-    return sweep.parse_config({
+def _config(image_dir, out, eps=EPS) -> sweep_config.SweepConfig:
+    return sweep_config.parse_config({
         "judge": "resnet50_places365", "images": [str(image_dir)], "batch": 4,
         "output": str(out),
         "grid": [{"attack": "pgd", "eps": list(eps), "steps": 3, "step_size": 1 / 255}],
@@ -66,7 +66,7 @@ def test_value_only_changes_do_not_recompile(first_run):
 
 def test_rows_match_direct_attacks(first_run, tiny_judge, image_dir):
     cfg, rows = first_run
-    images = sweep.load_images([image_dir], (32, 32), 64)
+    images = data.load_images([image_dir], (32, 32), 64)
     for row, eps in zip(rows, EPS, strict=True):
         assert row["settings"] == {"eps": eps, "steps": 3, "step_size": 1 / 255}
         res = attack("pgd", tiny_judge, images, eps=eps, steps=3, step_size=1 / 255,
@@ -102,19 +102,19 @@ def test_pareto_front_is_brute_force():
     pts = [tuple(p) for p in rng.random((40, 2))]
     dominated = {i for i, (x, y) in enumerate(pts)
                  for (x2, y2) in pts if (x2 <= x and y2 >= y) and (x2, y2) != (x, y)}
-    assert sorted(sweep.pareto_front(pts)) == sorted(set(range(40)) - dominated)
+    assert sorted(plots.pareto_front(pts)) == sorted(set(range(40)) - dominated)
 
 
 def test_bad_configs_are_reported(tmp_path):
     with pytest.raises(ValueError, match="unknown setting 'epsilon'"):
-        sweep.parse_config({"judge": "x", "images": ["a"], "grid": [{"attack": "pgd",
+        sweep_config.parse_config({"judge": "x", "images": ["a"], "grid": [{"attack": "pgd",
                                                                      "epsilon": [0.1]}]})
     with pytest.raises(KeyError, match="unknown attack"):
-        sweep.parse_config({"judge": "x", "images": ["a"], "grid": [{"attack": "nope"}]})
+        sweep_config.parse_config({"judge": "x", "images": ["a"], "grid": [{"attack": "nope"}]})
     with pytest.raises(ValueError, match="dtype must be"):
-        sweep.parse_config({"judge": "x", "images": ["a"], "dtype": "float16",
+        sweep_config.parse_config({"judge": "x", "images": ["a"], "dtype": "float16",
                             "grid": [{"attack": "pgd"}]})
-    assert sweep.parse_config({"judge": "x", "images": ["a"], "dtype": "bfloat16",
+    assert sweep_config.parse_config({"judge": "x", "images": ["a"], "dtype": "bfloat16",
                                "grid": [{"attack": "pgd"}]}).dtype == "bfloat16"
     bad = tmp_path / "bad.toml"
     bad.write_text('judge = "resnet50_places365"\nimages = ["a"]\n')
@@ -124,7 +124,7 @@ def test_bad_configs_are_reported(tmp_path):
 
 
 def test_grid_expands_aliases():
-    g = sweep.Grid("ifgsm_score", axes=(("eot_quality", ((80, 95), (60, 90))),
+    g = sweep_config.Grid("ifgsm_score", axes=(("eot_quality", ((80, 95), (60, 90))),
                                         ("appeal_weight", (0.0, 0.5))))
     pts = g.points()
     assert len(pts) == 4
@@ -163,7 +163,7 @@ def test_sweep_with_broken_files_goes_on(first_run, tiny_judge, image_dir, tmp_p
 def test_bad_points_are_all_reported_before_any_work(tmp_path):
     from ppjax.errors import SetupError
 
-    cfg = sweep.parse_config({"judge": "resnet50_places365", "images": [str(tmp_path)],
+    cfg = sweep_config.parse_config({"judge": "resnet50_places365", "images": [str(tmp_path)],
                               "output": str(tmp_path / "o"),
                               "grid": [{"attack": "pgd", "eps": [-1.0, 0.01, "abc"]}]})
     with pytest.raises(SetupError) as e:
@@ -197,3 +197,45 @@ def test_sweep_cli_exit_codes(tiny_judge, image_dir, tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert "2 problems" in err and "eps=0" in err and "eps=-1" in err
     assert not (tmp_path / "o2").exists()
+
+
+def test_appeal_figures_are_the_evaluations(resnet_standin, photo_paths, tmp_path, monkeypatch):
+    """The issue-15 appeal bug: ResNet-50 (256x256) attacked, nima_mobilenetv2 (nima.pytorch:
+    224x224, bilinear) as the appeal judge, the pair of the sweep's own docstring. The sweep's
+    appeal figures equal ``appeal_score`` of the images as ``ppjax evaluate`` scores them: the
+    originals decoded to the 2019 size (``data.load_item``), the protected ones as their 8-bit
+    PNG, both brought to NIMA by the evaluation's rule (``appeal_resize_rule``, "auto")."""
+    import ppjax
+    from ppjax.attacks.objectives import appeal_resize_rule, appeal_score
+    from ppjax.convert import nima_mobilenetv2
+    from ppjax.image import io as imageio
+
+    nima_mobilenetv2.make_standin(weights_dir=tmp_path / "w")
+    appeal = ppjax.load_judge("nima_mobilenetv2", weights_dir=tmp_path / "w", standin=True)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i, x in enumerate(photos_at(photo_paths, (300, 280), 2)):  # not 256x256: resized
+        Image.fromarray(np.round(x * 255).astype(np.uint8)).save(d / f"p{i}.png")
+    cfg = sweep_config.parse_config({
+        "judge": "resnet50_places365", "images": [str(d)], "batch": 2, "output": str(tmp_path / "o"),
+        "appeal_judge": "nima_mobilenetv2",
+        "grid": [{"attack": "pgd", "eps": 4 / 255, "steps": 1, "step_size": 4 / 255}]})
+    points = []
+    real = sweep.run_point
+    monkeypatch.setattr(sweep, "run_point", lambda *a, **k: points.append(real(*a, **k))
+                        or points[-1])
+    (row,) = sweep.run_sweep(cfg, judge=resnet_standin, appeal=appeal)
+
+    def evaluation_appeal(u8):  # as ppjax.runs.evaluate scores a batch
+        rule = appeal_resize_rule(appeal, "auto")
+        return np.asarray(jax.jit(appeal_score, static_argnums=2)(
+            appeal, imageio.to_float01(u8), rule))
+
+    originals = np.stack([data.load_item(data.Item(p.name, str(p)), 2019).image
+                          for p in sorted(d.iterdir())])
+    protected = imageio.to_uint8(points[0]["images"])  # the PNG a protect run would write
+    assert row["mean_appeal_before"] == pytest.approx(float(evaluation_appeal(originals).mean()),
+                                                      rel=1e-5)
+    assert row["mean_appeal"] == pytest.approx(float(evaluation_appeal(protected).mean()),
+                                               rel=1e-5)
+    assert row["mean_appeal"] != pytest.approx(row["mean_appeal_before"], rel=1e-7)

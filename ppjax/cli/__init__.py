@@ -1,5 +1,7 @@
-"""``ppjax`` command line. Each sub-command lives in its own module exposing
-``add_parser(subparsers)``; the module sets ``func`` on its parser. This file only dispatches.
+"""``ppjax`` command line: argument parsing and dispatch only; the work lives in importable
+libraries (:mod:`ppjax.runs`, :mod:`ppjax.judges`). Each command's module (``ppjax.cli.protect``,
+``.evaluate``, ``.sweep``, ``.weights``) exposes ``add_parser(subparsers)``, which sets ``func``
+on its parser; :data:`COMMANDS` is the registry of commands.
 
 Only the module of the command being run is imported (``ppjax --help`` loads no JAX). Exit codes
 (:mod:`ppjax.errors`): 0 all done, 1 some files failed (each with its error), 2 usage or setup
@@ -9,25 +11,39 @@ error (nothing done), 3 unexpected error (``-v`` shows the traceback), 130 inter
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
+from collections.abc import Callable
+from typing import NamedTuple
 
 from ppjax import errors
+from ppjax.registry import Registry, lazy
 
-# command -> (module providing it, one-line help shown by ``ppjax --help``)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "protect": ("ppjax.runs.protect", "protect a test set and write a submission run (resumable)"),
-    "evaluate": ("ppjax.runs.evaluate", "score a run as the organisers did; or --compare runs"),
-    "sweep": ("ppjax.runs.sweep", "run a grid of attacks and values (resumable)"),
-    "fetch": ("ppjax.cli.weights", "download official checkpoints and convert them"),
-    "fetch-data": ("ppjax.cli.weights", "download label files and MEPP lists"),
-    "convert": ("ppjax.cli.weights", "convert a checkpoint file you downloaded by hand"),
-    "standin": ("ppjax.cli.weights", "create random-weight STAND-IN judges (tests/demos only)"),
-    "judges": ("ppjax.cli.weights", "list judges and whether they are converted"),
-}
-# kept for callers that import every command's parser
-COMMAND_MODULES = list(dict.fromkeys(m for m, _ in COMMANDS.values()))
+
+class Command(NamedTuple):
+    """A sub-command: its module, imported on use (it has ``add_parser(subparsers)``), and the
+    one-line help ``ppjax --help`` shows without importing it."""
+
+    module: Callable[[], object]
+    help: str
+
+
+COMMANDS: Registry[Command] = Registry("command")
+for _name, _module, _help in (
+        ("protect", "ppjax.cli.protect", "protect a test set and write a submission run (resumable)"),
+        ("evaluate", "ppjax.cli.evaluate", "score a run as the organisers did; or --compare runs"),
+        ("sweep", "ppjax.cli.sweep", "run a grid of attacks and values (resumable)"),
+        ("fetch", "ppjax.cli.weights", "download official checkpoints and convert them"),
+        ("fetch-data", "ppjax.cli.weights", "download label files and MEPP lists"),
+        ("convert", "ppjax.cli.weights", "convert a checkpoint file you downloaded by hand"),
+        ("standin", "ppjax.cli.weights", "create random-weight STAND-IN judges (tests/demos only)"),
+        ("judges", "ppjax.cli.weights", "list judges and whether they are converted")):
+    COMMANDS.register(_name, Command(lazy(_module), _help))
+
+
+def _module_name(cmd: Command) -> str:
+    return cmd.module.target
+
 
 EPILOG = """exit codes:
   0    every image done
@@ -46,14 +62,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="debug logging, and the traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    wanted = {COMMANDS[command][0]} if command in COMMANDS else (
-        set(COMMAND_MODULES) if command is None else set())
-    for mod in dict.fromkeys(m for m, _ in COMMANDS.values()):
-        if mod in wanted:
-            importlib.import_module(mod).add_parser(sub)
-    for name, (mod, text) in COMMANDS.items():
-        if mod not in wanted:
-            sub.add_parser(name, help=text, add_help=False)
+    if command is None:
+        wanted = set(COMMANDS)
+    else:
+        wanted = {n for n in COMMANDS if command in COMMANDS
+                  and _module_name(COMMANDS[n]) == _module_name(COMMANDS[command])}
+    added = set()
+    for name in COMMANDS:  # one module may add several commands (weights: fetch, convert, ...)
+        if name in wanted and _module_name(COMMANDS[name]) not in added:
+            added.add(_module_name(COMMANDS[name]))
+            COMMANDS[name].module().add_parser(sub)
+        elif name not in wanted:
+            sub.add_parser(name, help=COMMANDS[name].help, add_help=False)
     return p
 
 
@@ -65,7 +85,7 @@ def _command_of(argv) -> str | None:
     return None
 
 
-def _persistent_compilation_cache() -> None:
+def persistent_compilation_cache() -> None:
     """Keep compiled attacks across runs (a resumed ``protect``, the next sweep, the next batch
     of submissions skip their compilation): ``$JAX_COMPILATION_CACHE_DIR`` when set, else
     ``~/.cache/ppjax/jax``. ``PPJAX_NO_COMPILATION_CACHE=1`` turns it off."""
@@ -89,7 +109,7 @@ def main(argv=None) -> int:
                         force=True)
     logging.getLogger("ppjax").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        _persistent_compilation_cache()
+        persistent_compilation_cache()
         rc = args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -52,6 +52,7 @@ class TaskSpec:
     appeal_judge: str
     threshold: float | None = None  # score judges: an image "keeps its quality" if score > this
     jpeg_quality: int | None = None  # the organisers re-encode the submission with this quality
+    alpha: str = "white"  # transparent pixels: composited on white, or dropped (``convert('RGB')``)
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -61,7 +62,7 @@ class TaskSpec:
 TASKS: dict[int, TaskSpec] = {
     2019: TaskSpec(2019, judge="resnet50_places365", appeal_judge="nima_mobilenet"),
     2020: TaskSpec(2020, judge="koncept512", appeal_judge="nima_mobilenet", threshold=50.0,
-                   jpeg_quality=90),
+                   jpeg_quality=90, alpha="drop"),
 }
 
 
@@ -218,21 +219,85 @@ def dataset_items(images_dir, list_file=None, labels_file=None) -> list[Item]:
     return dataset_scan(images_dir, list_file, labels_file)[0]
 
 
-def load_item(item: Item, task: int, rule: str = "auto", max_pixels: int | None = None
-              ) -> Loaded:
-    """Decode one item to the task's size; every failure becomes ``Loaded.error``. Alpha is
-    composited on white for 2019 and dropped for 2020 (the organisers' ``convert('RGB')``)."""
+def load_item(item: Item, task: int | None, rule: str = "auto", max_pixels: int | None = None,
+              *, hw: tuple[int, int] | None = None) -> Loaded:
+    """Decode one item to the task's size (by ``rule``), or to ``hw`` (a judge's size, by a plain
+    bicubic resize, as ``ppjax sweep`` feeds its judge) when given; every failure becomes
+    ``Loaded.error``. Alpha as the task says (:attr:`TaskSpec.alpha`: 2020 drops it, as the
+    organisers' ``convert('RGB')``; otherwise, and at a judge's size, composited on white)."""
     if item.error:
         return Loaded(item, None, [], item.error)
     try:
-        img, notes = imageio.load_rgb(item.path, max_pixels=max_pixels,
-                                      alpha="drop" if task == 2020 else "white")
-        img, more = imageio.to_task_size(img, task, rule)
+        alpha = "white" if task is None else get_task(task).alpha
+        img, notes = imageio.load_rgb(item.path, max_pixels=max_pixels, alpha=alpha)
+        img, more = imageio.to_task_size(img, task, rule) if hw is None else _to_hw(img, hw)
         return Loaded(item, img, notes + more)
     except imageio.DecodeError as e:
         return Loaded(item, None, [], str(e))
     except MemoryError:
         return Loaded(item, None, [], "out of memory while decoding")
+
+
+def _to_hw(img: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+    from PIL import Image
+
+    h, w = hw
+    if img.shape[:2] == (h, w):
+        return img, []
+    note = f"resized {img.shape[1]}x{img.shape[0]}->{w}x{h} (bicubic, aspect ratio not kept)"
+    return imageio.resize_plain(img, (h, w), Image.BICUBIC), [note]
+
+
+def path_items(paths: Iterable[str | os.PathLike]) -> list[Item]:
+    """The images named by ``paths``: files, or folders under this module's folder rules (hidden
+    files and non-images skipped and logged); each item is named by its path.
+
+    Raises:
+      SetupError: a path that does not exist (all of them), or no image at all.
+    """
+    from ppjax.errors import SetupError
+
+    paths = [Path(p) for p in paths]
+    out, missing = [], []
+    for p in paths:
+        if p.is_dir():
+            out += [dataclasses.replace(it, name=it.path) for it in scan_folder(p)[0]]
+        elif p.is_file():
+            out.append(Item(name=str(p), path=str(p), error=refusal_reason(p, p.parent)))
+        else:
+            missing.append(f"no such image or folder: {p}")
+    if missing:
+        raise SetupError(missing)
+    if not out:
+        raise SetupError(f"no images found in {', '.join(map(str, paths))}")
+    return out
+
+
+def load_images(paths, hw: tuple[int, int], limit: int, errors: list | None = None
+                ) -> np.ndarray:
+    """[N, H, W, 3] float32 in [0, 1] on the 8-bit grid: the first ``limit`` readable images of
+    ``paths`` (:func:`path_items`), each by :func:`load_item` at ``hw``. A file that cannot be
+    read is logged and appended to ``errors`` as ``{"name", "error"}``.
+
+    Raises:
+      SetupError: as :func:`path_items`, or when no image could be read.
+    """
+    from ppjax.errors import SetupError
+
+    out = []
+    for it in path_items(paths):
+        if len(out) == limit:
+            break
+        lo = load_item(it, None, hw=hw)
+        if lo.error:
+            log.error("%s: %s", it.name, lo.error)
+            if errors is not None:
+                errors.append({"name": it.name, "error": lo.error})
+            continue
+        out.append(imageio.to_float01(lo.image))
+    if not out:
+        raise SetupError(f"none of the images could be read ({len(errors or [])} failed)")
+    return np.stack(out)
 
 
 def batched(xs: Iterable, n: int) -> Iterator[list]:
@@ -259,12 +324,12 @@ def iter_batches(items: Iterable[Item], task: int, batch_size: int, rule: str = 
 
 def stack_ok(batch: Sequence[Loaded], pad_to: int | None = None
              ) -> tuple[list[Loaded], np.ndarray | None]:
-    """The decodable members of ``batch`` and their images ``[n, H, W, 3]`` uint8, padded (by
-    repeating the last image) to ``pad_to`` rows so every batch has one shape (one compile)."""
+    """The decodable members of ``batch`` and their images ``[n, H, W, 3]`` uint8, padded
+    (:func:`ppjax.parallel.pad_batch`) to ``pad_to`` rows so every batch has one shape."""
     ok = [b for b in batch if b.image is not None]
     if not ok:
         return ok, None
+    from ppjax.parallel import pad_batch  # here: this module is preloaded without JAX
+
     x = np.stack([b.image for b in ok])
-    if pad_to and len(ok) < pad_to:
-        x = np.concatenate([x, np.repeat(x[-1:], pad_to - len(ok), axis=0)])
-    return ok, x
+    return ok, pad_batch(x, pad_to) if pad_to and len(ok) < pad_to else x

@@ -102,7 +102,8 @@ def run_folder(out: Path, images: Path, key: dict) -> Path:
 
 def _demo(a) -> int:
     from ppjax.runs.evaluate import run_evaluate
-    from ppjax.runs.protect import ProtectConfig, parse_overrides, run_protect
+    from ppjax.runs.layout import ProtectConfig
+    from ppjax.runs.protect import parse_overrides, run_protect
 
     out = Path(a.out).resolve()
     if a.images is not None:

@@ -61,9 +61,9 @@ def cpu_count() -> int:
 
 
 def default_workers() -> int:
-    """Decode workers when none are asked for: one per usable CPU, at most 8. Decoding a
-    256x256 task image costs a few ms, so 8 workers feed well over 1000 img/s; more only
-    costs memory (each worker may hold one full-size decoded photo)."""
+    """Decode workers when none are asked for: one per usable CPU, at most 8 (decode rates:
+    benchmarks/RESULTS.md); more only costs memory (each worker may hold one full-size decoded
+    photo)."""
     return max(1, min(8, cpu_count()))
 
 
@@ -91,7 +91,7 @@ _CTX = None
 
 def _mp_context():
     """A forkserver context whose server has ``ppjax.runs.data`` (numpy, Pillow) preloaded: workers
-    start in ~10 ms and never inherit JAX's threads (forking a multithreaded process can
+    start quickly and never inherit JAX's threads (forking a multithreaded process can
     deadlock)."""
     global _CTX
     with _CTX_LOCK:
@@ -200,7 +200,12 @@ def _prefetch(it, task, rule, max_pixels, workers, depth, pool, loader):
             f.set_result(data.Loaded(item, None, [], refused))
             return f
         with _sigint_deferred():
-            return ex.submit(loader, item, *args)
+            try:
+                return ex.submit(loader, item, *args)
+            except BrokenProcessPool as e:  # a worker died since: retried when its turn comes
+                f = cf.Future()
+                f.set_exception(e)
+                return f
 
     def fill(limit):
         while len(window) < limit:

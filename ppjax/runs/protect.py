@@ -1,13 +1,7 @@
 """``ppjax protect``: turn a test set into a submission run, resumably.
 
-Output directory layout (``--out DIR``)::
-
-    DIR/config.json          # the settings of the run; a resume with other settings is refused
-    DIR/manifest.jsonl       # one JSON line per finished file (ok or error), appended + fsynced
-    DIR/images/<runcode>_<stem>.png   # lossless 8-bit PNGs at the task's size
-    DIR/<runcode>.zip        # the submission: every protected PNG, flat, as the organisers ask
-    DIR/summary.json         # counts, success rate, per-file errors of the last invocation
-    DIR/.ppjax.lock          # held (flock) while a run works in DIR
+The output folder (``--out DIR``) holds ``config.json``, the manifest, ``images/``, the zip and
+``summary.json``; :mod:`ppjax.runs.layout` owns that format.
 
 Guarantees:
 
@@ -20,7 +14,6 @@ Guarantees:
   by kill -9), so a stale lock never blocks a resume.
 * **STAND-IN mark**: a run on stand-in judges names its zip ``STANDIN_<runcode>.zip``, puts a
   ``ppjax-standin`` text chunk in every PNG and ``"standin": true`` in ``summary.json``.
-
 * **Atomic writes.** Every PNG, the zip and the JSON files are written to a temporary sibling,
   fsynced and renamed. A manifest line is appended (and fsynced) only after its PNG is in place,
   with the PNG's sha256.
@@ -38,15 +31,15 @@ Guarantees:
   waits for all and writes the zip and ``summary.json`` from every manifest.
 * **Bad input** never stops the run: each failure is a manifest entry with its error, logged, and
   the exit code is 1 when any file failed.
-* **Names** are sanitised (:func:`output_name`): unicode is kept (NFC), path separators and other
-  unsafe characters become ``_``, and the result is checked to lie inside the output folder.
+* **Names** are sanitised (:func:`ppjax.runs.layout.output_name`): unicode is kept (NFC), path
+  separators and other unsafe characters become ``_``, and the result is checked to lie inside
+  the output folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -54,7 +47,6 @@ import os
 import re
 import sys
 import time
-import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -62,50 +54,28 @@ import numpy as np
 from ppjax.errors import SetupError
 from ppjax.image import io as imageio
 from ppjax.runs import data
+from ppjax.runs.layout import (
+    CONFIG,
+    IMAGES,
+    MANIFEST,
+    RUN_CODE_RE,
+    STANDIN_TEXT,
+    SUMMARY,
+    Manifest,
+    OutputLock,
+    ProtectConfig,
+    Shard,
+    check_or_store_config,
+    config_mismatch,
+    file_sha256,
+    is_inside,
+    output_name,
+    read_manifests,
+    write_zip,
+)
 from ppjax.runs.report import write_json
 
 log = logging.getLogger("ppjax.runs.protect")
-
-MANIFEST = "manifest.jsonl"
-CONFIG = "config.json"
-IMAGES = "images"
-LOCK = ".ppjax.lock"
-STANDIN_PREFIX = "STANDIN_"
-STANDIN_TEXT = {"ppjax-standin": "STAND-IN: made with random-weight stand-in judges; this image "
-                                 "exercises the pipeline and protects nothing"}
-RUN_CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
-
-
-@dataclasses.dataclass(frozen=True)
-class ProtectConfig:
-    """Everything that determines the output bytes of a run (stored as ``config.json``).
-    ``batch_size`` is deliberately absent: it does not change results."""
-
-    task: int
-    attack: str
-    run_code: str
-    images: str
-    judge: str
-    list_file: str | None = None
-    labels_file: str | None = None
-    preset: str | None = None
-    overrides: tuple[tuple[str, object], ...] = ()
-    seed: int = 0
-    standin: bool = False
-    resize: str = "auto"  # 2020: centre crop without resizing when large enough (the organisers)
-    judge_sha256: str | None = None
-    appeal: str | None = None  # appeal judge (e.g. "nima_mobilenet") of an appeal-aware attack
-    dtype: str = "float32"  # judge compute dtype; "bfloat16" takes the oneDNN/AMX path on CPU
-
-    def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["overrides"] = [list(kv) for kv in self.overrides]
-        return d
-
-
-class ResumeMismatch(SetupError):
-    """The output folder holds a run made with other settings."""
-
 
 def parse_overrides(pairs) -> tuple[tuple[str, object], ...]:
     """``["eps=0.03", "steps=10", "loss=ce"]`` -> sorted ``(("eps", 0.03), ...)``; values are
@@ -136,153 +106,6 @@ def image_seed(name: str, seed: int = 0) -> int:
     return int.from_bytes(h[:4], "little")
 
 
-_UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
-
-
-def safe_stem(name: str) -> str:
-    """A file-name-safe stem of ``name`` (an original file name, possibly with directories):
-    NFC unicode, every run of characters other than letters, digits, ``_ . -`` (including path
-    separators) replaced by ``_``, no leading dots, at most 150 characters."""
-    stem = name
-    base = os.path.basename(stem.replace("\\", "/"))
-    if "." in base.strip("."):
-        stem = stem[: len(stem) - len(base)] + base.rsplit(".", 1)[0]
-    stem = unicodedata.normalize("NFC", stem)
-    stem = "".join(ch for ch in stem if unicodedata.category(ch)[0] != "C")
-    stem = _UNSAFE.sub("_", stem).lstrip(".") or "image"
-    stem = re.sub(r"\.{2,}", "_", stem)
-    return stem[:150]
-
-
-def output_name(run_code: str, name: str) -> str:
-    """``<runcode>_<safe stem of name>.png``."""
-    return f"{run_code}_{safe_stem(name)}.png"
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
-def file_sha256(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-def read_manifest(path: Path) -> dict[str, dict]:
-    """Last entry per name; a torn last line (a kill mid-write) is ignored."""
-    out: dict[str, dict] = {}
-    if not path.exists():
-        return out
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            e = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(e, dict) and "name" in e:
-            out[e["name"]] = e
-    return out
-
-
-class Manifest:
-    """Append-only JSON lines, each fsynced before the next image is reported done."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        if path.exists() and path.stat().st_size:
-            with open(path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                torn = f.read(1) != b"\n"
-            if torn:  # a kill left half a line: start the next entry on its own line
-                with open(path, "ab") as f:
-                    f.write(b"\n")
-        self._f = open(path, "a", encoding="utf-8")
-
-    def append(self, entry: dict) -> None:
-        self._f.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        self._f.close()
-
-
-def config_mismatch(out: Path, cfg: ProtectConfig) -> str | None:
-    """Why ``out`` cannot hold ``cfg`` (its ``config.json`` has other settings), or None."""
-    path = out / CONFIG
-    if not path.exists():
-        return None
-    new = json.loads(json.dumps(cfg.to_json()))
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return f"{path} is unreadable ({e}); use another --out"
-    # a key added to ProtectConfig later reads as its default in an older run's config
-    defaults = {f.name: f.default for f in dataclasses.fields(ProtectConfig)
-                if f.default is not dataclasses.MISSING}
-    old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if not diff:
-        return None
-    lines = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-    return (f"{out} holds a run made with other settings ({lines}); use another --out, or "
-            f"the same settings to resume")
-
-
-def check_or_store_config(out: Path, cfg: ProtectConfig) -> None:
-    """Store ``cfg`` in ``out``; if a different one is there already, refuse (ResumeMismatch)."""
-    why = config_mismatch(out, cfg)
-    if why:
-        raise ResumeMismatch(why)
-    if not (out / CONFIG).exists():
-        write_json(out / CONFIG, json.loads(json.dumps(cfg.to_json())))
-
-
-def zip_name(run_code: str, standin: bool) -> str:
-    """``<runcode>.zip``, or ``STANDIN_<runcode>.zip`` for a run on stand-in judges."""
-    return f"{STANDIN_PREFIX if standin else ''}{run_code}.zip"
-
-
-class OutputLock:
-    """Exclusive ``fcntl.flock`` on ``<out>/.ppjax.lock`` for the life of a run (a context
-    manager). The kernel releases it when the process ends in any way, kill -9 included. Each
-    process of a distributed run locks its own shard (``.ppjax.lock.<index>of<count>``)."""
-
-    def __init__(self, out: Path, shard: Shard | None = None):
-        suffix = "" if shard is None or shard.count == 1 else f".{shard.index}of{shard.count}"
-        self.path = Path(out) / (LOCK + suffix)
-        self._fd: int | None = None
-
-    def __enter__(self) -> OutputLock:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise SetupError(f"cannot create the lock file {self.path}: {e.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-            os.close(fd)
-            raise SetupError(f"another ppjax run is working in {self.path.parent} ({holder or 'pid ?'}"
-                             f"); wait for it to finish or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-                  .encode(), 0)
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock; the file stays (harmless, reused)
-            self._fd = None
 
 
 def _output_problems(out: Path) -> list[str]:
@@ -323,15 +146,28 @@ def validate_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=Non
     Raises:
       SetupError: listing every problem found.
     """
-    from ppjax.attacks import get_attack
-    from ppjax.judges import get_spec, judge_dir
-    from ppjax.judges.fetch import missing_weights_message
-
     problems: list[str] = []
     if not RUN_CODE_RE.match(cfg.run_code):
         problems.append(f"run code {cfg.run_code!r} must be letters, digits, '_', '.', '-' "
                         f"(it names the zip and every file)")
-    task = spec = acfg = None
+    spec = _judge_problems(cfg, weights_dir, problems)
+    acfg = _settings_problems(cfg, batch_size, problems)
+    items, skipped = _set_problems(cfg, spec, problems)
+    out = Path(out).resolve()
+    problems += _output_problems(out)
+    cfg = _resume_problems(cfg, spec, out, weights_dir, problems)
+    if problems:
+        raise SetupError(problems)
+    return ProtectPlan(cfg=cfg, out=out, items=items, skipped=skipped, attack=acfg)
+
+
+def _judge_problems(cfg: ProtectConfig, weights_dir, problems: list[str]):
+    """The task and the judges (known, weights present, the judge at the task's size); returns
+    the judge's spec (None when unknown)."""
+    from ppjax.judges import get_spec, judge_dir
+    from ppjax.judges.fetch import missing_weights_message
+
+    task = spec = None
     try:
         task = data.get_task(cfg.task)
     except ValueError as e:
@@ -350,6 +186,15 @@ def validate_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=Non
             problems.append(missing_weights_message(s, weights_dir))
     if task and spec and tuple(spec.input_hw) != task.hw:
         problems.append(f"judge {cfg.judge} takes {spec.input_hw}, task {cfg.task} is {task.hw}")
+    return spec
+
+
+def _settings_problems(cfg: ProtectConfig, batch_size, problems: list[str]):
+    """The attack's settings, the resize rule, the dtype and the batch size; returns the
+    attack's config (None when refused)."""
+    from ppjax.attacks import get_attack
+
+    acfg = None
     try:
         acfg = get_attack(cfg.attack, cfg.preset, appeal=bool(cfg.appeal), **dict(cfg.overrides))
     except (KeyError, TypeError, ValueError) as e:
@@ -360,6 +205,12 @@ def validate_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=Non
         problems.append(f"dtype {cfg.dtype!r}: use float32 or bfloat16")
     if not isinstance(batch_size, int) or batch_size < 1:
         problems.append(f"batch size must be >= 1, got {batch_size!r}")
+    return acfg
+
+
+def _set_problems(cfg: ProtectConfig, spec, problems: list[str]):
+    """The input paths and the set they name (not empty, labels inside the judge's classes);
+    returns ``(items, skipped)``."""
     images_ok = Path(cfg.images).is_dir()
     if not images_ok:
         what = "is not a folder" if Path(cfg.images).exists() else "does not exist"
@@ -368,28 +219,35 @@ def validate_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=Non
         if f and not Path(f).is_file():
             problems.append(f"{flag} {f} {'is not a file' if Path(f).exists() else 'does not exist'}")
             images_ok = False
-    items, skipped = [], []
-    if images_ok:
-        try:
-            items, skipped = data.dataset_scan(cfg.images, cfg.list_file, cfg.labels_file)
-        except (OSError, ValueError, UnicodeDecodeError) as e:
-            problems.append(f"reading the set: {e}")
-        else:
-            if not items:
-                where = f"listed in {cfg.list_file}" if cfg.list_file else f"in {cfg.images}"
-                hint = f" ({len(skipped)} file(s) skipped: " + ", ".join(
-                    f"{n} ({r})" for n, r in skipped[:5]) + ")" if skipped else ""
-                problems.append(f"no images to protect {where}{hint}")
-            n_cls = dict(spec.model_kwargs).get("num_classes") if spec else None
-            if spec is not None and spec.output == "logits" and n_cls:
-                bad = [it for it in items if it.label is not None and not 0 <= it.label < n_cls]
-                if bad:
-                    problems.append(
-                        f"{len(bad)} label(s) are not classes of {cfg.judge} (0..{n_cls - 1}): "
-                        + ", ".join(f"{it.name}: {it.label}" for it in bad[:10])
-                        + (" ..." if len(bad) > 10 else ""))
-    out = Path(out).resolve()
-    problems += _output_problems(out)
+    if not images_ok:
+        return [], []
+    try:
+        items, skipped = data.dataset_scan(cfg.images, cfg.list_file, cfg.labels_file)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        problems.append(f"reading the set: {e}")
+        return [], []
+    if not items:
+        where = f"listed in {cfg.list_file}" if cfg.list_file else f"in {cfg.images}"
+        hint = f" ({len(skipped)} file(s) skipped: " + ", ".join(
+            f"{n} ({r})" for n, r in skipped[:5]) + ")" if skipped else ""
+        problems.append(f"no images to protect {where}{hint}")
+    n_cls = dict(spec.model_kwargs).get("num_classes") if spec else None
+    if spec is not None and spec.output == "logits" and n_cls:
+        bad = [it for it in items if it.label is not None and not 0 <= it.label < n_cls]
+        if bad:
+            problems.append(
+                f"{len(bad)} label(s) are not classes of {cfg.judge} (0..{n_cls - 1}): "
+                + ", ".join(f"{it.name}: {it.label}" for it in bad[:10])
+                + (" ..." if len(bad) > 10 else ""))
+    return items, skipped
+
+
+def _resume_problems(cfg: ProtectConfig, spec, out: Path, weights_dir, problems: list[str]
+                     ) -> ProtectConfig:
+    """A resume's settings: ``cfg`` with the judge's weights hash, refused when ``out`` holds a
+    run made with other settings."""
+    from ppjax.judges import judge_dir
+
     sha = None
     if cfg.judge and spec is not None:
         meta = judge_dir(cfg.judge, weights_dir, cfg.standin) / "metadata.json"
@@ -402,18 +260,7 @@ def validate_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=Non
         why = config_mismatch(out, cfg)
         if why:
             problems.append(why)
-    if problems:
-        raise SetupError(problems)
-    return ProtectPlan(cfg=cfg, out=out, items=items, skipped=skipped, attack=acfg)
-
-
-def write_zip(out: Path, run_code: str, files: list[Path], standin: bool = False) -> Path:
-    """The submission zip ``<out>/<zip_name>``: deterministic (sorted, fixed timestamps,
-    stored), flat, written atomically and streamed from disk, so memory does not grow with the
-    set (:func:`ppjax.runs.pipeline.write_zip_atomic`)."""
-    from ppjax.runs.pipeline import write_zip_atomic
-
-    return write_zip_atomic(out / zip_name(run_code, standin), files)
+    return cfg
 
 
 class _Tag(logging.LoggerAdapter):
@@ -467,41 +314,6 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
     shard = Shard.current()
     with OutputLock(out, shard):
         return _run_locked(plan, weights_dir, batch_size, progress, max_pixels, workers, shard)
-
-
-@dataclasses.dataclass(frozen=True)
-class Shard:
-    """This process's share of a run: every ``count``-th image from ``index`` (one process:
-    all of them). Its manifest is ``manifest.jsonl``, or ``manifest.<index>of<count>.jsonl``."""
-
-    index: int = 0
-    count: int = 1
-
-    @staticmethod
-    def current() -> Shard:
-        import jax
-
-        return Shard(jax.process_index(), jax.process_count())
-
-    @property
-    def manifest(self) -> str:
-        return MANIFEST if self.count == 1 else f"manifest.{self.index}of{self.count}.jsonl"
-
-    @property
-    def done_marker(self) -> str:
-        return f".done.{self.index}of{self.count}"
-
-    def take(self, items: list) -> list:
-        return items if self.count == 1 else items[self.index::self.count]
-
-
-def read_manifests(out: Path) -> dict[str, dict]:
-    """Every manifest in ``out`` (the single-process one and any process shards), merged: the
-    last entry per name, shards read after the main file."""
-    merged = read_manifest(out / MANIFEST)
-    for p in sorted(out.glob("manifest.*of*.jsonl")):
-        merged.update(read_manifest(p))
-    return merged
 
 
 class _Progress:
@@ -563,7 +375,7 @@ def _todo(cfg, items, out: Path, img_dir: Path, shard: Shard, L):
         problem = None
         if oname in by_output:
             problem = f"output name {oname} collides with that of {by_output[oname]!r}"
-        elif not _inside(img_dir / oname, img_dir):
+        elif not is_inside(img_dir / oname, img_dir):
             problem = "unsafe name: output would leave the output folder"
         by_output.setdefault(oname, it.name)
         e = done.get(it.name)
@@ -740,109 +552,8 @@ def _summarise(plan, cfg, judge, extra, compute, n_skip, t0, L, n_all) -> dict:
         for k in ("appeal_before", "appeal_after"):
             v = [e[k] for e in okd.values() if e.get(k) is not None]
             summary[f"{k}_mean"] = float(np.mean(v)) if v else None
-    write_json(out / "summary.json", summary)
+    write_json(out / SUMMARY, summary)
     rate = f"{100.0 * n_succ / n_ok:.1f}%" if n_ok else "n/a"
     L.info("done: %d protected, %d failed, attack success %s; zip %s", n_ok, len(errors), rate,
            zpath)
     return summary
-
-
-# ---------------------------------------------------------------- CLI
-
-def _cmd(args) -> int:
-    from ppjax import parallel as sharding
-
-    if args.workers is not None and args.workers < 1:
-        raise SetupError(f"--workers must be >= 1, got {args.workers}")
-    sharding.init_distributed()  # several processes: PPJAX_COORDINATOR_ADDRESS etc., or SLURM
-    task = data.TASKS.get(int(args.task))
-    judge = args.judge or (task.judge if task else "")
-    try:
-        overrides = parse_overrides(args.set)
-    except ValueError as e:
-        raise SetupError(str(e)) from None
-    cfg = ProtectConfig(
-        task=int(args.task), attack=args.attack, run_code=args.run_code,
-        images=str(Path(args.images).resolve()), judge=judge,
-        list_file=str(Path(args.list).resolve()) if args.list else None,
-        labels_file=str(Path(args.labels).resolve()) if args.labels else None,
-        preset=args.preset, overrides=overrides, seed=int(args.seed),
-        standin=bool(args.standin), resize=args.resize, appeal=args.appeal,
-        dtype=args.dtype,
-    )
-    summary = run_protect(cfg, args.out, weights_dir=args.weights_dir,
-                          batch_size=args.batch_size, progress=not args.no_progress,
-                          workers=args.workers)
-    if summary.get("zip") is None:  # a distributed run's process > 0: process 0 reports
-        print(f"process {summary['process']}: {summary['protected']} protected, "
-              f"{summary['failed']} failed")
-        return 1 if summary["failed"] else 0
-    tag = "STAND-IN " if summary["standin"] else ""
-    print(f"{tag}{summary['run_code']}: {summary['protected']}/{summary['images']} protected, "
-          f"{summary['failed']} failed -> {Path(args.out) / summary['zip']}")
-    for e in summary["errors"]:
-        print(f"{tag}error: {e['name']}: {e['error']}", file=sys.stderr)
-    return 1 if summary["failed"] else 0
-
-
-def attack_catalogue() -> str:
-    """``name: preset, preset, ...`` per attack, one per line (for ``--help``)."""
-    from ppjax.attacks.registry import ALIASES, ATTACKS
-
-    lines = [f"  {name:13s} presets: {', '.join(presets)}" for name, presets in ATTACKS.items()]
-    return ("attacks (--attack NAME --preset PRESET; 'default' when --preset is not given):\n"
-            + "\n".join(lines) + "\n  aliases: "
-            + ", ".join(f"{a}={n}" for a, n in sorted(ALIASES.items())))
-
-
-def add_parser(sub) -> None:
-    import argparse
-
-    from ppjax import config
-
-    class Fmt(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-        pass
-
-    p = sub.add_parser(
-        "protect", help="protect a test set and write a submission run (resumable)",
-        formatter_class=Fmt, epilog=attack_catalogue() + "\n\nexit codes: 0 all done, 1 some "
-        "files failed (each listed), 2 usage/setup error (nothing done), 3 unexpected error")
-    p.add_argument("--task", type=int, required=True, choices=sorted(data.TASKS),
-                   help="Pixel Privacy task: 2019 (ResNet50-Places365, 256x256) or 2020 "
-                        "(KonCept512, 512x384, JPEG-90)")
-    p.add_argument("--attack", required=True, metavar="NAME",
-                   help="attack name (listed below with its presets)")
-    p.add_argument("--preset", default=None, help="named preset of the attack (None: 'default')")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override an attack setting (repeatable), e.g. --set steps=20 --set "
-                        "eps=8/255; KEY is an AttackConfig field")
-    p.add_argument("--images", required=True, help="folder of the images")
-    p.add_argument("--list", default=None, help="MEPP list (CSV) naming the images to use")
-    p.add_argument("--labels", default=None, help="Places365 places365_val.txt for labels "
-                   "(None: labels from the list, else the judge's clean prediction)")
-    p.add_argument("--out", required=True, help="output folder (created; resumable; one run at "
-                   "a time)")
-    p.add_argument("--run-code", required=True, help="TEAM_RUN: names the zip and each PNG")
-    p.add_argument("--judge", default=None, help="override the task's judge (None: the task's)")
-    p.add_argument("--standin", action="store_true",
-                   help="use a random-weight STAND-IN judge (tests/demos only; outputs are "
-                        "marked STAND-IN)")
-    p.add_argument("--weights-dir", default=None,
-                   help=f"converted weights (None: $PPJAX_WEIGHTS_DIR or {config.weights_dir()})")
-    p.add_argument("--batch-size", type=int, default=8, help="slots of the streaming engine: "
-                   "images attacked at once (does not change results)")
-    p.add_argument("--workers", type=int, default=None, help="decode and write pools' size "
-                   "(None: one per CPU, at most 8)")
-    p.add_argument("--seed", type=int, default=0, help="base seed; per-image seeds derive from it")
-    p.add_argument("--resize", default="auto", choices=imageio.RESIZE_RULES,
-                   help="rule for images not at the task's size (see ppjax.image.io); auto: 2020 "
-                        "centre-crops to 512x384 without resizing when the image is large enough, "
-                        "as the organisers did, else resizes (default: %(default)s)")
-    p.add_argument("--appeal", default=None, metavar="JUDGE",
-                   help="add an appeal term scored by this judge (e.g. nima_mobilenet; a stand-in "
-                        "with --standin); its weight: --set appeal_weight=W")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="judge compute dtype; bfloat16 runs the convolutions through oneDNN on "
-                        "AMX CPUs (ppjax.accel.onednn) and tensor cores on GPUs")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -80,26 +79,10 @@ def _logits_fn():
     return jax.jit(lambda j, x: j(x))
 
 
-def score_with_judges(run, judges, *, images=None, list_file=None, labels_file=None,
-                      run_code=None, batch_size: int = 4) -> dict:
-    """Top-1 accuracy of every judge on one 2019 run, before and after protection.
-
-    Args:
-      run: a ``ppjax protect`` output folder or a folder of PNGs (see ``ppjax.runs.evaluate``).
-      judges: loaded classifier :class:`ppjax.Judge` objects (logits ``[B, 365]``).
-    Returns a dict: ``protected_against`` (the run's judge), ``standin``, ``judges``: one entry
-    per judge with ``top1_accuracy``, ``top1_accuracy_clean``, ``accuracy_drop`` (clean minus
-    protected, on the images that have both), ``n_labelled``, ``n_images``; and ``errors``.
-    """
-    import jax.numpy as jnp
-
-    from ppjax.image import io as imageio
+def _check_judges(judges, task: int, run: Path) -> None:
+    """Every judge a classifier at the task's size, the run a 2019 run."""
     from ppjax.runs import data
-    from ppjax.runs.evaluate import collect_run
 
-    run = Path(run).resolve()
-    files, errors, cfg = collect_run(run, images, list_file, labels_file, run_code)
-    task = int(cfg.get("task") or 2019)
     if task != 2019:
         raise ValueError(f"--judges scores scene classifiers: a 2019 run is needed, {run} is a "
                          f"{task} run")
@@ -110,61 +93,73 @@ def score_with_judges(run, judges, *, images=None, list_file=None, labels_file=N
         if tuple(j.spec.input_hw) != tuple(hw):
             raise ValueError(f"judge {j.spec.name!r} takes {j.spec.input_hw}, the run's images "
                              f"are {hw}")
-    rule = cfg.get("resize", "resize")
-    fn = _logits_fn()
-    # per judge: lists of (correct protected, correct clean or None)
+
+
+def _top1_hits(judges, files, task: int, rule: str, batch_size: int, errors: list):
+    """Per judge, ``(correct protected, correct clean or None)`` of every labelled image (the
+    label, else the judge's own clean prediction on the original), and the images judged."""
+    import jax.numpy as jnp
+
+    from ppjax.image import io as imageio
+    from ppjax.runs import data
+    from ppjax.runs.evaluate import decode_pair, padded_pair
+
     results = {j.spec.name: [] for j in judges}
     n_images = 0
     for chunk in data.batched(files, batch_size):
-        adv, orig, labels = [], [], []
-        for f in chunk:
-            try:
-                a, _ = imageio.load_rgb(f.path)
-                if a.shape[:2] != hw:
-                    raise imageio.DecodeError(f"submitted image is {a.shape[1]}x{a.shape[0]}, "
-                                              f"task {task} needs {hw[1]}x{hw[0]}")
-            except imageio.DecodeError as e:
-                errors.append({"name": f.name, "error": str(e)})
-                continue
-            o = None
-            if f.original is not None:
-                lo = data.load_item(f.original, task, rule)
-                o = None if lo.error else lo.image
-            adv.append(a)
-            orig.append(o)
-            labels.append(f.original.label if f.original and f.original.label is not None
-                          else f.label)
-        if not adv:
+        decoded = [decode_pair(f, task, rule) for f in chunk]
+        errors += [{"name": d.item.name, "error": d.error} for d in decoded if d.error is not None]
+        ok = [d for d in decoded if d.error is None]
+        if not ok:
             continue
-        n, pad = len(adv), batch_size - len(adv)
-        have_o = [o is not None for o in orig]
-        xa = jnp.asarray(imageio.to_float01(np.stack(adv + [adv[-1]] * pad)))
-        xo = jnp.asarray(imageio.to_float01(np.stack(
-            [o if o is not None else a for o, a in zip(orig, adv, strict=True)] + [adv[-1]] * pad)))
+        n = len(ok)
         n_images += n
+        xa, xo, have_o = padded_pair(ok, batch_size)
+        xa, xo = (jnp.asarray(imageio.to_float01(x)) for x in (xa, xo))
         for j in judges:
-            pa = np.asarray(fn(j, xa))[:n].argmax(-1)
-            pc = np.asarray(fn(j, xo))[:n].argmax(-1) if any(have_o) else None
-            for i in range(n):
-                lab = labels[i]
+            pa = np.asarray(_logits_fn()(j, xa))[:n].argmax(-1)
+            pc = np.asarray(_logits_fn()(j, xo))[:n].argmax(-1) if any(have_o) else None
+            for i, d in enumerate(ok):
+                lab = d.row["label"]
                 if lab is None and have_o[i]:
                     lab = int(pc[i])  # the judge's own clean prediction
-                if lab is None:
-                    continue
-                results[j.spec.name].append(
-                    (bool(pa[i] == lab), bool(pc[i] == lab) if have_o[i] else None))
-    rows = []
-    for j in judges:
-        r = results[j.spec.name]
-        both = [(a, c) for a, c in r if c is not None]
-        rows.append({
-            "judge": j.spec.name, "label": j.label, "standin": bool(j.standin),
-            "top1_accuracy": (sum(a for a, _ in r) / len(r)) if r else None,
-            "top1_accuracy_clean": (sum(c for _, c in both) / len(both)) if both else None,
-            "accuracy_drop": ((sum(c for _, c in both) - sum(a for a, _ in both)) / len(both))
-            if both else None,
-            "n_labelled": len(r), "n_images": n_images,
-        })
+                if lab is not None:
+                    results[j.spec.name].append(
+                        (bool(pa[i] == lab), bool(pc[i] == lab) if have_o[i] else None))
+    return results, n_images
+
+
+def _judge_row(j, r: list, n_images: int) -> dict:
+    both = [(a, c) for a, c in r if c is not None]
+    return {
+        "judge": j.spec.name, "label": j.label, "standin": bool(j.standin),
+        "top1_accuracy": (sum(a for a, _ in r) / len(r)) if r else None,
+        "top1_accuracy_clean": (sum(c for _, c in both) / len(both)) if both else None,
+        "accuracy_drop": ((sum(c for _, c in both) - sum(a for a, _ in both)) / len(both))
+        if both else None,
+        "n_labelled": len(r), "n_images": n_images,
+    }
+
+
+def score_with_judges(run, judges, *, images=None, list_file=None, labels_file=None,
+                      run_code=None, batch_size: int = 4) -> dict:
+    """Top-1 accuracy of every judge on one 2019 run, before and after protection.
+
+    Args:
+      run: a ``ppjax protect`` output folder or a folder of PNGs (see ``ppjax.runs.layout``).
+      judges: loaded classifier :class:`ppjax.Judge` objects (logits ``[B, 365]``).
+    Returns a dict: ``protected_against`` (the run's judge), ``standin``, ``judges``: one entry
+    per judge with ``top1_accuracy``, ``top1_accuracy_clean``, ``accuracy_drop`` (clean minus
+    protected, on the images that have both), ``n_labelled``, ``n_images``; and ``errors``.
+    """
+    from ppjax.runs.layout import collect_run
+
+    run = Path(run).resolve()
+    files, errors, cfg = collect_run(run, images, list_file, labels_file, run_code)
+    task = int(cfg.get("task") or 2019)
+    _check_judges(judges, task, run)
+    results, n_images = _top1_hits(judges, files, task, cfg.get("resize", "resize"), batch_size,
+                                   errors)
     standin = any(j.standin for j in judges) or bool(cfg.get("standin"))
     return {
         "run": str(run), "run_code": run_code or cfg.get("run_code"),
@@ -172,7 +167,8 @@ def score_with_judges(run, judges, *, images=None, list_file=None, labels_file=N
         "standin": standin, "note": TRANSFER_STANDIN if standin else None,
         "procedure": ("top-1 of each judge on the submitted 8-bit PNGs (no resize) and on the "
                       "originals; drop = clean accuracy - protected accuracy"),
-        "judges": rows, "errors": errors,
+        "judges": [_judge_row(j, results[j.spec.name], n_images) for j in judges],
+        "errors": errors,
     }
 
 
@@ -211,8 +207,8 @@ def add_judges_to_report(rep: dict, out, judges, *, images=None, list_file=None,
     tag = "STAND-IN " if res["standin"] else ""
     for r in res["judges"]:
         log.info("%sjudged by %s: top-1 %s (clean %s), drop %s", tag, r["label"],
-                 report._fmt(r["top1_accuracy"]), report._fmt(r["top1_accuracy_clean"]),
-                 report._fmt(r["accuracy_drop"]))
+                 report.fmt_value(r["top1_accuracy"]), report.fmt_value(r["top1_accuracy_clean"]),
+                 report.fmt_value(r["accuracy_drop"]))
     return rep
 
 
@@ -262,13 +258,13 @@ def transfer_matrix(runs, out=None) -> dict | None:
                                      for row in drop],
            "runs": rows}
     if out is not None:
-        from ppjax.runs import report
+        from ppjax.runs import plots, report
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         report.write_json(out / "transfer_matrix.json", res)
         (out / "transfer_matrix.md").write_text(matrix_markdown(res), encoding="utf-8")
-        heatmap_figure(res, out / "transfer_matrix.png")
+        plots.transfer_heatmap(res, out / "transfer_matrix.png")
     return res
 
 
@@ -284,40 +280,3 @@ def matrix_markdown(res: dict) -> str:
     body = [[r] + row for r, row in zip(res["rows"], res["drop"], strict=True)]
     out.append(markdown_table(header, body))
     return "\n".join(out) + "\n"
-
-
-def heatmap_figure(res: dict, path: str | os.PathLike) -> Path:
-    """Heat map of the drops (matplotlib, Agg): one cell per (protected against, judged by)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    drop = np.array([[np.nan if v is None else v for v in row] for row in res["drop"]],
-                    np.float64)
-    nr, nc = drop.shape
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * nc, 1.4 + 0.6 * nr), dpi=110)
-    im = ax.imshow(np.ma.masked_invalid(drop), cmap="viridis", vmin=min(0.0, np.nanmin(drop)
-                   if np.isfinite(drop).any() else 0.0), vmax=1.0, aspect="auto")
-    for i in range(nr):
-        for k in range(nc):
-            v = drop[i, k]
-            ax.text(k, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
-                    color="white" if np.isnan(v) or v < 0.6 else "black", fontsize=9)
-    ax.set_xticks(range(nc), [c.replace("_places365", "") for c in res["columns"]],
-                  rotation=30, ha="right")
-    ax.set_yticks(range(nr), [r.replace("_places365", "") for r in res["rows"]])
-    ax.set_xlabel("judged by")
-    ax.set_ylabel("protected against")
-    title = "top-1 accuracy drop"
-    if res["standin"]:
-        title = "STAND-IN (random weights): transfer rates meaningless\n" + title
-    ax.set_title(title, fontsize=10, color="red" if res["standin"] else "black")
-    fig.colorbar(im, ax=ax, fraction=0.05)
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path

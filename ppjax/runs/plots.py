@@ -1,0 +1,213 @@
+"""Figures of ppjax's runs, drawn with matplotlib (object API on the Agg canvas: no display, no
+global pyplot state), each written atomically: ``ppjax evaluate``'s before/after grid,
+perturbation heat map and score histograms, the transfer matrix, and ``ppjax sweep``'s Pareto
+plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ppjax.image.io import atomic_write_bytes
+
+
+def figure(width_in: float, height_in: float, dpi: int = 100):
+    """A matplotlib ``Figure`` on the Agg canvas with constrained layout (titles, legends and
+    colour bars never overlap or leave the image)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_in, height_in), dpi=dpi, layout="constrained")
+    fig.get_layout_engine().set(w_pad=6 / 72, h_pad=6 / 72)  # a margin at the figure's edges
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def wrap_title(text: str, width_px: float, fontsize: float = 10, dpi: int = 100) -> str:
+    """``text`` broken into lines that fit ``width_px`` at ``fontsize`` points (DejaVu Sans
+    averages at most about 0.65 em per character), so a long title never runs off the figure."""
+    import textwrap
+
+    em = fontsize * dpi / 72.0
+    return "\n".join(textwrap.wrap(text, max(10, int(width_px / (0.65 * em))))) or text
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """PNG of ``fig``, written atomically."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": "ppjax"})
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(a.astype(np.int16) - b.astype(np.int16))
+
+
+def before_after_grid(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], path, tile: int = 192,
+                      title: str = "") -> None:
+    """Rows of (original, protected, |difference|) for ``pairs`` of (name, orig, protected),
+    images [H, W, 3] uint8. The difference is amplified so that the largest change of the figure
+    is full brightness (the factor is in the column title)."""
+    n = max(1, len(pairs))
+    top = max((int(_diff(a, b).max()) for _, a, b in pairs), default=0)
+    gain = 255.0 / top if top else 1.0
+    fig = figure(3 * tile / 72 + 0.4, n * tile / 72 + 0.9)
+    axes = fig.subplots(n, 3, squeeze=False)
+    heads = ("original", "protected", f"|difference| x{gain:.3g} (max {top} levels)")
+    for i, (name, a, b) in enumerate(pairs):
+        d = np.clip(np.rint(_diff(a, b) * gain), 0, 255).astype(np.uint8)
+        for j, im in enumerate((a, b, d)):
+            ax = axes[i, j]
+            ax.imshow(im, interpolation="lanczos" if im.shape[0] > tile else "nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(heads[j], fontsize=9)
+        axes[i, 0].set_ylabel(name[:40], fontsize=8)
+    fig.suptitle(wrap_title(title or "original | protected | |difference|", 3 * tile * 100 / 72 - 20),
+                 fontsize=10)
+    save_figure(fig, path)
+
+
+def perturbation_heatmap(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], path,
+                         tile: int = 192, tag: str = "") -> None:
+    """Per image, the per-pixel max over channels of |protected - original| in 8-bit levels, on
+    one colour scale from 0 to the largest change of the figure (a colour bar with ticks)."""
+    maps = [_diff(a, b).max(-1) for _, a, b in pairs]
+    vmax = max(1, max((int(m.max()) for m in maps), default=1))
+    cols = min(4, max(1, len(pairs)))
+    rows = math.ceil(len(pairs) / cols) if pairs else 1
+    fig = figure(cols * tile / 72 + 1.2, rows * tile / 72 + 0.8)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    im = None
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= len(maps):
+            ax.set_axis_off()
+            continue
+        im = ax.imshow(maps[i], cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
+        ax.set_title(pairs[i][0][:28], fontsize=8)
+    if im is not None:
+        cb = fig.colorbar(im, ax=axes, shrink=0.8)
+        cb.set_label("|protected - original|, max over RGB (8-bit levels)")
+        cb.set_ticks(sorted({0, *np.linspace(0, vmax, min(vmax, 5) + 1).round().astype(int)}))
+    fig.suptitle(wrap_title(f"{tag}perturbation per pixel, 0..{vmax} levels",
+                            cols * tile * 100 / 72), fontsize=10)
+    save_figure(fig, path)
+
+
+def histogram(before: Sequence[float], after: Sequence[float], path, title: str, xlabel: str,
+              threshold: float | None = None, bins: int = 20, size=(520, 320)) -> None:
+    """Histograms of two score sets on shared bins (before / after), with an optional vertical
+    threshold line; ``size`` in pixels at 100 dpi."""
+    b = np.asarray([v for v in before if v is not None and math.isfinite(v)], np.float64)
+    a = np.asarray([v for v in after if v is not None and math.isfinite(v)], np.float64)
+    allv = np.concatenate([b, a]) if (b.size or a.size) else np.zeros(1)
+    lo, hi = float(allv.min()), float(allv.max())
+    if threshold is not None:
+        lo, hi = min(lo, threshold), max(hi, threshold)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    fig = figure(size[0] / 100, size[1] / 100)
+    ax = fig.subplots()
+    ax.hist([b, a], bins=edges, label=[f"before (n={b.size})", f"after (n={a.size})"],
+            color=["#4169c8", "#eb8c28"])
+    if threshold is not None:
+        ax.axvline(threshold, color="#dc1e1e", lw=1.5, ls="--", label=f"threshold {threshold:g}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("images")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    fig.legend(fontsize=8, loc="outside lower center", ncols=3, frameon=False)  # not over bars
+    fig.suptitle(wrap_title(title, size[0] - 20, 9), fontsize=9)
+    save_figure(fig, path)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points not dominated when ``x`` is minimised and ``y`` maximised, ordered
+    by ``x``."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -np.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def point_label(row: dict) -> str:
+    """Short setting label of a row: ``attack[/preset] k=v ...`` (floats with 3 digits)."""
+    st = row.get("settings") or {}
+    if isinstance(st, str):
+        st = json.loads(st)
+    vals = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in st.items())
+    preset = row.get("preset")
+    head = row["attack"] + (f"/{preset}" if preset and preset != "default" else "")
+    return f"{head} {vals}".strip()
+
+
+def pareto_plot(rows: list[dict], path: Path, label: str = "", x_key: str = "mean_l2",
+                y_key: str = "protection", size=(720, 480), standin: bool = False) -> None:
+    """Scatter of protection (success rate) against distortion (mean L2), points coloured by
+    attack and labelled with their settings, the Pareto front as a line (matplotlib, Agg);
+    ``size`` in pixels at 100 dpi."""
+    pts = [(float(r[x_key]), float(r[y_key]), r["attack"], point_label(r)) for r in rows
+           if r.get(x_key) not in ("", None) and r.get(y_key) not in ("", None)]
+    fig = figure(size[0] / 100, size[1] / 100)
+    ax = fig.subplots()
+    fig.suptitle(wrap_title(f"{'STAND-IN: ' if standin else ''}Pixel Privacy sweep: {label}",
+                            size[0] - 20), fontsize=10)
+    ax.set_xlabel("distortion: mean L2 of the change (pixels in [0, 1])")
+    ax.set_ylabel("protection (attack success rate)")
+    ax.set_ylim(-0.05, 1.1)
+    ax.grid(alpha=0.3)
+    if pts:
+        front = pareto_front([(p[0], p[1]) for p in pts])
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="#888888", lw=1.5,
+                zorder=1, label="Pareto front")
+        for attack in sorted({p[2] for p in pts}):
+            sel = [p for p in pts if p[2] == attack]
+            ax.scatter([p[0] for p in sel], [p[1] for p in sel], s=36, edgecolor="black",
+                       zorder=2, label=attack)
+        for x, y, _, text in pts:
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7)
+        ax.set_xlim(0, max(p[0] for p in pts) * 1.25 or 1.0)
+        fig.legend(loc="outside lower center", ncols=6, fontsize=8, frameon=False)  # not over points
+    save_figure(fig, path)
+
+
+def transfer_heatmap(res: dict, path: str | os.PathLike) -> Path:
+    """Heat map of a transfer matrix's drops (:func:`ppjax.runs.transfer.transfer_matrix`): one
+    cell per (protected against, judged by), each with its value."""
+    drop = np.array([[np.nan if v is None else v for v in row] for row in res["drop"]],
+                    np.float64)
+    nr, nc = drop.shape
+    fig = figure(1.6 + 1.3 * nc, 1.4 + 0.6 * nr, dpi=110)
+    ax = fig.subplots()
+    im = ax.imshow(np.ma.masked_invalid(drop), cmap="viridis", vmin=min(0.0, np.nanmin(drop)
+                   if np.isfinite(drop).any() else 0.0), vmax=1.0, aspect="auto")
+    for i in range(nr):
+        for k in range(nc):
+            v = drop[i, k]
+            ax.text(k, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
+                    color="black" if np.isnan(v) or v >= 0.6 else "white", fontsize=9)
+    ax.set_xticks(range(nc), [c.replace("_places365", "") for c in res["columns"]],
+                  rotation=30, ha="right")
+    ax.set_yticks(range(nr), [r.replace("_places365", "") for r in res["rows"]])
+    ax.set_xlabel("judged by")
+    ax.set_ylabel("protected against")
+    title = "top-1 accuracy drop"
+    if res["standin"]:
+        title = "STAND-IN (random weights): transfer rates meaningless\n" + title
+    ax.set_title(title, fontsize=10, color="red" if res["standin"] else "black")
+    fig.colorbar(im, ax=ax, fraction=0.05)
+    save_figure(fig, path)
+    return Path(path)
