@@ -6,7 +6,7 @@
 * :func:`compile_attack` -- the compiled programs (init / step / advance / finish / merge /
   poll / whole); :func:`count_traces` -- counts their compilations (a no-recompile check);
 * the parts: :mod:`.objectives`, :mod:`.parameterisations`, :mod:`.steps`, :mod:`.rules`,
-  :mod:`.boosters`; the config: :mod:`.config`; the presets: :mod:`.registry`.
+  :mod:`.boosters`; the config: :mod:`.config`; the presets: :mod:`.presets`.
 
 Extending without touching the loop: register a part in its registry (each a
 :class:`ppjax.registry.Registry`): an objective factory (``@register("name")``,
@@ -51,7 +51,7 @@ from ppjax.attacks.objectives import (
     with_appeal,
 )
 from ppjax.attacks.parameterisations import PARAMETERISATIONS
-from ppjax.attacks.registry import ALIASES, ATTACKS, appeal_variant, get_attack, resolve_attack
+from ppjax.attacks.presets import ALIASES, ATTACKS, appeal_variant, get_attack, resolve_attack
 from ppjax.attacks.rules import BEST_RULES, DISTORTIONS, EOT_VIEWS, FORMULATIONS
 from ppjax.attacks.steps import SCHEDULES, STEP_RULES
 from ppjax.attacks.stream import StreamItem

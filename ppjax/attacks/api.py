@@ -15,7 +15,7 @@ from ppjax import parallel as sharding
 from ppjax.attacks.config import AttackConfig
 from ppjax.attacks.loop import run
 from ppjax.attacks.objectives import class_mask
-from ppjax.attacks.registry import resolve_attack
+from ppjax.attacks.presets import resolve_attack
 from ppjax.attacks.stream import StreamItem, run_slots, to_grid
 
 

@@ -51,7 +51,7 @@ def command(args) -> int:
 
 def attack_catalogue() -> str:
     """``name: preset, preset, ...`` per attack, one per line (for ``--help``)."""
-    from ppjax.attacks.registry import ALIASES, ATTACKS
+    from ppjax.attacks.presets import ALIASES, ATTACKS
 
     lines = [f"  {name:13s} presets: {', '.join(presets)}" for name, presets in ATTACKS.items()]
     return ("attacks (--attack NAME --preset PRESET; 'default' when --preset is not given):\n"

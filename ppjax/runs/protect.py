@@ -192,11 +192,11 @@ def _judge_problems(cfg: ProtectConfig, weights_dir, problems: list[str]):
 def _settings_problems(cfg: ProtectConfig, batch_size, problems: list[str]):
     """The attack's settings, the resize rule, the dtype and the batch size; returns the
     attack's config (None when refused)."""
-    from ppjax.attacks import get_attack
+    from ppjax.attacks import resolve_attack
 
     acfg = None
     try:
-        acfg = get_attack(cfg.attack, cfg.preset, appeal=bool(cfg.appeal), **dict(cfg.overrides))
+        acfg = resolve_attack(cfg.attack, cfg.preset, dict(cfg.overrides), cfg.appeal)
     except (KeyError, TypeError, ValueError) as e:
         problems.append(f"attack settings: {e.args[0] if e.args else e}")
     if cfg.resize not in imageio.RESIZE_RULES:
@@ -429,7 +429,7 @@ def _run_locked(plan: ProtectPlan, weights_dir, slots, progress, max_pixels, wor
     try:
         for name, err, oname in pre_errors:
             prog.error(name, err, output=oname)
-        _stream(cfg, judge, extra, todo, img_dir, prog, slots, max_pixels, workers)
+        _stream(cfg, plan.attack, judge, extra, todo, img_dir, prog, slots, max_pixels, workers)
     finally:
         prog.close()
     (out / shard.done_marker).write_text("done\n")
@@ -443,9 +443,10 @@ def _run_locked(plan: ProtectPlan, weights_dir, slots, progress, max_pixels, wor
     return _summarise(plan, cfg, judge, extra, compute, n_skip, prog.t0, L, n_all)
 
 
-def _stream(cfg, judge, extra, todo, img_dir, prog: _Progress, slots, max_pixels, workers):
-    """Decode (worker pool) -> attack (continuous batching) -> encode + write (worker pool); a
-    manifest line is appended, in completion order, once its PNG is in place."""
+def _stream(cfg, acfg, judge, extra, todo, img_dir, prog: _Progress, slots, max_pixels, workers):
+    """Decode (worker pool) -> attack ``acfg`` (the config :func:`validate_protect` resolved;
+    continuous batching) -> encode + write (worker pool); a manifest line is appended, in
+    completion order, once its PNG is in place."""
     import collections
 
     import jax.numpy as jnp
@@ -484,10 +485,8 @@ def _stream(cfg, judge, extra, todo, img_dir, prog: _Progress, slots, max_pixels
     with pipeline.Writer(workers=workers) as writer, contextlib.closing(decoded):
         try:
             for name, res in ppjax.attacks.stream(
-                    cfg.attack, judge, items(), preset=cfg.preset, slots=slots,
-                    appeal_judge=extra.get("appeal"), extra_judges=extra,
-                    dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else None,
-                    **dict(cfg.overrides)):
+                    acfg, judge, items(), slots=slots, appeal_judge=extra.get("appeal"),
+                    extra_judges=extra, dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else None):
                 b = held.pop(name)
                 entry = _entry(cfg, b, res, logits)
                 writes.append((writer.submit(img_dir / entry["output"],
