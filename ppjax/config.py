@@ -36,3 +36,10 @@ def data_dir(override: str | os.PathLike | None = None) -> Path:
 def downloads_dir(override: str | os.PathLike | None = None) -> Path:
     """Where original (unconverted) checkpoint files are downloaded or placed by hand."""
     return weights_dir(override) / "downloads"
+
+
+def beside_checkout(*parts: str) -> Path:
+    """A path beside a source checkout of ppjax, e.g. ``beside_checkout("shared", "data")`` for
+    ``../shared/data`` (the project's test photos and lists, never committed). It may not exist (an
+    installed wheel, a fresh machine): callers check."""
+    return Path(__file__).resolve().parents[2].joinpath(*parts)

@@ -79,3 +79,17 @@ def test_demo_on_a_fresh_clone(fresh_clone, standin_weights, photo_paths):
     assert len(new) == 1 and new[0].name.startswith("my_photos-")
     with zipfile.ZipFile(new[0] / "STANDIN_ppjax_demo.zip") as z:
         assert z.namelist() == ["ppjax_demo_a.png"]
+
+
+def test_demo_takes_the_photos_beside_the_checkout(tmp_path, monkeypatch):
+    """Without a data directory of photos, the demo reads ``../shared/data/images`` beside the
+    checkout (a path the package's depth decides: it broke once when the demo moved into runs/)."""
+    from ppjax import config
+    from ppjax.runs.demo import default_images
+
+    monkeypatch.setenv("PPJAX_DATA_DIR", str(tmp_path / "empty"))
+    assert config.beside_checkout("shared") == REPO.parent / "shared"
+    shared = REPO.parent / "shared" / "data" / "images"
+    if not shared.is_dir():
+        pytest.skip("no ../shared/data/images beside this checkout")
+    assert default_images(tmp_path / "out") == shared

@@ -269,19 +269,19 @@ def calibration_photos(shared_images: str | Path | None = None) -> list[tuple[st
     import os
 
     import skimage.data
-    from PIL import Image
+
+    from ppjax import config
+    from ppjax.image import io as imageio
 
     out = [(f"skimage:{n}", np.asarray(getattr(skimage.data, n)())[..., :3])
            for n in CALIBRATION_SAMPLES]
     if shared_images is None:
-        root = Path(os.environ.get("PPJAX_TEST_DATA",
-                                   Path(__file__).resolve().parents[2] / "shared" / "data"))
-        shared_images = root / "images"
+        env = os.environ.get("PPJAX_TEST_DATA")
+        shared_images = (Path(env) if env else config.beside_checkout("shared", "data")) / "images"
     shared = Path(shared_images)
-    if shared.is_dir():
+    if shared.is_dir():  # through the one image decoder, as the organisers read them (alpha dropped)
         for p in sorted(q for q in shared.iterdir() if q.is_file()):
-            with Image.open(p) as im:
-                out.append((p.name, np.asarray(im.convert("RGB"))))
+            out.append((p.name, imageio.load_rgb(p, alpha="drop")[0]))
     return out
 
 

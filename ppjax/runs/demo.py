@@ -28,7 +28,6 @@ from pathlib import Path
 from ppjax import config, errors
 
 log = logging.getLogger("ppjax.runs.demo")
-REPO = Path(__file__).resolve().parents[1]
 JUDGE = "resnet50_places365"
 APPEAL = "nima_mobilenet"
 # scikit-image's public-domain sample photos (files inside its wheel, no download)
@@ -59,7 +58,7 @@ def sample_photos(dest: Path) -> Path:
 
 def default_images(out: Path) -> Path:
     """The first folder of photos that exists (see the module docstring)."""
-    for cand in (config.data_dir() / "images", REPO.parent / "shared" / "data" / "images"):
+    for cand in (config.data_dir() / "images", config.beside_checkout("shared", "data", "images")):
         if cand.is_dir() and any(p.is_file() and not p.name.startswith(".") for p in cand.iterdir()):
             return cand
     try:
