@@ -138,6 +138,7 @@ def main(argv=None):
                "Linf mean/max (/255)",
                "L2 mean/max", "CIEDE2000 mean/max", "steps used (mean)", "compile s",
                "run s", "img*it/s", "traces / 5-eps sweep"]
+
     def budget(r):
         cut = not args.full and r["attack"] in REDUCED
         return f"{r['steps_budget']}{' (reduced)' if cut else ''}"

@@ -570,6 +570,7 @@ HOST_CHOICE = (
     "per iterator and was slowest at these set sizes, so it is not a dependency. PNG encoding "
     "(zlib level 6, fixed by the byte-identical-resume contract) is the host's slowest job.")
 
+
 def _markdown(res: dict, meta: dict) -> str:
     cpu = meta["cpu"].get("model", meta["processor"])
     md = [f"Measured {meta['date']} on **{cpu}** ({meta['cpus']} CPUs, jax {meta['jax']}, "

@@ -311,6 +311,7 @@ def test_sgm_forward_unchanged_gradient_matches_torch_hooks(resnet18):
     assert not np.allclose(np.asarray(g0), np.asarray(g1), rtol=0.1)
 
     from benchmarks.torch_ref.places365_zoo import BasicBlock
+
     def decay(module, inputs, out):  # the residual branch's output: its gradient times gamma
         out.register_hook(lambda g: g * gamma)
 

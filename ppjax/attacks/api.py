@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppjax import parallel as sharding
+from ppjax import parallel
 from ppjax.attacks.config import AttackConfig
 from ppjax.attacks.loop import run
 from ppjax.attacks.objectives import class_mask
@@ -190,7 +190,7 @@ def _run_sharded(cfg: AttackConfig, models, x, aux, seeds, mesh, driver, chunk) 
             batched["group"] = shared["group"]
         return run(cfg, shared["models"], x, batched, seeds, driver=driver, chunk=chunk)
 
-    return sharding.run_data_parallel(go, shared, per_image, mesh)
+    return parallel.run_data_parallel(go, shared, per_image, mesh)
 
 
 def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str | None = None,
@@ -229,7 +229,7 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
     cfg = resolve_attack(name, preset, settings, appeal_judge is not None)
     x, aux, seeds = _batch_inputs(cfg, judge, images, labels, targets, group, seeds, seed)
     if mesh is None and jax.device_count() > 1:
-        mesh = sharding.batch_mesh()
+        mesh = parallel.batch_mesh()
     models = prepare_models(judge, _with_appeal(extra_judges, appeal_judge), dtype, backend, mesh)
     if mesh is None or mesh.size == 1:
         return AttackResult(**run(cfg, models, x, aux, seeds, driver=driver, chunk=chunk))
@@ -258,13 +258,13 @@ def stream(name: str | AttackConfig, judge, items: Iterable[StreamItem], *,
     cfg = resolve_attack(name, preset, settings, appeal_judge is not None)
     g = group_mask(judge, group) if cfg.objective == "group" else None
     if mesh is None and jax.local_device_count() > 1:  # this process's devices: each process
-        mesh = sharding.batch_mesh(jax.local_devices())  # of a distributed run streams its share
+        mesh = parallel.batch_mesh(jax.local_devices())  # of a distributed run streams its share
     models = prepare_models(judge, _with_appeal(extra_judges, appeal_judge), dtype, backend, mesh)
     put = None
     if mesh is not None and mesh.size > 1:
         slots = -(-max(slots, 2) // mesh.size) * mesh.size
-        models = sharding.replicate(models, mesh)
-        put = functools.partial(jax.device_put, device=sharding.batch_sharding(mesh))
+        models = parallel.replicate(models, mesh)
+        put = functools.partial(jax.device_put, device=parallel.batch_sharding(mesh))
 
     def checked(items):
         seen = set()  # shapes already checked (one check per shape, not per image)

@@ -665,7 +665,9 @@ def run(cfg: AttackConfig, models: dict, x0, aux: dict, seeds, *, driver: str = 
     if driver == "auto":
         driver = auto_driver()
     if x0.shape[0] == 1:  # one image runs in two slots (see ppjax.attacks.stream)
-        two = lambda a: jnp.concatenate([a, a])  # noqa: E731
+        from ppjax.parallel import pad_batch
+
+        two = lambda a: jnp.asarray(pad_batch(a, 2))  # noqa: E731
         per = {k: two(v) for k, v in aux.items() if k != "group"}
         res = run(cfg, models, two(x0), {**aux, **per}, two(seeds), driver=driver, chunk=chunk)
         return jax.tree.map(lambda a: a[:1] if getattr(a, "ndim", 0) else a, res)

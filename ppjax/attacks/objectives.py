@@ -434,6 +434,23 @@ def appeal_score(judge, x: jnp.ndarray, rule: str = "auto") -> jnp.ndarray:
     return judge.score(x).astype(jnp.float32)
 
 
+_appeal_score_jit = jax.jit(appeal_score, static_argnums=2)
+
+
+def appeal_scores(judge, images, batch: int, rule: str = "auto") -> np.ndarray:
+    """:func:`appeal_score` of every image of ``images`` [N, H, W, 3] in [0, 1] (numpy [N]),
+    compiled once and run in batches of ``batch`` (the last padded by
+    :func:`ppjax.parallel.pad_batch`, so every call has one shape): how ``ppjax evaluate`` and
+    ``ppjax sweep`` score appeal."""
+    from ppjax.parallel import pad_batch
+
+    images = np.asarray(images, np.float32)
+    return np.concatenate([
+        np.asarray(_appeal_score_jit(judge, jnp.asarray(pad_batch(images[i:i + batch], batch)),
+                                     rule))[:len(images[i:i + batch])]
+        for i in range(0, len(images), batch)])
+
+
 def with_appeal(base: Callable[[Any], Objective], judge_key: str = "appeal",
                 weight: str = "appeal_weight") -> Callable[[Any], Objective]:
     """Wrap an objective factory with an appeal term: ``appeal = appeal_score(models[judge_key],

@@ -14,11 +14,11 @@ from ppjax.runs.protect import parse_overrides, run_protect
 
 def command(args) -> int:
     """Run ``ppjax protect`` with the parsed ``args``; the exit code."""
-    from ppjax import parallel as sharding
+    from ppjax import parallel
 
     if args.workers is not None and args.workers < 1:
         raise SetupError(f"--workers must be >= 1, got {args.workers}")
-    sharding.init_distributed()  # several processes: PPJAX_COORDINATOR_ADDRESS etc., or SLURM
+    parallel.init_distributed()  # several processes: PPJAX_COORDINATOR_ADDRESS etc., or SLURM
     task = data.TASKS.get(int(args.task))
     judge = args.judge or (task.judge if task else "")
     try:

@@ -53,14 +53,12 @@ RANKED_REDUCTION = 0.5  # 2020: runs that cut the accuracy by at least 50% were 
 
 
 @functools.cache
-def _jitted():
-    """Jitted judge calls, made once per process so repeated evaluations reuse compilations."""
+def jitted_judge_calls():
+    """``(logits, score)``: the jitted judge calls ``(judge, x) -> output``, made once per process
+    so repeated evaluations (and ``ppjax.runs.transfer``) reuse their compilations."""
     import jax
 
-    from ppjax.attacks.objectives import appeal_score
-
-    return (jax.jit(lambda j, x: j(x)), jax.jit(lambda j, x: j.score(x)),
-            jax.jit(appeal_score, static_argnums=2))
+    return jax.jit(lambda j, x: j(x)), jax.jit(lambda j, x: j.score(x))
 
 
 def _mean(v):
@@ -119,7 +117,7 @@ class Top1Scorer(TaskScorer):
         import jax
         import jax.numpy as jnp
 
-        logits_fn, n = _jitted()[0], len(rows)
+        logits_fn, n = jitted_judge_calls()[0], len(rows)
         la = np.asarray(logits_fn(judge, jnp.asarray(imageio.to_float01(xa))))[:n]
         lc = np.asarray(logits_fn(judge, jnp.asarray(imageio.to_float01(xo))))[:n]
         pa, pc = la.argmax(-1), lc.argmax(-1)
@@ -162,7 +160,7 @@ class BiqaScorer(TaskScorer):
 
         from ppjax.image.jpeg import pil_jpeg
 
-        score_fn, n, q, t = _jitted()[1], len(rows), self.spec.jpeg_quality, self.spec.threshold
+        score_fn, n, q, t = jitted_judge_calls()[1], len(rows), self.spec.jpeg_quality, self.spec.threshold
         sa = np.asarray(score_fn(judge, jnp.asarray(pil_jpeg(xa, q))))[:n]
         sc = np.asarray(score_fn(judge, jnp.asarray(pil_jpeg(xo, q))))[:n]
         for i, row in enumerate(rows):
@@ -247,15 +245,14 @@ class _Judging:
 
     def rows(self, ok: list[Decoded]) -> list[dict]:
         """Score one batch of decoded pairs; their report rows."""
-        import jax.numpy as jnp
-
         rows = [d.row for d in ok]
         xa, xo, have_o = padded_pair(ok, self.batch_size)
         self.scorer.score(self.judge, xa, xo, rows, have_o)
         if self.appeal is not None:
-            appeal_fn, n = _jitted()[2], len(rows)
-            na, nc = (np.asarray(appeal_fn(self.appeal, jnp.asarray(imageio.to_float01(x)),
-                                           self.appeal_rule))[:n] for x in (xa, xo))
+            from ppjax.attacks.objectives import appeal_scores
+
+            na, nc = (appeal_scores(self.appeal, imageio.to_float01(x), self.batch_size,
+                                    self.appeal_rule) for x in (xa, xo))
             for i, row in enumerate(rows):
                 row["nima"] = float(na[i])
                 row["nima_clean"] = float(nc[i]) if have_o[i] else None

@@ -71,6 +71,7 @@ class ProtectConfig:
 class ResumeMismatch(SetupError):
     """The output folder holds a run made with other settings."""
 
+
 _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
 
 
@@ -92,6 +93,7 @@ def safe_stem(name: str) -> str:
 def output_name(run_code: str, name: str) -> str:
     """``<runcode>_<safe stem of name>.png``."""
     return f"{run_code}_{safe_stem(name)}.png"
+
 
 def is_inside(path: Path, folder: Path) -> bool:
     """Whether ``path`` (links resolved) lies inside ``folder``."""
@@ -150,6 +152,7 @@ class Manifest:
     def close(self) -> None:
         self._f.close()
 
+
 def config_mismatch(out: Path, cfg: ProtectConfig) -> str | None:
     """Why ``out`` cannot hold ``cfg`` (its ``config.json`` has other settings), or None."""
     path = out / CONFIG
@@ -185,6 +188,7 @@ def zip_name(run_code: str, standin: bool) -> str:
     """``<runcode>.zip``, or ``STANDIN_<runcode>.zip`` for a run on stand-in judges."""
     return f"{STANDIN_PREFIX if standin else ''}{run_code}.zip"
 
+
 class OutputLock:
     """Exclusive ``fcntl.flock`` on ``<out>/.ppjax.lock`` for the life of a run (a context
     manager). The kernel releases it when the process ends in any way, kill -9 included. Each
@@ -217,6 +221,7 @@ class OutputLock:
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock; the file stays (harmless, reused)
             self._fd = None
+
 
 def write_zip(out: Path, run_code: str, files: list[Path], standin: bool = False) -> Path:
     """The submission zip ``<out>/<zip_name>``: deterministic (sorted, fixed timestamps,

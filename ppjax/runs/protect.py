@@ -77,6 +77,7 @@ from ppjax.runs.report import write_json
 
 log = logging.getLogger("ppjax.runs.protect")
 
+
 def parse_overrides(pairs) -> tuple[tuple[str, object], ...]:
     """``["eps=0.03", "steps=10", "loss=ce"]`` -> sorted ``(("eps", 0.03), ...)``; values are
     parsed as JSON when possible (numbers, booleans), ``a/b`` as a fraction (``eps=8/255``), else
@@ -104,8 +105,6 @@ def image_seed(name: str, seed: int = 0) -> int:
     """Stable per-image uint32 seed from the file name (sha256), independent of batch layout."""
     h = hashlib.sha256(f"{int(seed)}\x00{name}".encode()).digest()
     return int.from_bytes(h[:4], "little")
-
-
 
 
 def _output_problems(out: Path) -> list[str]:
@@ -485,8 +484,8 @@ def _stream(cfg, acfg, judge, extra, todo, img_dir, prog: _Progress, slots, max_
     with pipeline.Writer(workers=workers) as writer, contextlib.closing(decoded):
         try:
             for name, res in ppjax.attacks.stream(
-                    acfg, judge, items(), slots=slots, appeal_judge=extra.get("appeal"),
-                    extra_judges=extra, dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else None):
+                    acfg, judge, items(), slots=slots, extra_judges=extra,
+                    dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else None):
                 b = held.pop(name)
                 entry = _entry(cfg, b, res, logits)
                 writes.append((writer.submit(img_dir / entry["output"],

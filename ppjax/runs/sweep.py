@@ -57,6 +57,8 @@ log = logging.getLogger("ppjax")
 RESULT_FIELDS = ("key", "attack", "preset", "settings", "images", "protection", "success_rate",
                  "mean_steps", "mean_linf", "mean_l2", "mean_psnr", "mean_appeal",
                  "mean_appeal_before", "seconds", "recompiles")
+
+
 def row_key(grid: Grid, settings) -> str:
     """Stable identity of a grid point (the resume key)."""
     return json.dumps({"attack": grid.attack, "preset": grid.preset,
@@ -90,6 +92,7 @@ def run_point(cfg, judge, images: np.ndarray, batch: int, seed: int, appeal=None
     import jax.numpy as jnp
 
     from ppjax.attacks import StreamItem, default_seeds, stream
+    from ppjax.attacks.objectives import appeal_scores
     from ppjax.image.metrics import psnr
 
     n = len(images)
@@ -107,23 +110,9 @@ def run_point(cfg, judge, images: np.ndarray, batch: int, seed: int, appeal=None
     out["images"] = adv
     x0 = np.round(np.asarray(images, np.float32) * 255) / 255
     out["psnr"] = np.asarray(psnr(jnp.asarray(adv), jnp.asarray(x0)))
-    if appeal is not None:  # scored in fixed-size batches (one compile)
-        out["appeal"], out["appeal_before"] = (_appeal_scores(appeal, a, batch)
-                                               for a in (adv, x0))
+    if appeal is not None:  # scored as ppjax evaluate scores them
+        out["appeal"], out["appeal_before"] = (appeal_scores(appeal, a, batch) for a in (adv, x0))
     return out
-
-
-def _appeal_scores(appeal, images: np.ndarray, batch: int) -> np.ndarray:
-    """The appeal judge's score of each image, in batches of ``batch`` (the last padded by
-    :func:`ppjax.parallel.pad_batch`, so every call has one shape)."""
-    import jax.numpy as jnp
-
-    from ppjax.attacks.objectives import appeal_score
-    from ppjax.parallel import pad_batch
-
-    return np.concatenate([
-        np.asarray(appeal_score(appeal, jnp.asarray(pad_batch(images[i:i + batch], batch))))
-        [:len(images[i:i + batch])] for i in range(0, len(images), batch)])
 
 
 def summarise(grid: Grid, settings, per_image: dict, seconds: float, recompiles: int) -> dict:

@@ -18,7 +18,6 @@ between random networks are meaningless: random networks share no features.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from pathlib import Path
@@ -72,13 +71,6 @@ def classifier_judges() -> list[str]:
     return sorted(n for n, s in JUDGES.items() if s.output == "logits")
 
 
-@functools.cache
-def _logits_fn():
-    import jax
-
-    return jax.jit(lambda j, x: j(x))
-
-
 def _check_judges(judges, task: int, run: Path) -> None:
     """Every judge a classifier at the task's size, the run a 2019 run."""
     from ppjax.runs import data
@@ -102,8 +94,9 @@ def _top1_hits(judges, files, task: int, rule: str, batch_size: int, errors: lis
 
     from ppjax.image import io as imageio
     from ppjax.runs import data
-    from ppjax.runs.evaluate import decode_pair, padded_pair
+    from ppjax.runs.evaluate import decode_pair, jitted_judge_calls, padded_pair
 
+    logits_fn = jitted_judge_calls()[0]  # one compilation per judge, not per batch
     results = {j.spec.name: [] for j in judges}
     n_images = 0
     for chunk in data.batched(files, batch_size):
@@ -117,8 +110,8 @@ def _top1_hits(judges, files, task: int, rule: str, batch_size: int, errors: lis
         xa, xo, have_o = padded_pair(ok, batch_size)
         xa, xo = (jnp.asarray(imageio.to_float01(x)) for x in (xa, xo))
         for j in judges:
-            pa = np.asarray(_logits_fn()(j, xa))[:n].argmax(-1)
-            pc = np.asarray(_logits_fn()(j, xo))[:n].argmax(-1) if any(have_o) else None
+            pa = np.asarray(logits_fn(j, xa))[:n].argmax(-1)
+            pc = np.asarray(logits_fn(j, xo))[:n].argmax(-1) if any(have_o) else None
             for i, d in enumerate(ok):
                 lab = d.row["label"]
                 if lab is None and have_o[i]:
