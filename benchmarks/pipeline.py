@@ -555,6 +555,7 @@ def time_to_protect(paths, args, weights_dir) -> dict:
         "masked_steps_equal": bool(np.array_equal(m_steps, steps)),
         "ideal_seconds": ideal_iters * t_masked / max(masked_iters, 1),
         "ratio_vs_torch": t_stream / t_torch, "ratio_vs_masked": t_stream / t_masked,
+        "steps_per_image": steps.tolist(), "success_per_image": succ.tolist(),
     }
 
 
