@@ -181,31 +181,49 @@ def host_ceiling(paths: list[Path], task: int = 2019, workers: int | None = None
         rows.append({"job": "decode+resize", "mechanism": "grain (not installed)",
                      "workers": workers, "img_s": None})
 
-    imgs = [r.image for r in ref]
     tmp = Path(tmp or tempfile.mkdtemp(prefix="ppjax-host-"))
+    rows += _write_ceiling([r.image for r in ref], workers, tmp, best)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def _write_ceiling(imgs, workers: int, tmp: Path, best) -> list[dict]:
+    """img/s of encode+hash+write: serially at PNG levels 1 and 6, and through the writer pools
+    (threads, processes) at ppjax's default level, processes also at 6."""
+    from ppjax.image import io as imageio
+    from ppjax.runs import pipeline
+
     text = {"ppjax-standin": "STAND-IN benchmark output"}
-    out = tmp / "serial"
-    out.mkdir(parents=True, exist_ok=True)
-    _, dt = best(lambda: [pipeline.encode_write(out / f"{i}.png", x, text)
-                          for i, x in enumerate(imgs)])
-    rows.append({"job": "encode+hash+write", "mechanism": "serial (main thread)", "workers": 1,
-                 "img_s": len(imgs) / dt})
-    for pool in ("thread", "process"):
-        out = tmp / pool
+    rows, ref = [], {}
+    levels = sorted({imageio.PNG_LEVEL, 6})
+    for level in levels:
+        out = tmp / f"serial{level}"
+        out.mkdir(parents=True, exist_ok=True)
+        _, dt = best(lambda out=out, level=level: [
+            pipeline.encode_write(out / f"{i}.png", x, text, level) for i, x in enumerate(imgs)])
+        ref[level] = [hashlib.sha256((out / f"{i}.png").read_bytes()).hexdigest()
+                      for i in range(len(imgs))]
+        size = sum((out / f"{i}.png").stat().st_size for i in range(len(imgs))) / len(imgs)
+        rows.append({"job": f"encode+hash+write, PNG level {level} ({size / 1024:.0f} KiB/img)",
+                     "mechanism": "serial (main thread)", "workers": 1,
+                     "img_s": len(imgs) / dt})
+    runs = [("thread", imageio.PNG_LEVEL), ("process", imageio.PNG_LEVEL)]
+    runs += [("process", lv) for lv in levels if lv != imageio.PNG_LEVEL]
+    for pool, level in runs:
+        out = tmp / f"{pool}{level}"
         out.mkdir(exist_ok=True)
 
-        def write_all(pool=pool, out=out):
+        def write_all(pool=pool, out=out, level=level):
             with pipeline.Writer(workers=workers, pool=pool) as w:
-                futs = [w.submit(out / f"{i}.png", x, text) for i, x in enumerate(imgs)]
+                futs = [w.submit(out / f"{i}.png", x, text, level) for i, x in enumerate(imgs)]
             return [f.result() for f in futs]
 
         got, dt = best(write_all)
-        assert got == [hashlib.sha256((tmp / "serial" / f"{i}.png").read_bytes()).hexdigest()
-                       for i in range(len(imgs))]
-        rows.append({"job": "encode+hash+write", "mechanism": f"ppjax.runs.pipeline.Writer ({pool}"
+        assert got == ref[level]
+        rows.append({"job": f"encode+hash+write, PNG level {level}",
+                     "mechanism": f"ppjax.runs.pipeline.Writer ({pool}"
                      f"{'es' if pool == 'process' else 's'})", "workers": workers,
                      "img_s": len(imgs) / dt})
-    shutil.rmtree(tmp, ignore_errors=True)
     return rows
 
 
@@ -569,7 +587,9 @@ HOST_CHOICE = (
     "writer is fastest in processes (PNG encoding holds the GIL in part). Processes also "
     "confine a decoder crash to its file. grain's `mp_prefetch` starts its worker processes "
     "per iterator and was slowest at these set sizes, so it is not a dependency. PNG encoding "
-    "(zlib level 6, fixed by the byte-identical-resume contract) is the host's slowest job.")
+    "is the host's slowest job: at zlib level 6 (Pillow's default) it capped a simulated 100 img/s "
+    "device at ~40 img/s on these 2 cores, so ppjax writes at level 1 (a run setting, "
+    "`--png-level`, stored in the run's config.json so a resume stays byte-identical).")
 
 
 def _markdown(res: dict, meta: dict) -> str:

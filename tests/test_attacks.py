@@ -282,6 +282,42 @@ def _margin(z, labels):
     return zy - other
 
 
+def test_clean_judgement_taken_by_the_first_iteration(judge, x, monkeypatch):
+    """PGD-family attacks without random start judge ``x0`` in their first iteration, with the
+    forward pass whose gradient they take, so :func:`init` runs no forward pass (a stream's
+    refill is free): results equal judging the clean images up front, and the labels, least-
+    likely targets and clean scores equal a fresh forward pass."""
+    assert loop.clean_in_first_step(resolve_attack("ifgsm"))
+    for name, settings in (("pgd", {}), ("ifgsm", {"random_start": True}),
+                           ("ifgsm", {"eot": "jpeg"}), ("ifgsm", {"judge_jpeg": True}),
+                           ("ifgsm", {"sgm_gamma": 0.5}), ("cw_l2", {}), ("ace", {})):
+        assert not loop.clean_in_first_step(resolve_attack(name, None, settings)), name
+    z0 = np.asarray(judge(x))
+    for objective in ("ce", "least_likely"):
+        kw = dict(objective=objective, eps=4 / 255, step_size=1 / 255, steps=5)
+        jax.clear_caches()
+        deferred = ppjax.attack("ifgsm", judge, x, **kw)
+        jax.clear_caches()
+        with monkeypatch.context() as m:
+            m.setattr(loop, "clean_in_first_step", lambda cfg: False)
+            upfront = ppjax.attack("ifgsm", judge, x, **kw)
+        jax.clear_caches()
+        for f in ("images", "success", "steps", "success_step"):
+            np.testing.assert_array_equal(getattr(deferred, f), getattr(upfront, f), err_msg=f)
+        labels = np.asarray(deferred.extras["labels"])
+        np.testing.assert_array_equal(labels, np.asarray(upfront.extras["labels"]))
+        np.testing.assert_array_equal(labels, z0.argmax(-1))
+        np.testing.assert_allclose(deferred.extras["score_before"],
+                                   upfront.extras["score_before"], rtol=1e-5, atol=1e-5)
+        z = np.asarray(judge(jnp.asarray(deferred.images)))
+        if objective == "ce":
+            np.testing.assert_allclose(deferred.extras["score_before"], _margin(z0, labels),
+                                       rtol=1e-5, atol=1e-5)
+            np.testing.assert_array_equal(deferred.success, z.argmax(-1) != labels)
+        else:  # success = the judge now names the clean bottom-1
+            np.testing.assert_array_equal(deferred.success, z.argmax(-1) == z0.argmin(-1))
+
+
 @pytest.mark.parametrize("case", ["pgd_restarts", "cw_search", "eot_judge_jpeg",
                                   "score_jpeg_appeal"])
 def test_final_judgement_equals_a_fresh_forward_pass(judge, x, case):

@@ -156,6 +156,30 @@ def test_to_task_size_rules(base):
         imageio.to_task_size(base, 2019, "reject")
 
 
+def test_png_levels_are_lossless_and_level_6_is_pillows_default(base):
+    """Every zlib level decodes to the same pixels; level 6 gives exactly the bytes of Pillow's
+    own default save; the default (level 1) is a different, larger file; bad levels raise."""
+    import io
+
+    from PIL import PngImagePlugin
+
+    text = {"ppjax": "STAND-IN"}
+    info = PngImagePlugin.PngInfo()
+    info.add_text("ppjax", "STAND-IN")
+    buf = io.BytesIO()
+    Image.fromarray(base).save(buf, "PNG", pnginfo=info)  # Pillow's default compress_level
+    assert imageio.encode_png(base, text, level=6) == buf.getvalue()
+    assert imageio.encode_png(base, text) == imageio.encode_png(base, text, imageio.PNG_LEVEL)
+    by_level = {k: imageio.encode_png(base, text, k) for k in (0, 1, 6, 9)}
+    assert len(set(by_level.values())) == 4
+    assert len(by_level[1]) >= len(by_level[6]) >= len(by_level[9])
+    for data in by_level.values():
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), base)
+    for bad in (-1, 10, 1.5, True, "6"):
+        with pytest.raises(ValueError, match="0-9"):
+            imageio.encode_png(base, level=bad)
+
+
 def test_png_roundtrip_is_lossless_and_atomic(tmp_path, base):
     p = tmp_path / "x.png"
     data = imageio.save_png_atomic(p, base)

@@ -3,6 +3,7 @@ and resume compared byte for byte, and the report's numbers recomputed independe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -309,6 +310,58 @@ def test_config_defaults_keep_older_runs_resumable(tmp_path):
     check_or_store_config(tmp_path, cfg)  # float32 == the default: same settings
     with pytest.raises(ResumeMismatch, match="dtype: 'float32' -> 'bfloat16'"):
         check_or_store_config(tmp_path, dataclasses.replace(cfg, dtype="bfloat16"))
+
+
+def _png_level_of(path: Path) -> int:
+    """The zlib level whose encoding reproduces the PNG at ``path`` byte for byte."""
+    from ppjax.image import io as imageio
+
+    im = Image.open(path)
+    img, data = np.asarray(im.convert("RGB")), path.read_bytes()
+    hits = [k for k in range(10) if imageio.encode_png(img, dict(im.text), k) == data]
+    assert len(hits) == 1, hits
+    return hits[0]
+
+
+def test_png_level_is_a_run_setting_and_older_runs_resume_at_6(standin_weights, tmp_path,
+                                                                photo_paths, capsys):
+    """A new run writes PNGs at the default level 1 and stores it; a run whose config.json
+    predates the setting (encoded at 6) resumes at 6, so its files stay byte-identical; another
+    level on resume is refused; a level outside 0-9 is a usage error."""
+    from ppjax.image import io as imageio
+    from ppjax.runs.layout import CONFIG
+
+    images = tmp_path / "set"
+    images.mkdir()
+    for p in photo_paths[:2]:
+        shutil.copy(p, images / p.name)
+    out = tmp_path / "out"
+    assert cli.main(_protect_args(images, out, standin_weights, 2)) == 0
+    pngs = sorted((out / "images").iterdir())
+    assert len(pngs) == 2 and {_png_level_of(p) for p in pngs} == {imageio.PNG_LEVEL}
+    cfg = json.loads((out / CONFIG).read_text())
+    assert cfg["png_level"] == imageio.PNG_LEVEL == 1
+    # make it a run from before the setting: no png_level, files at zlib level 6, one unfinished
+    del cfg["png_level"]
+    (out / CONFIG).write_text(json.dumps(cfg))
+    entries = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    for e in entries:
+        p = out / "images" / e["output"]
+        im = Image.open(p)
+        p.write_bytes(imageio.encode_png(np.asarray(im.convert("RGB")), dict(im.text), 6))
+        e["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
+    gone = entries[-1]["output"]
+    (out / "manifest.jsonl").write_text(json.dumps(entries[0]) + "\n")
+    (out / "images" / gone).unlink()
+    rc = cli.main(_protect_args(images, out, standin_weights, 2, ["--png-level", "1"]))
+    assert rc == 2 and "png_level: 6 -> 1" in capsys.readouterr().err
+    assert not (out / "images" / gone).exists()
+    assert cli.main(_protect_args(images, out, standin_weights, 2)) == 0
+    assert {_png_level_of(p) for p in (out / "images").iterdir()} == {6}
+    assert json.loads((out / "summary.json").read_text())["skipped_on_resume"] == 1
+    with pytest.raises(SystemExit) as e:
+        cli.main(_protect_args(images, tmp_path / "o2", standin_weights, 2, ["--png-level", "10"]))
+    assert e.value.code == 2 and not (tmp_path / "o2").exists()
 
 
 def test_cli_keeps_apersistent_compilation_cache(tmp_path, monkeypatch):

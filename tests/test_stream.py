@@ -17,6 +17,9 @@ N = 5
 # and optimiser counter), PerC-AL's alternating cosine schedule with kept distortion.
 CASES = {
     "pgd": dict(steps=6, restarts=2, random_start=True, eps=3 / 255, step_size=1 / 255),
+    # no random start: the first iteration takes the clean judgement (labels) and a refill runs
+    # no forward pass (ppjax.attacks.loop.clean_in_first_step); slots refill at once
+    "ifgsm": dict(steps=6, eps=3 / 255, step_size=1 / 255),
     "cw_l2": dict(steps=5, search_steps=3, step_size=0.02, const=0.5),
     "perc_al": dict(steps=6),
     # transfer boosters drawing per-image randomness every step (DI, VMI neighbours) + TI (SGM
@@ -75,7 +78,7 @@ def test_each_image_equals_running_it_alone(judge, images, name):
                                             for f, v in r._asdict().items()})
     steps = np.array([ref[i].steps for i in range(N)])
     # varied difficulty: images finish at different times, so slots are refilled mid-run
-    if name == "pgd":
+    if name in ("pgd", "ifgsm"):
         assert len(set(steps.tolist())) > 1, steps
     for slots, order in ((2, range(N)), (4, [4, 2, 0, 3, 1]), (2, [1, 3, 0, 4, 2]), (8, [2, 0, 1, 4, 3])):
         attack, _, preset = name.partition("/")
@@ -85,6 +88,18 @@ def test_each_image_equals_running_it_alone(judge, images, name):
         for i in range(N):
             same(got[i], ref[i], f"image {i}, {slots} slots, order {list(order)}",
                  exact=slots == 2)
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_on_chunk_runs_once_per_compiled_chunk(judge, images, chunk):
+    """``on_chunk`` runs after every chunk dispatch: 3 images in 4 slots, a fixed budget of 3
+    updates = 4 iterations each, all in lockstep: ceil(4 / chunk) chunks."""
+    calls = []
+    got = dict(ppjax.attacks.stream("ifgsm", judge, items(images[:3], range(3)), slots=4,
+                                    chunk=chunk, steps=3, early_stop=False, best="final",
+                                    on_chunk=lambda: calls.append(1)))
+    assert sorted(got) == [0, 1, 2] and all(int(r.steps) == 3 for r in got.values())
+    assert len(calls) == -(-4 // chunk)
 
 
 def test_refills_never_recompile_and_input_is_consumed_lazily(judge, images):

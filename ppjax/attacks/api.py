@@ -239,7 +239,8 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
 def stream(name: str | AttackConfig, judge, items: Iterable[StreamItem], *,
            preset: str | None = None, slots: int = 8, chunk: int = 1, group=None, dtype=None,
            extra_judges: dict | None = None, appeal_judge=None, mesh=None,
-           backend: str = "auto", **settings) -> Iterator[tuple[Hashable, AttackResult]]:
+           backend: str = "auto", on_chunk=None, **settings
+           ) -> Iterator[tuple[Hashable, AttackResult]]:
     """Attack a stream of images with continuous batching (:mod:`ppjax.attacks.stream`).
 
     Yields ``(key, AttackResult)`` per image, in completion order, each field for ONE image
@@ -253,6 +254,8 @@ def stream(name: str | AttackConfig, judge, items: Iterable[StreamItem], *,
         several devices it is rounded up to a multiple of their number and the slots are
         split over them.
       chunk: iterations per compiled call between refills.
+      on_chunk: called after each chunk is dispatched, while the device computes (host work
+        of the consumer's that should not wait for the next finished image).
       Others: as :func:`attack`.
     """
     cfg = resolve_attack(name, preset, settings, appeal_judge is not None)
@@ -277,5 +280,5 @@ def stream(name: str | AttackConfig, judge, items: Iterable[StreamItem], *,
             yield it
 
     for key, row in run_slots(cfg, models, checked(items), slots=slots, chunk=chunk, group=g,
-                              put=put):
+                              put=put, on_chunk=on_chunk):
         yield key, AttackResult(**row)

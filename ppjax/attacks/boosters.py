@@ -163,11 +163,16 @@ def skip_gradient(judge, gamma: float):
     return judge.replace(module=new)
 
 
+def changes_judges(cfg) -> bool:
+    """True when the gradient pass sees other judges than the judging pass (SGM, DI)."""
+    return cfg.sgm_gamma != 1.0 or bool(cfg.di)
+
+
 def gradient_models(cfg, models: dict, hp: dict, keys: jnp.ndarray, sample: int = 0) -> dict:
     """The judges the gradient pass sees: with SGM, each classifier judge with its residual
     gradients decayed; with DI, each sees its input transformed with per-image choices from
     ``keys`` (and the EOT sample index ``sample``). Unchanged otherwise."""
-    if cfg.sgm_gamma == 1.0 and not cfg.di:
+    if not changes_judges(cfg):
         return models
     out = dict(models)
     for k in classifier_keys(models):

@@ -111,15 +111,19 @@ class Search(NamedTuple):
 
 
 class Clean(NamedTuple):
-    """The clean images' judgement (of ``judge_view(x0)``), made once by :func:`judge_clean`.
+    """The clean images' judgement (of ``judge_view(x0)``), made once by :func:`judge_clean`,
+    or, when :func:`clean_in_first_step`, by the first iteration's own forward pass.
 
     aux: the batch's aux with missing labels filled (the judge's clean top-1) and, for the
       least-likely objective, the clean bottom-1 as targets.
     terms: the objective's :class:`~ppjax.attacks.objectives.Terms` of the clean images.
+    pending: [B] bool, the images whose clean judgement the next iteration takes (None when
+      :func:`judge_clean` judged them all).
     """
 
     aux: dict
     terms: Terms
+    pending: jnp.ndarray | None = None
 
 
 class State(NamedTuple):
@@ -279,11 +283,56 @@ class _Answered:
         return getattr(self._judge, name)
 
 
+def clean_in_first_step(cfg: AttackConfig) -> bool:
+    """True when the first iteration judges ``x0`` itself with the very forward pass whose
+    gradient it takes, so the clean judgement is taken there and :func:`init` runs no forward
+    pass: a fused step (no EOT, DI, VMI or SGM: the gradient pass is the judging pass), no
+    judging JPEG, and an additive parameterisation without random start (iterate 0 is
+    ``clip(x0 + 0) = x0``, already on the 8-bit grid, bit for bit). Refilling a slot of
+    :mod:`ppjax.attacks.stream` then costs no forward pass either."""
+    return (_fused(cfg) and not cfg.judge_jpeg and cfg.param == "delta" and not cfg.random_start
+            and not boosters.changes_judges(cfg) and not boosters.gradient_free(cfg))
+
+
+def _pending_clean(cfg: AttackConfig, models, x0, aux, hp) -> Clean:
+    """A clean judgement left to the first iteration: every image pending, the terms zeros of
+    the objective's shapes (nothing is computed: :func:`jax.eval_shape`)."""
+    obj = _parts(cfg).obj
+    shapes = jax.eval_shape(lambda: obj.evaluate(models, judge_view(cfg, x0, hp), aux, hp))
+    terms = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+    return Clean(dict(aux), terms, jnp.ones(x0.shape[0], bool))
+
+
+def _fill_pending(obj, z, aux: dict, pending) -> dict:
+    """``aux`` with the ``prepare`` of the pending images' logits ``z`` (their clean judgement,
+    taken by this iteration); the other images keep theirs."""
+    if obj.output != "logits" or obj.prepare is None:
+        return aux
+    filled = obj.prepare(jax.lax.stop_gradient(z).astype(jnp.float32), aux)
+    return {**aux, **{k: jnp.where(pending, filled[k], aux[k])
+                      for k in ("labels", "targets") if k in aux}}
+
+
+def _take_clean(state: State, j: Judged) -> State:
+    """The pending images take this iteration's judgement of their iterate 0, which is ``x0``
+    (:func:`clean_in_first_step`): as their clean judgement, as the judgement of their kept
+    image (``x0`` until the best-rule takes another) and the labels it filled."""
+    pend, b = state.clean.pending, state.best
+    terms = _select(pend, j.terms, state.clean.terms)
+    best = b._replace(**{k: _select(pend, getattr(j.terms, k), getattr(b, k))
+                         for k in ("score", "success", "appeal")})
+    return state._replace(aux=j.aux, best=best,
+                          clean=Clean(None, terms, jnp.zeros_like(pend)))
+
+
 def judge_clean(cfg: AttackConfig, models, x0, aux, hp) -> Clean:
     """The clean judgement :func:`start` takes. A classifier objective's ``prepare`` fills
     ``aux`` from the judge's clean logits (missing labels become the clean top-1, ...). When the
     judge sees ``x0`` itself (no judging JPEG), that labelling forward pass is also the
-    judgement."""
+    judgement. When :func:`clean_in_first_step`, no forward pass runs here: the first
+    iteration takes it (:func:`_pending_clean`)."""
+    if clean_in_first_step(cfg):
+        return _pending_clean(cfg, models, x0, aux, hp)
     obj = _parts(cfg).obj
     aux = dict(aux)
     if obj.output == "logits" and obj.prepare is not None:
@@ -316,7 +365,8 @@ def start(cfg: AttackConfig, x0, hp, seeds, clean: Clean) -> State:
 
 def init(cfg: AttackConfig, models, x0, aux, hp, seeds) -> State:
     """Initial state: :func:`start` from :func:`judge_clean` (the clean images are judged here
-    once; :func:`finish` reuses that judgement)."""
+    once, or by the first iteration when :func:`clean_in_first_step`; :func:`finish` reuses
+    that judgement)."""
     return start(cfg, x0, hp, seeds, judge_clean(cfg, models, x0, aux, hp))
 
 
@@ -335,7 +385,7 @@ class Iterate(NamedTuple):
 class Judged(NamedTuple):
     """What an iteration learnt: the judged 8-bit image, its judgement, the formulation's
     per-image loss, and the step rule's input (gradient and extra arguments; for Square, its
-    updated state instead)."""
+    updated state instead); ``aux`` with the labels a pending clean judgement filled."""
 
     x8: jnp.ndarray
     terms: Terms
@@ -343,6 +393,7 @@ class Judged(NamedTuple):
     grads: Any = None
     extra: dict = {}
     square_state: Any = None
+    aux: dict | None = None
 
 
 def _iterate(cfg: AttackConfig, x0, hp, seeds, state: State) -> Iterate:
@@ -362,12 +413,18 @@ def _loss_fn(cfg: AttackConfig, models, x0, hp, state: State, it: Iterate, judge
         x = par.render(params, x0)
         if shift is not None:  # [boosters] a VMI neighbour
             x = x + shift
+        aux = state.aux
         if judged is None:
             # The judge sees exactly x8 (forward: x8 + 0, bit for bit, so finish can reuse this
             # judgement); the gradient passes straight through.
             on_grid = it.x8 + (x - jax.lax.stop_gradient(x))
             g_models = boosters.gradient_models(cfg, models, hp, keys)  # [boosters] SGM
-            terms = obj.evaluate(g_models, judge_view(cfg, on_grid, hp), state.aux, hp)
+            view = judge_view(cfg, on_grid, hp)
+            if state.clean.pending is not None:  # clean_in_first_step: label from this pass
+                z = g_models["judge"](view)
+                aux = _fill_pending(obj, z, aux, state.clean.pending)
+                g_models = {**g_models, "judge": _Answered(g_models["judge"], view.shape, z)}
+            terms = obj.evaluate(g_models, view, aux, hp)
             adv = terms.success
         else:
             # [boosters] DI / SGM: the judges the gradient sees (per-image keys, EOT sample i)
@@ -379,7 +436,7 @@ def _loss_fn(cfg: AttackConfig, models, x0, hp, state: State, it: Iterate, judge
         per = formulation.loss(terms.loss, lambda: distortion(cfg, x, x0, params, par),
                                state.search.const, jax.lax.stop_gradient(adv))
         per = per + hp["lam"] * par.reg(params)
-        return jnp.sum(jnp.where(it.live, per, 0.0)), (terms, per)
+        return jnp.sum(jnp.where(it.live, per, 0.0)), (terms, per, aux)
 
     return loss_fn
 
@@ -390,7 +447,7 @@ def _gradient_probe(cfg: AttackConfig, models, x0, hp, state: State, it: Iterate
     if not _fused(cfg):
         judged = _parts(cfg).obj.evaluate(models, judge_view(cfg, it.x8, hp), state.aux, hp)
     loss_fn = _loss_fn(cfg, models, x0, hp, state, it, judged)
-    grads, (terms, per) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (terms, per, aux) = jax.grad(loss_fn, has_aux=True)(state.params)
     extra = {}
     if cfg.vmi_samples > 0:  # [boosters] VMI: the neighbours' mean gradient (variance term)
         noise = boosters.neighbour_noise(it.keys, x0.shape[1:], hp["vmi_beta"] * hp["eps"],
@@ -398,7 +455,7 @@ def _gradient_probe(cfg: AttackConfig, models, x0, hp, state: State, it: Iterate
         extra["neighbour_grad"] = boosters.neighbour_gradient(
             lambda u, i: jax.grad(loss_fn, has_aux=True)(
                 state.params, u, boosters.neighbour_keys(it.keys, i))[0], noise)
-    return Judged(it.x8, terms if judged is None else judged, per, grads, extra)
+    return Judged(it.x8, terms if judged is None else judged, per, grads, extra, aux=aux)
 
 
 def _square_probe(cfg: AttackConfig, models, x0, hp, state: State, it: Iterate) -> Judged:
@@ -470,6 +527,8 @@ def step(cfg: AttackConfig, models, x0, hp, seeds, state: State) -> State:
     it = _iterate(cfg, x0, hp, seeds, state)
     probe = _square_probe if boosters.gradient_free(cfg) else _gradient_probe
     j = probe(cfg, models, x0, hp, state, it)
+    if state.clean.pending is not None:  # clean_in_first_step: iterate 0 of new images is x0
+        state = _take_clean(state, j)
     succ = j.terms.success & it.live
     progress = _count(cfg, state.progress, it.live, succ, j.loss)
     params, opt_state = _update(cfg, x0, hp, state, j)
@@ -495,7 +554,8 @@ def finish(cfg: AttackConfig, models, x0, hp, state: State) -> dict:
     Clean and kept images are judged the same way (through the judging JPEG when
     ``judge_jpeg``), so ``*_before`` and ``*_after`` extras are comparable: for the 2020 task both
     the BIQA score and the appeal are those of the JPEG-90 image, as the organisers judged.
-    No forward pass runs here: the judgements are those :func:`init` made of ``x0`` and
+    No forward pass runs here: the judgements are those :func:`init` (or the first iteration,
+    :func:`clean_in_first_step`) made of ``x0`` and
     :func:`step` made of each kept image when it was taken (the same function of the same
     image; ``tests/test_attacks.py`` checks them against a fresh forward pass)."""
     state = end_round(cfg, state)

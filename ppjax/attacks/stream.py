@@ -10,8 +10,11 @@ whose arrays are all per image). The host loop drives the programs of
 2. runs ``chunk`` iterations of the one step (:func:`~ppjax.attacks.loop.step_chunk`);
 3. polls two [S] flags: slots whose round ended with another to run start it
    (:func:`~ppjax.attacks.loop.advance`); slots whose attack is over are finished
-   (:func:`~ppjax.attacks.loop.finish`) and freed. Free slots are refilled in groups
-   (:data:`REFILL_AFTER`), since a refill costs a forward pass over all slots.
+   (:func:`~ppjax.attacks.loop.finish`) and freed. Free slots are refilled before the next
+   chunk when the attack takes its clean judgement in its first iteration
+   (:func:`~ppjax.attacks.loop.clean_in_first_step`: PGD-family attacks without random
+   start; a refill then runs no forward pass), else in groups (:data:`REFILL_AFTER`), since a
+   refill's :func:`~ppjax.attacks.loop.init` judges all slots.
 
 Every program has fixed shapes, so refilling never recompiles: the slot count, the image size
 and ``chunk`` are the only static choices. Results are fetched after the next chunk has been
@@ -42,11 +45,12 @@ from ppjax.attacks.config import AttackConfig
 #: Fewest slots a batch runs in (see the module docstring).
 MIN_SLOTS = 2
 
-#: A refill judges the whole slot batch once (:func:`~ppjax.attacks.loop.init`: one forward
-#: pass). Free slots are therefore refilled once the slot-iterations they have idled while images
-#: waited reach this fraction of the slot count (or at once when every slot is free), so one
-#: refill serves several finished images instead of costing a forward pass per finished image.
-#: Results do not depend on it.
+#: Where a refill judges the whole slot batch once (:func:`~ppjax.attacks.loop.init`: one
+#: forward pass, unless :func:`~ppjax.attacks.loop.clean_in_first_step`), free slots are
+#: refilled once the slot-iterations they have idled while images waited reach this fraction
+#: of the slot count (or at once when every slot is free), so one refill serves several
+#: finished images instead of costing a forward pass per finished image. Results do not
+#: depend on it.
 REFILL_AFTER = 1 / 3
 
 
@@ -104,13 +108,15 @@ def _row(res: dict, s: int) -> dict:
 
 
 def run_slots(cfg: AttackConfig, models: dict, items: Iterable[StreamItem], *, slots: int,
-              chunk: int = 1, group=None, put: Callable | None = None
-              ) -> Iterator[tuple[Hashable, dict]]:
+              chunk: int = 1, group=None, put: Callable | None = None,
+              on_chunk: Callable[[], None] | None = None) -> Iterator[tuple[Hashable, dict]]:
     """Attack every image of ``items`` through ``slots`` slots; yields ``(key, result)`` per
     image in completion order, ``result`` a dict of numpy values for one image (the fields
     of :class:`ppjax.attacks.api.AttackResult`). ``items`` is consumed lazily: at most
     ``slots`` images are held. ``put`` places a host array on the device(s) (default
-    ``jnp.asarray``; a sharded placement for several devices)."""
+    ``jnp.asarray``; a sharded placement for several devices). ``on_chunk()`` is called after
+    each chunk is dispatched, while the device computes: the consumer's host work (e.g.
+    recording the writes that finished) then runs every chunk, not only when an image ends."""
     put = put or jnp.asarray
     programs = loop.compile_attack(cfg, chunk=chunk)
     queue = iter(items)
@@ -121,12 +127,13 @@ def run_slots(cfg: AttackConfig, models: dict, items: Iterable[StreamItem], *, s
     host = _Slots(n, first)
     pending: list[StreamItem] = [first]
     state, dev, done, idle = None, None, None, 0.0
+    wait = 0.0 if loop.clean_in_first_step(cfg) else REFILL_AFTER * n  # a refill's cost
     while True:
         free = np.flatnonzero(~host.busy)
         if free.size and not pending:
             nxt = next(queue, None)  # one item of look-ahead: is anything left to load?
             pending += [] if nxt is None else [nxt]
-        if pending and (free.size == n or idle >= REFILL_AFTER * n):
+        if pending and (free.size == n or idle >= wait):
             take = np.zeros(n, bool)
             for s in free:
                 item = pending.pop() if pending else next(queue, None)
@@ -142,6 +149,8 @@ def run_slots(cfg: AttackConfig, models: dict, items: Iterable[StreamItem], *, s
         if not host.busy.any():
             return
         state = programs.step(models, dev["x"], dev["seeds"], state)
+        if on_chunk is not None:
+            on_chunk()
         if pending:  # slots left empty while images wait: the refill's cost accumulates
             idle += chunk * float((~host.busy).sum())
         go, over = jax.device_get(programs.poll(state))

@@ -257,11 +257,21 @@ def resize_plain(x: np.ndarray, hw: tuple[int, int], resample=Image.NEAREST) -> 
     return np.stack([resize_plain(a, hw, resample) for a in x])
 
 
-def encode_png(img: np.ndarray, text: dict[str, str] | None = None) -> bytes:
-    """Lossless, deterministic PNG bytes of ``img`` [H, W, 3] uint8 (no timestamps, fixed level);
-    ``text`` entries become ``tEXt`` chunks (e.g. the STAND-IN mark)."""
+#: zlib level of the PNGs ppjax writes. Level 1 encodes ~3.7x faster than Pillow's default 6
+#: for ~7% more bytes (RESULTS.md ``pipeline_host``): PNG encoding is the host's slowest job
+#: and caps a run's rate when the device is fast. Runs made before the level was a setting
+#: used 6 (:data:`ppjax.runs.layout.LEGACY`).
+PNG_LEVEL = 1
+
+
+def encode_png(img: np.ndarray, text: dict[str, str] | None = None, level: int = PNG_LEVEL
+               ) -> bytes:
+    """Lossless, deterministic PNG bytes of ``img`` [H, W, 3] uint8 (no timestamps; zlib
+    ``level`` 0-9, the same bytes for the same level); ``text`` entries become ``tEXt`` chunks
+    (e.g. the STAND-IN mark)."""
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3:
         raise ValueError(f"encode_png expects [H, W, 3] uint8, got {img.shape} {img.dtype}")
+    check_png_level(level)
     info = None
     if text:
         from PIL import PngImagePlugin
@@ -270,8 +280,15 @@ def encode_png(img: np.ndarray, text: dict[str, str] | None = None) -> bytes:
         for k, v in sorted(text.items()):
             info.add_text(k, v)
     buf = io.BytesIO()
-    Image.fromarray(img, "RGB").save(buf, "PNG", compress_level=6, pnginfo=info)
+    Image.fromarray(img, "RGB").save(buf, "PNG", compress_level=int(level), pnginfo=info)
     return buf.getvalue()
+
+
+def check_png_level(level) -> int:
+    """``level`` as an int in 0-9 (zlib's levels), else ValueError."""
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level <= 9:
+        raise ValueError(f"PNG level must be an integer 0-9 (zlib), got {level!r}")
+    return int(level)
 
 
 def _umask() -> int:
@@ -300,11 +317,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def save_png_atomic(path: str | os.PathLike, img: np.ndarray, text: dict[str, str] | None = None
-                    ) -> bytes:
-    """Atomically write ``img`` [H, W, 3] uint8 as PNG (``text``: see :func:`encode_png`);
-    returns the bytes written."""
-    data = encode_png(img, text)
+def save_png_atomic(path: str | os.PathLike, img: np.ndarray, text: dict[str, str] | None = None,
+                    level: int = PNG_LEVEL) -> bytes:
+    """Atomically write ``img`` [H, W, 3] uint8 as PNG (``text``, ``level``: see
+    :func:`encode_png`); returns the bytes written."""
+    data = encode_png(img, text, level)
     atomic_write_bytes(path, data)
     return data
 

@@ -61,11 +61,33 @@ class ProtectConfig:
     judge_sha256: str | None = None
     appeal: str | None = None  # appeal judge (e.g. "nima_mobilenet") of an appeal-aware attack
     dtype: str = "float32"  # judge compute dtype; "bfloat16" takes the oneDNN/AMX path on CPU
+    # zlib level of the PNGs (0-9); None: a resumed run's own level, else
+    # ppjax.image.io.PNG_LEVEL (resolved by ppjax.runs.protect.validate_protect)
+    png_level: int | None = None
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["overrides"] = [list(kv) for kv in self.overrides]
         return d
+
+
+#: Settings added to :class:`ProtectConfig` after runs were made without them, with the value
+#: those older runs used where it differs from the field's default (their PNGs were encoded
+#: at zlib level 6).
+LEGACY = {"png_level": 6}
+
+
+def stored_config(out: Path) -> dict | None:
+    """The settings of the run in ``out`` (``config.json``; keys it predates filled in with
+    :data:`LEGACY`, then the defaults), None when ``out`` holds no run. Raises OSError or
+    ValueError when the file is unreadable."""
+    path = out / CONFIG
+    if not path.exists():
+        return None
+    old = json.loads(path.read_text(encoding="utf-8"))
+    defaults = {f.name: f.default for f in dataclasses.fields(ProtectConfig)
+                if f.default is not dataclasses.MISSING}
+    return {**defaults, **LEGACY, **old}
 
 
 class ResumeMismatch(SetupError):
@@ -155,18 +177,13 @@ class Manifest:
 
 def config_mismatch(out: Path, cfg: ProtectConfig) -> str | None:
     """Why ``out`` cannot hold ``cfg`` (its ``config.json`` has other settings), or None."""
-    path = out / CONFIG
-    if not path.exists():
-        return None
     new = json.loads(json.dumps(cfg.to_json()))
     try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return f"{path} is unreadable ({e}); use another --out"
-    # a key added to ProtectConfig later reads as its default in an older run's config
-    defaults = {f.name: f.default for f in dataclasses.fields(ProtectConfig)
-                if f.default is not dataclasses.MISSING}
-    old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
+        old = stored_config(out)
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return f"{out / CONFIG} is unreadable ({e}); use another --out"
+    if old is None:
+        return None
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if not diff:
         return None

@@ -259,11 +259,12 @@ def _alone(ex, loader, item, args) -> data.Loaded | None:
         return data.Loaded(item, None, [], f"decoding failed: {type(e).__name__}: {e}")
 
 
-def encode_write(path: str | os.PathLike, img: np.ndarray, text: dict[str, str] | None = None
-                 ) -> str:
-    """Encode ``img`` [H, W, 3] uint8 as PNG (``text`` chunks), write it atomically (fsync) to
-    ``path`` and return the sha256 (hex) of the bytes written. One file's whole write job."""
-    png = imageio.encode_png(img, text)
+def encode_write(path: str | os.PathLike, img: np.ndarray, text: dict[str, str] | None = None,
+                 level: int = imageio.PNG_LEVEL) -> str:
+    """Encode ``img`` [H, W, 3] uint8 as PNG (``text`` chunks, zlib ``level``), write it
+    atomically (fsync) to ``path`` and return the sha256 (hex) of the bytes written. One file's
+    whole write job."""
+    png = imageio.encode_png(img, text, level)
     imageio.atomic_write_bytes(path, png)
     return hashlib.sha256(png).hexdigest()
 
@@ -294,13 +295,14 @@ class Writer:
         self.max_pending = 0  # the most ever pending at once (an instrument for the bound)
         self._closed = False
 
-    def submit(self, path: str | os.PathLike, img: np.ndarray, text: dict[str, str] | None = None
-               ) -> cf.Future:
-        """Queue ``img`` [H, W, 3] uint8 for ``path``; the future's result is the sha256 (hex) of
-        the PNG written, or the exception that stopped it (bad image, unwritable folder, ...).
-        The image is copied, so the caller may reuse its buffer."""
+    def submit(self, path: str | os.PathLike, img: np.ndarray, text: dict[str, str] | None = None,
+               level: int = imageio.PNG_LEVEL) -> cf.Future:
+        """Queue ``img`` [H, W, 3] uint8 for ``path`` (PNG, zlib ``level``); the future's result
+        is the sha256 (hex) of the PNG written, or the exception that stopped it (bad image,
+        unwritable folder, ...). The image is copied, so the caller may reuse its buffer."""
         if self._closed:
             raise RuntimeError("Writer is closed")
+        imageio.check_png_level(level)
         img = np.array(img, copy=True)  # the caller's buffer may be reused at once
         self._slots.acquire()
         with self._lock:
@@ -308,11 +310,11 @@ class Writer:
             self.max_pending = max(self.max_pending, self.pending)
         try:
             try:
-                fut = self._ex.submit(encode_write, str(Path(path)), img, text)
+                fut = self._ex.submit(encode_write, str(Path(path)), img, text, level)
             except BrokenProcessPool:  # a worker died earlier: its writes failed, go on
                 _stop_executor(self._ex, now=True)
                 self._ex = _make_executor(self.pool, self.workers)
-                fut = self._ex.submit(encode_write, str(Path(path)), img, text)
+                fut = self._ex.submit(encode_write, str(Path(path)), img, text, level)
         except BaseException:
             self._release(None)
             raise

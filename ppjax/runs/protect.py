@@ -71,6 +71,7 @@ from ppjax.runs.layout import (
     is_inside,
     output_name,
     read_manifests,
+    stored_config,
     write_zip,
 )
 from ppjax.runs.report import write_json
@@ -241,6 +242,22 @@ def _set_problems(cfg: ProtectConfig, spec, problems: list[str]):
     return items, skipped
 
 
+def _png_level(cfg: ProtectConfig, out: Path, problems: list[str]) -> int | None:
+    """``cfg.png_level`` checked; when None, the level of the run ``out`` holds (a resume keeps
+    its files byte-identical), else :data:`ppjax.image.io.PNG_LEVEL`."""
+    if cfg.png_level is not None:
+        try:
+            return imageio.check_png_level(cfg.png_level)
+        except ValueError as e:
+            problems.append(str(e))
+            return cfg.png_level
+    try:
+        old = stored_config(out) if out.is_dir() else None
+    except (OSError, ValueError):
+        old = None  # config_mismatch reports the unreadable file
+    return imageio.PNG_LEVEL if old is None else old["png_level"]
+
+
 def _resume_problems(cfg: ProtectConfig, spec, out: Path, weights_dir, problems: list[str]
                      ) -> ProtectConfig:
     """A resume's settings: ``cfg`` with the judge's weights hash, refused when ``out`` holds a
@@ -254,7 +271,7 @@ def _resume_problems(cfg: ProtectConfig, spec, out: Path, weights_dir, problems:
             sha = json.loads(meta.read_text()).get("sha256") if meta.exists() else None
         except (OSError, ValueError) as e:
             problems.append(f"{meta} is unreadable: {e}")
-    cfg = dataclasses.replace(cfg, judge_sha256=sha)
+    cfg = dataclasses.replace(cfg, judge_sha256=sha, png_level=_png_level(cfg, out, problems))
     if out.is_dir() and not (cfg.standin and sha is None):
         why = config_mismatch(out, cfg)
         if why:
@@ -445,7 +462,8 @@ def _run_locked(plan: ProtectPlan, weights_dir, slots, progress, max_pixels, wor
 def _stream(cfg, acfg, judge, extra, todo, img_dir, prog: _Progress, slots, max_pixels, workers):
     """Decode (worker pool) -> attack ``acfg`` (the config :func:`validate_protect` resolved;
     continuous batching) -> encode + write (worker pool); a manifest line is appended, in
-    completion order, once its PNG is in place."""
+    completion order, once its PNG is in place (looked for after every compiled chunk too, so
+    lines and progress do not wait for the next finished image)."""
     import collections
 
     import jax.numpy as jnp
@@ -483,13 +501,15 @@ def _stream(cfg, acfg, judge, extra, todo, img_dir, prog: _Progress, slots, max_
     png_text = STANDIN_TEXT if cfg.standin else None
     with pipeline.Writer(workers=workers) as writer, contextlib.closing(decoded):
         try:
-            for name, res in ppjax.attacks.stream(
+            for name, res in ppjax.attacks.stream(  # finished writes recorded every chunk
                     acfg, judge, items(), slots=slots, extra_judges=extra,
-                    dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else None):
+                    dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else None,
+                    on_chunk=lambda: drain(block=False)):
                 b = held.pop(name)
                 entry = _entry(cfg, b, res, logits)
                 writes.append((writer.submit(img_dir / entry["output"],
-                                             imageio.to_uint8(res.images), png_text), entry))
+                                             imageio.to_uint8(res.images), png_text,
+                                             cfg.png_level), entry))
                 drain(block=False)
         finally:
             drain(block=True)
