@@ -26,6 +26,7 @@ Parts:
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -253,8 +254,10 @@ def _hold(x):
     return np.zeros(x.shape, np.float32)
 
 
+@functools.cache
 def sim_device_module():
-    """The simulated accelerator's network (built lazily: flax is imported on first use)."""
+    """The simulated accelerator's network (built lazily: flax is imported on first use; one
+    class per process, so two loads of the judge are equal pytrees and share compilations)."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp

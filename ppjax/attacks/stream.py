@@ -143,12 +143,13 @@ def run_slots(cfg: AttackConfig, models: dict, items: Iterable[StreamItem], *, s
                 take[s] = True
             state, dev = _load(programs, models, host, state, take, group, put)
             idle = 0.0
-        if done is not None:  # the previous chunk's finished images, fetched now
-            yield from done
-            done = None
         if not host.busy.any():
+            yield from done or ()
             return
         state = programs.step(models, dev["x"], dev["seeds"], state)
+        if done is not None:  # the previous chunk's finished images, while this one computes
+            yield from done
+            done = None
         if on_chunk is not None:
             on_chunk()
         if pending:  # slots left empty while images wait: the refill's cost accumulates

@@ -166,8 +166,14 @@ class Manifest:
                     f.write(b"\n")
         self._f = open(path, "a", encoding="utf-8")
 
-    def append(self, entry: dict) -> None:
+    def append(self, entry: dict, sync: bool = True) -> None:
+        """Append ``entry`` as one line; with ``sync``, flush and fsync it (else :meth:`sync`
+        does, once for several lines)."""
         self._f.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
+        if sync:
+            self.sync()
+
+    def sync(self) -> None:
         self._f.flush()
         os.fsync(self._f.fileno())
 

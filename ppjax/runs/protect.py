@@ -353,8 +353,8 @@ class _Progress:
         self.n_fail += 1
         self.bar.update(1)
 
-    def ok(self, entry: dict) -> None:
-        self.manifest.append(entry)
+    def ok(self, entry: dict, sync: bool = True) -> None:
+        self.manifest.append(entry, sync)
         for note in entry.get("notes") or ():
             self.L.info("%s: %s", entry["name"], note)
         self.n_ok += 1
@@ -489,6 +489,7 @@ def _stream(cfg, acfg, judge, extra, todo, img_dir, prog: _Progress, slots, max_
     writes: collections.deque = collections.deque()
 
     def drain(block: bool) -> None:
+        n = 0
         while writes and (block or writes[0][0].done()):
             fut, entry = writes.popleft()
             try:
@@ -496,7 +497,10 @@ def _stream(cfg, acfg, judge, extra, todo, img_dir, prog: _Progress, slots, max_
             except Exception as e:  # this file failed to write; the run goes on
                 prog.error(entry["name"], f"writing {entry['output']}: {e}", entry["notes"])
                 continue
-            prog.ok(entry)
+            prog.ok(entry, sync=False)
+            n += 1
+        if n:  # one fsync for the lines of this drain
+            prog.manifest.sync()
 
     png_text = STANDIN_TEXT if cfg.standin else None
     with pipeline.Writer(workers=workers) as writer, contextlib.closing(decoded):
