@@ -23,6 +23,7 @@ raises if they disagree.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -191,6 +192,14 @@ def output_difference(ref: Judge, other: Judge, seed: int = 0) -> float:
     return float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want)))))
 
 
+@functools.lru_cache(maxsize=16)
+def _fold_program(pairs, epsilons: tuple):
+    """One jitted program that folds ``pairs`` (instead of several eager ops per pair), shared
+    by every judge with the same pairs: a judge loaded again is folded without compiling."""
+    eps = dict(epsilons)
+    return jax.jit(lambda v: fold_variables(v, pairs, eps))
+
+
 def fold_bn(judge: Judge, check: bool = True, atol: float = 1e-3) -> Judge:
     """An equivalent judge with every conv -> eval-mode BatchNorm pair folded into the conv.
 
@@ -208,10 +217,7 @@ def fold_bn(judge: Judge, check: bool = True, atol: float = 1e-3) -> Judge:
     if not scanned:
         return judge
     pairs = tuple(p for p, _ in scanned)
-    eps = {p[1]: e for p, e in scanned}
-    # one jitted program instead of several eager ops per pair
-    fold_fn = jax.jit(lambda v: fold_variables(v, pairs, eps))
-    variables = fold_fn(judge.variables)
+    variables = _fold_program(pairs, tuple((p[1], e) for p, e in scanned))(judge.variables)
     folded = judge.replace(variables=variables, module=FoldedModule(judge.module, pairs))
     if check:
         err = output_difference(judge, folded)
