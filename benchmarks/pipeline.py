@@ -583,12 +583,12 @@ def time_to_protect(paths, args, weights_dir) -> dict:
 # --------------------------------------------------------------------------- main
 
 HOST_CHOICE = (
-    "Choice (`ppjax.runs.pipeline`): worker **processes** for both pools. With the pool alone the "
-    "decoders are within noise of one another on these 2 shared cores (other jobs kept them "
-    "busy; figures move by +-20% between runs); with a consumer that holds the GIL, as the "
-    "device loop does, processes keep decoding beside it where threads compete with it; the "
-    "writer is fastest in processes (PNG encoding holds the GIL in part). Processes also "
-    "confine a decoder crash to its file. grain's `mp_prefetch` starts its worker processes "
+    "Choice (`ppjax.runs.pipeline`): worker **processes** for both pools. With the pool alone, "
+    "threads can be the faster (on quiet cores: this table); with a consumer that holds the "
+    "GIL, as the device loop does, processes keep decoding beside it at least as well, and "
+    "inside `protect` the two writer kinds were within noise (RESULTS `pipeline` notes). "
+    "Processes confine a decoder crash (or a worker the OS kills) to its file, which threads "
+    "cannot, so they are kept. grain's `mp_prefetch` starts its worker processes "
     "per iterator and was slowest at these set sizes, so it is not a dependency. PNG encoding "
     "is the host's slowest job: at zlib level 6 (Pillow's default) it capped a simulated 100 img/s "
     "device at ~40 img/s on these 2 cores, so ppjax writes at level 1 (a run setting, "
