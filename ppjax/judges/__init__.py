@@ -104,8 +104,8 @@ def _abstract_variables(spec: JudgeSpec, dtype: str):
     per process for a hashable spec: a judge loaded again skips the trace."""
     try:
         hash(spec)
-    except TypeError:  # e.g. a list among its model_kwargs
-        return spec.abstract_variables(spec.make_module(dtype=jnp.dtype(dtype)))
+    except TypeError:  # e.g. a list among its model_kwargs: not cached
+        return _abstract_cached.__wrapped__(spec, dtype)
     return _abstract_cached(spec, dtype)
 
 
