@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import _results
+from benchmarks import _results, simdevice
 
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
                   "immunohistochemistry", "retina", "cat")
@@ -233,27 +233,6 @@ def _write_ceiling(imgs, workers: int, tmp: Path, best) -> list[dict]:
 SIM_NAME = "sim_accelerator"
 
 
-# The emulated device time per image and judge call, read when the callback runs (so it can be
-# calibrated without recompiling), and the images that went through the judge (a counter).
-SIM = {"seconds_per_image": 0.0, "images": 0}
-
-
-def sim_state() -> dict:
-    """:data:`SIM` of ``benchmarks.pipeline`` as imported by the judge registry: under
-    ``python -m benchmarks.pipeline`` this file also runs as ``__main__``, a second module."""
-    import importlib
-
-    return importlib.import_module("benchmarks.pipeline").SIM
-
-
-def _hold(x):
-    """x: [B], one value per image: the device is busy for B images."""
-    SIM["images"] += int(x.shape[0])
-    if SIM["seconds_per_image"] > 0:
-        time.sleep(SIM["seconds_per_image"] * x.shape[0])
-    return np.zeros(x.shape, np.float32)
-
-
 @functools.cache
 def sim_device_module():
     """The simulated accelerator's network (built lazily: flax is imported on first use; one
@@ -261,14 +240,15 @@ def sim_device_module():
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
-    from jax.experimental import io_callback
+
+    from benchmarks import simdevice
 
     class SimDevice(nn.Module):
         """A tiny classifier (16x16 average pooling, 768-64-365 MLP: input-dependent, ~0.1
-        MFLOP an image); with ``emulate``, its forward pass holds the host for
-        ``SIM["seconds_per_image"]`` x batch through an ``io_callback``: the emulated device
-        time, during which the host is free, as with a real accelerator. The hold does not
-        enter the gradient (its input is stop_gradient)."""
+        MFLOP an image); with ``emulate``, its forward pass holds an XLA worker thread for
+        ``seconds_per_image`` x batch (:mod:`benchmarks.simdevice`, an FFI custom call inside
+        the compiled program): the emulated device time, during which the host thread is free,
+        as with a real accelerator. The hold does not enter the gradient (stop_gradient)."""
 
         num_classes: int = 365
         emulate: bool = False
@@ -281,9 +261,7 @@ def sim_device_module():
             x = nn.relu(nn.Dense(64, dtype=self.dtype)(x.reshape(b, -1)))
             out = nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
             if self.emulate:
-                held = io_callback(_hold,
-                                   jax.ShapeDtypeStruct((b,), jnp.float32),
-                                   jax.lax.stop_gradient(x01[:, 0, 0, 0]).astype(jnp.float32))
+                held = simdevice.hold(jax.lax.stop_gradient(x01[:, 0, 0, 0]))
                 out = out + held[:, None]
             return out
 
@@ -296,7 +274,7 @@ def SimDevice(**kw):  # noqa: N802 (a module factory, as JudgeSpec.model expects
 
 def register_sim_judge(emulate: bool, name: str = SIM_NAME, weights_dir=None):
     """Register (in this process only) the simulated accelerator as judge ``name``: 256x256
-    input, 365 logits, with ``emulate`` an emulated device time of ``SIM["seconds_per_image"]``
+    input, 365 logits, with ``emulate`` an emulated device time of ``seconds_per_image``
     per image and judge call; its stand-in weights are written to ``weights_dir``
     (:func:`make_standin`) when absent."""
     from ppjax.judges import JudgeSpec, judge_dir, register
@@ -386,12 +364,13 @@ def efficiency_case(case: str, folder: Path, paths, args, weights_dir) -> dict:
     judge = load_judge(name, weights_dir=weights_dir, standin=True)
     jdt = jnp.bfloat16 if dtype == "bfloat16" else None
     loaded = _decoded(paths)
-    sim = sim_state()
-    sim.update(seconds_per_image=0.0, images=0)
+    if case == "sim":
+        simdevice.set_seconds_per_image(0.0)
+        simdevice.reset_images()
     engine_only(judge, loaded[: args.slots], "pgd", args.slots, jdt, **overrides)  # compile
     if case == "sim":  # judge calls per image, counted: the device then runs at --sim-rate
-        per_image = sim["images"] / args.slots
-        sim["seconds_per_image"] = 1.0 / (args.sim_rate * per_image)
+        per_image = simdevice.images() / args.slots
+        simdevice.set_seconds_per_image(1.0 / (args.sim_rate * per_image))
     eng = engine_only(judge, loaded, "pgd", args.slots, jdt, **overrides)
     tmp = Path(tempfile.mkdtemp(prefix="ppjax-eff-", dir=folder.parent))
     try:
@@ -400,8 +379,10 @@ def efficiency_case(case: str, folder: Path, paths, args, weights_dir) -> dict:
                           **overrides)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    sim["seconds_per_image"] = 0.0
-    extra = ({"sim_device_img_s": args.sim_rate, "sim_judge_calls_per_image": per_image}
+    if case == "sim":
+        simdevice.set_seconds_per_image(0.0)
+    extra = ({"sim_device_img_s": args.sim_rate, "sim_judge_calls_per_image": per_image,
+              "sim_hold": "XLA FFI custom call (async: host free during the hold)"}
              if case == "sim" else {})
     return {**extra, "judge": f"{name} (STAND-IN)", "dtype": dtype, "images": len(paths),
             "slots": args.slots, "steps": args.eff_steps, "engine_img_s": eng["img_s"],
@@ -623,7 +604,10 @@ def _markdown(res: dict, meta: dict) -> str:
             ["case", "judge", "dtype", "images", "slots", "steps", "engine img/s",
              "protect img/s", "**efficiency**"],
             [[c, r["judge"], r["dtype"], r["images"], r["slots"], r["steps"], r["engine_img_s"],
-              r["protect_img_s"], r["efficiency"]] for c, r in res["efficiency_cases"].items()]))
+              r["protect_img_s"], r["efficiency"]] for c, r in res["efficiency_cases"].items()
+             if "efficiency" in r]))
+        md.extend(f"\n- case {c} skipped: {r['skipped']}" for c, r in res["efficiency_cases"].items()
+                  if "skipped" in r)
     if "ttp" in res:
         t = res["ttp"]
         md.append(f"\n**Time to protect** {t['images']} varied images, {t['attack']}, "
@@ -712,13 +696,19 @@ def main(argv=None) -> int:
         if "efficiency" in parts:
             res["efficiency_cases"] = {}
             for case in args.cases.split(","):
+                ok, why = simdevice.available() if case == "sim" else (True, "")
+                if not ok:
+                    print(f"efficiency case sim skipped: {why}", file=sys.stderr, flush=True)
+                    res["efficiency_cases"][case] = {"skipped": why}
+                    continue
                 n = args.sim_n if case == "sim" else args.eff_n
                 folder = root / f"eff_{case}"
                 paths = make_varied_set(folder, n, seed=2)
                 res["efficiency_cases"][case] = efficiency_case(case, folder, paths, args,
                                                                 weights_dir)
                 print(case, res["efficiency_cases"][case], flush=True)
-            res["efficiency"] = {c: r["efficiency"] for c, r in res["efficiency_cases"].items()}
+            res["efficiency"] = {c: r["efficiency"] for c, r in res["efficiency_cases"].items()
+                                 if "efficiency" in r}
             save()
         if "ttp" in parts:
             paths = make_varied_set(root / "ttp", args.ttp_n, seed=3)
