@@ -119,6 +119,18 @@ def test_prefetch_crashed_worker_is_that_files_error(mixed_items):
             _same(data.load_item(it, 2019), g)
 
 
+def _niceness(item, task, rule, max_pixels):
+    return data.Loaded(item, None, [str(os.getpriority(os.PRIO_PROCESS, 0))])
+
+
+def test_prefetch_workers_yield_the_cpu_to_the_device_loop(mixed_items):
+    # where host work shares the cores with the device loop, the loop runs first
+    got = list(pipeline.prefetch(mixed_items[:3], 2019, workers=2, depth=2, pool="process",
+                                 loader=_niceness))
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert [int(g.notes[0]) for g in got] == [min(19, mine + pipeline.WORKER_NICE)] * 3
+
+
 def test_prefetch_rejects_bad_settings():
     with pytest.raises(ValueError, match="depth"):
         pipeline.prefetch([], 2019, depth=0)

@@ -49,6 +49,11 @@ from ppjax.runs import data, orphans
 log = logging.getLogger("ppjax.runs.pipeline")
 
 POOLS = ("process", "thread")
+
+#: Scheduling priority the worker processes lower themselves by (``os.nice``): where the host
+#: work shares CPU cores with the device loop (the CPU backend; the device loop's dispatch and
+#: polling), the loop runs first and the workers fill the time it waits.
+WORKER_NICE = 10
 _END = object()
 
 
@@ -82,6 +87,8 @@ def _ignore_sigint() -> None:
 
 def _init_worker(main_pid: int) -> None:
     _ignore_sigint()
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
     orphans.exit_with(main_pid)  # a killed run leaves no worker behind
 
 
