@@ -120,8 +120,9 @@ def test_refills_never_recompile_and_input_is_consumed_lazily(judge, images):
             gap.append(pulled[0] - yielded[0])
     assert yielded[0] == 12
     assert dict(traces) == {}
-    # held at once: the running slots, the finished ones waiting to be fetched, one in hand
-    assert max(gap) <= 2 * 2 + 1
+    # held at once: the running slots, the finished ones waiting to be fetched, the next
+    # refill's (taken while the device computes)
+    assert max(gap) <= 3 * 2
 
 
 def test_bad_stream_input_is_refused(judge, images):

@@ -32,6 +32,7 @@ by batch shape. A batch of ONE image takes other convolution kernels, so it runs
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -112,8 +113,9 @@ def run_slots(cfg: AttackConfig, models: dict, items: Iterable[StreamItem], *, s
               on_chunk: Callable[[], None] | None = None) -> Iterator[tuple[Hashable, dict]]:
     """Attack every image of ``items`` through ``slots`` slots; yields ``(key, result)`` per
     image in completion order, ``result`` a dict of numpy values for one image (the fields
-    of :class:`ppjax.attacks.api.AttackResult`). ``items`` is consumed lazily: at most
-    ``slots`` images are held. ``put`` places a host array on the device(s) (default
+    of :class:`ppjax.attacks.api.AttackResult`). ``items`` is consumed lazily: besides the
+    ``slots`` images in the slots, at most ``slots`` more are held (the next refill's, taken
+    from ``items`` while the device computes). ``put`` places a host array on the device(s) (default
     ``jnp.asarray``; a sharded placement for several devices). ``on_chunk()`` is called after
     each chunk is dispatched, while the device computes: the consumer's host work (e.g.
     recording the writes that finished) then runs every chunk, not only when an image ends."""
@@ -125,7 +127,7 @@ def run_slots(cfg: AttackConfig, models: dict, items: Iterable[StreamItem], *, s
         return
     n = max(int(slots), MIN_SLOTS)
     host = _Slots(n, first)
-    pending: list[StreamItem] = [first]
+    pending = collections.deque([first])  # taken from the queue, not yet in a slot
     state, dev, done, idle = None, None, None, 0.0
     wait = 0.0 if loop.clean_in_first_step(cfg) else REFILL_AFTER * n  # a refill's cost
     while True:
@@ -136,7 +138,7 @@ def run_slots(cfg: AttackConfig, models: dict, items: Iterable[StreamItem], *, s
         if pending and (free.size == n or idle >= wait):
             take = np.zeros(n, bool)
             for s in free:
-                item = pending.pop() if pending else next(queue, None)
+                item = pending.popleft() if pending else next(queue, None)
                 if item is None:
                     break
                 host.place(s, item)
@@ -152,6 +154,11 @@ def run_slots(cfg: AttackConfig, models: dict, items: Iterable[StreamItem], *, s
             done = None
         if on_chunk is not None:
             on_chunk()
+        while len(pending) < n:  # the next refill's images, taken while the device computes
+            nxt = next(queue, None)
+            if nxt is None:
+                break
+            pending.append(nxt)
         if pending:  # slots left empty while images wait: the refill's cost accumulates
             idle += chunk * float((~host.busy).sum())
         go, over = jax.device_get(programs.poll(state))
