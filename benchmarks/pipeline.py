@@ -4,7 +4,7 @@ random weights, or the simulated accelerator): the figures measure speed, never 
 
     python -m benchmarks.pipeline --json PATH [--parts host,scale,efficiency,ttp]
         [--host-n 160] [--scale 300,3000] [--eff-n 48] [--ttp-n 64] [--judge resnet50_places365]
-        [--dtype float32|bfloat16] [--batch 8] [--no-results-md]
+        [--dtype float32|bfloat16] [--slots 8] [--eff-repeats 2] [--no-results-md]
 
 Parts:
 
@@ -371,14 +371,20 @@ def efficiency_case(case: str, folder: Path, paths, args, weights_dir) -> dict:
     if case == "sim":  # judge calls per image, counted: the device then runs at --sim-rate
         per_image = simdevice.images() / args.slots
         simdevice.set_seconds_per_image(1.0 / (args.sim_rate * per_image))
-    eng = engine_only(judge, loaded, "pgd", args.slots, jdt, **overrides)
+    # best of --eff-repeats runs on each side, alternating: on a shared 2-core machine one run
+    # of either side varies by up to ~10%
+    engines, e2es = [], []
     tmp = Path(tempfile.mkdtemp(prefix="ppjax-eff-", dir=folder.parent))
     try:
         protect_run(folder, tmp / "warm", name, "pgd", args.slots, weights_dir, dtype, **overrides)
-        e2e = protect_run(folder, tmp / "run", name, "pgd", args.slots, weights_dir, dtype,
-                          **overrides)
+        for i in range(args.eff_repeats):
+            engines.append(engine_only(judge, loaded, "pgd", args.slots, jdt, **overrides))
+            e2es.append(protect_run(folder, tmp / f"run{i}", name, "pgd", args.slots,
+                                    weights_dir, dtype, **overrides))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    eng = max(engines, key=lambda r: r["img_s"])
+    e2e = max(e2es, key=lambda r: r["img_s"])
     if case == "sim":
         simdevice.set_seconds_per_image(0.0)
     extra = ({"sim_device_img_s": args.sim_rate, "sim_judge_calls_per_image": per_image,
@@ -387,6 +393,8 @@ def efficiency_case(case: str, folder: Path, paths, args, weights_dir) -> dict:
     return {**extra, "judge": f"{name} (STAND-IN)", "dtype": dtype, "images": len(paths),
             "slots": args.slots, "steps": args.eff_steps, "engine_img_s": eng["img_s"],
             "protect_img_s": e2e["img_s"], "efficiency": e2e["img_s"] / eng["img_s"],
+            "repeats": args.eff_repeats, "engine_img_s_runs": [r["img_s"] for r in engines],
+            "protect_img_s_runs": [r["img_s"] for r in e2es],
             "engine_success": eng["success"], "protect_success": e2e["success"]}
 
 
@@ -599,7 +607,7 @@ def _markdown(res: dict, meta: dict) -> str:
     if "efficiency_cases" in res:
         md.append("\n**Pipeline efficiency** (end-to-end `run_protect` img/s, decode to zip, over "
                   "engine-only `stream` img/s on images in memory; same attack, slots, steps; "
-                  "warm):\n")
+                  "warm; the best of the runs of each side, alternated; every run in the JSON):\n")
         md.append(_results.markdown_table(
             ["case", "judge", "dtype", "images", "slots", "steps", "engine img/s",
              "protect img/s", "**efficiency**"],
@@ -645,6 +653,8 @@ def main(argv=None) -> int:
     p.add_argument("--eff-n", type=int, default=32, help="images of the ResNet-50 case")
     p.add_argument("--sim-n", type=int, default=400, help="images of the simulated case")
     p.add_argument("--eff-steps", type=int, default=2)
+    p.add_argument("--eff-repeats", type=int, default=2,
+                   help="timed runs of each side of an efficiency case (the best counts)")
     p.add_argument("--sim-rate", type=float, default=100.0,
                    help="images/s of the simulated accelerator")
     p.add_argument("--ttp-n", type=int, default=64)
