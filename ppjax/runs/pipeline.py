@@ -19,7 +19,9 @@ encoding holds the GIL in part) and kept decoding beside a consumer that holds t
 device loop) where threads competed with it, they confine a decoder crash to its file, and
 grain's ``mp_prefetch`` (which starts its workers per iterator) was slower. Workers come from
 a forkserver, so none forks a multithreaded JAX process; like any multiprocessing code, a
-script that uses the pools needs the ``if __name__ == "__main__":`` guard.
+script that uses the pools needs the ``if __name__ == "__main__":`` guard. Workers lower their
+own priority (:data:`WORKER_NICE`): where they share the cores with the device loop (the CPU
+backend), the loop runs first and they fill the time it waits.
 
 Ctrl-C (or closing the iterator early) cancels cleanly: pending work is cancelled and worker
 processes are terminated, so no child outlives the run. Workers ignore SIGINT themselves; the
