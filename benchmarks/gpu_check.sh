@@ -57,7 +57,7 @@ for B in $BATCHES; do
     --weights-dir "$WEIGHTS" --results-section "throughput_gpu_b$B" --json "$OUT/throughput_b$B.json"
 done
 run timeout 240 "$PYTHON" -m benchmarks.pipeline --parts efficiency --cases resnet50 \
-  --judge resnet50_places365 --dtype bfloat16 --slots "$SLOTS" --eff-n $((4 * SLOTS)) \
+  --judge resnet50_places365 --dtype bfloat16 --slots "$SLOTS" --eff-n $((4 * SLOTS)) --eff-repeats 1 \
   --weights-dir "$WEIGHTS" --results-section pipeline_gpu --json "$OUT/pipeline.json"
 
 summary() {
