@@ -30,6 +30,7 @@ Writes the table into ``benchmarks/RESULTS.md`` (section ``methods``) unless ``-
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 import tempfile
@@ -104,9 +105,11 @@ def methods(judge, tm, x, labels, steps: int, kappa: float, out: dict | None = N
         "ace_journal": (dict(name="ace", preset="journal"),
                         lambda: ref.ace(tm, x, labels, steps, lam=0.0, lr=1.0, theta_min=1 / 64,
                                         theta_max=16 / 64, journal=True)),
-        "perc_al": (dict(name="perc_al"), lambda: ref.perc_al(tm, x, labels, steps)),
+        "perc_al": (dict(name="perc_al"), lambda **kw: ref.perc_al(kw.pop("model", tm), x, labels,
+                                                                   steps, **kw)),
         "perc_al_kappa": (dict(name="perc_al", preset="kappa40", kappa=kappa),
-                          lambda: ref.perc_al(tm, x, labels, steps, kappa=kappa)),
+                          lambda **kw: ref.perc_al(kw.pop("model", tm), x, labels, steps,
+                                                   kappa=kappa, **kw)),
     }
     out = {} if out is None else out
     for key, (kw, run_ref) in cases.items():
@@ -139,6 +142,15 @@ def methods(judge, tm, x, labels, steps: int, kappa: float, out: dict | None = N
             row["torch_threads_distortion_rel_diff"] = env["distortion_rel_diff"]
             row["torch_threads_distortion_rel_diff_median"] = env["distortion_rel_diff_median"]
             row["torch_threads_mean_distortion_rel_diff"] = env["mean_distortion_rel_diff"]
+            # the same algorithm in float64 (model and arithmetic): how far each float32
+            # implementation, torch's and ppjax's, lands from the more exact trajectory
+            exact = run_ref(model=copy.deepcopy(tm).double(), dtype=torch.float64)
+            for who, (s_, d_) in {"torch": (theirs["success"], d_ref),
+                                  "ppjax": (res.success, d_ours)}.items():
+                f64 = _compare(s_, d_, exact["success"], exact["distortion"])
+                for k in ("success_agreement", "distortion_rel_diff",
+                          "distortion_rel_diff_median", "mean_distortion_rel_diff"):
+                    row[f"{who}_vs_f64_{k}"] = f64[k]
         row.update(steps_ppjax=float(np.mean(res.steps)),
                    steps_torch=float(np.mean(theirs.get("steps", np.full(len(x), steps)))),
                    seconds_ppjax=t_ours, seconds_torch=t_ref, budget=steps,
@@ -356,6 +368,16 @@ def results_markdown(p: dict) -> str:
                      "for the torch reference against itself (1 vs 2 threads):\n")
         lines.append(markdown_table(["method", "median rel. diff", "torch vs torch median",
                                      "means rel. diff", "torch vs torch means"], spread))
+    f64 = [[f"{k} {who}", r[f"{who}_vs_f64_success_agreement"],
+            r[f"{who}_vs_f64_distortion_rel_diff"], r[f"{who}_vs_f64_distortion_rel_diff_median"],
+            r[f"{who}_vs_f64_mean_distortion_rel_diff"]]
+           for k, r in p["methods"].items() for who in ("torch", "ppjax")
+           if f"{who}_vs_f64_distortion_rel_diff" in r]
+    if f64:
+        lines.append("\nEach float32 implementation against the torch reference run in float64 "
+                     "(model and arithmetic; the more exact trajectory of the same algorithm):\n")
+        lines.append(markdown_table(["method, float32 run", "success agreement",
+                                     "max rel. diff", "median rel. diff", "means rel. diff"], f64))
     f = p.get("ace_fused_eval")
     if f:
         lines.append(f"\nACE per step: fused (straight-through) {f['fused']['seconds_per_step']:.3g} s,"
