@@ -133,8 +133,7 @@ def run_slots(cfg: AttackConfig, models: dict, items: Iterable[StreamItem], *, s
     while True:
         free = np.flatnonzero(~host.busy)
         if free.size and not pending:
-            nxt = next(queue, None)  # one item of look-ahead: is anything left to load?
-            pending += [] if nxt is None else [nxt]
+            _top_up(pending, queue, 1)  # one item of look-ahead: is anything left to load?
         if pending and (free.size == n or idle >= wait):
             take = np.zeros(n, bool)
             for s in free:
@@ -154,11 +153,7 @@ def run_slots(cfg: AttackConfig, models: dict, items: Iterable[StreamItem], *, s
             done = None
         if on_chunk is not None:
             on_chunk()
-        while len(pending) < n:  # the next refill's images, taken while the device computes
-            nxt = next(queue, None)
-            if nxt is None:
-                break
-            pending.append(nxt)
+        _top_up(pending, queue, n)  # the next refill's images, taken while the device computes
         if pending:  # slots left empty while images wait: the refill's cost accumulates
             idle += chunk * float((~host.busy).sum())
         go, over = jax.device_get(programs.poll(state))
@@ -169,6 +164,15 @@ def run_slots(cfg: AttackConfig, models: dict, items: Iterable[StreamItem], *, s
             res = programs.finish(models, dev["x"], state)
             done = _Fetch(res, [(int(s), host.keys[s]) for s in over])
             host.busy[over] = False
+
+
+def _top_up(pending: collections.deque, queue: Iterator, n: int) -> None:
+    """Take items from ``queue`` until ``pending`` holds ``n`` or the queue is empty."""
+    while len(pending) < n:
+        nxt = next(queue, None)
+        if nxt is None:
+            return
+        pending.append(nxt)
 
 
 class _Fetch:
