@@ -322,7 +322,7 @@ def _take_clean(state: State, j: Judged) -> State:
     best = b._replace(**{k: _select(pend, getattr(j.terms, k), getattr(b, k))
                          for k in ("score", "success", "appeal")})
     return state._replace(aux=j.aux, best=best,
-                          clean=Clean(None, terms, jnp.zeros_like(pend)))
+                          clean=state.clean._replace(terms=terms, pending=jnp.zeros_like(pend)))
 
 
 def judge_clean(cfg: AttackConfig, models, x0, aux, hp) -> Clean:

@@ -132,15 +132,11 @@ def run_slots(cfg: AttackConfig, models: dict, items: Iterable[StreamItem], *, s
     wait = 0.0 if loop.clean_in_first_step(cfg) else REFILL_AFTER * n  # a refill's cost
     while True:
         free = np.flatnonzero(~host.busy)
-        if free.size and not pending:
-            _top_up(pending, queue, 1)  # one item of look-ahead: is anything left to load?
+        _top_up(pending, queue, free.size)  # (already topped up during the last chunk)
         if pending and (free.size == n or idle >= wait):
             take = np.zeros(n, bool)
-            for s in free:
-                item = pending.popleft() if pending else next(queue, None)
-                if item is None:
-                    break
-                host.place(s, item)
+            for s in free[:len(pending)]:
+                host.place(s, pending.popleft())
                 take[s] = True
             state, dev = _load(programs, models, host, state, take, group, put)
             idle = 0.0
