@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	# torchattacks (a test reference) without its torchvision requirement, which has no wheel
 	# beside the CPU torch 2.13; it imports and runs without it
 	$(PY) -m pip install -q --no-deps "torchattacks==3.5.1"
+	# facenet-pytorch carries MTCNN's trained weights (the faces task's real judge); it pins torch<2.3,
+	# numpy<2 and torchvision, none of which its nets need, so it goes in without its requirements
+	$(PY) -m pip install -q --no-deps "facenet-pytorch==2.6.0"
 	touch $(STAMP)
 
 install: $(STAMP)
