@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ppjax.image.io import DecodeError, load_rgb, save_png_atomic
+from ppjax.image.io import DecodeError, atomic_write_bytes, load_rgb, save_png_atomic
 
 __all__ = ["FACES_SEED", "MANIFEST", "FaceBox", "FaceImage", "FaceSet", "FaceSetError",
            "build_face_set", "load_face_images", "read_face_set", "write_face_set"]
@@ -244,7 +244,7 @@ def write_face_set(out_dir, seed: int = FACES_SEED) -> FaceSet:
         data = save_png_atomic(out / item.file, img)
         items.append(dataclasses.replace(item, sha256=hashlib.sha256(data).hexdigest()))
     fs = FaceSet(seed=seed, images=tuple(items))
-    (out / MANIFEST).write_text(fs.to_json() + "\n")
+    atomic_write_bytes(out / MANIFEST, (fs.to_json() + "\n").encode())
     return fs
 
 
