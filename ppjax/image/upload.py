@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -198,19 +197,31 @@ def _back(y: jax.Array, shape) -> jax.Array:
     return y if y.shape == tuple(shape) else jax.image.resize(y, shape, "linear")
 
 
+def _pad_edge(y: jax.Array, hw: tuple[int, int]) -> jax.Array:
+    return jnp.pad(y, ((0, 0), (0, hw[0] - y.shape[1]), (0, hw[1] - y.shape[2]), (0, 0)), "edge")
+
+
 def upload_view(x: jax.Array, scale_index, quality, jpeg_first, *,
                 scales: tuple[float, ...] = UPLOAD_SCALES, subsampling: str = "420",
                 rounding: str = "soft_ste") -> jax.Array:
-    """The upload EOT view: :func:`upload_chain` at ``scales[scale_index]``, then back up to the
-    input size (bilinear). ``x``: [B, H, W, 3] float in [0, 1]; ``scale_index``: int scalar
-    (traced; one branch runs); ``quality``: scalar or [B] (traced); ``jpeg_first``: bool scalar
-    (traced). Returns [B, H, W, 3] float32."""
+    """The upload EOT view: what :func:`upload_chain` delivers at ``scales[scale_index]``, back
+    up to the input size (bilinear). ``x``: [B, H, W, 3] float in [0, 1]; ``scale_index``: int
+    scalar (traced; one branch runs); ``quality``: scalar or [B] (traced); ``jpeg_first``: bool
+    scalar (traced). Returns [B, H, W, 3] float32.
+
+    One JPEG is compiled, at the input's size, for every scale and both orders: the downscaled
+    image of the resize-first order is padded to the input's size by edge replication, encoded,
+    and cropped. Blocks inside the small image are libjpeg's exactly; the last block row and
+    column differ a little from Pillow's (libjpeg pads the chroma plane after subsampling)."""
     x = jnp.asarray(x, jnp.float32)
-    codec = partial(jpeg, quality=quality, subsampling=subsampling, rounding=rounding)
-    shrink_first = [lambda z, f=f: _back(codec(resize_down(z, f)), z.shape) for f in scales]
-    jpeg_then = [lambda y, f=f: _back(_shrink_8bit(y, f), y.shape) for f in scales]
+    hw = x.shape[1:3]
+    sizes = [upload_size(hw, f) for f in scales]
     index = jnp.asarray(scale_index, jnp.int32)
-    # the JPEG-first order shares one full-size JPEG across its scales
-    return jax.lax.cond(jnp.asarray(jpeg_first, bool),
-                        lambda z: jax.lax.switch(index, jpeg_then, codec(z)),
-                        lambda z: jax.lax.switch(index, shrink_first, z), x)
+    first = jnp.asarray(jpeg_first, bool)
+    shrink_pad = [lambda z, f=f: _pad_edge(resize_down(z, f), hw) for f in scales]
+    z = jax.lax.cond(first, lambda z: z, lambda z: jax.lax.switch(index, shrink_pad, z), x)
+    y = jpeg(z, quality, subsampling=subsampling, rounding=rounding)
+    crop_up = [lambda y, s=s: _back(y[:, :s[0], :s[1]], x.shape) for s in sizes]
+    shrink_up = [lambda y, f=f: _back(_shrink_8bit(y, f), x.shape) for f in scales]
+    return jax.lax.cond(first, lambda y: jax.lax.switch(index, shrink_up, y),
+                        lambda y: jax.lax.switch(index, crop_up, y), y)
