@@ -17,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 
 __all__ = ["HAAR", "HaarParams", "HaarUnavailable", "box_iou", "count_found", "haar_detect",
-           "match_faces", "MATCH_IOU"]
+           "load_cascade", "match_faces", "MATCH_IOU"]
 
 #: IoU at which a found box counts as finding a true face. 0.4, not the usual 0.5: each
 #: detector draws its own box around a face (Haar's square is a little larger than the tight
@@ -48,15 +48,18 @@ HAAR = HaarParams()
 
 
 @lru_cache(maxsize=4)
-def _classifier(cascade: str):
+def load_cascade(cascade: str):
+    """The ``cv2.CascadeClassifier`` of ``cascade`` (a file in ``cv2.data.haarcascades``), loaded
+    once; :class:`HaarUnavailable` when OpenCV or its Haar cascades are missing."""
     try:
         import cv2
     except ImportError:
         raise HaarUnavailable("the Haar face detector needs OpenCV: pip install "
                               "'opencv-python-headless>=4.10,<5' (the faces extra)") from None
     if not hasattr(cv2, "CascadeClassifier"):
-        raise HaarUnavailable(f"OpenCV {cv2.__version__} has no Haar cascades (OpenCV 5 moved "
-                              "them out); pip install 'opencv-python-headless>=4.10,<5'")
+        version = getattr(cv2, "__version__", "?")
+        raise HaarUnavailable(f"OpenCV {version} has no Haar cascades (OpenCV 5 moved them "
+                              "out); pip install 'opencv-python-headless>=4.10,<5'")
     path = cv2.data.haarcascades + cascade
     clf = cv2.CascadeClassifier(path)
     if clf.empty():
@@ -72,7 +75,7 @@ def haar_detect(img: np.ndarray, params: HaarParams = HAAR) -> np.ndarray:
     img = np.asarray(img)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3:
         raise ValueError(f"haar_detect expects [H, W, 3] uint8, got {img.shape} {img.dtype}")
-    clf = _classifier(params.cascade)
+    clf = load_cascade(params.cascade)
     grey = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
     found = clf.detectMultiScale(grey, scaleFactor=params.scale_factor,
                                  minNeighbors=params.min_neighbors,
