@@ -14,7 +14,7 @@ from PIL import Image
 from ppjax.cli import main
 from ppjax.faces import haar
 from ppjax.faces.dataset import FACE_PX, LONG_SIDE_PX, load_face_images, read_face_set
-from ppjax.faces.haar import box_iou, count_found, haar_detect, match_faces
+from ppjax.faces.haar import box_iou, count_found, haar_detect, match_faces, scale_boxes
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,8 @@ def test_matching_by_hand():
     two = np.array([[0, 0, 10, 10], [6, 0, 16, 10]], np.float32)
     assert count_found(two, np.array([[3, 0, 13, 10]], np.float32), iou=0.5) == 1
     assert count_found(two, np.zeros((0, 4), np.float32)) == 0
+    np.testing.assert_allclose(scale_boxes(truth, (40, 100), (20, 60)),
+                               [[0, 0, 6, 5], [12, 10, 18, 15]])
 
 
 def test_haar_without_cascades_is_a_clear_error(monkeypatch):

@@ -17,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 
 __all__ = ["HAAR", "HaarParams", "HaarUnavailable", "box_iou", "count_found", "haar_detect",
-           "load_cascade", "match_faces", "MATCH_IOU"]
+           "load_cascade", "match_faces", "MATCH_IOU", "scale_boxes"]
 
 #: IoU at which a found box counts as finding a true face. 0.4, not the usual 0.5: each
 #: detector draws its own box around a face (Haar's square is a little larger than the tight
@@ -94,6 +94,13 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
     union = area(a) + area(b) - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def scale_boxes(boxes: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
+    """``boxes`` [N, 4] of an ``src_hw`` image in the pixels of the same image resized to
+    ``dst_hw`` (e.g. the true faces in what an upload pipeline delivers)."""
+    sy, sx = dst_hw[0] / src_hw[0], dst_hw[1] / src_hw[1]
+    return np.asarray(boxes, np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], np.float32)
 
 
 def match_faces(truth: np.ndarray, found: np.ndarray, iou: float = MATCH_IOU) -> np.ndarray:
