@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 import types
@@ -13,7 +14,7 @@ from PIL import Image
 
 from ppjax.cli import main
 from ppjax.faces import haar
-from ppjax.faces.dataset import FACE_PX, LONG_SIDE_PX, load_face_images, read_face_set
+from ppjax.faces.dataset import FACE_PX, LONG_SIDE_PX, build_face_set, load_face_images, read_face_set
 from ppjax.faces.haar import box_iou, count_found, haar_detect, match_faces, scale_boxes
 
 
@@ -47,6 +48,13 @@ def test_manifest_and_layout(face_dir, face_set):
             side = b[:, 2] - b[:, 0]
             assert (side == b[:, 3] - b[:, 1]).all()
             assert (side >= FACE_PX[0]).all() and (side <= FACE_PX[1]).all()
+
+
+def test_deterministic(face_set):
+    again = build_face_set()
+    assert [i for i, _ in again] == [dataclasses.replace(i, sha256="") for i, _ in face_set]
+    for (_, a), (_, b) in zip(again, face_set, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_boxes_hold_the_faces(face_set):
