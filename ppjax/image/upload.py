@@ -146,7 +146,7 @@ for _p in (
         Pipeline("upload_nearest", (Resize(0.6, "nearest"), Jpeg(80)), False),
         Pipeline("upload_area", (Resize(0.6, "area"), Jpeg(80)), False),
         Pipeline("upload_webp", (Resize(0.6), WebP(80)), False),
-        Pipeline("jpeg60_then_lanczos", (Jpeg(60), Resize(0.5, "lanczos")), False)):
+        Pipeline("jpeg60_then_lanczos", (Jpeg(60), Resize(0.7, "lanczos")), False)):
     PIPELINES.register(_p.name, _p)
 
 #: What ``evaluate --task faces`` reports besides the saved PNG.
