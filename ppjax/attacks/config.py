@@ -81,7 +81,9 @@ class AttackConfig:
       eot: "none" or "jpeg": the gradient is taken through ``ppjax.image.jpeg.jpeg`` (rounding
         ``eot_rounding``)
         with a random per-image quality in [eot_quality_lo, eot_quality_hi], averaged over
-        ``eot_samples`` draws.
+        ``eot_samples`` draws. "upload": a photo service's upload instead
+        (``ppjax.attacks.rules.upload_eot_view``: downscale 0.4-1.0x and that JPEG, either
+        order, back at the input's size; set eot_quality_lo=70 for the usual 70-95).
       judge_jpeg: success is judged after the exact-forward differentiable JPEG at quality
         ``judge_quality`` (besides 8-bit rounding).
       eot_rounding: rounding surrogate of the EOT JPEG: "soft_ste" (exact forward, soft-round

@@ -26,6 +26,7 @@ from ppjax.attacks.objectives import Terms
 from ppjax.attacks.parameterisations import per_image_norm
 from ppjax.image.color import ciede2000_l2
 from ppjax.image.jpeg import jpeg
+from ppjax.image.upload import UPLOAD_SCALES, upload_view
 from ppjax.registry import Registry
 
 DISTORTIONS: Registry = Registry("distortion")
@@ -120,14 +121,40 @@ BEST_RULES.register("final", lambda cfg, cand, best_key, ever: (cand.live, _newe
 # ----------------------------------------------------------------------------- EOT
 
 
+def _eot_quality(hp, keys, sample: int):
+    """A random per-image JPEG quality in [eot_quality_lo, eot_quality_hi] ([B], whole numbers),
+    drawn from the image's key and ``sample``."""
+    u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, sample), ()))(keys)
+    return jnp.round(hp["eot_quality_lo"] + (hp["eot_quality_hi"] - hp["eot_quality_lo"]) * u)
+
+
 def jpeg_view(cfg, x, hp, keys, sample: int):
     """Differentiable JPEG (exact forward, ``cfg.eot_rounding`` gradient) at a random per-image
     quality in [eot_quality_lo, eot_quality_hi], drawn from the image's key and ``sample``."""
-    u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, sample), ()))(keys)
-    q = jnp.round(hp["eot_quality_lo"] + (hp["eot_quality_hi"] - hp["eot_quality_lo"]) * u)
-    return jpeg(x, q, subsampling=cfg.subsampling, rounding=cfg.eot_rounding)
+    return jpeg(x, _eot_quality(hp, keys, sample), subsampling=cfg.subsampling,
+                rounding=cfg.eot_rounding)
+
+
+#: Folded into the first image's key for the upload view's per-batch draws.
+_TAG_UPLOAD = 0x55504C44
+
+
+def upload_eot_view(cfg, x, hp, keys, sample: int):
+    """What a photo service delivers (:func:`ppjax.image.upload.upload_view`), back at the
+    input's size: a downscale by one of :data:`~ppjax.image.upload.UPLOAD_SCALES` (0.4-1.0x of
+    the long side) and a JPEG (``cfg.subsampling``, ``cfg.eot_rounding``) at a per-image quality
+    in [eot_quality_lo, eot_quality_hi] (70-95 for an upload), in either order. The scale and
+    the order are drawn once per batch (from the first image's key and ``sample``: each is a
+    static branch, only the drawn one runs), the quality per image."""
+    k = jax.random.fold_in(jax.random.fold_in(keys[0], _TAG_UPLOAD), sample)
+    k_scale, k_order = jax.random.split(k)
+    index = jax.random.randint(k_scale, (), 0, len(UPLOAD_SCALES))
+    first = jax.random.bernoulli(k_order)
+    return upload_view(x, index, _eot_quality(hp, keys, sample), first,
+                       subsampling=cfg.subsampling, rounding=cfg.eot_rounding)
 
 
 EOT_VIEWS: Registry = Registry("EOT transform")
 EOT_VIEWS.register("none", lambda cfg, x, hp, keys, sample: x)
 EOT_VIEWS.register("jpeg", jpeg_view)
+EOT_VIEWS.register("upload", upload_eot_view)

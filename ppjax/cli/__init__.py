@@ -34,7 +34,8 @@ for _name, _module, _help in (
         ("evaluate", "ppjax.cli.evaluate", "score a run as the organisers did; or --compare runs"),
         ("sweep", "ppjax.cli.sweep", "run a grid of attacks and values (resumable)"),
         ("fetch", "ppjax.cli.weights", "download official checkpoints and convert them"),
-        ("fetch-data", "ppjax.cli.weights", "download label files and MEPP lists"),
+        ("fetch-data", "ppjax.cli.weights",
+         "download label files and MEPP lists, or build the face set"),
         ("convert", "ppjax.cli.weights", "convert a checkpoint file you downloaded by hand"),
         ("standin", "ppjax.cli.weights", "create random-weight STAND-IN judges (tests/demos only)"),
         ("judges", "ppjax.cli.weights", "list judges and whether they are converted")):

@@ -24,6 +24,8 @@ def _fetch(args) -> int:
 
 
 def _fetch_data(args) -> int:
+    if args.dataset == "faces":
+        return _fetch_faces(args)
     from ppjax.judges.fetch import FetchError, fetch_data
 
     try:
@@ -32,6 +34,22 @@ def _fetch_data(args) -> int:
     except FetchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _fetch_faces(args) -> int:
+    from pathlib import Path
+
+    from ppjax.errors import SetupError
+    from ppjax.faces.dataset import MANIFEST, write_face_set
+
+    out = Path(args.out) if args.out else config.data_dir(args.data_dir) / "faces"
+    try:
+        fs = write_face_set(out, seed=args.seed)
+    except OSError as e:
+        raise SetupError(f"cannot write the face set to {out}: {e}") from None
+    print(f"{fs.n_faces} faces in {len(fs.images)} images written to {out} "
+          f"(manifest {out / MANIFEST}, seed {fs.seed})")
     return 0
 
 
@@ -89,7 +107,15 @@ def add_parser(sub) -> None:
     common(p)
     p.set_defaults(func=_fetch)
 
-    p = sub.add_parser("fetch-data", **fmt, help="download label files and MEPP lists")
+    p = sub.add_parser("fetch-data", **fmt,
+                       help="download label files and MEPP lists, or build the face set",
+                       description="labels: download label files and MEPP lists. faces: build "
+                       "the face set (offline, from photos that installed packages ship).")
+    p.add_argument("dataset", nargs="?", default="labels", choices=("labels", "faces"),
+                   help="what to get")
+    p.add_argument("--out", default=None,
+                   help="faces: output folder (None: DATA_DIR/faces)")
+    p.add_argument("--seed", type=int, default=0, help="faces: seed of the composites' layout")
     p.add_argument("--data-dir", default=None,
                    help=f"label files and lists (None: $PPJAX_DATA_DIR or {config.data_dir()})")
     p.add_argument("--from", dest="source", default=None,
