@@ -80,7 +80,8 @@ def run_net(judge, crops: np.ndarray, method: str) -> list[np.ndarray]:
     size = max(16, 1 << (n - 1).bit_length())
     padded = np.zeros((size, *crops.shape[1:]), np.float32)
     padded[:n] = crops
-    return [np.asarray(o)[:n] for o in _net(judge, jnp.asarray(padded), method)]
+    out = _net(judge, jnp.asarray(padded), method)
+    return [np.asarray(o)[:n] for o in (out.prob, out.reg, out.landmarks) if o is not None]
 
 
 def stage1(levels, scales, thresh: float) -> np.ndarray:

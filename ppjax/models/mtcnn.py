@@ -79,9 +79,27 @@ def _flatten_torch(x: jnp.ndarray) -> jnp.ndarray:
     return jnp.transpose(x, (0, 2, 1, 3)).reshape(x.shape[0], -1)
 
 
+class NetOut(NamedTuple):
+    """What each network returns (float32). ``prob``: the face probability (torch's softmax,
+    channel 1); ``logit``: the face log-odds ``a_1 - a_0`` (``prob = sigmoid(logit)``; what a
+    hinge should push on, since ``prob`` saturates); ``reg``: box offsets [..., 4];
+    ``landmarks``: O-Net only, [B, 10] (5 x then 5 y, relative to the crop), else None."""
+
+    prob: jnp.ndarray
+    logit: jnp.ndarray
+    reg: jnp.ndarray
+    landmarks: jnp.ndarray | None = None
+
+
+def _face(a: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(face probability, face log-odds) of the 2-way head ``a`` [..., 2]."""
+    return jax.nn.softmax(a, axis=-1)[..., 1], a[..., 1] - a[..., 0]
+
+
 class PNet(nn.Module):
-    """P-Net, fully convolutional: ``x01`` [B, H, W, 3] -> (prob [B, h, w], reg [B, h, w, 4])
-    with ``h = ceil((H - 2) / 2) - 4`` (one 12x12 window per output, stride 2)."""
+    """P-Net, fully convolutional: ``x01`` [B, H, W, 3] -> :class:`NetOut` (prob, logit [B, h, w],
+    reg [B, h, w, 4]) with ``h = ceil((H - 2) / 2) - 4`` (one 12x12 window per output, stride
+    2)."""
 
     dtype: Any = jnp.float32
 
@@ -94,11 +112,12 @@ class PNet(nn.Module):
         x = PReLU(32, name="prelu3")(_conv("conv3", 32, 3, self.dtype)(x))
         a = _conv("conv4_1", 2, 1, self.dtype)(x).astype(jnp.float32)
         b = _conv("conv4_2", 4, 1, self.dtype)(x).astype(jnp.float32)
-        return jax.nn.softmax(a, axis=-1)[..., 1], b
+        return NetOut(*_face(a), b)
 
 
 class RNet(nn.Module):
-    """R-Net on 24x24 crops: ``x01`` [B, 24, 24, 3] -> (prob [B], reg [B, 4])."""
+    """R-Net on 24x24 crops: ``x01`` [B, 24, 24, 3] -> :class:`NetOut` (prob, logit [B],
+    reg [B, 4])."""
 
     dtype: Any = jnp.float32
 
@@ -112,12 +131,12 @@ class RNet(nn.Module):
         x = PReLU(128, name="prelu4")(x)
         a = nn.Dense(2, dtype=self.dtype, name="dense5_1")(x).astype(jnp.float32)
         b = nn.Dense(4, dtype=self.dtype, name="dense5_2")(x).astype(jnp.float32)
-        return jax.nn.softmax(a, axis=-1)[:, 1], b
+        return NetOut(*_face(a), b)
 
 
 class ONet(nn.Module):
-    """O-Net on 48x48 crops: ``x01`` [B, 48, 48, 3] -> (prob [B], reg [B, 4], landmarks
-    [B, 10]) (landmarks: 5 x then 5 y, relative to the crop)."""
+    """O-Net on 48x48 crops: ``x01`` [B, 48, 48, 3] -> :class:`NetOut` (prob, logit [B],
+    reg [B, 4], landmarks [B, 10])."""
 
     dtype: Any = jnp.float32
 
@@ -133,7 +152,7 @@ class ONet(nn.Module):
         a = nn.Dense(2, dtype=self.dtype, name="dense6_1")(x).astype(jnp.float32)
         b = nn.Dense(4, dtype=self.dtype, name="dense6_2")(x).astype(jnp.float32)
         c = nn.Dense(10, dtype=self.dtype, name="dense6_3")(x).astype(jnp.float32)
-        return jax.nn.softmax(a, axis=-1)[:, 1], b, c
+        return NetOut(*_face(a), b, c)
 
 
 # ----------------------------------------------------------------------------- the pyramid
@@ -195,15 +214,6 @@ def resize_area(x: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
     return x
 
 
-class PyramidLevel(NamedTuple):
-    """P-Net's output at one scale: ``prob`` [B, h, w] (face probability of each 12x12 window),
-    ``reg`` [B, h, w, 4] (box offsets), ``scale`` (a python float)."""
-
-    prob: jnp.ndarray
-    reg: jnp.ndarray
-    scale: float
-
-
 # ----------------------------------------------------------------------------- the three nets
 
 
@@ -220,27 +230,24 @@ class MTCNN(nn.Module):
         self.r = RNet(dtype=self.dtype, name="rnet")
         self.o = ONet(dtype=self.dtype, name="onet")
 
-    def pnet(self, x01):
-        """P-Net on ``x01`` [B, H, W, 3] -> (prob [B, h, w], reg [B, h, w, 4])."""
+    def pnet(self, x01) -> NetOut:
+        """P-Net on ``x01`` [B, H, W, 3]: prob, logit [B, h, w], reg [B, h, w, 4]."""
         return self.p(x01)
 
-    def rnet(self, x01):
-        """R-Net on crops [B, 24, 24, 3] -> (prob [B], reg [B, 4])."""
+    def rnet(self, x01) -> NetOut:
+        """R-Net on crops [B, 24, 24, 3]: prob, logit [B], reg [B, 4]."""
         return self.r(x01)
 
-    def onet(self, x01):
-        """O-Net on crops [B, 48, 48, 3] -> (prob [B], reg [B, 4], landmarks [B, 10])."""
+    def onet(self, x01) -> NetOut:
+        """O-Net on crops [B, 48, 48, 3]: prob, logit [B], reg [B, 4], landmarks [B, 10]."""
         return self.o(x01)
 
-    def pyramid(self, x01) -> list[PyramidLevel]:
-        """P-Net at every scale of facenet-pytorch's pyramid of ``x01`` [B, H, W, 3]."""
+    def pyramid(self, x01) -> list[NetOut]:
+        """P-Net at every scale of facenet-pytorch's pyramid of ``x01`` [B, H, W, 3], one
+        :class:`NetOut` per scale of :func:`pyramid_scales` (``h, w, min_face, factor``)."""
         h, w = x01.shape[1:3]
-        out = []
-        for s, hw in zip(pyramid_scales(h, w, self.min_face, self.factor),
-                         pyramid_sizes(h, w, self.min_face, self.factor), strict=True):
-            prob, reg = self.p(resize_area(x01, hw))
-            out.append(PyramidLevel(prob, reg, s))
-        return out
+        return [self.p(resize_area(x01, hw))
+                for hw in pyramid_sizes(h, w, self.min_face, self.factor)]
 
     def __call__(self, x01):
         """The highest P-Net face probability over every window of every scale, [B] (0 when the
