@@ -67,7 +67,8 @@ class PReLU(nn.Module):
     @nn.compact
     def __call__(self, x):
         w = self.param("weight", nn.initializers.constant(0.25), (self.features,), jnp.float32)
-        return jnp.where(x >= 0, x, w.astype(x.dtype) * x)
+        w = w.astype(x.dtype).reshape((1,) * (x.ndim - 1) + (self.features,))
+        return jnp.where(x >= 0, x, w * x)
 
 
 def _conv(name: str, features: int, k: int, dtype) -> nn.Conv:
