@@ -12,19 +12,20 @@ The whole cascade runs inside the attack's program on the judged image ``x`` [B,
    squared as the original does (box coordinates under ``stop_gradient``).
 3. **R-Net and O-Net on those proposals.** Each proposal is cropped (clipped to the image like
    the original) and area-resized to 24x24, differentiably in the pixels (prefix sums along
-   rows, exact area weights along columns); R-Net's box calibration gives its 48x48 O-Net crop.
-   Each valid proposal adds ``relu(l_R - (logit(0.7) - kappa)) + relu(l_O - (logit(0.7) -
-   kappa))``.
+   rows, exact area weights along columns); each valid one adds ``relu(l_R - (logit(0.7) -
+   kappa))``. The ``k_onet`` with the highest R-Net log-odds are calibrated by R-Net, cropped
+   at 48x48 and add ``relu(l_O - (logit(0.7) - kappa))``.
 
 ``kappa`` (``AttackConfig.kappa``, traced, in log-odds units; 0 = stop exactly at the thresholds)
 is the safety margin. The proposals are those of the image being judged (the objective does not
 see the clean image; a proposal of the clean image that P-Net no longer makes is already hidden).
 
 **Success** = the in-graph cascade certifies that facenet-pytorch's detector finds no face:
-no window reaches P-Net's 0.6, or every stage-1 survivor (all of them fit in ``k`` and the
-passing windows in ``m``) is rejected by R-Net (0.7) or by O-Net (0.7) on its own crop. Skipping
+no window reaches P-Net's 0.6, or every stage-1 survivor is rejected by R-Net (0.7) or by O-Net
+(0.7) on its own crop, and nothing overflowed (the passing windows fit in ``m``, their survivors
+in ``k``, those R-Net passes in ``k_onet``; an overflow is never certified). Skipping
 R-Net's NMS and the final NMS can only keep more boxes, so success implies that
-:func:`ppjax.faces.detect` finds nothing (up to float rounding at a threshold).
+:func:`ppjax.faces.cascade` finds nothing (up to float rounding at a threshold).
 **Score** = the highest P-Net window probability (``Judge.score`` of the ``mtcnn`` judge).
 
 Register: importing :mod:`ppjax.faces` (or this module) adds ``"faces"`` to
@@ -41,12 +42,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppjax.attacks.objectives import Objective, Terms, register
-from ppjax.faces.detect import THRESHOLDS
+from ppjax.faces.cascade import THRESHOLDS
 from ppjax.models.mtcnn import ONET_HW, RNET_HW, pyramid_scales, pyramid_sizes
 
-#: proposals that reach R-Net and O-Net per image, and windows that enter the stage-1 NMS.
-K_PROPOSALS = 16
-M_CANDIDATES = 256
+#: per image: windows that enter the stage-1 NMS (m), survivors that reach R-Net (k), and of
+#: those, the best by R-Net's log-odds that reach O-Net (k_onet).
+M_CANDIDATES = 512
+K_PROPOSALS = 64
+K_ONET = 16
 
 _sg = jax.lax.stop_gradient
 
@@ -212,46 +215,64 @@ class CascadeTerms(NamedTuple):
     max_prob: jnp.ndarray
 
 
-def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS,
-                  m: int = M_CANDIDATES) -> CascadeTerms:
-    """The cascade of judge ``mtcnn`` on ``x`` [B, H, W, 3] in [0, 1] (see the module doc)."""
+def _pick(a: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
+    """``a`` [B, K, ...] at ``idx`` [B, J] along axis 1."""
+    return jax.vmap(lambda v, i: v[i])(a, idx)
+
+
+def _stage1(judge, x, kappa, k: int, m: int):
+    """P-Net over the pyramid: (hinge_p [B], max prob [B], :class:`Proposals` batched)."""
     b, h, w = x.shape[:3]
     mod = judge.module
     geom, sid = window_geometry(h, w, mod.min_face, mod.factor)
-    if len(geom) == 0:  # too small for one window: nothing can be found
-        zero = jnp.zeros(b, jnp.float32)
-        return CascadeTerms(zero, zero, zero, jnp.zeros(b, bool), zero)
     levels = mod.apply(judge.variables, x, method="pyramid")
     prob = jnp.concatenate([lv.prob.reshape(b, -1) for lv in levels], axis=1)
     logit = jnp.concatenate([lv.logit.reshape(b, -1) for lv in levels], axis=1)
     reg = jnp.concatenate([lv.reg.reshape(b, -1, 4) for lv in levels], axis=1)
-    kappa = jnp.asarray(kappa, jnp.float32)
-    hinge_p = jnp.sum(jax.nn.relu(logit - (log_odds(THRESHOLDS[0]) - kappa)), axis=1)
+    hinge = jnp.sum(jax.nn.relu(logit - (log_odds(THRESHOLDS[0]) - kappa)), axis=1)
     prop = jax.vmap(lambda p, lg, r: proposals(geom, sid, p, lg, r, kappa, k, m))(
         _sg(prob), _sg(logit), _sg(reg))
+    return hinge, jnp.max(prob, axis=1), prop
+
+
+def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M_CANDIDATES,
+                  k_onet: int = K_ONET) -> CascadeTerms:
+    """The cascade of judge ``mtcnn`` on ``x`` [B, H, W, 3] in [0, 1] (see the module doc):
+    ``m`` windows enter the stage-1 NMS, ``k`` survivors reach R-Net, the ``k_onet`` with the
+    highest R-Net log-odds reach O-Net."""
+    b = x.shape[0]
+    if len(window_geometry(*x.shape[1:3], judge.module.min_face, judge.module.factor)[0]) == 0:
+        zero = jnp.zeros(b, jnp.float32)  # too small for one window: nothing can be found
+        return CascadeTerms(zero, zero, zero, jnp.zeros(b, bool), zero)
+    kappa = jnp.asarray(kappa, jnp.float32)
+    hinge_p, max_prob, prop = _stage1(judge, x, kappa, k, m)
     c24, ok24 = _crops(x, prop.boxes, RNET_HW)
     r = _net(judge, c24, "rnet")
-    boxes48 = _sg(calibrate(prop.boxes, r.reg, plus_one=True))
-    c48, ok48 = _crops(x, boxes48, ONET_HW)
-    o = _net(judge, c48, "onet")
     live = prop.valid & ok24
     hinge_r = jnp.sum(jnp.where(live, jax.nn.relu(r.logit - (log_odds(THRESHOLDS[1]) - kappa)),
                                 0.0), axis=1)
-    hinge_o = jnp.sum(jnp.where(live & ok48,
-                                jax.nn.relu(o.logit - (log_odds(THRESHOLDS[2]) - kappa)), 0.0),
-                      axis=1)
-    found = (prop.passing & ok24 & (r.prob > THRESHOLDS[1]) & ok48 & (o.prob > THRESHOLDS[2]))
-    detected = (prop.n_passing > 0) & (prop.overflow | jnp.any(found, axis=1))
-    return CascadeTerms(hinge_p, hinge_r, hinge_o, detected, jnp.max(prob, axis=1))
+    r_pass = prop.passing & ok24 & (r.prob > THRESHOLDS[1])
+    k_onet = min(k_onet, r.logit.shape[1])
+    _, io = jax.lax.top_k(jnp.where(live, r.logit, -jnp.inf), k_onet)
+    boxes48 = _sg(calibrate(_pick(prop.boxes, io), _pick(r.reg, io), plus_one=True))
+    c48, ok48 = _crops(x, boxes48, ONET_HW)
+    o = _net(judge, c48, "onet")
+    live_o = _pick(live, io) & ok48
+    hinge_o = jnp.sum(jnp.where(live_o, jax.nn.relu(o.logit - (log_odds(THRESHOLDS[2]) - kappa)),
+                                0.0), axis=1)
+    found = _pick(r_pass, io) & ok48 & (o.prob > THRESHOLDS[2])
+    overflow = prop.overflow | (jnp.sum(r_pass, axis=1) > k_onet)
+    detected = (prop.n_passing > 0) & (overflow | jnp.any(found, axis=1))
+    return CascadeTerms(hinge_p, hinge_r, hinge_o, detected, max_prob)
 
 
-def faces_objective(k: int = K_PROPOSALS, m: int = M_CANDIDATES):
-    """An objective factory hiding faces with ``k`` proposals of ``m`` candidates per image
-    (``"faces"`` is ``faces_objective()``)."""
+def faces_objective(k: int = K_PROPOSALS, m: int = M_CANDIDATES, k_onet: int = K_ONET):
+    """An objective factory hiding faces (:func:`cascade_terms` with ``k``, ``m``, ``k_onet``;
+    ``"faces"`` is ``faces_objective()``)."""
 
     def factory(cfg) -> Objective:
         def evaluate(models, x, aux, hp):
-            t = cascade_terms(models["judge"], x, hp["kappa"], k, m)
+            t = cascade_terms(models["judge"], x, hp["kappa"], k, m, k_onet)
             return Terms(t.hinge_p + t.hinge_r + t.hinge_o, ~t.detected, t.max_prob)
 
         return Objective(evaluate, output="score", prepare=None)
