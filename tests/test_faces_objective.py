@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests import faces_ref, facenet_shim
+from tests import facenet_shim, faces_ref
 
 torch = pytest.importorskip("torch")
 fp = facenet_shim.import_facenet()

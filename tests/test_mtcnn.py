@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import faces_ref, facenet_shim
+from tests import facenet_shim, faces_ref
 
 torch = pytest.importorskip("torch")
 fp = facenet_shim.import_facenet()

@@ -49,8 +49,8 @@ from ppjax.judges import get_spec
 
 NAME = "mtcnn"
 # the published files this converter reads (ppjax.convert.Converter)
-SOURCE_FORMAT = ("facenet_pytorch/data/{pnet,rnet,onet}.pt: three torch weights-only state dicts "
-                 "of facenet-pytorch 2.6.0's PNet, RNet, ONet")
+SOURCE_FORMAT = ("mtcnn (a folder, e.g. facenet_pytorch/data): pnet.pt, rnet.pt, onet.pt, "
+                 "torch weights-only state dicts of facenet-pytorch 2.6.0's PNet, RNet, ONet")
 PACKAGE = "facenet_pytorch"
 PIP_INSTALL = "pip install --no-deps facenet-pytorch==2.6.0"
 
