@@ -65,3 +65,7 @@ __all__ = [
     "read_sensitive_categories", "register", "resolve_attack", "run", "stream", "traced",
     "with_appeal",
 ]
+
+# objective "faces" registers itself (ppjax.faces.objective); imported here so that every
+# caller of the registry sees it
+import ppjax.faces.objective  # noqa: E402,F401

@@ -84,7 +84,8 @@ def _judges(args) -> int:
         real = (judge_dir(name, args.weights_dir) / "metadata.json").exists()
         stand = (judge_dir(name, args.weights_dir, standin=True) / "metadata.json").exists()
         state = "converted" if real else ("stand-in only" if stand else "not converted")
-        print(f"{name:28s} {spec.input_hw[0]}x{spec.input_hw[1]}  {state:14s} {spec.url}")
+        size = "any" if spec.any_size else f"{spec.input_hw[0]}x{spec.input_hw[1]}"
+        print(f"{name:28s} {size:7s}  {state:14s} {spec.url}")
     return 0
 
 

@@ -47,7 +47,7 @@ class Converter(Protocol):
 CONVERTERS: Registry[Callable[[], Converter]] = Registry("converter")
 for _key in ("resnet50_places365", "resnet18_places365", "wideresnet18_places365",
              "densenet161_places365", "alexnet_places365", "koncept512", "nima_keras",
-             "nima_mobilenetv2"):
+             "nima_mobilenetv2", "mtcnn"):
     CONVERTERS.register(_key, lazy(f"ppjax.convert.{_key}"))
 
 

@@ -67,7 +67,7 @@ class Judge:
                 f"judge {self.spec.name!r} expects images [B, H, W, 3] in [0, 1], got shape "
                 f"{tuple(x01.shape)}"
             )
-        if tuple(x01.shape[1:3]) != (h, w):
+        if tuple(x01.shape[1:3]) != (h, w) and not self.spec.any_size:
             raise ValueError(
                 f"judge {self.spec.name!r} expects {h}x{w} (HxW) images, got "
                 f"{x01.shape[1]}x{x01.shape[2]}; bring them to the task's size first "

@@ -72,9 +72,14 @@ def download(url: str, dest: Path, desc: str | None = None, timeout: float = TIM
 
 
 def fetch_judge(name: str, weights_dir=None, force: bool = False) -> Path:
-    """Download the official checkpoint of judge ``name`` (unless present) and convert it."""
+    """Download the official checkpoint of judge ``name`` (unless present) and convert it. A
+    judge whose weights ship in a package (``spec.bundled``) is copied from the installed package
+    by its converter's ``fetch_bundled`` instead (offline; a missing package is a
+    :class:`ppjax.errors.SetupError`)."""
     spec = get_spec(name)
     dest = config.downloads_dir(weights_dir) / spec.filename
+    if spec.bundled:  # the weights ship inside an installed package: copied, never downloaded
+        return get_converter(spec.converter).fetch_bundled(weights_dir, force)
     if force or not dest.exists():
         download(spec.url, dest, desc=spec.filename)
     return get_converter(spec.converter).convert(dest, weights_dir)

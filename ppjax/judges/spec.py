@@ -36,6 +36,12 @@ class JudgeSpec:
     preprocessing: str
     model_kwargs: tuple[tuple[str, Any], ...] = ()
     year: int = 2019
+    # fully convolutional: takes [B, H, W, 3] of any size (input_hw is then only the size its
+    # variables are initialised at)
+    any_size: bool = False
+    # the pip requirement whose wheel ships the real weights: ``ppjax fetch`` copies them from
+    # the installed package (offline) instead of downloading ``url``; there is no stand-in
+    bundled: str = ""
 
     def make_module(self, **overrides) -> nn.Module:
         factory = lazy(self.model)()
@@ -169,6 +175,33 @@ register(
 )
 
 
+register(
+    JudgeSpec(
+        name="mtcnn",
+        model="ppjax.models.mtcnn:MTCNN",
+        input_hw=(48, 48),
+        output="score",
+        filename="mtcnn",  # a folder: pnet.pt, rnet.pt, onet.pt
+        url="https://github.com/timesler/facenet-pytorch/tree/v2.6.0/data",
+        converter="mtcnn",
+        architecture=(
+            "MTCNN (Zhang et al. 2016) P-Net, R-Net, O-Net as facenet-pytorch 2.6.0 defines them "
+            "(per-channel PReLU, ceil-mode max-pooling, dense layers after permute(0, 3, 2, 1)); "
+            "trained weights from the facenet-pytorch wheel (data/pnet.pt, rnet.pt, onet.pt)"
+        ),
+        preprocessing=(
+            "RGB [0,1] -> (255 x - 127.5) * 0.0078125, any size; pyramid min face 20, factor "
+            "0.709, levels (int(h*s+1), int(w*s+1)) by torch interpolate(mode='area'); crops "
+            "24x24 (R-Net), 48x48 (O-Net) by area resampling; score = max P-Net face "
+            "probability over every window of every scale"
+        ),
+        year=2016,
+        any_size=True,
+        bundled="facenet-pytorch==2.6.0",
+    )
+)
+
+
 def get_spec(name: str) -> JudgeSpec:
     """The spec of judge ``name``; :class:`~ppjax.registry.UnknownName` (a ``KeyError``) names the
     known judges."""
@@ -183,6 +216,15 @@ def judge_dir(name: str, weights_dir=None, standin: bool = False) -> Path:
 def missing_weights_message(spec: JudgeSpec, weights_dir=None) -> str:
     """What to do when judge ``spec`` has not been converted: fetch, convert by hand, or stand-in."""
     dest = config.downloads_dir(weights_dir) / spec.filename
+    if spec.bundled:
+        return (
+            f"judge {spec.name!r} has not been converted yet (looked in "
+            f"{config.weights_dir(weights_dir) / spec.name}).\n"
+            f"  * run: ppjax fetch {spec.name}  (offline: it copies the real weights from the "
+            f"installed package)\n"
+            f"  * the package: pip install --no-deps {spec.bundled}\n"
+            f"  (this judge ships its real weights; it has no stand-in)"
+        )
     return (
         f"judge {spec.name!r} has not been converted yet (looked in "
         f"{config.weights_dir(weights_dir) / spec.name}).\n"

@@ -1,0 +1,283 @@
+"""Objective ``"faces"``: hide every face from MTCNN (differentiable, static shapes).
+
+The whole cascade runs inside the attack's program on the judged image ``x`` [B, H, W, 3]:
+
+1. **P-Net at every pyramid scale** (:meth:`ppjax.models.mtcnn.MTCNN.pyramid`: area resampling,
+   differentiable, the level sizes fixed by the image size at trace time). Every window's face
+   log-odds ``l`` gets the hinge ``relu(l - (logit(0.6) - kappa))``, summed over all windows of
+   all scales.
+2. **The proposals.** The windows at or above ``logit(0.6) - kappa`` (at most ``m`` of them, by
+   score) go through facenet-pytorch's stage-1 NMS (0.5 within a scale, then 0.7), in the
+   graph; the first ``k`` survivors (a fixed number, with a validity mask) are calibrated and
+   squared as the original does (box coordinates under ``stop_gradient``).
+3. **R-Net and O-Net on those proposals.** Each proposal is cropped (clipped to the image like
+   the original) and area-resized to 24x24, differentiably in the pixels (prefix sums along
+   rows, exact area weights along columns); each valid one adds ``relu(l_R - (logit(0.7) -
+   kappa))``. The ``k_onet`` with the highest R-Net log-odds are calibrated by R-Net, cropped
+   at 48x48 and add ``relu(l_O - (logit(0.7) - kappa))``.
+
+``kappa`` (``AttackConfig.kappa``, traced, in log-odds units; 0 = stop exactly at the thresholds)
+is the safety margin. The proposals are those of the image being judged (the objective does not
+see the clean image; a proposal of the clean image that P-Net no longer makes is already hidden).
+
+**Success** = the in-graph cascade certifies that facenet-pytorch's detector finds no face:
+no window reaches P-Net's 0.6, or every stage-1 survivor is rejected by R-Net (0.7) or by O-Net
+(0.7) on its own crop, and nothing overflowed (the passing windows fit in ``m``, their survivors
+in ``k``, those R-Net passes in ``k_onet``; an overflow is never certified). Skipping
+R-Net's NMS and the final NMS can only keep more boxes, so success implies that
+:func:`ppjax.faces.cascade` finds nothing (up to float rounding at a threshold).
+**Score** = the highest P-Net window probability (``Judge.score`` of the ``mtcnn`` judge).
+
+Register: importing :mod:`ppjax.faces` (or this module) adds ``"faces"`` to
+:data:`ppjax.attacks.objectives.OBJECTIVES`; it needs no per-image input (``prepare=None``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ppjax.attacks.objectives import Objective, Terms, register
+from ppjax.faces.cascade import THRESHOLDS
+from ppjax.models.mtcnn import ONET_HW, RNET_HW, pyramid_scales, pyramid_sizes
+
+#: per image: windows that enter the stage-1 NMS (m), survivors that reach R-Net (k), and of
+#: those, the best by R-Net's log-odds that reach O-Net (k_onet).
+M_CANDIDATES = 512
+K_PROPOSALS = 64
+K_ONET = 16
+
+_sg = jax.lax.stop_gradient
+
+
+def log_odds(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def pnet_map_hw(n: int) -> int:
+    """P-Net's output length for an input length ``n`` (conv3, ceil pool 2/2, conv3, conv3)."""
+    return -(-(n - 4) // 2) + 1 - 4
+
+
+def window_geometry(h: int, w: int, min_face: int, factor: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Every P-Net window of the pyramid of an ``h`` x ``w`` image, in the order the levels are
+    flattened (scale, then row-major): (boxes [N, 4] float32 ``x1, y1, x2, y2`` as
+    ``generateBoundingBox`` computes them, scale index [N] int32)."""
+    boxes, sid = [], []
+    for i, (s, (lh, lw)) in enumerate(zip(pyramid_scales(h, w, min_face, factor),
+                                          pyramid_sizes(h, w, min_face, factor), strict=True)):
+        ys, xs = np.meshgrid(np.arange(pnet_map_hw(lh)), np.arange(pnet_map_hw(lw)),
+                             indexing="ij")
+        bb = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+        q1 = np.floor((np.float32(2) * bb + np.float32(1)) / np.float32(s))
+        q2 = np.floor((np.float32(2) * bb + np.float32(12)) / np.float32(s))
+        boxes.append(np.concatenate([q1, q2], axis=1))
+        sid.append(np.full(len(bb), i, np.int32))
+    if not boxes:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int32)
+    return np.concatenate(boxes).astype(np.float32), np.concatenate(sid)
+
+
+def _iou(b: jnp.ndarray) -> jnp.ndarray:
+    """torchvision IoU [M, M] of boxes [M, 4] (areas without the +1)."""
+    x1, y1, x2, y2 = (b[:, i] for i in range(4))
+    area = (x2 - x1) * (y2 - y1)
+    w = jnp.maximum(jnp.minimum(x2[:, None], x2[None, :]) - jnp.maximum(x1[:, None], x1[None, :]),
+                    0.0)
+    h = jnp.maximum(jnp.minimum(y2[:, None], y2[None, :]) - jnp.maximum(y1[:, None], y1[None, :]),
+                    0.0)
+    inter = w * h
+    return inter / (area[:, None] + area[None, :] - inter)
+
+
+def greedy_nms(over: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
+    """Greedy NMS of boxes already sorted by decreasing score: ``over`` [M, M] bool (box j is
+    suppressed by a kept box i when ``over[i, j]``), ``valid`` [M] bool (absent boxes neither
+    count nor suppress). Returns keep [M] bool."""
+
+    def body(i, carry):
+        keep, dropped = carry
+        k = valid[i] & ~dropped[i]
+        return keep.at[i].set(k), dropped | (k & over[i])
+
+    m = valid.shape[0]
+    keep, _ = jax.lax.fori_loop(0, m, body, (jnp.zeros(m, bool), jnp.zeros(m, bool)))
+    return keep
+
+
+def stage1_nms(boxes: jnp.ndarray, sid: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
+    """facenet-pytorch's stage-1 NMS on score-sorted windows: 0.5 within each scale, then 0.7
+    over the survivors of all scales. keep [M] bool."""
+    iou = _iou(boxes)
+    keep = greedy_nms((iou > 0.5) & (sid[:, None] == sid[None, :]), valid)
+    return greedy_nms(iou > 0.7, keep)
+
+
+def calibrate(boxes: jnp.ndarray, reg: jnp.ndarray, plus_one: bool) -> jnp.ndarray:
+    """Box offsets applied (stage 1: width ``x2 - x1``; ``bbreg``: ``x2 - x1 + 1``), then squared
+    (``rerec``); [..., 4]."""
+    one = 1.0 if plus_one else 0.0
+    w = boxes[..., 2] - boxes[..., 0] + one
+    h = boxes[..., 3] - boxes[..., 1] + one
+    b = boxes + reg * jnp.stack([w, h, w, h], axis=-1)
+    w, h = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
+    side = jnp.maximum(w, h)
+    x1 = b[..., 0] + w * 0.5 - side * 0.5
+    y1 = b[..., 1] + h * 0.5 - side * 0.5
+    return jnp.stack([x1, y1, x1 + side, y1 + side], axis=-1)
+
+
+class Proposals(NamedTuple):
+    """Stage 1 of one image, in the graph (all under ``stop_gradient``)."""
+
+    boxes: jnp.ndarray  # [K, 4] float32 calibrated, squared
+    valid: jnp.ndarray  # [K] bool: a stage-1 survivor at or above the hinge's threshold
+    passing: jnp.ndarray  # [K] bool: ... and P-Net's own test (prob >= 0.6)
+    n_passing: jnp.ndarray  # int32: windows with prob >= 0.6 (all of them)
+    overflow: jnp.ndarray  # bool: passing windows beyond m, or passing survivors beyond k
+
+
+def proposals(geom, sid, prob, logit, reg, kappa, k: int, m: int) -> Proposals:
+    """Stage 1 of one image from its windows (``prob``, ``logit`` [N], ``reg`` [N, 4])."""
+    passing = prob >= THRESHOLDS[0]
+    cand = passing | (logit >= log_odds(THRESHOLDS[0]) - kappa)
+    m = min(m, prob.shape[0])
+    kk = min(k, m)
+    top, idx = jax.lax.top_k(jnp.where(cand, logit, -jnp.inf), m)
+    keep = stage1_nms(jnp.asarray(geom)[idx], jnp.asarray(sid)[idx], top > -jnp.inf)
+    order = jnp.argsort(~keep, stable=True)[:kk]  # the survivors first, by score
+    sel = idx[order]
+    boxes = calibrate(jnp.asarray(geom)[sel], reg[sel], plus_one=False)
+    valid = keep[order]
+    n_pass = jnp.sum(passing).astype(jnp.int32)
+    overflow = (n_pass > m) | (jnp.sum(keep & passing[idx]) > kk)
+    pad = k - kk
+    return Proposals(_sg(jnp.pad(boxes, ((0, pad), (0, 0)))), jnp.pad(valid, (0, pad)),
+                     jnp.pad(valid & passing[sel], (0, pad)), n_pass, overflow)
+
+
+def crop_weights(box: jnp.ndarray, n_img: int, size: int, axis: int):
+    """The crop of facenet-pytorch (``pad``: truncate, clip to 1..n, take ``[a-1, b)``) along one
+    axis, area-resized to ``size``: (start [size] int32, end [size] int32, ok bool) of each
+    output's window in image coordinates."""
+    a = jnp.maximum(jnp.trunc(box[axis]).astype(jnp.int32), 1)
+    b = jnp.minimum(jnp.trunc(box[axis + 2]).astype(jnp.int32), n_img)
+    n = b - a + 1
+    ok = n > 0
+    n = jnp.maximum(n, 1)
+    i = jnp.arange(size, dtype=jnp.int32)
+    start = (i * n) // size
+    end = -((-(i + 1) * n) // size)
+    return a - 1 + start, a - 1 + end, ok
+
+
+def crop_area(x: jnp.ndarray, box: jnp.ndarray, size: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """One image ``x`` [H, W, 3] cropped at ``box`` (clipped) and area-resized to ``size`` x
+    ``size``, differentiable in ``x``: rows by prefix sums (float32, values centred on 0.5),
+    columns by exact area weights. Returns (crop [size, size, 3], ok)."""
+    h, w = x.shape[:2]
+    rs, re, ok_r = crop_weights(box, h, size, 1)
+    cs, ce, ok_c = crop_weights(box, w, size, 0)
+    c = jnp.concatenate([jnp.zeros((1, w, 3), x.dtype), jnp.cumsum(x - 0.5, axis=0)], axis=0)
+    rows = (c[re] - c[rs]) / (re - rs).astype(x.dtype)[:, None, None] + 0.5  # [size, W, 3]
+    cols = jnp.arange(w, dtype=jnp.int32)[None, :]
+    wc = ((cols >= cs[:, None]) & (cols < ce[:, None])).astype(x.dtype)
+    wc = wc / (ce - cs).astype(x.dtype)[:, None]  # [size, W]
+    return jnp.einsum("jw,iwc->ijc", wc, rows), ok_r & ok_c
+
+
+def _crops(x: jnp.ndarray, boxes: jnp.ndarray, size: int):
+    """Crops [B, K, size, size, 3] and ok [B, K] of ``x`` [B, H, W, 3] at ``boxes`` [B, K, 4]."""
+    one = jax.vmap(crop_area, in_axes=(None, 0, None))
+    return jax.vmap(one, in_axes=(0, 0, None))(x, boxes, size)
+
+
+def _net(judge, crops: jnp.ndarray, method: str):
+    b, k = crops.shape[:2]
+    out = judge.module.apply(judge.variables, crops.reshape(b * k, *crops.shape[2:]),
+                             method=method)
+    return jax.tree.map(lambda a: a.reshape(b, k, *a.shape[1:]), out)
+
+
+class CascadeTerms(NamedTuple):
+    """The in-graph cascade of a batch ([B] each): the hinge of each stage, whether a face
+    survives, the highest P-Net window probability."""
+
+    hinge_p: jnp.ndarray
+    hinge_r: jnp.ndarray
+    hinge_o: jnp.ndarray
+    detected: jnp.ndarray  # bool: a face may be found (not certified hidden)
+    max_prob: jnp.ndarray
+
+
+def _pick(a: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
+    """``a`` [B, K, ...] at ``idx`` [B, J] along axis 1."""
+    return jax.vmap(lambda v, i: v[i])(a, idx)
+
+
+def _stage1(judge, x, kappa, k: int, m: int):
+    """P-Net over the pyramid: (hinge_p [B], max prob [B], :class:`Proposals` batched)."""
+    b, h, w = x.shape[:3]
+    mod = judge.module
+    geom, sid = window_geometry(h, w, mod.min_face, mod.factor)
+    levels = mod.apply(judge.variables, x, method="pyramid")
+    prob = jnp.concatenate([lv.prob.reshape(b, -1) for lv in levels], axis=1)
+    logit = jnp.concatenate([lv.logit.reshape(b, -1) for lv in levels], axis=1)
+    reg = jnp.concatenate([lv.reg.reshape(b, -1, 4) for lv in levels], axis=1)
+    hinge = jnp.sum(jax.nn.relu(logit - (log_odds(THRESHOLDS[0]) - kappa)), axis=1)
+    prop = jax.vmap(lambda p, lg, r: proposals(geom, sid, p, lg, r, kappa, k, m))(
+        _sg(prob), _sg(logit), _sg(reg))
+    return hinge, jnp.max(prob, axis=1), prop
+
+
+def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M_CANDIDATES,
+                  k_onet: int = K_ONET) -> CascadeTerms:
+    """The cascade of judge ``mtcnn`` on ``x`` [B, H, W, 3] in [0, 1] (see the module doc):
+    ``m`` windows enter the stage-1 NMS, ``k`` survivors reach R-Net, the ``k_onet`` with the
+    highest R-Net log-odds reach O-Net."""
+    b = x.shape[0]
+    if len(window_geometry(*x.shape[1:3], judge.module.min_face, judge.module.factor)[0]) == 0:
+        zero = jnp.zeros(b, jnp.float32)  # too small for one window: nothing can be found
+        return CascadeTerms(zero, zero, zero, jnp.zeros(b, bool), zero)
+    kappa = jnp.asarray(kappa, jnp.float32)
+    hinge_p, max_prob, prop = _stage1(judge, x, kappa, k, m)
+    c24, ok24 = _crops(x, prop.boxes, RNET_HW)
+    r = _net(judge, c24, "rnet")
+    live = prop.valid & ok24
+    hinge_r = jnp.sum(jnp.where(live, jax.nn.relu(r.logit - (log_odds(THRESHOLDS[1]) - kappa)),
+                                0.0), axis=1)
+    r_pass = prop.passing & ok24 & (r.prob > THRESHOLDS[1])
+    k_onet = min(k_onet, r.logit.shape[1])
+    _, io = jax.lax.top_k(jnp.where(live, r.logit, -jnp.inf), k_onet)
+    boxes48 = _sg(calibrate(_pick(prop.boxes, io), _pick(r.reg, io), plus_one=True))
+    c48, ok48 = _crops(x, boxes48, ONET_HW)
+    o = _net(judge, c48, "onet")
+    live_o = _pick(live, io) & ok48
+    hinge_o = jnp.sum(jnp.where(live_o, jax.nn.relu(o.logit - (log_odds(THRESHOLDS[2]) - kappa)),
+                                0.0), axis=1)
+    found = _pick(r_pass, io) & ok48 & (o.prob > THRESHOLDS[2])
+    overflow = prop.overflow | (jnp.sum(r_pass, axis=1) > k_onet)
+    detected = (prop.n_passing > 0) & (overflow | jnp.any(found, axis=1))
+    return CascadeTerms(hinge_p, hinge_r, hinge_o, detected, max_prob)
+
+
+def faces_objective(k: int = K_PROPOSALS, m: int = M_CANDIDATES, k_onet: int = K_ONET):
+    """An objective factory hiding faces (:func:`cascade_terms` with ``k``, ``m``, ``k_onet``;
+    ``"faces"`` is ``faces_objective()``)."""
+
+    def factory(cfg) -> Objective:
+        def evaluate(models, x, aux, hp):
+            t = cascade_terms(models["judge"], x, hp["kappa"], k, m, k_onet)
+            return Terms(t.hinge_p + t.hinge_r + t.hinge_o, ~t.detected, t.max_prob)
+
+        return Objective(evaluate, output="score", prepare=None)
+
+    return factory
+
+
+register("faces")(faces_objective())

@@ -1,0 +1,132 @@
+"""Objective "faces": the in-graph cascade against the host cascade (:func:`ppjax.faces.cascade`),
+finite gradients, and a short PGD that hides two faces from facenet-pytorch's own MTCNN after
+8-bit rounding (the independent reference, through tests/facenet_shim.py)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import facenet_shim, faces_ref
+
+torch = pytest.importorskip("torch")
+fp = facenet_shim.import_facenet()
+
+SIDE = 160
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_threads():
+    yield from faces_ref.torch_one_thread()
+
+
+@pytest.fixture(scope="module")
+def judge(tmp_path_factory):
+    return faces_ref.mtcnn_judge(tmp_path_factory)[0]
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    """[2 faces on a real background, a real photo with no face], uint8 [2, 160, 160, 3]."""
+    import skimage.data
+
+    coffee = Image.fromarray(skimage.data.coffee()).resize((SIDE, SIDE), Image.BICUBIC)
+    return np.stack([faces_ref.lfw_composite((0, 1), SIDE, 64), np.asarray(coffee)])
+
+
+@pytest.fixture(scope="module")
+def judged(judge):
+    """One compiled program: the objective's terms, the judge's score and the cascade."""
+    from ppjax.attacks.objectives import OBJECTIVES
+    from ppjax.faces.objective import cascade_terms
+
+    obj = OBJECTIVES["faces"](None)
+
+    def loss(x, j, kappa):
+        terms = obj.evaluate({"judge": j}, x, {}, {"kappa": kappa})
+        return jnp.sum(terms.loss), terms
+
+    @jax.jit
+    def run(j, x, kappa):
+        (_, terms), grad = jax.value_and_grad(loss, has_aux=True)(x, j, kappa)
+        return terms, j.score(x), cascade_terms(j, x, kappa), grad
+
+    return run
+
+
+def test_clean_faces_are_detected_not_success(judge, images, judged):
+    from ppjax.faces import detect
+
+    x = jnp.asarray(images / np.float32(255))
+    terms, score, casc, _ = judged(judge, x, 0.0)
+    assert [len(f) for f in detect(judge, images)] == [2, 0]
+    assert np.asarray(terms.success).tolist() == [False, True]
+    assert float(terms.loss[0]) > 0
+    np.testing.assert_allclose(np.asarray(terms.score), np.asarray(score), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(terms.loss),
+                               np.asarray(casc.hinge_p + casc.hinge_r + casc.hinge_o), rtol=1e-6)
+
+
+def test_in_graph_stage1_is_the_host_stage1(judge, images):
+    """The proposals that pass P-Net (in-graph NMS) are the host cascade's stage-1 boxes."""
+    from ppjax.faces.cascade import stage1
+    from ppjax.faces.objective import K_PROPOSALS, M_CANDIDATES, proposals, window_geometry
+    from ppjax.models.mtcnn import pyramid_scales
+
+    geom, sid = window_geometry(SIDE, SIDE, 20, 0.709)
+
+    @jax.jit
+    def run(j, x):
+        levels = j.module.apply(j.variables, x, method="pyramid")
+        cat = [jnp.concatenate([getattr(lv, f)[0].reshape(-1, *getattr(lv, f).shape[3:])
+                                for lv in levels]) for f in ("prob", "logit", "reg")]
+        return levels, proposals(geom, sid, *cat, 0.0, K_PROPOSALS, M_CANDIDATES)
+
+    levels, prop = run(judge, jnp.asarray(images[:1] / np.float32(255)))
+    ours = np.asarray(prop.boxes)[np.asarray(prop.passing)]
+    ref = stage1([(np.asarray(lv.prob[0]), np.asarray(lv.reg[0])) for lv in levels],
+                 pyramid_scales(SIDE, SIDE), 0.6)
+    assert not bool(prop.overflow) and len(ref) >= 2
+    np.testing.assert_allclose(ours, ref[:, :4], atol=1e-3)
+
+
+def test_crops_match_the_host_crops(images):
+    from ppjax.faces.cascade import crops_at
+    from ppjax.faces.objective import crop_area
+
+    img = images[0]
+    boxes = np.array([[20.7, 30.2, 84.9, 95.1], [-10.0, -5.5, 40.0, 44.0],
+                      [120.3, 100.0, 190.0, 170.0], [50.0, 60.0, 58.0, 68.0]], np.float32)
+    crop = jax.jit(jax.vmap(crop_area, in_axes=(None, 0, None)), static_argnums=2)
+    for size in (24, 48):
+        ref, keep = crops_at(img.astype(np.float64), boxes, size)
+        ours, ok = crop(jnp.asarray(img / np.float32(255)), jnp.asarray(boxes), size)
+        assert np.asarray(ok).all() and len(keep) == len(boxes)
+        np.testing.assert_allclose(np.asarray(ours), ref, atol=2e-5)
+
+
+def test_gradients_are_finite(judge, images, judged):
+    _, _, _, g = judged(judge, jnp.asarray(images / np.float32(255)), 1.0)
+    g = np.asarray(g)
+    assert np.isfinite(g).all() and np.abs(g[0]).max() > 0
+
+
+def test_pgd_hides_two_faces_from_facenet_pytorch(judge, images, judged):
+    import ppjax
+    from ppjax.faces import detect
+
+    x0 = images[:1] / np.float32(255)
+    r = ppjax.attack("pgd", judge, x0, objective="faces", eps=8 / 255, steps=40, kappa=1.0,
+                     backend="xla")
+    adv8 = np.round(np.asarray(r.images[0]) * 255).astype(np.uint8)
+    assert np.abs(adv8.astype(int) - images[0].astype(int)).max() <= 8
+    assert bool(np.asarray(r.success)[0])
+    boxes, _ = fp.MTCNN(keep_all=True).detect(adv8)
+    assert boxes is None, f"facenet-pytorch still finds {len(boxes)} face(s)"
+    assert len(detect(judge, adv8)[0]) == 0
+    x = np.stack([adv8, images[1]]) / np.float32(255)  # the batch shape compiled above
+    terms = judged(judge, jnp.asarray(x), 0.0)[0]
+    assert bool(terms.success[0])
