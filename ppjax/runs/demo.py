@@ -128,7 +128,8 @@ def _demo(a) -> int:
                           standin=standin or appeal_standin, weights_dir=a.weights_dir)
     tag = "STAND-IN (random weights) " if standin else ""
     print(f"\n{tag}demo done: {summary.get('done', '?')} images protected, "
-          f"{summary.get('failed', 0)} failed -> {run_dir}\nreport: {out / 'report.md'}")
+          f"{summary.get('failed', 0)} failed -> {run_dir}\nreport: {out / 'report.md'}, "
+          f"{out / 'report.html'}")
     if standin:
         print("Reminder: STAND-IN judge; figures exercise the pipeline only.")
     return errors.SOME_FAILED if summary.get("failed") or report is None else errors.OK

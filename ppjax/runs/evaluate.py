@@ -41,7 +41,7 @@ import numpy as np
 from ppjax.image import io as imageio
 from ppjax.image import metrics
 from ppjax.registry import Registry
-from ppjax.runs import data, plots, report
+from ppjax.runs import data, html_report, plots, report
 from ppjax.runs.layout import RunFile, collect_run
 
 log = logging.getLogger("ppjax.runs.evaluate")
@@ -269,18 +269,19 @@ def _score_files(how: _Judging, files, task: int, rule: str, errors: list, bar):
     cannot be read is appended to ``errors``."""
     from ppjax.runs import pipeline
 
-    per_image, pairs = [], []
+    per_image, pairs, thumbs = [], [], {}
     decoded = pipeline.prefetch(files, task, rule, loader=decode_pair)
     for chunk in data.batched(decoded, how.batch_size):
-        bar.update(len(chunk))
         errors += [{"name": d.item.name, "error": d.error} for d in chunk if d.error is not None]
         ok = [d for d in chunk if d.error is None]
-        if not ok:
-            continue
-        per_image += how.rows(ok)
-        pairs += [(d.row["name"], d.orig, d.adv) for d in ok
-                  if d.orig is not None][:N_FIGURE_IMAGES - len(pairs)]
-    return per_image, pairs
+        if ok:
+            per_image += how.rows(ok)
+            pairs += [(d.row["name"], d.orig, d.adv) for d in ok
+                      if d.orig is not None][:N_FIGURE_IMAGES - len(pairs)]
+            thumbs.update({d.row["name"]: html_report.thumbnails(d.orig, d.adv) for d in ok
+                           if d.orig is not None and len(thumbs) < html_report.MAX_GALLERY})
+        bar.update(len(chunk))  # after the batch is scored: the bar tells what is done
+    return per_image, pairs, thumbs
 
 
 def _judges(task, judge, appeal, no_appeal, weights_dir, standin):
@@ -331,7 +332,8 @@ def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLik
                    appeal_resize_rule(appeal, appeal_resize), batch_size)
     with tqdm(total=len(files), unit="img", desc=f"{tag}evaluate", file=sys.stderr,
               disable=not progress, dynamic_ncols=True) as bar:
-        per_image, pairs = _score_files(how, files, task, cfg.get("resize", "auto"), errors, bar)
+        per_image, pairs, thumbs = _score_files(how, files, task, cfg.get("resize", "auto"),
+                                                errors, bar)
     rep = summarise(task, per_image, errors, run=run, cfg=cfg, run_code=run_code, judge=judge,
                     appeal=appeal, appeal_err=appeal_err, standin=standin)
     rep["warnings"] = warnings
@@ -340,6 +342,7 @@ def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLik
                               "STAND-IN (random weights): " if standin else "")
     report.write_json(out / "report.json", rep)
     (out / "report.md").write_text(report.markdown_report(rep), encoding="utf-8")
+    html_report.write_html(out, rep, thumbs)
     log.info("%sevaluated %d images (%d failed): %s", tag, rep["n_images"], rep["n_failed"],
              ", ".join(f"{k}={report.fmt_value(v)}" for k, v in rep["protection"].items()))
     return rep
@@ -376,20 +379,23 @@ def _figures(out: Path, scorer: TaskScorer, per_image, pairs, have_nima, tag: st
     """Figures of the report; ``tag`` prefixes every title (STAND-IN runs say so on the image)."""
     figs = []
     if pairs:
-        plots.before_after_grid(pairs, out / "grid.png",
+        captions = {r["name"]: report.image_caption(r) for r in per_image}
+        plots.before_after_grid(pairs, out / "grid.png", captions=captions,
                                  title=tag + "original | protected | |difference|")
         plots.perturbation_heatmap(pairs, out / "heatmap.png", tag=tag)
-        figs += ["grid.png", "heatmap.png"]
+        plots.diff_histogram(pairs, out / "hist_change.png", tag=tag)
+        figs += ["grid.png", "heatmap.png", "hist_change.png"]
     before = [r.get("score_clean") for r in per_image]
     after = [r.get("score") for r in per_image]
+    names = [r["name"] for r in per_image]
     if any(v is not None for v in before + after):
         plots.histogram(before, after, out / "hist_protection.png", tag + scorer.hist_title,
-                         scorer.hist_axis, threshold=scorer.spec.threshold)
+                         scorer.hist_axis, threshold=scorer.spec.threshold, names=names)
         figs.append("hist_protection.png")
     if have_nima:
         plots.histogram([r.get("nima_clean") for r in per_image],
                          [r.get("nima") for r in per_image], out / "hist_nima.png",
-                         tag + "NIMA mean score: before vs after", "NIMA score")
+                         tag + "NIMA mean score: before vs after", "NIMA score", names=names)
         figs.append("hist_nima.png")
     return figs
 

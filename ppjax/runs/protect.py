@@ -53,7 +53,7 @@ import numpy as np
 
 from ppjax.errors import SetupError
 from ppjax.image import io as imageio
-from ppjax.runs import data
+from ppjax.runs import data, provenance
 from ppjax.runs.layout import (
     CONFIG,
     IMAGES,
@@ -414,7 +414,10 @@ def _setup(plan: ProtectPlan, weights_dir, shard: Shard):
     meta_path = judge_dir(cfg.judge, weights_dir, cfg.standin) / "metadata.json"
     sha = json.loads(meta_path.read_text()).get("sha256") if meta_path.exists() else None
     cfg = dataclasses.replace(cfg, judge_sha256=sha)
-    check_or_store_config(plan.out, cfg)  # validated: the run may now leave its settings behind
+    record = {"attack_resolved": provenance.attack_record(plan.attack, cfg.attack, cfg.preset,
+                                                          cfg.overrides),
+              "ppjax": provenance.ppjax_version()}
+    check_or_store_config(plan.out, cfg, record)  # validated: the run may now leave its settings
     compute = _compute_path(cfg.dtype)
     L.info("compute: %s on %s%s", compute["dtype"], compute["backend"],
            f" ({compute['note']})" if compute["note"] else "")
