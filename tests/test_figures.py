@@ -39,11 +39,12 @@ def test_grid_difference_column_is_visible(tmp_path):
     px = _rgb(tmp_path / "g.png")
     w = px.shape[1]
     right = px[:, 2 * w // 3:]
-    # on the perceptual scale: the changed half at the top colour, the unchanged half black (never
-    # the page's white: a white-on-white difference panel is what this guards against)
+    # on the perceptual scale: the changed half at the top colour (amplified to the image's own
+    # largest change), the unchanged half black (never the page's white: a white-on-white
+    # difference panel is what this guards against)
     top = (np.abs(right - INFERNO_TOP).sum(-1) < 30).sum()
     assert top > 0.4 * 128 * 64 and (right.max(-1) < 15).sum() > 0.3 * 128 * 64
-    assert (px[:, -2:] > 250).all()  # the colour bar and its label inside the canvas
+    assert (px[:, -2:] > 250).all()  # every label inside the canvas
 
 
 def test_titles_legends_and_pareto_labels_fit(tmp_path):

@@ -54,7 +54,7 @@ def _max_pool(levels: np.ndarray) -> np.ndarray:
 
 def thumbnails(orig: np.ndarray, adv: np.ndarray) -> dict:
     """The gallery's images of one pair (uint8 [H, W, 3]): the two photos as data URIs and the
-    per-pixel difference in levels (block max, coloured at :func:`render` on the run's scale)."""
+    per-pixel difference in levels (block max, coloured at :func:`render`)."""
     levels = plots.diff_levels(orig, adv)
     return {"orig": _b64(orig, "JPEG"), "adv": _b64(adv, "JPEG"),
             "levels": _max_pool(levels).astype(np.uint8), "max_change": int(levels.max())}
@@ -72,7 +72,7 @@ def _table(per_image) -> str:
     return f'<table id="per-image"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _card(row: dict, th: dict, vmax: int) -> str:
+def _card(row: dict, th: dict) -> str:
     ok = report.success_of(row)
     cls = "ok" if ok else "fail" if ok is False else "na"
     dist = ", ".join(f"{k.upper()} {report.fmt_value(row.get(k), 3)}"
@@ -80,7 +80,8 @@ def _card(row: dict, th: dict, vmax: int) -> str:
     appeal = (f"<br>appeal {report.fmt_value(row.get('nima_clean'), 2)} &rarr; "
               f"{report.fmt_value(row.get('nima'), 2)}" if row.get("nima") is not None else "")
     notes = "; ".join(row.get("notes") or []) or "used as it is"
-    th = {**th, "diff": _b64(plots.colour_levels(th["levels"], vmax), "PNG")}
+    th = {**th, "diff": _b64(plots.colour_levels(th["levels"], th["max_change"]), "PNG")}
+    dist = f"largest change {th['max_change']} levels; {dist}"
     imgs = "".join(f'<img src="{th[k]}" alt="{k} {html.escape(row["name"])}" title="{t}">'
                    for k, t in (("orig", "original"), ("adv", "protected"),
                                 ("diff", f"|difference| (max {th['max_change']} levels)")))
@@ -169,14 +170,14 @@ td, th { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
 
 def render(rep: dict, thumbs: dict, out: Path) -> str:
     """The page of report ``rep`` (as ``report.json``) with ``thumbs[name]`` from
-    :func:`thumbnails`; ``out``: where the figures are. The differences share one scale, 0 to
-    the run's largest change."""
-    vmax = max([1] + [t["max_change"] for t in thumbs.values()])
+    :func:`thumbnails`; ``out``: where the figures are. Each difference is amplified to its own
+    largest change (its caption says how many levels that is), so a change of one level is as
+    visible as one of fifty, and an unchanged image stays black."""
     title = f"Pixel Privacy {rep['task']} evaluation: {rep.get('run_code') or rep['run']}"
     banner = (f'<p class="banner">{html.escape(report.STANDIN_BANNER.replace("**", ""))}</p>'
               if rep.get("standin") else "")
     rows = [r for r in rep.get("per_image", []) if r["name"] in thumbs][:MAX_GALLERY]
-    cards = "\n".join(_card(r, thumbs[r["name"]], vmax) for r in rows)
+    cards = "\n".join(_card(r, thumbs[r["name"]]) for r in rows)
     left = len(rep.get("per_image", [])) - len(rows)
     more = f"<p>{left} more images are in the table only.</p>" if left > 0 else ""
     return f"""<!DOCTYPE html>
@@ -189,8 +190,9 @@ def render(rep: dict, thumbs: dict, out: Path) -> str:
 <h2>Settings</h2>{_settings(rep)}
 <h2>Summary</h2>{_summary(rep)}
 <h2>Images</h2>
-<p class="legend">original | protected | |difference| per pixel (max over RGB), 0 <span></span>
-{vmax} levels (black = unchanged). Border: green protected, red not protected.</p>
+<p class="legend">original | protected | |difference| per pixel (max over RGB), from 0 <span></span>
+to the image's largest change (in its caption; black = unchanged). Border: green protected, red
+not protected.</p>
 <div class="gallery">{cards}</div>{more}
 <h2>Per image (click a header to sort)</h2>{_table(rep.get('per_image', []))}
 <h2>Figures</h2>{_figures(rep, out)}

@@ -60,11 +60,6 @@ def diff_levels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _diff(a, b).max(-1)
 
 
-def diff_vmax(pairs) -> int:
-    """The top of a shared difference scale: the largest change among ``pairs`` (at least 1)."""
-    return max(1, max((int(diff_levels(a, b).max()) for _, a, b in pairs), default=1))
-
-
 def diff_rgb(a: np.ndarray, b: np.ndarray, vmax: int) -> np.ndarray:
     """[H, W, 3] uint8: :func:`diff_levels` through :data:`DIFF_CMAP` on the scale 0..``vmax``
     levels (0 black; ``vmax`` and above the brightest yellow)."""
@@ -82,32 +77,31 @@ def colour_levels(levels: np.ndarray, vmax: int) -> np.ndarray:
 def before_after_grid(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], path, tile: int = 192,
                       title: str = "", captions: dict | None = None) -> None:
     """Rows of (original, protected, |difference|) for ``pairs`` of (name, orig, protected),
-    images [H, W, 3] uint8. The difference is drawn with :data:`DIFF_CMAP` on one scale, 0 (black)
-    to the largest change of the figure (a colour bar); ``captions[name]`` (the judge's class or
-    score before and after, success) is written under each row's protected image."""
+    images [H, W, 3] uint8. Each difference is drawn with :data:`DIFF_CMAP` from 0 (black) to
+    its image's largest change (written under it), so a one-level change is visible beside a
+    large one; :func:`perturbation_heatmap` compares images on one scale. ``captions[name]``
+    (the judge's class or score before and after, success) is written under the protected
+    image."""
     n = max(1, len(pairs))
-    vmax = diff_vmax(pairs)
-    fig = figure(3 * tile / 72 + 1.4, n * (tile / 72 + 0.3) + 0.9)
+    fig = figure(3 * tile / 72 + 0.4, n * (tile / 72 + 0.35) + 0.9)
     axes = fig.subplots(n, 3, squeeze=False)
-    heads = ("original", "protected", f"|difference|, 0..{vmax} levels")
-    im = None
+    heads = ("original", "protected", "|difference|, 0 = black")
     for i, (name, a, b) in enumerate(pairs):
-        for j, x in enumerate((a, b, diff_levels(a, b))):
+        d = diff_levels(a, b)
+        top = max(1, int(d.max()))
+        for j, x in enumerate((a, b, d)):
             ax = axes[i, j]
-            kw = {"cmap": DIFF_CMAP, "vmin": 0, "vmax": vmax} if j == 2 else {}
-            shown = ax.imshow(x, interpolation="nearest" if j == 2 or x.shape[0] <= tile
-                              else "lanczos", **kw)
-            im = shown if j == 2 else im
+            kw = {"cmap": DIFF_CMAP, "vmin": 0, "vmax": top} if j == 2 else {}
+            ax.imshow(x, interpolation="nearest" if j == 2 or x.shape[0] <= tile else "lanczos",
+                      **kw)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(heads[j], fontsize=9)
         axes[i, 0].set_ylabel(name[:40], fontsize=8)
+        axes[i, 2].set_xlabel(f"brightest = {int(d.max())} levels", fontsize=7)
         if captions and captions.get(name):
-            axes[i, 1].set_xlabel(captions[name], fontsize=7)
-    if im is not None:
-        cb = fig.colorbar(im, ax=axes[:, 2], shrink=0.9)
-        cb.set_label("levels", fontsize=8)
+            axes[i, 1].set_xlabel(wrap_title(captions[name], tile * 100 / 72, 7), fontsize=7)
     fig.suptitle(wrap_title(title or "original | protected | |difference|", 3 * tile * 100 / 72 - 20),
                  fontsize=10)
     save_figure(fig, path)

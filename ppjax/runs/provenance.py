@@ -53,7 +53,8 @@ def attack_line(record: dict | None) -> str:
     r = record.get("resolved", {})
     parts = [f"{k}={fmt_setting(k, r[k])}" for k in (*MAIN_SETTINGS, "norm") if k in r]
     over = record.get("overrides") or {}
-    tail = f"; overrides: {', '.join(f'{k}={v}' for k, v in over.items())}" if over else ""
+    tail = (f"; overrides: {', '.join(f'{k}={fmt_setting(k, v)}' for k, v in over.items())}"
+            if over else "")
     return f"{record['name']} (preset {record['preset']}): {', '.join(parts)}{tail}"
 
 
