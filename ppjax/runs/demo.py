@@ -100,9 +100,10 @@ def run_folder(out: Path, images: Path, key: dict) -> Path:
 
 
 def _demo(a) -> int:
+    from ppjax.cli.overrides import parse_overrides
     from ppjax.runs.evaluate import run_evaluate
     from ppjax.runs.layout import ProtectConfig
-    from ppjax.runs.protect import parse_overrides, run_protect
+    from ppjax.runs.protect import run_protect
 
     out = Path(a.out).resolve()
     if a.images is not None:
