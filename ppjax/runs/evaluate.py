@@ -43,6 +43,7 @@ from ppjax.image import metrics
 from ppjax.registry import Registry
 from ppjax.runs import data, html_report, plots, report
 from ppjax.runs.layout import RunFile, collect_run
+from ppjax.runs.progress import redirected
 
 log = logging.getLogger("ppjax.runs.evaluate")
 
@@ -215,6 +216,8 @@ def decode_pair(f: RunFile, task: int, rule: str, max_pixels=None) -> Decoded:
             row["notes"].append(f"original unusable: {lo.error}")
         else:
             o = lo.image
+            if not f.notes:  # a protect run's manifest says it already; a plain folder does not
+                row["notes"] += [f"original: {n}" for n in lo.notes]
     row["label"] = f.original.label if f.original and f.original.label is not None else f.label
     row["label_source"] = ("list" if f.original and f.original.label is not None
                            else f.label_source if f.label is not None else None)
@@ -330,8 +333,9 @@ def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLik
     tag = "STAND-IN: " if standin else ""
     how = _Judging(task_scorer(task), judge, appeal, None if appeal is None else
                    appeal_resize_rule(appeal, appeal_resize), batch_size)
-    with tqdm(total=len(files), unit="img", desc=f"{tag}evaluate", file=sys.stderr,
-              disable=not progress, dynamic_ncols=True) as bar:
+    with redirected(progress), tqdm(total=len(files), unit="img", desc=f"{tag}evaluate",
+                                    file=sys.stderr, disable=not progress,
+                                    dynamic_ncols=True) as bar:
         per_image, pairs, thumbs = _score_files(how, files, task, cfg.get("resize", "auto"),
                                                 errors, bar)
     rep = summarise(task, per_image, errors, run=run, cfg=cfg, run_code=run_code, judge=judge,
