@@ -54,6 +54,7 @@ class ProtectProgress:
         """A compiled chunk ran ``slot_iterations`` iterations summed over the busy slots."""
         if self.t_steady is None:
             self.t_steady = self.clock()
+            self.bar.reset()  # tqdm's own rate and elapsed time start after compilation too
             self.bar.set_description_str(self.desc, refresh=False)
         self.iterations += int(slot_iterations)
         self.bar.update(int(slot_iterations))
