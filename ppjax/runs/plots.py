@@ -99,7 +99,8 @@ def before_after_grid(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], path,
             if i == 0:
                 ax.set_title(heads[j], fontsize=9)
         axes[i, 0].set_ylabel(name[:40], fontsize=8)
-        axes[i, 2].set_xlabel(f"brightest = {int(d.max())} levels", fontsize=7)
+        axes[i, 2].set_xlabel(f"brightest = {int(d.max())} level{'' if d.max() == 1 else 's'}",
+                              fontsize=7)
         if captions and captions.get(name):
             axes[i, 1].set_xlabel(wrap_title(captions[name], tile * 100 / 72, 7), fontsize=7)
     fig.suptitle(wrap_title(title or "original | protected | |difference|", 3 * tile * 100 / 72 - 20),
@@ -145,6 +146,7 @@ def diff_histogram(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], path, ta
     ax = fig.subplots()
     ax.bar(np.arange(counts.size), counts, width=0.9, color="#4169c8")
     ax.set_yscale("log")
+    ax.set_ylim(bottom=0.8)  # bars from a count of 1, not from the smallest bar
     ax.set_xlabel("|protected - original| per channel value (8-bit levels)")
     ax.set_ylabel("channel values")
     changed = 1.0 - counts[0] / max(1, counts.sum())

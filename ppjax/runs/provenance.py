@@ -33,7 +33,7 @@ def attack_record(acfg, attack: str, preset: str | None, overrides=()) -> dict:
 
 def fmt_setting(key: str, v) -> str:
     """A value as a person reads it: pixel-scale fractions as k/255 (``8/255``)."""
-    if isinstance(v, float) and key in ("eps", "step_size", "step_size2") and 0 < v <= 1:
+    if isinstance(v, float) and key in ("eps", "step_size", "step_size2") and 0 < v < 1:
         k = v * 255
         if abs(k - round(k)) < 1e-6:
             return f"{round(k)}/255"
