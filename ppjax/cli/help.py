@@ -18,6 +18,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         said = "%(default)" in text or "default" in text.lower()
         d = action.default
         empty = d is None or d is False or d == [] or d is argparse.SUPPRESS
-        if said or empty or not action.option_strings:
+        if said or empty or (not action.option_strings and action.nargs not in ("?", "*")):
             return text
         return f"{text} (default: %(default)s)"

@@ -114,7 +114,7 @@ def add_parser(sub) -> None:
     p.add_argument("dataset", nargs="?", default="labels", choices=("labels", "faces"),
                    help="what to get")
     p.add_argument("--out", default=None,
-                   help="faces: output folder (None: DATA_DIR/faces)")
+                   help="faces: output folder (default: DATA_DIR/faces)")
     p.add_argument("--seed", type=int, default=0, help="faces: seed of the composites' layout")
     p.add_argument("--data-dir", default=None,
                    help=f"label files and lists (default: $PPJAX_DATA_DIR or {config.data_dir()})")
