@@ -62,6 +62,8 @@ def test_demo_on_a_fresh_clone(fresh_clone, standin_weights, photo_paths):
     with zipfile.ZipFile(runs[0] / "STANDIN_ppjax_demo.zip") as z:
         assert len(z.namelist()) == len(SAMPLE_PHOTOS)
     assert "STAND-IN" in (out / "report.md").read_text()
+    page = (out / "report.html").read_text()  # the page a person opens, one card per photo
+    assert "STAND-IN" in page and page.count('<figure class="card') == len(SAMPLE_PHOTOS)
 
     # DEMO_IMAGES that does not exist is an error, and nothing changes
     r = _demo(fresh_clone, standin_weights, "--images", "no/such/photos")

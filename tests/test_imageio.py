@@ -144,10 +144,16 @@ def test_to_task_size_rules(base):
     same = np.zeros((256, 256, 3), np.uint8)
     out, notes = imageio.to_task_size(same, 2019)
     assert out is same and notes == []
+    for rule in ("squash", "resize"):  # "resize": squash's older name, in older runs' configs
+        out, notes = imageio.to_task_size(base, 2019, rule)
+        ref = np.asarray(Image.fromarray(base).resize((256, 256), Image.BICUBIC))
+        np.testing.assert_array_equal(out, ref)
+        assert notes and "96x64->256x256" in notes[0] and "aspect ratio not kept" in notes[0]
+    # the default keeps the aspect ratio: shorter side (64) to 256, then a centre crop
     out, notes = imageio.to_task_size(base, 2019)
-    ref = np.asarray(Image.fromarray(base).resize((256, 256), Image.BICUBIC))
-    np.testing.assert_array_equal(out, ref)
-    assert notes and "96x64->256x256" in notes[0]
+    big = np.asarray(Image.fromarray(base).resize((384, 256), Image.BICUBIC))
+    np.testing.assert_array_equal(out, big[:, 64:320])
+    assert notes == ["resized 96x64->384x256 (bicubic) and centre-cropped to 256x256"]
     out, notes = imageio.to_task_size(base, 2020, "crop")  # 96x64 -> 576x384, crop 512 wide
     big = Image.fromarray(base).resize((576, 384), Image.BICUBIC)
     np.testing.assert_array_equal(out, np.asarray(big)[:, 32:544])

@@ -31,7 +31,7 @@ ATTACK = ["--attack", "ifgsm", "--set", "steps=1"]
 def _protect_args(images, out, wdir, batch, extra=()):
     return ["protect", "--task", "2019", *ATTACK, "--images", str(images), "--out", str(out),
             "--run-code", RUN, "--standin", "--weights-dir", str(wdir), "--batch-size", str(batch),
-            "--no-progress", *extra]
+            "--no-progress", "--resize", "squash", *extra]  # the tests' Pillow references squash
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +288,7 @@ def test_bad_settings_fail_fast(src, standin_weights, tmp_path, capsys):
 
 
 def test_parse_overrides():
-    from ppjax.runs.protect import parse_overrides
+    from ppjax.cli.overrides import parse_overrides
 
     got = dict(parse_overrides(["eps=8/255", "steps=3", "objective=ce", "early_stop=false"]))
     assert got == {"eps": 8 / 255, "steps": 3, "objective": "ce", "early_stop": False}

@@ -4,6 +4,7 @@ lock left by a kill -9 never blocks; stand-in outputs carry their mark; input-fo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import ppjax
 from ppjax import cli
 from ppjax.attacks import get_attack
 from ppjax.image import io as imageio
@@ -176,6 +178,16 @@ def test_refused_run_then_lock_then_kill9_then_corrected_run(photos, standin_wei
             with Image.open(out / "images" / n) as im:
                 assert im.text == STANDIN_TEXT  # the PNG's own text chunk says STAND-IN
     assert cap.out.startswith("STAND-IN ")
+    stored = json.loads((out / "config.json").read_text())
+    from ppjax.attacks import AttackConfig, resolve_attack
+
+    want = resolve_attack("ifgsm", None, {"steps": 1})  # every field, resolved, is recorded
+    rec = stored["attack_resolved"]
+    assert rec["preset"] == "default" and rec["overrides"] == {"steps": 1}
+    assert sorted(rec["resolved"]) == sorted(f.name for f in dataclasses.fields(AttackConfig))
+    assert rec["resolved"]["eps"] == want.eps and rec["resolved"]["steps"] == 1
+    assert stored["ppjax"]["version"] == ppjax.__version__
+    assert stored["ppjax"]["commit"] is None or len(stored["ppjax"]["commit"]) >= 40
 
 
 def test_bomb_message_names_the_applied_limit(tmp_path):
@@ -270,7 +282,7 @@ def test_command_table_is_a_registry_of_lazy_modules():
     from ppjax.registry import Registry, UnknownName
 
     assert isinstance(cli.COMMANDS, Registry)
-    with pytest.raises(UnknownName, match="unknown command 'nope'; known: convert, evaluate"):
+    with pytest.raises(UnknownName, match="unknown command 'nope'; known: attacks, convert, evaluate"):
         cli.COMMANDS["nope"]
     for name in cli.COMMANDS:
         parser = cli.build_parser(name)

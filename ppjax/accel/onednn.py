@@ -46,6 +46,7 @@ import numpy as np
 from ppjax.accel.intercept import InterceptingModule, Interceptor, is_call, wrappers
 from ppjax.config import _cache_root
 from ppjax.judges import Judge
+from ppjax.judges.custom import needs_registered
 from ppjax.models.mobilenet import DepthwiseConv
 from ppjax.models.pooling import pooling_impl
 
@@ -567,6 +568,7 @@ def accelerate(judge: Judge, *, dtype=None, fold: bool = True, check: bool = Tru
     ``dtype`` is bfloat16 and this CPU has no native bfloat16 kernels (the message names the
     missing feature; ``ppjax.attack(backend="auto")`` runs float32 instead).
     """
+    needs_registered(judge.spec, "backend 'onednn'", "use backend='xla' (or 'auto')")
     reason = why_unavailable()
     if reason is not None:
         raise OneDnnUnavailable(reason)

@@ -17,6 +17,7 @@ from ppjax.attacks.loop import run
 from ppjax.attacks.objectives import class_mask
 from ppjax.attacks.presets import resolve_attack
 from ppjax.attacks.stream import StreamItem, run_slots, to_grid
+from ppjax.judges import as_judge
 
 
 class AttackResult(NamedTuple):
@@ -121,6 +122,8 @@ def prepare_models(judge, extra_judges=None, dtype=None, backend: str = "auto",
     """``{"judge": judge, **extra_judges}`` on the execution path :func:`choose_backend` picks
     (oneDNN-accelerated, or cast to ``dtype``): done once per run."""
     models = {"judge": judge, **(extra_judges or {})}
+    if backend == "auto" and not getattr(judge, "registered", True):
+        backend = "xla"  # oneDNN's BatchNorm folding reads a registered judge's model
     path = choose_backend(backend, dtype, mesh)
     if path.name == "onednn":
         from ppjax.accel import onednn
@@ -150,8 +153,6 @@ def _batch_inputs(cfg: AttackConfig, judge, images, labels, targets, group, seed
     x = np.asarray(images)
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"attack: images must be [B, H, W, 3] in [0, 1], got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"attack: images must be float in [0, 1], got dtype {x.dtype}")
     judge.check_input(x)
     b = x.shape[0]
 
@@ -202,8 +203,10 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
     Args:
       name: a key of :data:`ppjax.attacks.ATTACKS` (or an alias), or an ``AttackConfig`` (e.g.
         from :func:`ppjax.attacks.resolve_attack`, which also adds an appeal term).
-      judge: a :class:`ppjax.Judge`.
-      images: [B, H, W, 3] float in [0, 1]; snapped to the 8-bit grid on entry.
+      judge: a :class:`ppjax.Judge`: a registered one (:func:`ppjax.load_judge`) or your own
+        model (:meth:`ppjax.Judge.from_fn`; a plain callable is taken as logits of any size).
+      images: [B, H, W, 3] uint8, or float in [0, 1]; snapped to the 8-bit grid on entry (the
+        result's images are float32 k/255 either way).
       labels: [B] int true classes for classifier judges; None (or -1 entries) = the judge's
         clean top-1.
       preset: preset name of the attack (default "default").
@@ -226,7 +229,7 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
       **settings: :class:`AttackConfig` fields (``eps=4/255``, ``steps=20``, ...) and the
         config's ``hyper`` values; anything else is an error naming the valid settings.
     """
-    cfg = resolve_attack(name, preset, settings, appeal_judge is not None)
+    judge, cfg = as_judge(judge), resolve_attack(name, preset, settings, appeal_judge is not None)
     x, aux, seeds = _batch_inputs(cfg, judge, images, labels, targets, group, seeds, seed)
     if mesh is None and jax.device_count() > 1:
         mesh = parallel.batch_mesh()
@@ -258,7 +261,7 @@ def stream(name: str | AttackConfig, judge, items: Iterable[StreamItem], *,
         of the consumer's that should not wait for the next finished image).
       Others: as :func:`attack`.
     """
-    cfg = resolve_attack(name, preset, settings, appeal_judge is not None)
+    judge, cfg = as_judge(judge), resolve_attack(name, preset, settings, appeal_judge is not None)
     g = group_mask(judge, group) if cfg.objective == "group" else None
     if mesh is None and jax.local_device_count() > 1:  # this process's devices: each process
         mesh = parallel.batch_mesh(jax.local_devices())  # of a distributed run streams its share

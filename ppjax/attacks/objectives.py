@@ -218,7 +218,7 @@ def member_logits(judge, x: jnp.ndarray) -> jnp.ndarray:
     preprocessing runs inside its module; an image of another size is first resized bilinearly
     (antialiased) to the member's input size."""
     spec = getattr(judge, "spec", None)
-    if spec is not None and tuple(x.shape[1:3]) != tuple(spec.input_hw):
+    if spec is not None and spec.input_hw is not None and tuple(x.shape[1:3]) != tuple(spec.input_hw):
         x = jax.image.resize(x, (x.shape[0], *spec.input_hw, x.shape[3]), "linear", antialias=True)
     z = judge(x)
     if z.ndim != 2:
@@ -421,7 +421,7 @@ def appeal_input(judge, x: jnp.ndarray, rule: str = "auto"):
     evaluate`` and ``ppjax sweep`` all call it). With ``"native"``, ``judge'`` accepts ``x`` at
     its own size."""
     rule = appeal_resize_rule(judge, rule)
-    if getattr(judge, "spec", None) is None:
+    if getattr(judge, "spec", None) is None or judge.spec.input_hw is None:  # any size
         return judge, x
     return APPEAL_RESIZERS[rule](judge, x)
 

@@ -33,6 +33,7 @@ for _name, _module, _help in (
         ("protect", "ppjax.cli.protect", "protect a test set and write a submission run (resumable)"),
         ("evaluate", "ppjax.cli.evaluate", "score a run as the organisers did; or --compare runs"),
         ("sweep", "ppjax.cli.sweep", "run a grid of attacks and values (resumable)"),
+        ("attacks", "ppjax.cli.attacks", "list the attacks and presets with every resolved setting"),
         ("fetch", "ppjax.cli.weights", "download official checkpoints and convert them"),
         ("fetch-data", "ppjax.cli.weights",
          "download label files and MEPP lists, or build the face set"),

@@ -5,13 +5,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ppjax.runs import data, report, transfer
-from ppjax.runs.evaluate import run_compare, run_evaluate
-from ppjax.runs.layout import CONFIG
+from ppjax import names
+from ppjax.cli.help import HelpFormatter
 
 
 def command(args) -> int:
     """Run ``ppjax evaluate`` with the parsed ``args``; the exit code."""
+    from ppjax.runs import report, transfer
+    from ppjax.runs.evaluate import run_compare, run_evaluate
+    from ppjax.runs.layout import CONFIG
+
     try:
         if args.compare:
             run_compare(args.compare, args.out)
@@ -55,8 +58,10 @@ def command(args) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="score a run as the organisers did; or --compare runs")
-    p.add_argument("--task", type=int, default=None, choices=sorted(data.TASKS),
+    p = sub.add_parser("evaluate", help="score a run as the organisers did; or --compare runs",
+                       formatter_class=HelpFormatter, description="Writes report.md, "
+                       "report.html (open it in a browser), report.json and figures to --out.")
+    p.add_argument("--task", type=int, default=None, choices=names.TASK_NAMES,
                    help="default: the task of the protect run")
     p.add_argument("--run", default=None, help="a `ppjax protect` output folder or a PNG folder")
     p.add_argument("--images", default=None, help="the original images (default: the run's)")
@@ -71,7 +76,8 @@ def add_parser(sub) -> None:
                    help="evaluated folders (with report.json) to put side by side")
     p.add_argument("--judges", default=None, metavar="A,B,C",
                    help="also score the run with these classifier judges (top-1 and drop per "
-                        "judge; e.g. the Places365 zoo); --compare then builds the transfer matrix")
+                        "judge; e.g. the Places365 zoo); --compare then builds the transfer "
+                        f"matrix. Judges: {', '.join(names.JUDGE_NAMES)}")
     p.add_argument("--out", required=True,
                    help="folder for report.md, report.json and the figures")
     p.add_argument("--standin", action="store_true",

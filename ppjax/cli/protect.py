@@ -5,16 +5,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ppjax import names
+from ppjax.cli.help import HelpFormatter
 from ppjax.errors import SetupError
-from ppjax.image import io as imageio
-from ppjax.runs import data
-from ppjax.runs.layout import ProtectConfig
-from ppjax.runs.protect import parse_overrides, run_protect
 
 
 def command(args) -> int:
     """Run ``ppjax protect`` with the parsed ``args``; the exit code."""
     from ppjax import parallel
+    from ppjax.cli.overrides import parse_overrides
+    from ppjax.runs import data
+    from ppjax.runs.layout import ProtectConfig
+    from ppjax.runs.protect import run_protect
 
     if args.workers is not None and args.workers < 1:
         raise SetupError(f"--workers must be >= 1, got {args.workers}")
@@ -50,59 +52,61 @@ def command(args) -> int:
 
 
 def attack_catalogue() -> str:
-    """``name: preset, preset, ...`` per attack, one per line (for ``--help``)."""
-    from ppjax.attacks.presets import ALIASES, ATTACKS
-
-    lines = [f"  {name:13s} presets: {', '.join(presets)}" for name, presets in ATTACKS.items()]
-    return ("attacks (--attack NAME --preset PRESET; 'default' when --preset is not given):\n"
+    """``name: preset, preset, ...`` per attack, one per line (for ``--help``; from
+    :mod:`ppjax.names`: no JAX import)."""
+    lines = [f"  {name:13s} presets: {', '.join(presets)}"
+             for name, presets in names.ATTACK_PRESETS.items()]
+    return ("attacks (--attack NAME --preset PRESET; 'default' when --preset is not given; every "
+            "setting of each: `ppjax attacks NAME`):\n"
             + "\n".join(lines) + "\n  aliases: "
-            + ", ".join(f"{a}={n}" for a, n in sorted(ALIASES.items())))
+            + ", ".join(f"{a}={n}" for a, n in sorted(names.ATTACK_ALIASES.items())))
 
 
 def add_parser(sub) -> None:
-    import argparse
-
     from ppjax import config
-
-    class Fmt(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-        pass
 
     p = sub.add_parser(
         "protect", help="protect a test set and write a submission run (resumable)",
-        formatter_class=Fmt, epilog=attack_catalogue() + "\n\nexit codes: 0 all done, 1 some "
+        formatter_class=HelpFormatter, epilog=attack_catalogue() + "\n\nexit codes: 0 all done, 1 some "
         "files failed (each listed), 2 usage/setup error (nothing done), 3 unexpected error")
-    p.add_argument("--task", type=int, required=True, choices=sorted(data.TASKS),
+    p.add_argument("--task", type=int, required=True, choices=names.TASK_NAMES,
                    help="Pixel Privacy task: 2019 (ResNet50-Places365, 256x256) or 2020 "
                         "(KonCept512, 512x384, JPEG-90)")
     p.add_argument("--attack", required=True, metavar="NAME",
                    help="attack name (listed below with its presets)")
-    p.add_argument("--preset", default=None, help="named preset of the attack (None: 'default')")
+    p.add_argument("--preset", default=None,
+                   help="named preset of the attack (default: the preset named 'default')")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override an attack setting (repeatable), e.g. --set steps=20 --set "
                         "eps=8/255; KEY is an AttackConfig field")
     p.add_argument("--images", required=True, help="folder of the images")
     p.add_argument("--list", default=None, help="MEPP list (CSV) naming the images to use")
     p.add_argument("--labels", default=None, help="Places365 places365_val.txt for labels "
-                   "(None: labels from the list, else the judge's clean prediction)")
+                   "(default: labels from the list, else the judge's clean prediction)")
     p.add_argument("--out", required=True, help="output folder (created; resumable; one run at "
                    "a time)")
     p.add_argument("--run-code", required=True, help="TEAM_RUN: names the zip and each PNG")
-    p.add_argument("--judge", default=None, help="override the task's judge (None: the task's)")
+    p.add_argument("--judge", default=None, choices=names.JUDGE_NAMES, metavar="JUDGE",
+                   help=f"override the task's judge (default: the task's); one of: "
+                        f"{', '.join(names.JUDGE_NAMES)}")
     p.add_argument("--standin", action="store_true",
                    help="use a random-weight STAND-IN judge (tests/demos only; outputs are "
                         "marked STAND-IN)")
     p.add_argument("--weights-dir", default=None,
-                   help=f"converted weights (None: $PPJAX_WEIGHTS_DIR or {config.weights_dir()})")
+                   help=f"converted weights (default: $PPJAX_WEIGHTS_DIR or {config.weights_dir()})")
     p.add_argument("--batch-size", type=int, default=8, help="slots of the streaming engine: "
                    "images attacked at once (does not change results)")
     p.add_argument("--workers", type=int, default=None, help="decode and write pools' size "
-                   "(None: one per CPU, at most 8)")
+                   "(default: one per CPU, at most 8)")
     p.add_argument("--seed", type=int, default=0, help="base seed; per-image seeds derive from it")
-    p.add_argument("--resize", default="auto", choices=imageio.RESIZE_RULES,
-                   help="rule for images not at the task's size (see ppjax.image.io); auto: 2020 "
-                        "centre-crops to 512x384 without resizing when the image is large enough, "
-                        "as the organisers did, else resizes (default: %(default)s)")
-    p.add_argument("--appeal", default=None, metavar="JUDGE",
+    p.add_argument("--resize", default="auto", choices=names.RESIZE_RULES,
+                   help="rule for images not at the task's size (see ppjax.image.io; the report "
+                        "says what was done to each photo); auto: 2020 centre-crops to 512x384 "
+                        "without resizing when the image is large enough, as the organisers did; "
+                        "otherwise crop: the shorter side resized, the longer centre-cropped "
+                        "(aspect ratio kept); squash (older name: resize): resized to the task's "
+                        "size, aspect ratio not kept (default: %(default)s)")
+    p.add_argument("--appeal", default=None, metavar="JUDGE", choices=names.JUDGE_NAMES,
                    help="add an appeal term scored by this judge (e.g. nima_mobilenet; a stand-in "
                         "with --standin); its weight: --set appeal_weight=W")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),

@@ -8,13 +8,12 @@ import sys
 import tomllib
 from pathlib import Path
 
-from ppjax.runs.sweep import run_sweep
-from ppjax.runs.sweep_config import load_config
-
 
 def command(args) -> int:
     """Run ``ppjax sweep`` with the parsed ``args``; the exit code."""
     from ppjax.errors import SetupError
+    from ppjax.runs.sweep import run_sweep
+    from ppjax.runs.sweep_config import load_config
 
     try:
         cfg = load_config(args.config)
@@ -37,17 +36,17 @@ def command(args) -> int:
 
 
 def add_parser(sub) -> None:
-    import argparse
+    from ppjax.cli.help import HelpFormatter
 
     p = sub.add_parser("sweep", help="run a grid of attacks and values (resumable)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=HelpFormatter,
                        description="Run a grid of attacks and values; the config format is in the "
                                    "README (section Speed and scale) and ppjax.runs.sweep's docstring.")
     p.add_argument("config", help="TOML or JSON sweep config")
-    p.add_argument("--output", default=None, help="output folder (None: the config's output)")
+    p.add_argument("--output", default=None, help="output folder (default: the config's output)")
     p.add_argument("--standin", action="store_true",
                    help="random-weight STAND-IN judges (outputs are marked STAND-IN)")
     p.add_argument("--weights-dir", default=None,
-                   help="converted weights (None: the config's, else $PPJAX_WEIGHTS_DIR or "
+                   help="converted weights (default: the config's, else $PPJAX_WEIGHTS_DIR or "
                         "~/.cache/ppjax/weights)")
     p.set_defaults(func=command)

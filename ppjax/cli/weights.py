@@ -90,16 +90,16 @@ def _judges(args) -> int:
 
 
 def add_parser(sub) -> None:
-    import argparse
+    from ppjax.cli.help import HelpFormatter
+    from ppjax.names import JUDGE_NAMES
 
-    from ppjax.judges import JUDGES
-
-    names = sorted(JUDGES)
-    fmt = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+    names = sorted(JUDGE_NAMES)
+    fmt = {"formatter_class": HelpFormatter}
 
     def common(p):
         p.add_argument("--weights-dir", default=None,
-                       help=f"converted weights (None: $PPJAX_WEIGHTS_DIR or {config.weights_dir()})")
+                       help=f"converted weights (default: $PPJAX_WEIGHTS_DIR or "
+                            f"{config.weights_dir()})")
 
     p = sub.add_parser("fetch", **fmt, help="download official checkpoints and convert them")
     p.add_argument("judges", nargs="+", choices=names, metavar="JUDGE",
@@ -115,10 +115,10 @@ def add_parser(sub) -> None:
     p.add_argument("dataset", nargs="?", default="labels", choices=("labels", "faces"),
                    help="what to get")
     p.add_argument("--out", default=None,
-                   help="faces: output folder (None: DATA_DIR/faces)")
+                   help="faces: output folder (default: DATA_DIR/faces)")
     p.add_argument("--seed", type=int, default=0, help="faces: seed of the composites' layout")
     p.add_argument("--data-dir", default=None,
-                   help=f"label files and lists (None: $PPJAX_DATA_DIR or {config.data_dir()})")
+                   help=f"label files and lists (default: $PPJAX_DATA_DIR or {config.data_dir()})")
     p.add_argument("--from", dest="source", default=None,
                    help="copy from a local directory with the same layout instead of downloading")
     p.add_argument("--force", action="store_true", help="download again even if present")

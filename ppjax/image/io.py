@@ -29,16 +29,18 @@ Errors (:class:`DecodeError`, a per-file error, never a crash of the whole run):
 Task size (:func:`to_task_size`):
 
 * 2019: 256x256 (the Places365 "small images"); 2020: 512x384 (width x height).
-* Images already at the task's size are untouched. Others are **resized to the task's size with
-  Pillow's bicubic filter, aspect ratio not kept** (``rule="resize"``, the default). That is how the
-  Places365 small images were made (the Places365 site: images resized to 256x256 regardless of
-  their aspect ratio), and the 2020 set is shipped at 512x384 already. ``rule="crop"`` resizes the
-  shorter side and centre-crops instead; ``rule="centre"`` centre-crops **without resizing**, as the
-  2020 organisers made their test set from ``val_large`` (``preprocess_data.py``) and as their scorer
-  does (``CenterCrop((384, 512))``), and needs an image at least that large; ``rule="reject"``
-  turns a wrong size into a per-file error. ``rule="auto"`` (the default of
-  :func:`to_task_size`) is ``"centre"`` for a 2020 image at least 512x384 and ``"resize"``
-  otherwise. Whatever happens is recorded as a note.
+* Images already at the task's size are untouched. Others, by default (``rule="auto"``), keep
+  their aspect ratio: ``rule="crop"`` resizes the shorter side to the task's (Pillow bicubic) and
+  centre-crops the longer one, so no photo is squashed. ``rule="squash"`` (``"resize"`` is its
+  older name, kept for runs that recorded it) resizes to the task's size **without keeping the
+  aspect ratio**: that is how the Places365 small images were made (the Places365 site: images
+  resized to 256x256 regardless of their aspect ratio). ``rule="centre"`` centre-crops **without
+  resizing**, as the 2020 organisers made their test set from ``val_large``
+  (``preprocess_data.py``) and as their scorer does (``CenterCrop((384, 512))``), and needs an
+  image at least that large; ``rule="reject"`` turns a wrong size into a per-file error.
+  ``rule="auto"`` (the default of :func:`to_task_size`) is ``"centre"`` for a 2020 image at least
+  512x384 and ``"crop"`` otherwise (before ppjax recorded its attacks, ``"auto"`` squashed). Whatever
+  happens is recorded as a note.
 """
 
 from __future__ import annotations
@@ -52,9 +54,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ppjax.names import RESIZE_RULES  # one list, which the CLI reads without this module
+
 # (height, width) of each task's images.
 TASK_HW: dict[int, tuple[int, int]] = {2019: (256, 256), 2020: (384, 512)}
-RESIZE_RULES = ("resize", "crop", "centre", "auto", "reject")
 ALPHA_RULES = ("white", "drop")
 
 
@@ -222,7 +225,7 @@ def to_task_size(img: np.ndarray, task: int, rule: str = "auto") -> tuple[np.nda
     if rule == "reject":
         raise DecodeError(f"image is {iw}x{ih} (WxH), task {task} needs {w}x{h}; rule is reject")
     if rule == "auto":
-        rule = "centre" if task == 2020 and ih >= h and iw >= w else "resize"
+        rule = "centre" if task == 2020 and ih >= h and iw >= w else "crop"
     if rule == "centre":
         if ih < h or iw < w:
             raise DecodeError(f"image is {iw}x{ih} (WxH), smaller than task {task}'s {w}x{h}: a "
@@ -233,7 +236,7 @@ def to_task_size(img: np.ndarray, task: int, rule: str = "auto") -> tuple[np.nda
             f"centre-cropped {iw}x{ih}->{w}x{h} without resizing (2020 organisers' rule)"
         ]
     im = Image.fromarray(img)
-    if rule == "resize":
+    if rule in ("squash", "resize"):
         out = im.resize((w, h), Image.BICUBIC)
         return np.asarray(out, np.uint8), [
             f"resized {iw}x{ih}->{w}x{h} (bicubic, aspect ratio not kept)"

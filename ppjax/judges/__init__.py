@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from ppjax.convert import get_converter
+from ppjax.judges import custom
 from ppjax.judges.checkpoint import load_converted
 from ppjax.judges.spec import (
     JUDGES,
@@ -31,7 +32,8 @@ from ppjax.judges.spec import (
     register,
 )
 
-__all__ = ["JUDGES", "STANDIN_WARNING", "Judge", "JudgeSpec", "get_spec", "judge_dir", "load_judge",
+__all__ = ["JUDGES", "STANDIN_WARNING", "Judge", "JudgeSpec", "as_judge", "get_spec", "judge_dir",
+           "load_judge",
            "missing_weights_message", "register"]
 
 log = logging.getLogger("ppjax")
@@ -60,14 +62,41 @@ class Judge:
     def __eq__(self, other) -> bool:
         return self is other
 
+    @classmethod
+    def from_fn(cls, fn, input_hw=None, output: str = "logits", name: str = "user_judge", *,
+                variables=None, num_classes: int | None = None) -> Judge:
+        """A user's own model as a judge, for :func:`ppjax.attack` and :func:`ppjax.stream`.
+
+        Args:
+          fn: a JAX callable ``fn(x01) -> output``, with ``x01: [B, H, W, 3] float32 in [0, 1]``
+            (its preprocessing inside), or a Flax module (``module.apply(variables, x01)``).
+          input_hw: ``(height, width)`` it takes; None: any size.
+          output: "logits" ([B, C]: classifier objectives) or "score" ([B]: score objectives).
+          name: shown in errors and results; not a registered judge's name.
+          variables: the Flax module's variables (leaves of the judge's pytree, so they are
+            program arguments, not constants). Not for a plain function.
+          num_classes: C, when a plain function's logits are known to have C classes.
+        Everything that needs a registered judge's knowledge (``backend="onednn"``, ``dtype=``
+        for a module without a ``dtype`` attribute, fetching, conversion) refuses it by name.
+        """
+        module, variables = custom.as_module(fn, variables, num_classes)
+        return cls(variables=variables, module=module, spec=custom.user_spec(name, input_hw, output))
+
+    @property
+    def registered(self) -> bool:
+        """Whether this is a registered judge (not :meth:`from_fn`'s)."""
+        return custom.is_registered(self.spec)
+
     def check_input(self, x01: jnp.ndarray) -> None:
-        h, w = self.spec.input_hw
         if x01.ndim != 4 or x01.shape[-1] != 3:
             raise ValueError(
                 f"judge {self.spec.name!r} expects images [B, H, W, 3] in [0, 1], got shape "
                 f"{tuple(x01.shape)}"
             )
-        if tuple(x01.shape[1:3]) != (h, w) and not self.spec.any_size:
+        if self.spec.input_hw is None or self.spec.any_size:
+            return
+        h, w = self.spec.input_hw
+        if tuple(x01.shape[1:3]) != (h, w):
             raise ValueError(
                 f"judge {self.spec.name!r} expects {h}x{w} (HxW) images, got "
                 f"{x01.shape[1]}x{x01.shape[2]}; bring them to the task's size first "
@@ -92,11 +121,27 @@ class Judge:
 
     def with_dtype(self, dtype) -> Judge:
         """Same weights, compute in ``dtype`` (e.g. ``jnp.bfloat16``); outputs stay float32."""
+        if not hasattr(self.module, "dtype"):
+            custom.needs_registered(self.spec, "dtype=", "cast inside your function instead")
         return self.replace(module=self.module.clone(dtype=dtype))
 
     @property
     def label(self) -> str:
         return f"{self.spec.name} (STAND-IN, random weights)" if self.standin else self.spec.name
+
+
+def as_judge(judge):
+    """``judge`` as the attacks take it: a :class:`Judge` (or a wrapper of one) as it is, a plain
+    callable through :meth:`Judge.from_fn` (logits, any size)."""
+    if hasattr(judge, "check_input"):
+        return judge
+    if isinstance(judge, nn.Module):
+        raise TypeError("a Flax module needs its variables: pass "
+                        "Judge.from_fn(module, variables=variables, output=...) as the judge")
+    if callable(judge):
+        return Judge.from_fn(judge, name=getattr(judge, "__name__", "user_judge"))
+    raise TypeError(f"judge: expected a ppjax Judge (load_judge, Judge.from_fn) or a callable "
+                    f"x01 -> logits, got {type(judge).__name__}")
 
 
 def _abstract_variables(spec: JudgeSpec, dtype: str):
@@ -130,7 +175,7 @@ def load_judge(name: str, weights_dir=None, standin: bool = False, dtype=jnp.flo
     if standin and not (path / "metadata.json").exists():
         get_converter(spec.converter).make_standin(weights_dir=weights_dir)
     if not (path / "metadata.json").exists():
-        raise FileNotFoundError(missing_weights_message(spec, weights_dir))
+        raise FileNotFoundError(missing_weights_message(spec, weights_dir, python=True))
     module = spec.make_module(dtype=dtype)
     variables, meta = load_converted(path, _abstract_variables(spec, jnp.dtype(dtype).name))
     judge = Judge(variables=variables, module=module, spec=spec, standin=bool(meta.get("standin")))

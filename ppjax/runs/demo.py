@@ -100,9 +100,10 @@ def run_folder(out: Path, images: Path, key: dict) -> Path:
 
 
 def _demo(a) -> int:
+    from ppjax.cli.overrides import parse_overrides
     from ppjax.runs.evaluate import run_evaluate
     from ppjax.runs.layout import ProtectConfig
-    from ppjax.runs.protect import parse_overrides, run_protect
+    from ppjax.runs.protect import run_protect
 
     out = Path(a.out).resolve()
     if a.images is not None:
@@ -128,7 +129,8 @@ def _demo(a) -> int:
                           standin=standin or appeal_standin, weights_dir=a.weights_dir)
     tag = "STAND-IN (random weights) " if standin else ""
     print(f"\n{tag}demo done: {summary.get('done', '?')} images protected, "
-          f"{summary.get('failed', 0)} failed -> {run_dir}\nreport: {out / 'report.md'}")
+          f"{summary.get('failed', 0)} failed -> {run_dir}\nreport: {out / 'report.md'}, "
+          f"{out / 'report.html'}")
     if standin:
         print("Reminder: STAND-IN judge; figures exercise the pipeline only.")
     return errors.SOME_FAILED if summary.get("failed") or report is None else errors.OK

@@ -41,8 +41,9 @@ import numpy as np
 from ppjax.image import io as imageio
 from ppjax.image import metrics
 from ppjax.registry import Registry
-from ppjax.runs import data, plots, report
+from ppjax.runs import data, html_report, plots, report
 from ppjax.runs.layout import RunFile, collect_run
+from ppjax.runs.progress import redirected
 
 log = logging.getLogger("ppjax.runs.evaluate")
 
@@ -215,6 +216,8 @@ def decode_pair(f: RunFile, task: int, rule: str, max_pixels=None) -> Decoded:
             row["notes"].append(f"original unusable: {lo.error}")
         else:
             o = lo.image
+            if not f.notes:  # a protect run's manifest says it already; a plain folder does not
+                row["notes"] += [f"original: {n}" for n in lo.notes]
     row["label"] = f.original.label if f.original and f.original.label is not None else f.label
     row["label_source"] = ("list" if f.original and f.original.label is not None
                            else f.label_source if f.label is not None else None)
@@ -269,18 +272,19 @@ def _score_files(how: _Judging, files, task: int, rule: str, errors: list, bar):
     cannot be read is appended to ``errors``."""
     from ppjax.runs import pipeline
 
-    per_image, pairs = [], []
+    per_image, pairs, thumbs = [], [], {}
     decoded = pipeline.prefetch(files, task, rule, loader=decode_pair)
     for chunk in data.batched(decoded, how.batch_size):
-        bar.update(len(chunk))
         errors += [{"name": d.item.name, "error": d.error} for d in chunk if d.error is not None]
         ok = [d for d in chunk if d.error is None]
-        if not ok:
-            continue
-        per_image += how.rows(ok)
-        pairs += [(d.row["name"], d.orig, d.adv) for d in ok
-                  if d.orig is not None][:N_FIGURE_IMAGES - len(pairs)]
-    return per_image, pairs
+        if ok:
+            per_image += how.rows(ok)
+            pairs += [(d.row["name"], d.orig, d.adv) for d in ok
+                      if d.orig is not None][:N_FIGURE_IMAGES - len(pairs)]
+            thumbs.update({d.row["name"]: html_report.thumbnails(d.orig, d.adv) for d in ok
+                           if d.orig is not None and len(thumbs) < html_report.MAX_GALLERY})
+        bar.update(len(chunk))  # after the batch is scored: the bar tells what is done
+    return per_image, pairs, thumbs
 
 
 def _judges(task, judge, appeal, no_appeal, weights_dir, standin):
@@ -329,9 +333,11 @@ def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLik
     tag = "STAND-IN: " if standin else ""
     how = _Judging(task_scorer(task), judge, appeal, None if appeal is None else
                    appeal_resize_rule(appeal, appeal_resize), batch_size)
-    with tqdm(total=len(files), unit="img", desc=f"{tag}evaluate", file=sys.stderr,
-              disable=not progress, dynamic_ncols=True) as bar:
-        per_image, pairs = _score_files(how, files, task, cfg.get("resize", "auto"), errors, bar)
+    with redirected(progress), tqdm(total=len(files), unit="img", desc=f"{tag}evaluate",
+                                    file=sys.stderr, disable=not progress,
+                                    dynamic_ncols=True) as bar:
+        per_image, pairs, thumbs = _score_files(how, files, task, cfg.get("resize", "auto"),
+                                                errors, bar)
     rep = summarise(task, per_image, errors, run=run, cfg=cfg, run_code=run_code, judge=judge,
                     appeal=appeal, appeal_err=appeal_err, standin=standin)
     rep["warnings"] = warnings
@@ -340,6 +346,7 @@ def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLik
                               "STAND-IN (random weights): " if standin else "")
     report.write_json(out / "report.json", rep)
     (out / "report.md").write_text(report.markdown_report(rep), encoding="utf-8")
+    html_report.write_html(out, rep, thumbs)
     log.info("%sevaluated %d images (%d failed): %s", tag, rep["n_images"], rep["n_failed"],
              ", ".join(f"{k}={report.fmt_value(v)}" for k, v in rep["protection"].items()))
     return rep
@@ -376,20 +383,23 @@ def _figures(out: Path, scorer: TaskScorer, per_image, pairs, have_nima, tag: st
     """Figures of the report; ``tag`` prefixes every title (STAND-IN runs say so on the image)."""
     figs = []
     if pairs:
-        plots.before_after_grid(pairs, out / "grid.png",
+        captions = {r["name"]: report.image_caption(r) for r in per_image}
+        plots.before_after_grid(pairs, out / "grid.png", captions=captions,
                                  title=tag + "original | protected | |difference|")
         plots.perturbation_heatmap(pairs, out / "heatmap.png", tag=tag)
-        figs += ["grid.png", "heatmap.png"]
+        plots.diff_histogram(pairs, out / "hist_change.png", tag=tag)
+        figs += ["grid.png", "heatmap.png", "hist_change.png"]
     before = [r.get("score_clean") for r in per_image]
     after = [r.get("score") for r in per_image]
+    names = [r["name"] for r in per_image]
     if any(v is not None for v in before + after):
         plots.histogram(before, after, out / "hist_protection.png", tag + scorer.hist_title,
-                         scorer.hist_axis, threshold=scorer.spec.threshold)
+                         scorer.hist_axis, threshold=scorer.spec.threshold, names=names)
         figs.append("hist_protection.png")
     if have_nima:
         plots.histogram([r.get("nima_clean") for r in per_image],
                          [r.get("nima") for r in per_image], out / "hist_nima.png",
-                         tag + "NIMA mean score: before vs after", "NIMA score")
+                         tag + "NIMA mean score: before vs after", "NIMA score", names=names)
         figs.append("hist_nima.png")
     return figs
 

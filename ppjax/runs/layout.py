@@ -181,6 +181,11 @@ class Manifest:
         self._f.close()
 
 
+#: Keys of ``config.json`` that record what a run did (:mod:`ppjax.runs.provenance`) rather than
+#: choose it: a resume with another ppjax commit is not another run.
+RECORD_KEYS = ("attack_resolved", "ppjax")
+
+
 def config_mismatch(out: Path, cfg: ProtectConfig) -> str | None:
     """Why ``out`` cannot hold ``cfg`` (its ``config.json`` has other settings), or None."""
     new = json.loads(json.dumps(cfg.to_json()))
@@ -190,7 +195,8 @@ def config_mismatch(out: Path, cfg: ProtectConfig) -> str | None:
         return f"{out / CONFIG} is unreadable ({e}); use another --out"
     if old is None:
         return None
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    diff = sorted(k for k in set(old) | set(new)
+                  if k not in RECORD_KEYS and old.get(k) != new.get(k))
     if not diff:
         return None
     lines = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
@@ -198,13 +204,14 @@ def config_mismatch(out: Path, cfg: ProtectConfig) -> str | None:
             f"the same settings to resume")
 
 
-def check_or_store_config(out: Path, cfg: ProtectConfig) -> None:
-    """Store ``cfg`` in ``out``; if a different one is there already, refuse (ResumeMismatch)."""
+def check_or_store_config(out: Path, cfg: ProtectConfig, record: dict | None = None) -> None:
+    """Store ``cfg`` in ``out`` with ``record`` (:data:`RECORD_KEYS`: the resolved attack and
+    ppjax's version); if a different ``cfg`` is there already, refuse (ResumeMismatch)."""
     why = config_mismatch(out, cfg)
     if why:
         raise ResumeMismatch(why)
     if not (out / CONFIG).exists():
-        write_json(out / CONFIG, json.loads(json.dumps(cfg.to_json())))
+        write_json(out / CONFIG, json.loads(json.dumps({**cfg.to_json(), **(record or {})})))
 
 
 def zip_name(run_code: str, standin: bool) -> str:

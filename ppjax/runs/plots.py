@@ -46,31 +46,63 @@ def save_figure(fig, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+#: The colour map of every difference image (perceptually uniform; zero is black, so an
+#: unchanged pixel never looks like the page's white background).
+DIFF_CMAP = "inferno"
+
+
 def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(a.astype(np.int16) - b.astype(np.int16))
 
 
+def diff_levels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[H, W] int: per pixel, the largest |b - a| over RGB in 8-bit levels (uint8 images)."""
+    return _diff(a, b).max(-1)
+
+
+def diff_rgb(a: np.ndarray, b: np.ndarray, vmax: int) -> np.ndarray:
+    """[H, W, 3] uint8: :func:`diff_levels` through :data:`DIFF_CMAP` on the scale 0..``vmax``
+    levels (0 black; ``vmax`` and above the brightest yellow)."""
+    return colour_levels(diff_levels(a, b), vmax)
+
+
+def colour_levels(levels: np.ndarray, vmax: int) -> np.ndarray:
+    """[H, W] levels -> [H, W, 3] uint8 through :data:`DIFF_CMAP` on the scale 0..``vmax``."""
+    from matplotlib import colormaps
+
+    t = np.clip(levels / float(max(1, vmax)), 0.0, 1.0)
+    return (colormaps[DIFF_CMAP](t)[..., :3] * 255 + 0.5).astype(np.uint8)
+
+
 def before_after_grid(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], path, tile: int = 192,
-                      title: str = "") -> None:
+                      title: str = "", captions: dict | None = None) -> None:
     """Rows of (original, protected, |difference|) for ``pairs`` of (name, orig, protected),
-    images [H, W, 3] uint8. The difference is amplified so that the largest change of the figure
-    is full brightness (the factor is in the column title)."""
+    images [H, W, 3] uint8. Each difference is drawn with :data:`DIFF_CMAP` from 0 (black) to
+    its image's largest change (written under it), so a one-level change is visible beside a
+    large one; :func:`perturbation_heatmap` compares images on one scale. ``captions[name]``
+    (the judge's class or score before and after, success) is written under the protected
+    image."""
     n = max(1, len(pairs))
-    top = max((int(_diff(a, b).max()) for _, a, b in pairs), default=0)
-    gain = 255.0 / top if top else 1.0
-    fig = figure(3 * tile / 72 + 0.4, n * tile / 72 + 0.9)
+    fig = figure(3 * tile / 72 + 0.4, n * (tile / 72 + 0.35) + 0.9)
     axes = fig.subplots(n, 3, squeeze=False)
-    heads = ("original", "protected", f"|difference| x{gain:.3g} (max {top} levels)")
+    heads = ("original", "protected", "|difference|, 0 = black")
     for i, (name, a, b) in enumerate(pairs):
-        d = np.clip(np.rint(_diff(a, b) * gain), 0, 255).astype(np.uint8)
-        for j, im in enumerate((a, b, d)):
+        d = diff_levels(a, b)
+        top = max(1, int(d.max()))
+        for j, x in enumerate((a, b, d)):
             ax = axes[i, j]
-            ax.imshow(im, interpolation="lanczos" if im.shape[0] > tile else "nearest")
+            kw = {"cmap": DIFF_CMAP, "vmin": 0, "vmax": top} if j == 2 else {}
+            ax.imshow(x, interpolation="nearest" if j == 2 or x.shape[0] <= tile else "lanczos",
+                      **kw)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(heads[j], fontsize=9)
         axes[i, 0].set_ylabel(name[:40], fontsize=8)
+        axes[i, 2].set_xlabel(f"brightest = {int(d.max())} level{'' if d.max() == 1 else 's'}",
+                              fontsize=7)
+        if captions and captions.get(name):
+            axes[i, 1].set_xlabel(wrap_title(captions[name], tile * 100 / 72, 7), fontsize=7)
     fig.suptitle(wrap_title(title or "original | protected | |difference|", 3 * tile * 100 / 72 - 20),
                  fontsize=10)
     save_figure(fig, path)
@@ -78,13 +110,14 @@ def before_after_grid(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], path,
 
 def perturbation_heatmap(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], path,
                          tile: int = 192, tag: str = "") -> None:
-    """Per image, the per-pixel max over channels of |protected - original| in 8-bit levels, on
-    one colour scale from 0 to the largest change of the figure (a colour bar with ticks)."""
-    maps = [_diff(a, b).max(-1) for _, a, b in pairs]
-    vmax = max(1, max((int(m.max()) for m in maps), default=1))
+    """Per image, the per-pixel size of the change, sqrt(sum over RGB of (protected -
+    original)^2) in 8-bit levels (it tells a one-level change of one channel from one of all
+    three), on one colour scale from 0 to the largest of the figure (a colour bar)."""
+    maps = [np.sqrt((_diff(a, b).astype(np.float32) ** 2).sum(-1)) for _, a, b in pairs]
+    vmax = max(1.0, max((float(m.max()) for m in maps), default=1.0))
     cols = min(4, max(1, len(pairs)))
     rows = math.ceil(len(pairs) / cols) if pairs else 1
-    fig = figure(cols * tile / 72 + 1.2, rows * tile / 72 + 0.8)
+    fig = figure(cols * tile / 72 + 1.6, rows * tile / 72 + 0.8)
     axes = fig.subplots(rows, cols, squeeze=False)
     im = None
     for i, ax in enumerate(axes.flat):
@@ -93,21 +126,43 @@ def perturbation_heatmap(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], pa
         if i >= len(maps):
             ax.set_axis_off()
             continue
-        im = ax.imshow(maps[i], cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
-        ax.set_title(pairs[i][0][:28], fontsize=8)
+        im = ax.imshow(maps[i], cmap=DIFF_CMAP, vmin=0, vmax=vmax, interpolation="nearest")
+        ax.set_title(f"{pairs[i][0][:24]}\nmean {maps[i].mean():.2f}", fontsize=8)
     if im is not None:
-        cb = fig.colorbar(im, ax=axes, shrink=0.8)
-        cb.set_label("|protected - original|, max over RGB (8-bit levels)")
-        cb.set_ticks(sorted({0, *np.linspace(0, vmax, min(vmax, 5) + 1).round().astype(int)}))
-    fig.suptitle(wrap_title(f"{tag}perturbation per pixel, 0..{vmax} levels",
+        cb = fig.colorbar(im, ax=axes, shrink=0.9)
+        cb.set_label("RGB change (levels)", fontsize=8)
+    fig.suptitle(wrap_title(f"{tag}size of the change per pixel, 0..{vmax:.3g} levels",
                             cols * tile * 100 / 72), fontsize=10)
     save_figure(fig, path)
 
 
+def diff_histogram(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], path, tag: str = "",
+                   size=(520, 320)) -> None:
+    """Histogram of every channel value's |protected - original| (8-bit levels, one bar per
+    level, log count axis) over ``pairs``: how the change is spread, whatever the image count."""
+    d = np.concatenate([_diff(a, b).ravel() for _, a, b in pairs]) if pairs else np.zeros(1, int)
+    counts = np.bincount(d, minlength=2)
+    fig = figure(size[0] / 100, size[1] / 100)
+    ax = fig.subplots()
+    ax.bar(np.arange(counts.size), counts, width=0.9, color="#4169c8")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=0.8)  # bars from a count of 1, not from the smallest bar
+    ax.set_xlabel("|protected - original| per channel value (8-bit levels)")
+    ax.set_ylabel("channel values")
+    changed = 1.0 - counts[0] / max(1, counts.sum())
+    fig.suptitle(wrap_title(f"{tag}change per channel value over {len(pairs)} images "
+                            f"({100 * changed:.1f}% changed)", size[0] - 20, 9), fontsize=9)
+    save_figure(fig, path)
+
+
 def histogram(before: Sequence[float], after: Sequence[float], path, title: str, xlabel: str,
-              threshold: float | None = None, bins: int = 20, size=(520, 320)) -> None:
-    """Histograms of two score sets on shared bins (before / after), with an optional vertical
-    threshold line; ``size`` in pixels at 100 dpi."""
+              threshold: float | None = None, bins: int = 20, size=(520, 320),
+              names: Sequence[str] | None = None) -> None:
+    """Two score sets (before / after), with an optional threshold line; ``size`` in pixels at
+    100 dpi. With fewer than :data:`FEW` pairs (and ``names``), one pair of bars per image
+    instead (a histogram of 2-3 values says nothing); else histograms on shared bins."""
+    if names is not None and len(names) < FEW:
+        return _per_image_bars(before, after, names, path, title, xlabel, threshold, size)
     b = np.asarray([v for v in before if v is not None and math.isfinite(v)], np.float64)
     a = np.asarray([v for v in after if v is not None and math.isfinite(v)], np.float64)
     allv = np.concatenate([b, a]) if (b.size or a.size) else np.zeros(1)
@@ -128,6 +183,29 @@ def histogram(before: Sequence[float], after: Sequence[float], path, title: str,
     ax.yaxis.get_major_locator().set_params(integer=True)
     fig.legend(fontsize=8, loc="outside lower center", ncols=3, frameon=False)  # not over bars
     fig.suptitle(wrap_title(title, size[0] - 20, 9), fontsize=9)
+    save_figure(fig, path)
+
+
+#: Below this many images :func:`histogram` draws one pair of bars per image.
+FEW = 12
+
+
+def _per_image_bars(before, after, names, path, title, xlabel, threshold, size) -> None:
+    nan = float("nan")
+    b = [nan if v is None else v for v in before]
+    a = [nan if v is None else v for v in after]
+    y = np.arange(len(names))
+    fig = figure(size[0] / 100, max(size[1] / 100, 0.35 * len(names) + 1.2))
+    ax = fig.subplots()
+    ax.barh(y - 0.2, b, height=0.4, color="#4169c8", label="before")
+    ax.barh(y + 0.2, a, height=0.4, color="#eb8c28", label="after")
+    if threshold is not None:
+        ax.axvline(threshold, color="#dc1e1e", lw=1.5, ls="--", label=f"threshold {threshold:g}")
+    ax.set_yticks(y, [n[:24] for n in names], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    fig.legend(fontsize=8, loc="outside lower center", ncols=3, frameon=False)
+    fig.suptitle(wrap_title(title + " (per image)", size[0] - 20, 9), fontsize=9)
     save_figure(fig, path)
 
 

@@ -44,8 +44,6 @@ import hashlib
 import json
 import logging
 import os
-import re
-import sys
 import time
 from pathlib import Path
 
@@ -53,7 +51,7 @@ import numpy as np
 
 from ppjax.errors import SetupError
 from ppjax.image import io as imageio
-from ppjax.runs import data
+from ppjax.runs import data, provenance
 from ppjax.runs.layout import (
     CONFIG,
     IMAGES,
@@ -74,32 +72,10 @@ from ppjax.runs.layout import (
     stored_config,
     write_zip,
 )
+from ppjax.runs.progress import ProtectProgress, redirected
 from ppjax.runs.report import write_json
 
 log = logging.getLogger("ppjax.runs.protect")
-
-
-def parse_overrides(pairs) -> tuple[tuple[str, object], ...]:
-    """``["eps=0.03", "steps=10", "loss=ce"]`` -> sorted ``(("eps", 0.03), ...)``; values are
-    parsed as JSON when possible (numbers, booleans), ``a/b`` as a fraction (``eps=8/255``), else
-    kept as strings."""
-    out = {}
-    for s in pairs or ():
-        if "=" not in s:
-            raise ValueError(f"--set expects key=value, got {s!r}")
-        k, v = s.split("=", 1)
-        k = k.strip()
-        if not k.isidentifier():
-            raise ValueError(f"--set key {k!r} is not a valid name")
-        frac = re.fullmatch(r"\s*(-?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*", v)
-        if frac and float(frac.group(2)) != 0:  # eps=8/255
-            out[k] = float(frac.group(1)) / float(frac.group(2))
-            continue
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return tuple(sorted(out.items()))
 
 
 def image_seed(name: str, seed: int = 0) -> int:
@@ -333,16 +309,14 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
 
 
 class _Progress:
-    """The run's counters, manifest and progress bar: one place records each finished file."""
+    """The run's counters, manifest and progress bar (:class:`ProtectProgress`): one place
+    records each finished file."""
 
     def __init__(self, L, manifest: Manifest, total: int, tag: str, desc: str, enabled: bool):
-        from tqdm import tqdm
-
         self.L, self.manifest, self.tag = L, manifest, tag
         self.n_fail = self.n_ok = self.n_succ = self.n_new = 0
         self.t0 = time.perf_counter()
-        self.bar = tqdm(total=total, unit="img", disable=not enabled, desc=desc,
-                        file=sys.stderr, dynamic_ncols=True)
+        self.bar = ProtectProgress(total, desc, tag, enabled)
 
     def error(self, name: str, err: str, notes=None, output=None) -> None:
         self.L.error("%s: %s", name, err)
@@ -351,7 +325,7 @@ class _Progress:
             entry["notes"] = notes
         self.manifest.append(entry)
         self.n_fail += 1
-        self.bar.update(1)
+        self.bar.image(ok=False)
 
     def ok(self, entry: dict, sync: bool = True) -> None:
         self.manifest.append(entry, sync)
@@ -360,11 +334,7 @@ class _Progress:
         self.n_ok += 1
         self.n_new += 1
         self.n_succ += bool(entry["success"])
-        self.bar.update(1)
-        dt = time.perf_counter() - self.t0
-        self.bar.set_postfix_str(f"{self.tag}success {self.n_succ}/{self.n_ok} "
-                                 f"({100.0 * self.n_succ / self.n_ok:.1f}%), "
-                                 f"{self.n_new / max(dt, 1e-9):.2f} img/s")
+        self.bar.image(ok=True, success=bool(entry["success"]))
 
     def close(self) -> None:
         self.bar.close()
@@ -414,7 +384,10 @@ def _setup(plan: ProtectPlan, weights_dir, shard: Shard):
     meta_path = judge_dir(cfg.judge, weights_dir, cfg.standin) / "metadata.json"
     sha = json.loads(meta_path.read_text()).get("sha256") if meta_path.exists() else None
     cfg = dataclasses.replace(cfg, judge_sha256=sha)
-    check_or_store_config(plan.out, cfg)  # validated: the run may now leave its settings behind
+    record = {"attack_resolved": provenance.attack_record(plan.attack, cfg.attack, cfg.preset,
+                                                          cfg.overrides),
+              "ppjax": provenance.ppjax_version()}
+    check_or_store_config(plan.out, cfg, record)  # validated: the run may now leave its settings
     compute = _compute_path(cfg.dtype)
     L.info("compute: %s on %s%s", compute["dtype"], compute["backend"],
            f" ({compute['note']})" if compute["note"] else "")
@@ -443,11 +416,15 @@ def _run_locked(plan: ProtectPlan, weights_dir, slots, progress, max_pixels, wor
     prog = _Progress(L, Manifest(out / shard.manifest), len(todo) + len(pre_errors), tag,
                      f"{tag}protect {cfg.run_code}", progress)
     try:
-        for name, err, oname in pre_errors:
-            prog.error(name, err, output=oname)
-        _stream(cfg, plan.attack, judge, extra, todo, img_dir, prog, slots, max_pixels, workers)
+        with redirected(progress):  # log lines above the bar, not onto its line
+            for name, err, oname in pre_errors:
+                prog.error(name, err, output=oname)
+            _stream(cfg, plan.attack, judge, extra, todo, img_dir, prog, slots, max_pixels,
+                    workers)
     finally:
         prog.close()
+    if prog.bar.compile_seconds is not None:
+        L.info("compiling the attack took %.1f s (not counted in the ETA)", prog.bar.compile_seconds)
     (out / shard.done_marker).write_text("done\n")
     if shard.index != 0:
         L.info("process %d done: %d protected, %d failed; process 0 writes the zip",
@@ -459,39 +436,18 @@ def _run_locked(plan: ProtectPlan, weights_dir, slots, progress, max_pixels, wor
     return _summarise(plan, cfg, judge, extra, compute, n_skip, prog.t0, L, n_all)
 
 
-def _stream(cfg, acfg, judge, extra, todo, img_dir, prog: _Progress, slots, max_pixels, workers):
-    """Decode (worker pool) -> attack ``acfg`` (the config :func:`validate_protect` resolved;
-    continuous batching) -> encode + write (worker pool); a manifest line is appended, in
-    completion order, once its PNG is in place (looked for after every compiled chunk too, so
-    lines and progress do not wait for the next finished image)."""
-    import collections
+class _Writes:
+    """PNG writes in flight, recorded (manifest line, progress) in order once each is done."""
 
-    import jax.numpy as jnp
+    def __init__(self, prog: _Progress):
+        import collections
 
-    import ppjax
-    from ppjax.attacks import StreamItem
-    from ppjax.runs import pipeline
+        self.prog, self.queue = prog, collections.deque()
 
-    held: dict[str, data.Loaded] = {}
-    logits = judge.spec.output == "logits"
-
-    decoded = pipeline.prefetch(todo, cfg.task, cfg.resize, max_pixels, workers=workers)
-
-    def items():
-        for b in decoded:
-            if b.error is not None:
-                prog.error(b.item.name, b.error, notes=b.notes)
-                continue
-            held[b.item.name] = b
-            label = b.item.label if (logits and b.item.label is not None) else -1
-            yield StreamItem(b.item.name, b.image, image_seed(b.item.name, cfg.seed), label)
-
-    writes: collections.deque = collections.deque()
-
-    def drain(block: bool) -> None:
-        n = 0
-        while writes and (block or writes[0][0].done()):
-            fut, entry = writes.popleft()
+    def drain(self, block: bool) -> None:
+        n, prog = 0, self.prog
+        while self.queue and (block or self.queue[0][0].done()):
+            fut, entry = self.queue.popleft()
             try:
                 entry["sha256"] = fut.result()
             except Exception as e:  # this file failed to write; the run goes on
@@ -502,18 +458,54 @@ def _stream(cfg, acfg, judge, extra, todo, img_dir, prog: _Progress, slots, max_
         if n:  # one fsync for the lines of this drain
             prog.manifest.sync()
 
+
+def _stream(cfg, acfg, judge, extra, todo, img_dir, prog: _Progress, slots, max_pixels, workers):
+    """Decode (worker pool) -> attack ``acfg`` (the config :func:`validate_protect` resolved;
+    continuous batching) -> encode + write (worker pool); a manifest line is appended, in
+    completion order, once its PNG is in place (looked for after every compiled chunk too, so
+    lines and progress do not wait for the next finished image)."""
+    import jax.numpy as jnp
+
+    import ppjax
+    from ppjax.attacks import StreamItem
+    from ppjax.runs import pipeline
+
+    held: dict[str, data.Loaded] = {}
+    logits = judge.spec.output == "logits"
+
+    decoded = pipeline.prefetch(todo, cfg.task, cfg.resize, max_pixels, workers=workers)
+    finished = [0]  # images returned by the attack or refused at decoding
+
+    def items():
+        for b in decoded:
+            if b.error is not None:
+                prog.error(b.item.name, b.error, notes=b.notes)
+                finished[0] += 1
+                continue
+            held[b.item.name] = b
+            label = b.item.label if (logits and b.item.label is not None) else -1
+            yield StreamItem(b.item.name, b.image, image_seed(b.item.name, cfg.seed), label)
+
+    writes = _Writes(prog)
+    drain = writes.drain
+
+    def on_chunk() -> None:  # one iteration (chunk=1) of every busy slot, at most ``slots``
+        prog.bar.chunk(max(0, min(max(slots, 2), len(todo) - finished[0])))
+        drain(block=False)
+
     png_text = STANDIN_TEXT if cfg.standin else None
     with pipeline.Writer(workers=workers) as writer, contextlib.closing(decoded):
         try:
             for name, res in ppjax.attacks.stream(  # finished writes recorded every chunk
                     acfg, judge, items(), slots=slots, extra_judges=extra,
                     dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else None,
-                    on_chunk=lambda: drain(block=False)):
+                    on_chunk=on_chunk):
+                finished[0] += 1
                 b = held.pop(name)
                 entry = _entry(cfg, b, res, logits)
-                writes.append((writer.submit(img_dir / entry["output"],
-                                             imageio.to_uint8(res.images), png_text,
-                                             cfg.png_level), entry))
+                writes.queue.append((writer.submit(img_dir / entry["output"],
+                                                   imageio.to_uint8(res.images), png_text,
+                                                   cfg.png_level), entry))
                 drain(block=False)
         finally:
             drain(block=True)
