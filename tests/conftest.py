@@ -53,7 +53,8 @@ class _ModuleNeedingReferences(pytest.Module):
             missing = absent_reference(e.__cause__)
             if missing is None:
                 raise
-            pytest.skip(f"needs {missing}, which is not installed here", allow_module_level=True)
+            pytest.skip(f"{self.path.name} needs {missing}, which is not installed here",
+                        allow_module_level=True)
 
 
 def pytest_pycollect_makemodule(module_path, parent):
