@@ -116,6 +116,8 @@ def test_bench_and_summary_on_cpu(standin_weights, tmp_path):
             row["img_it_per_s"] / row["torch"][row["torch_best"]]["img_it_per_s"])
     out = gpu.summarise(tmp_path)
     assert out["missing"] == ["pipeline.json"] and out["pipeline_efficiency"] is None
+    assert out["goals"]["share_of_bf16_peak"]["met"] == (row["share_of_bf16_peak"] >= 0.4)
+    assert out["goals"]["pipeline_efficiency"]["met"] is None
     saved = json.loads((tmp_path / "gpu_check.json").read_text())
     assert saved["pgd"]["1"]["img_it_per_s"] == row["img_it_per_s"]
     assert "| 1 |" in (tmp_path / "summary.md").read_text()
