@@ -1,86 +1,120 @@
 #!/usr/bin/env bash
-# GPU check (issue 12): install ppjax with its `cuda` extra, then measure ResNet-50 (stand-in
-# weights) in bf16 on the GPU at batch 64..256: PGD throughput (benchmarks.throughput) and the
-# streaming pipeline's efficiency (benchmarks.pipeline). Prints img·it/s and the share of the
-# GPU's bf16 peak. Finishes in under 10 minutes on an H100/H200-class GPU.
+# GPU check (issues 12, 28): ResNet-50 (STAND-IN weights) PGD in bf16 on the GPU at batch 64 and
+# 256 (img·it/s, share of the device's bf16 peak, compile times) against the same attack in the
+# machine's torch on the same GPU (ratio_vs_torch_gpu), and the streaming pipeline's efficiency.
+# Offline: it runs under the machine's own python3 when that has a CUDA jax, ppjax from this
+# source tree (PYTHONPATH), and installs only the packages missing there from the wheels carried
+# in .whl/ (benchmarks/gpu_wheels.sh made them here). About 5-8 minutes on an H100/H200; docs/gpu.md.
 #
-#   bash benchmarks/gpu_check.sh [--dry-run] [--no-install]
+#   bash benchmarks/gpu_check.sh [--cpu-dry-run] [--print]
 #
-# Environment: PYTHON (default: .venv-gpu/bin/python, created with python3 -m venv when absent),
-# OUT (default out/gpu_check), BATCHES (default "64 256"), SLOTS (pipeline slots, default 128),
-# PEAK_TFLOPS (bf16 dense peak of the GPU, default 790 = H200 SXM), GFLOP_PER_IT (default 21:
-# ResNet-50 at 256x256, forward + input gradient, per image and attack iteration).
-# --dry-run prints every command without running any.
-set -euo pipefail
+# --cpu-dry-run: the same steps on the CPU at tiny sizes (JAX_PLATFORMS=cpu); run it with a
+#   Python 3.12 + jax 0.11 venv first on the PATH (`make gpu-dry-run` uses .venv-next).
+# --print: print the commands without running them.
+# Environment: PYTHON (default python3), OUT (default out/gpu_check; the device machine sets it),
+# WHL (default .whl), WEIGHTS (stand-in weights, default $TMPDIR/ppjax-gpu-check-weights),
+# BATCHES, ITERS, ROUNDS, SLOTS, EFF_N, EFF_STEPS, TORCH_COMPILE_BATCHES, PEAK_TFLOPS (override
+# the datasheet table), BUDGET_S (end-to-end limit in seconds: 470 on the GPU, 1500 for the dry
+# run on a small CPU).
+set -uo pipefail
 cd "$(dirname "$0")/.."
+REPO=$PWD
 
-DRY=0
-INSTALL=1
+MODE=gpu
+PRINT=0
 for a in "$@"; do
   case "$a" in
-    --dry-run) DRY=1 ;;
-    --no-install) INSTALL=0 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
-    *) echo "unknown option: $a (see --help)" >&2; exit 2 ;;
+    --cpu-dry-run) MODE=cpu ;;
+    --print) PRINT=1 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    *) echo "gpu_check: unknown option: $a (see --help)" >&2; exit 2 ;;
   esac
 done
 
-VENV=${VENV:-.venv-gpu}
-PYTHON=${PYTHON:-$VENV/bin/python}
+PYTHON=${PYTHON:-python3}
 OUT=${OUT:-out/gpu_check}
-BATCHES=${BATCHES:-"64 256"}
-SLOTS=${SLOTS:-128}
-PEAK_TFLOPS=${PEAK_TFLOPS:-790}
-GFLOP_PER_IT=${GFLOP_PER_IT:-21}
-WEIGHTS=${WEIGHTS:-$OUT/weights}
+WHL=${WHL:-.whl}
+WEIGHTS=${WEIGHTS:-${TMPDIR:-/tmp}/ppjax-gpu-check-weights}
+SITE=${SITE:-${TMPDIR:-/tmp}/ppjax-gpu-check-site}
+if [[ $MODE == cpu ]]; then
+  BUDGET_S=${BUDGET_S:-1500}
+  BATCHES=${BATCHES:-2} ITERS=${ITERS:-2} ROUNDS=${ROUNDS:-2} SLOTS=${SLOTS:-4}
+  EFF_N=${EFF_N:-8} EFF_STEPS=${EFF_STEPS:-2} TORCH_COMPILE_BATCHES=${TORCH_COMPILE_BATCHES:-}
+  export JAX_PLATFORMS=cpu
+else
+  BUDGET_S=${BUDGET_S:-470}
+  BATCHES=${BATCHES:-64,256} ITERS=${ITERS:-20} ROUNDS=${ROUNDS:-5} SLOTS=${SLOTS:-128}
+  EFF_N=${EFF_N:-256} EFF_STEPS=${EFF_STEPS:-50} TORCH_COMPILE_BATCHES=${TORCH_COMPILE_BATCHES:-256}
+  # torch shares the GPU in the same process: JAX must not take 75% of its memory up front
+  export XLA_PYTHON_CLIENT_PREALLOCATE=false
+fi
+# cold compiles (the figures are compile times), stand-ins written without torch, no buffering
+export PPJAX_NO_COMPILATION_CACHE=1 PPJAX_STANDIN_FORMAT=npz PYTHONUNBUFFERED=1
+
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_check.log") 2>&1
+START=$SECONDS
+FAILED=()
 
 run() {
   echo "+ $*"
-  if [[ $DRY == 0 ]]; then "$@"; fi
+  if [[ $PRINT == 0 ]]; then "$@"; fi
+}
+left() {  # seconds left of the budget, keeping $1 for the steps after this one
+  local l=$((BUDGET_S - (SECONDS - START) - $1))
+  echo $((l > 30 ? l : 30))
+}
+step() {  # a step that fails (or runs out of time) is named, and the others still run
+  local name=$1; shift
+  run "$@" || { echo "gpu_check: step '$name' failed (rc $?)"; FAILED+=("$name"); }
 }
 
-if [[ $INSTALL == 1 ]]; then
-  if [[ ! -x $PYTHON ]]; then run python3 -m venv "$VENV"; fi
-  run "$PYTHON" -m pip install -q --upgrade pip
-  # torch only writes the stand-in weights here: the CPU wheel (~200 MB, not the CUDA one's GBs)
-  run "$PYTHON" -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
-  run "$PYTHON" -m pip install -q -e ".[cuda,convert]"
+# 1. the Python: the machine's own python3 when it already has jax on the wanted backend
+echo "+ $PYTHON -m benchmarks.gpu_env backend"
+if ! info=$("$PYTHON" -m benchmarks.gpu_env backend); then
+  echo "gpu_check: '$PYTHON' has no working jax (PYTHON=... names another Python)" >&2
+  exit 2
 fi
-run mkdir -p "$OUT"
-# fail early and clearly when JAX sees no GPU (a CPU run would take hours and mean nothing here)
-run "$PYTHON" -c "import jax; d = jax.devices(); print(d); assert jax.default_backend() == 'gpu', \
-'JAX sees no GPU: check the NVIDIA driver (nvidia-smi) and the cuda extra'"
+echo "$info"
+read -r jax_version backend device_kind <<<"$info"
+want=$([[ $MODE == cpu ]] && echo cpu || echo gpu)
+if [[ $backend != "$want" ]]; then
+  echo "gpu_check: jax $jax_version in '$PYTHON' runs on '$backend', not '$want'" \
+       "(a GPU run needs a CUDA jax and a visible GPU: nvidia-smi; --cpu-dry-run for the CPU)" >&2
+  exit 2
+fi
 
-for B in $BATCHES; do
-  run timeout 180 "$PYTHON" -m benchmarks.throughput --judges resnet50_places365 --batch "$B" \
-    --variants accel_bf16,accel_f32 --no-torch --no-memory --iters 10 --rounds 3 \
-    --weights-dir "$WEIGHTS" --results-section "throughput_gpu_b$B" --json "$OUT/throughput_b$B.json"
-done
-run timeout 240 "$PYTHON" -m benchmarks.pipeline --parts efficiency --cases resnet50 \
-  --judge resnet50_places365 --dtype bfloat16 --slots "$SLOTS" --eff-n $((4 * SLOTS)) --eff-repeats 1 \
-  --weights-dir "$WEIGHTS" --results-section pipeline_gpu --json "$OUT/pipeline.json"
+# 2. only the missing packages, from the carried wheels; ppjax itself from this source tree
+if [[ -d $WHL ]]; then
+  mapfile -t need < <("$PYTHON" -m benchmarks.gpu_env missing "$WHL")
+  if (( ${#need[@]} )); then
+    step wheels "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+      --upgrade --target "$SITE" "${need[@]}"
+    export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+  else
+    echo "gpu_check: every carried wheel's package is already here in range; none installed"
+  fi
+  if [[ $MODE == cpu ]]; then  # the dry run also proves that every carried wheel installs here
+    step wheels_all "$PYTHON" -m pip install -q --no-index --no-deps --no-compile \
+      --no-cache-dir --target "$(mktemp -d)" "$WHL"/*.whl
+  fi
+fi
+export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
+run "$PYTHON" -m benchmarks.gpu_env report > "$OUT/env.json" || FAILED+=(env)
 
-summary() {
-  "$PYTHON" - "$OUT" "$PEAK_TFLOPS" "$GFLOP_PER_IT" $BATCHES <<'EOF'
-import json, sys
-from pathlib import Path
+# 3. PGD throughput (ppjax and torch, interleaved), then the pipeline, then the summary
+step throughput timeout "$(left 150)" "$PYTHON" -m benchmarks.gpu bench \
+  --json "$OUT/throughput.json" --weights-dir "$WEIGHTS" --batches "$BATCHES" --iters "$ITERS" \
+  --rounds "$ROUNDS" --torch-compile-batches "$TORCH_COMPILE_BATCHES" \
+  ${PEAK_TFLOPS:+--peak-tflops "$PEAK_TFLOPS"}
+step pipeline timeout "$(left 10)" "$PYTHON" -m benchmarks.pipeline --parts efficiency \
+  --cases resnet50 --judge resnet50_places365 --dtype bfloat16 --slots "$SLOTS" \
+  --eff-n "$EFF_N" --eff-steps "$EFF_STEPS" --eff-repeats 1 --weights-dir "$WEIGHTS" \
+  --no-results-md --json "$OUT/pipeline.json"
+step summary "$PYTHON" -m benchmarks.gpu summary --out "$OUT"
 
-out, peak, gflop, batches = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
-print(f"\nResNet-50 (STAND-IN weights) on {json.loads((out / f'throughput_b{batches[0]}.json').read_text())['machine']['devices']}")
-print(f"share of bf16 peak = img·it/s x {gflop:g} GFLOP / {peak:g} TFLOP/s")
-for b in batches:
-    for r in json.loads((out / f"throughput_b{b}.json").read_text())["rows"]:
-        if "img_it_per_s" in r:
-            share = r["img_it_per_s"] * gflop * 1e9 / (peak * 1e12)
-            print(f"  batch {b:>4} {r['config']:32s} {r['img_it_per_s']:10.1f} img·it/s  "
-                  f"{100 * share:5.1f}% of bf16 peak  (compile {r['compile_s']:.1f} s)")
-p = json.loads((out / "pipeline.json").read_text())
-for case, e in p.get("efficiency", {}).items():
-    print(f"  pipeline efficiency ({case}): {e}")
-EOF
-}
-if [[ $DRY == 1 ]]; then
-  echo "+ summary of $OUT/throughput_b*.json and $OUT/pipeline.json (img·it/s, share of ${PEAK_TFLOPS} TFLOP/s)"
-else
-  summary
+echo "gpu_check: $MODE run in $((SECONDS - START)) s; results in $OUT"
+if (( ${#FAILED[@]} )); then
+  echo "gpu_check: failed steps: ${FAILED[*]}" >&2
+  exit 1
 fi

@@ -130,8 +130,20 @@ def _loss_jax(judge, x, labels):
     return -jnp.sum(out)
 
 
-def make_jax_engine(variant: JaxVariant, judge_name: str, weights_dir: str, batch: int, seed=0):
-    """Returns ``(run_once, compile_s, batch)``; ``run_once()`` does one PGD iteration."""
+def pgd_step(judge, x, x0, labels):
+    """One PGD iteration: the input gradient of the attack loss, a sign step, the projection on
+    the eps ball around ``x0`` and on [0, 1]."""
+    import jax
+    import jax.numpy as jnp
+
+    g = jax.grad(lambda x: _loss_jax(judge, x, labels))(x)
+    x = x + STEP * jnp.sign(g)
+    return jnp.clip(jnp.clip(x, x0 - EPS, x0 + EPS), 0.0, 1.0)
+
+
+def compile_jax_step(variant: JaxVariant, judge_name: str, weights_dir: str, batch: int, seed=0):
+    """The jitted :func:`pgd_step` for ``variant``, compiled: ``(compiled, args, compile_s)``
+    with ``args = (judge, x0, x0, labels)`` (``compiled.cost_analysis()`` gives its FLOPs)."""
     import jax
     import jax.numpy as jnp
 
@@ -146,21 +158,23 @@ def make_jax_engine(variant: JaxVariant, judge_name: str, weights_dir: str, batc
         judge = fold_bn(judge, check=False).with_dtype(jnp.dtype(variant.dtype))
     else:
         judge = judge.with_dtype(jnp.dtype(variant.dtype))
-    b = batch * variant.batch_mult
     h, w = judge.spec.input_hw
     rng = np.random.default_rng(seed)
-    x0 = jnp.asarray(rng.random((b, h, w, 3), np.float32))
-    labels = jnp.asarray(rng.integers(0, 10, b), jnp.int32)
-
-    def step(judge, x, x0, labels):
-        g = jax.grad(lambda x: _loss_jax(judge, x, labels))(x)
-        x = x + STEP * jnp.sign(g)
-        return jnp.clip(jnp.clip(x, x0 - EPS, x0 + EPS), 0.0, 1.0)
-
-    jitted = jax.jit(step, donate_argnums=(1,) if variant.donate else ())
+    x0 = jnp.asarray(rng.random((batch, h, w, 3), np.float32))
+    labels = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
+    jitted = jax.jit(pgd_step, donate_argnums=(1,) if variant.donate else ())
     t0 = time.perf_counter()
     compiled = jitted.lower(judge, x0, x0, labels).compile(compiler_options=XLA_PATHS[variant.path])
-    compile_s = time.perf_counter() - t0
+    return compiled, (judge, x0, x0, labels), time.perf_counter() - t0
+
+
+def make_jax_engine(variant: JaxVariant, judge_name: str, weights_dir: str, batch: int, seed=0):
+    """Returns ``(run_once, compile_s, batch)``; ``run_once()`` does one PGD iteration."""
+    import jax.numpy as jnp
+
+    b = batch * variant.batch_mult
+    compiled, (judge, x0, _, labels), compile_s = compile_jax_step(variant, judge_name,
+                                                                   weights_dir, b, seed)
     state = {"x": jnp.array(x0)}
 
     def run_once():
@@ -196,7 +210,10 @@ def hlo_library_calls(variant: JaxVariant, judge_name: str, weights_dir: str, ba
 
 # --------------------------------------------------------------------------- torch side
 
-def make_torch_engine(kind: str, judge_name: str, batch: int, weights_dir: str, seed=0):
+def make_torch_engine(kind: str, judge_name: str, batch: int, weights_dir: str, seed=0,
+                      device: str = "cpu"):
+    """Returns ``(run_once, first_call_s, batch)``; ``device``: "cpu" or "cuda" (bf16 autocast
+    on that device; ``run_once`` synchronises, so wall-clock timing holds)."""
     import torch
 
     from benchmarks import torch_models
@@ -217,18 +234,19 @@ def make_torch_engine(kind: str, judge_name: str, batch: int, weights_dir: str, 
     torch_models.load_from_judge(net, _judge(judge_name, weights_dir))
     cl = "channels-last" in kind
     bf16 = "bf16" in kind
-    model = torch_models.with_normalisation(net.eval(), channels_last=cl, **norm)
+    model = torch_models.with_normalisation(net.eval(), channels_last=cl, **norm).to(device)
     if cl:
         model = model.to(memory_format=torch.channels_last)
     for p in model.parameters():
         p.requires_grad_(False)
     rng = np.random.default_rng(seed)
-    x0 = torch.from_numpy(rng.random((batch, *hw, 3), np.float32))
-    labels = torch.from_numpy(rng.integers(0, 10, batch))
-    bins = torch.arange(1, 11, dtype=torch.float32)
+    x0 = torch.from_numpy(rng.random((batch, *hw, 3), np.float32)).to(device)
+    labels = torch.from_numpy(rng.integers(0, 10, batch)).to(device)
+    bins = torch.arange(1, 11, dtype=torch.float32, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def loss_fn(x):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             out = model(x)
         out = out.float()
         if output == "logits":
@@ -247,6 +265,7 @@ def make_torch_engine(kind: str, judge_name: str, batch: int, weights_dir: str, 
         with torch.no_grad():
             x = x + STEP * g.sign()
             state["x"] = torch.clamp(torch.minimum(torch.maximum(x, x0 - EPS), x0 + EPS), 0, 1)
+        sync()
 
     t0 = time.perf_counter()
     run_once()  # eager: first-call overhead; torch.compile: the compilation
@@ -298,19 +317,19 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class _TimeLimit(Exception):
+class TimeLimit(Exception):
     pass
 
 
 @contextlib.contextmanager
-def _time_limit(seconds: int):
-    """Raise :class:`_TimeLimit` in the main thread after ``seconds`` (0: no limit)."""
+def time_limit(seconds: int):
+    """Raise :class:`TimeLimit` in the main thread after ``seconds`` (0: no limit)."""
     if not seconds:
         yield
         return
 
     def expire(signum, frame):
-        raise _TimeLimit(f"over {seconds} s")
+        raise TimeLimit(f"over {seconds} s")
 
     old = signal.signal(signal.SIGALRM, expire)
     signal.alarm(int(seconds))
@@ -357,11 +376,11 @@ def bench_judge(judge: str, args, weights_dir: str) -> list[dict]:
         print(f"[{judge}] preparing {k} ...", flush=True)
         limit = args.torch_compile_timeout if "compile" in k else 0
         try:
-            with _time_limit(limit):
+            with time_limit(limit):
                 engines[k] = ("torch", *make_torch_engine(k, judge, batch, weights_dir))
         except Exception as e:  # torch.compile may not finish (no compiler, time limit, ...)
             print(f"  {k} unavailable: {type(e).__name__}: {e}", file=sys.stderr)
-            why = (f"n/a (did not compile in {limit} s)" if isinstance(e, _TimeLimit)
+            why = (f"n/a (did not compile in {limit} s)" if isinstance(e, TimeLimit)
                    else f"n/a ({type(e).__name__})")
             skipped.append({"judge": judge, "engine": "torch", "config": k, "batch": batch,
                             "na": why})

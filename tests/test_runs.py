@@ -349,6 +349,8 @@ def test_torchattacks_preset_matches_torchattacks_pgd(photo_paths):
 
 
 def test_benchmark_models_do_not_need_the_tests_package():
+    import torch  # noqa: F401  (the child builds torch models; skipped where torch is absent)
+
     code = ("import sys; sys.modules['tests'] = None\n"
             "from benchmarks import torch_models\n"
             "torch_models.resnet50(); torch_models.nima_mobilenet_v2(); print('ok')\n")

@@ -22,6 +22,8 @@ single :class:`ConversionError`, before anything is written.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -45,15 +47,89 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def load_torch_file(path: str | Path) -> Any:
-    """``torch.load(path, weights_only=True)`` with clear errors for the usual failures."""
-    import torch
+#: suffix of a stand-in source written without torch: the same layout as the published file
+#: (nested dicts of arrays), in a NumPy archive with "/"-joined keys (:func:`save_weights_file`)
+NPZ_SUFFIX = ".npz"
 
+
+def torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def standin_format() -> str:
+    """How stand-in source files are written: ``$PPJAX_STANDIN_FORMAT`` (``torch`` or ``npz``),
+    else ``torch`` where torch is installed and ``npz`` (no torch needed) where it is not. Both
+    hold the same random weights and go through the same converter and metadata."""
+    fmt = os.environ.get("PPJAX_STANDIN_FORMAT") or ("torch" if torch_available() else "npz")
+    if fmt not in ("torch", "npz"):
+        raise ValueError(f"PPJAX_STANDIN_FORMAT={fmt!r}: expected 'torch' or 'npz'")
+    return fmt
+
+
+def _flatten_npz(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flatten_npz(v, f"{prefix}{k}/"))
+        return out
+    a = obj.detach().cpu().numpy() if hasattr(obj, "detach") else np.asarray(obj)
+    if a.dtype == object:
+        raise TypeError(f"{prefix[:-1]}: {type(obj).__name__} cannot be stored without pickle")
+    return {prefix[:-1]: a}
+
+
+def _unflatten_npz(flat) -> dict:
+    out: dict = {}
+    for key in flat.files:
+        *parents, leaf = key.split("/")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        a = flat[key]
+        node[leaf] = str(a) if a.ndim == 0 and a.dtype.kind == "U" else a
+    return out
+
+
+def save_weights_file(obj: Any, path: str | Path) -> Path:
+    """Atomically write ``obj`` (nested dicts of arrays, strings and numbers: a published
+    checkpoint's layout) to ``path``: a NumPy archive (``"/"``-joined keys, no pickle) when
+    ``path`` ends in ``.npz``, else ``torch.save`` with every array as a tensor."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if path.name.endswith(NPZ_SUFFIX):
+        with open(tmp, "wb") as f:
+            np.savez(f, **_flatten_npz(obj))
+    else:
+        import torch
+
+        def to_torch(o):
+            if isinstance(o, dict):
+                return {k: to_torch(v) for k, v in o.items()}
+            return torch.from_numpy(np.ascontiguousarray(o)) if isinstance(o, np.ndarray) else o
+
+        torch.save(to_torch(obj), tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_torch_file(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with clear errors for the usual failures; a
+    ``.npz`` file (a stand-in written without torch, :func:`save_weights_file`) is read with
+    NumPy, without pickle, into the same nested layout."""
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ConversionError(f"{path}: the file is empty (interrupted download?)")
+    if path.name.endswith(NPZ_SUFFIX):
+        try:
+            with np.load(path, allow_pickle=False) as flat:
+                return _unflatten_npz(flat)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise ConversionError(f"{path}: truncated or corrupt NumPy archive "
+                                  f"({type(e).__name__}: {e})") from None
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -172,14 +248,12 @@ def torch_to_flax(state_dict: dict, abstract_variables: Any, source: str, arch: 
     return traverse_util.unflatten_dict(flat)
 
 
-def random_torch_state_dict(abstract_variables: Any, seed: int = 0) -> dict:
-    """A torch-named state dict of random weights shaped for ``abstract_variables``.
+def random_state_dict(abstract_variables: Any, seed: int = 0) -> dict[str, np.ndarray]:
+    """A torch-named state dict of random float32 NumPy weights shaped for ``abstract_variables``.
 
     Weights are He-normal, BatchNorm affine and running statistics are randomised (so a stand-in or
     replica exercises every leaf), and ``num_batches_tracked`` is present as in real files.
     """
-    import torch
-
     rng = np.random.default_rng(seed)
     sd = {}
     for key, (shape, flat_key, _layout) in sorted(expected_torch_shapes(abstract_variables).items()):
@@ -195,10 +269,17 @@ def random_torch_state_dict(abstract_variables: Any, seed: int = 0) -> dict:
             a = rng.normal(0.0, 0.1, shape)
         else:  # var
             a = rng.uniform(0.5, 1.5, shape)
-        sd[key] = torch.from_numpy(a.astype(np.float32))
+        sd[key] = a.astype(np.float32)
         if leaf == "mean":
-            sd[key.replace("running_mean", "num_batches_tracked")] = torch.tensor(0, dtype=torch.long)
+            sd[key.replace("running_mean", "num_batches_tracked")] = np.asarray(0, np.int64)
     return sd
+
+
+def random_torch_state_dict(abstract_variables: Any, seed: int = 0) -> dict:
+    """:func:`random_state_dict` as torch tensors (the same values)."""
+    import torch
+
+    return {k: torch.from_numpy(v) for k, v in random_state_dict(abstract_variables, seed).items()}
 
 
 def conversion_metadata(spec, source: Path, standin: bool) -> dict:
@@ -235,24 +316,23 @@ def convert_torch_checkpoint(spec, src: str | Path, weights_dir=None, standin: b
     return save_converted(out, variables, conversion_metadata(spec, src, standin))
 
 
-def write_standin_file(spec, wrap, weights_dir=None, seed: int = 0, calibrate=None) -> Path:
+def write_standin_file(spec, wrap, weights_dir=None, seed: int = 0, calibrate=None,
+                       fmt: str | None = None) -> Path:
     """Write random weights in the original file layout (``wrap(state_dict) -> saved object``)
-    next to where the real download would go, suffixed ``.standin``. ``calibrate(state_dict) ->
-    state_dict`` (e.g. :func:`calibrate_standin`) runs on the random weights before they are
-    written."""
-    import torch
-
+    next to where the real download would go, suffixed ``.standin`` (a torch file) or
+    ``.standin.npz`` (``fmt="npz"``: a NumPy archive of the same layout, no torch needed;
+    default :func:`standin_format`). ``calibrate(state_dict) -> state_dict`` (e.g.
+    :func:`calibrate_standin`) runs on the random NumPy weights before they are written."""
     from ppjax.config import downloads_dir
 
-    path = downloads_dir(weights_dir) / (spec.filename + ".standin")
+    fmt = fmt or standin_format()
+    suffix = ".standin" + (NPZ_SUFFIX if fmt == "npz" else "")
+    path = downloads_dir(weights_dir) / (spec.filename + suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sd = random_torch_state_dict(spec.abstract_variables(), seed)
+    sd = random_state_dict(spec.abstract_variables(), seed)
     if calibrate is not None:
         sd = calibrate(sd)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(wrap(sd), tmp)
-    tmp.replace(path)
-    return path
+    return save_weights_file(wrap(sd), path)
 
 
 # ----------------------------------------------------------------------------- stand-in realism
@@ -406,10 +486,8 @@ def calibrate_variables(spec, variables: dict, n_images: int = 64, seed: int = 0
 def calibrate_standin(spec, state_dict: dict, n_images: int = 64, seed: int = 0,
                       output_bias: tuple[str, ...] | None = None, batch: int = 16) -> dict:
     """:func:`calibrate_variables` on a torch-named random ``state_dict`` (the layout of a torch
-    stand-in file). Returns a new state dict in the same layout, with the BatchNorm statistics
-    (and ``output_bias``) replaced."""
-    import torch
-
+    stand-in file; NumPy arrays or tensors). Returns a new state dict in the same layout, with the
+    BatchNorm statistics (and ``output_bias``) replaced by float32 NumPy arrays."""
     abstract = spec.abstract_variables()
     variables = torch_to_flax(state_dict, abstract, "stand-in", spec.architecture)
     variables = calibrate_variables(spec, variables, n_images, seed, output_bias, batch)
@@ -418,6 +496,6 @@ def calibrate_standin(spec, state_dict: dict, n_images: int = 64, seed: int = 0,
     for key, (_shape, flat_key, layout) in expected_torch_shapes(abstract).items():
         if flat_key[0] == "batch_stats" or (output_bias is not None
                                             and flat_key == ("params",) + tuple(output_bias)):
-            out[key] = torch.from_numpy(np.ascontiguousarray(
-                to_torch_layout(np.asarray(flat[flat_key]), layout), np.float32))
+            out[key] = np.ascontiguousarray(
+                to_torch_layout(np.asarray(flat[flat_key]), layout), np.float32)
     return out

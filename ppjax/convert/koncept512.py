@@ -20,6 +20,8 @@ import numpy as np
 from ppjax.convert.common import (
     calibrate_standin,
     convert_torch_checkpoint,
+    load_torch_file,
+    save_weights_file,
     write_standin_file,
 )
 from ppjax.judges import get_spec
@@ -94,7 +96,6 @@ def calibrate_standin_score(src, weights_dir=None, photos: np.ndarray | None = N
 
     Returns ``{"scale", "shift", "before", "after"}`` (the scores before and after)."""
     import jax
-    import torch
 
     from ppjax import load_judge
     from ppjax.parallel import pad_batch
@@ -114,12 +115,10 @@ def calibrate_standin_score(src, weights_dir=None, photos: np.ndarray | None = N
     std = float(before.std())
     scale = STANDIN_STD / std if std > 0 else 1.0
     shift = STANDIN_MEAN - scale * float(before.mean())
-    sd = torch.load(src, weights_only=True)
+    sd = load_torch_file(src)  # the stand-in file: torch or NumPy archive, as it was written
     sd[f"{FINAL}.weight"] = sd[f"{FINAL}.weight"] * scale
     sd[f"{FINAL}.bias"] = sd[f"{FINAL}.bias"] * scale + shift
-    tmp = Path(src).with_name(Path(src).name + ".tmp")
-    torch.save(sd, tmp)
-    tmp.replace(src)
+    save_weights_file(sd, src)
     convert(src, weights_dir, standin=True)
     after = scores()
     log.info("%s stand-in calibrated: clean scores %.3g..%.3g -> %.1f..%.1f (scale %.3g, "
