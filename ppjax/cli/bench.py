@@ -53,6 +53,12 @@ def command(args) -> int:
         payload = bench(s, log=lambda m: print(m, file=sys.stderr, flush=True))
     except FileNotFoundError as e:  # weights not converted: the message says how
         raise SetupError(str(e)) from None
+    except ModuleNotFoundError as e:  # making a stand-in writes a torch checkpoint
+        if e.name != "torch":
+            raise
+        raise SetupError("--standin needs torch to create the stand-in weights the first time: "
+                         "pip install 'ppjax[convert]' (or convert real weights: ppjax fetch)"
+                         ) from None
     print(table(payload))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
