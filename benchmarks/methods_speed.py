@@ -122,19 +122,31 @@ def throughput(m: Method, args, weights: str, dtype: str) -> dict:
     if nima is not None:
         kw["appeal_judge"] = nima
     print(f"[{m.key}] compiling ppjax ...", flush=True)
+    _onednn_cache(reset=True)  # the previous rows' reordered weights go (as in a fresh process)
     ours = bench.ppjax_engine(m.attack, judge, x, labels, steps=args.steps,
                               dtype=jnp.dtype(dtype), **kw)
     print(f"[{m.key}] preparing torch ...", flush=True)
     theirs = torch_originals.engine(m.attack, m.judge, judge, x, labels, args.steps,
                                     appeal=(m.appeal, nima) if m.appeal else None)
+    warm = _onednn_cache()
     times = bench.interleaved([ours, theirs], args.rounds)
+    steady = _onednn_cache()
     a, b = bench.summarise(ours, times[ours.name]), bench.summarise(theirs, times[theirs.name])
     print(f"[{m.key}] ppjax {a['img_it_per_s']:.3g} img·it/s, torch {b['img_it_per_s']:.3g}",
           flush=True)
     return {"batch": batch, "hw": list(judge.spec.input_hw), "ppjax_img_it_per_s":
             a["img_it_per_s"], "torch_img_it_per_s": b["img_it_per_s"],
             "ratio_vs_torch": a["img_it_per_s"] / b["img_it_per_s"], "compile_s": a["compile_s"],
-            "torch_first_call_extra_s": b["compile_s"]}
+            "torch_first_call_extra_s": b["compile_s"],
+            # weight reorders during the timed rounds (0 unless the cache thrashes)
+            "onednn_steady_reorders": steady["misses"] - warm["misses"] if steady else None}
+
+
+def _onednn_cache(reset: bool = False) -> dict | None:
+    """oneDNN's reordered-weight cache counters (None without oneDNN)."""
+    from ppjax.accel import onednn
+
+    return onednn.weight_cache_stats(reset) if onednn.available() else None
 
 
 # ----------------------------------------------------------------------------- time to protect
