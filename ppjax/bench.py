@@ -184,13 +184,15 @@ def iteration_flops(judge, batch: int) -> float:
     h, w = judge.spec.input_hw
     x = jnp.zeros((batch, h, w, 3), jnp.float32)
 
-    def loss(x):
+    def loss(x, judge):
         out = judge(x).astype(jnp.float32)
         if out.ndim == 2 and out.shape[-1] > 1:
             return -jnp.sum(jax.nn.log_softmax(out)[:, 0])
         return jnp.sum(out)
 
-    cost = jax.jit(jax.grad(loss)).lower(x).compile().cost_analysis()
+    # the judge is an argument (a pytree), not a closure: its weights stay program inputs
+    # instead of being embedded as constants (slow to compile, held in memory)
+    cost = jax.jit(jax.grad(loss)).lower(x, judge).compile().cost_analysis()
     if isinstance(cost, list | tuple):  # older jax: one dict per program
         cost = cost[0]
     return float(cost["flops"]) / batch
