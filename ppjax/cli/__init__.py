@@ -1,6 +1,6 @@
 """``ppjax`` command line: argument parsing and dispatch only; the work lives in importable
 libraries (:mod:`ppjax.runs`, :mod:`ppjax.judges`). Each command's module (``ppjax.cli.protect``,
-``.evaluate``, ``.sweep``, ``.weights``) exposes ``add_parser(subparsers)``, which sets ``func``
+``.evaluate``, ``.sweep``, ``.weights``, ``.bench``) exposes ``add_parser(subparsers)``, which sets ``func``
 on its parser; :data:`COMMANDS` is the registry of commands.
 
 Only the module of the command being run is imported (``ppjax --help`` loads no JAX). Exit codes
@@ -39,7 +39,8 @@ for _name, _module, _help in (
          "download label files and MEPP lists, or build the face set"),
         ("convert", "ppjax.cli.weights", "convert a checkpoint file you downloaded by hand"),
         ("standin", "ppjax.cli.weights", "create random-weight STAND-IN judges (tests/demos only)"),
-        ("judges", "ppjax.cli.weights", "list judges and whether they are converted")):
+        ("judges", "ppjax.cli.weights", "list judges and whether they are converted"),
+        ("bench", "ppjax.cli.bench", "measure attack throughput on this machine (img·it/s)")):
     COMMANDS.register(_name, Command(lazy(_module), _help))
 
 

@@ -1,0 +1,400 @@
+"""Every attack method against its PyTorch original at the task's real sizes (issue 26).
+
+    python -m benchmarks.methods_speed --json PATH [--only pgd,ace] [--smoke] [--ttp-n 64]
+        [--ttp-steps-cap N] [--batch 8] [--steps 10] [--rounds 3] [--no-ttp] [--no-peak]
+
+One row per method (STAND-IN judges: random weights, speed only):
+
+* ResNet-50-Places365 at 256x256: FGSM, I-FGSM, PGD, PGD-L2, MI-FGSM, MI-FGSM+DI+TI+VMI,
+  C&W-L2, ACE, PerC-AL, Square;
+* KonCept512 at 512x384: camouflage, the organisers' I-FGSM baseline and ppjax's JPEG-EOT
+  default (both against the organisers' I-FGSM);
+* PGD with NIMA's appeal term (ResNet-50 + NIMA MobileNetV2).
+
+The torch originals are in :mod:`benchmarks.torch_originals`; the measurement (engines,
+interleaved rounds, peak FLOP/s, XLA cost analysis) is :mod:`ppjax.bench`'s, shared with
+``ppjax bench``. Fields per row:
+
+* ``ratio_vs_torch``: steady-state img·it/s, ppjax over torch (every image runs every
+  iteration on both sides; medians of interleaved rounds);
+* ``ratio_ttp``: wall time to protect ``--ttp-n`` (64) real photos in a fresh process each,
+  compilation included, torch over ppjax; each side with its own stopping rule (ppjax through
+  ``ppjax.stream`` with the preset's early stop, the original as written); ``--ttp-steps-cap``
+  caps the step budget of both (PerC-AL's 1000 and Square's 5000 take hours at 256x256 on a
+  small CPU); the row records the budget that ran;
+* ``compile_s`` (ppjax's first call minus a warm one), ``peak_rss_mib`` (the TTP process's
+  peak RSS; both sides).
+
+The ``peak`` section: the attainable FLOP/s (bf16 and f32 GEMMs through torch = oneDNN/MKL and
+through XLA), the FLOPs of one PGD iteration per image from XLA's cost analysis, and
+``peak_fraction`` = achieved / attainable for ppjax's PGD on ResNet-50, NIMA MobileNetV2 and
+KonCept512. Writes the RESULTS.md section ``methods_speed`` (not with ``--smoke``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks import _results
+from ppjax import bench
+
+RESNET, KONCEPT, NIMA = "resnet50_places365", "koncept512", "nima_mobilenetv2"
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A row: ``attack`` (name or name/preset) on ``judge``; ``settings`` go to ppjax.attack
+    in both measurements; ``appeal``: the appeal judge's name."""
+
+    key: str
+    attack: str
+    judge: str = RESNET
+    settings: tuple = ()
+    appeal: str | None = None
+    original: str = ""
+
+
+METHODS = [
+    Method("fgsm", "fgsm", original="torchattacks FGSM"),
+    Method("ifgsm", "ifgsm", original="torchattacks BIM"),
+    Method("pgd", "pgd", original="torchattacks PGD"),
+    Method("pgd_l2", "pgd_l2", original="torchattacks PGDL2"),
+    Method("mifgsm", "mifgsm", original="torchattacks MIFGSM"),
+    # DI+TI+VMI without SGM (sgm_gamma 1 = off): what torchattacks can compose
+    Method("mifgsm_di_ti_vmi", "mifgsm/all", settings=(("sgm_gamma", 1.0),),
+           original="torchattacks TIFGSM + VMIFGSM's variance term"),
+    # torchattacks' CW has no binary search over c: one round on both sides
+    Method("cw_l2", "cw_l2", settings=(("search_steps", 1),), original="torchattacks CW"),
+    Method("ace", "ace", original="tests/torch_attack_ref.py ace (BMVC)"),
+    Method("perc_al", "perc_al", original="tests/torch_attack_ref.py perc_al"),
+    Method("square", "square", original="torchattacks Square (Linf)"),
+    Method("camouflage_pp2020", "camouflage/pp2020_baseline", judge=KONCEPT,
+           original="organisers' I-FGSM (2020)"),
+    Method("camouflage_jpeg_eot", "camouflage", judge=KONCEPT,
+           original="organisers' I-FGSM (2020)"),
+    Method("pgd_appeal", "pgd", appeal=NIMA, original="torch PGD on CE - 0.5 NIMA mean"),
+]
+# KonCept512 (InceptionResNetV2) needs an 8x8 final map: ~299 px at least
+SMOKE_HW = {RESNET: (64, 64), KONCEPT: (320, 320), NIMA: (96, 96)}
+
+
+def _judges(args, weights: str, judge: str, appeal: str | None):
+    """``(judge, appeal judge or None)``, stand-ins, at the smoke size under ``--smoke``."""
+    out = []
+    for name in (judge, appeal):
+        if name is None:
+            out.append(None)
+            continue
+        s = bench.BenchSettings(judge=name, standin=True, weights_dir=weights,
+                                size=SMOKE_HW[name] if args.smoke else None)
+        out.append(bench.load_bench_judge(s))
+    return out
+
+
+def _budget(m: Method, cap: int | None) -> int:
+    from ppjax.attacks import resolve_attack
+
+    steps = resolve_attack(*bench.parse_attack(m.attack)).steps
+    return min(steps, cap) if cap else steps
+
+
+# ----------------------------------------------------------------------------- throughput
+
+
+def throughput(m: Method, args, weights: str, dtype: str) -> dict:
+    """Steady-state img·it/s of ppjax and the torch original, interleaved; compile seconds."""
+    import jax.numpy as jnp
+
+    from benchmarks import torch_originals
+
+    judge, nima = _judges(args, weights, m.judge, m.appeal)
+    batch = args.batch or (2 if m.judge == KONCEPT else 8)
+    x, labels = bench.bench_inputs(judge, batch)
+    kw = dict(m.settings)
+    if nima is not None:
+        kw["appeal_judge"] = nima
+    print(f"[{m.key}] compiling ppjax ...", flush=True)
+    _onednn_cache(reset=True)  # the previous rows' reordered weights go (as in a fresh process)
+    ours = bench.ppjax_engine(m.attack, judge, x, labels, steps=args.steps,
+                              dtype=jnp.dtype(dtype), **kw)
+    print(f"[{m.key}] preparing torch ...", flush=True)
+    theirs = torch_originals.engine(m.attack, m.judge, judge, x, labels, args.steps,
+                                    appeal=(m.appeal, nima) if m.appeal else None)
+    warm = _onednn_cache()
+    times = bench.interleaved([ours, theirs], args.rounds)
+    steady = _onednn_cache()
+    a, b = bench.summarise(ours, times[ours.name]), bench.summarise(theirs, times[theirs.name])
+    print(f"[{m.key}] ppjax {a['img_it_per_s']:.3g} img·it/s, torch {b['img_it_per_s']:.3g}",
+          flush=True)
+    return {"batch": batch, "hw": list(judge.spec.input_hw), "ppjax_img_it_per_s":
+            a["img_it_per_s"], "torch_img_it_per_s": b["img_it_per_s"],
+            "ratio_vs_torch": a["img_it_per_s"] / b["img_it_per_s"], "compile_s": a["compile_s"],
+            "torch_first_call_extra_s": b["compile_s"],
+            # weight reorders during the timed rounds (0 unless the cache thrashes)
+            "onednn_steady_reorders": steady["misses"] - warm["misses"] if steady else None}
+
+
+def _onednn_cache(reset: bool = False) -> dict | None:
+    """oneDNN's reordered-weight cache counters (None without oneDNN)."""
+    from ppjax.accel import onednn
+
+    return onednn.weight_cache_stats(reset) if onednn.available() else None
+
+
+# ----------------------------------------------------------------------------- time to protect
+
+
+def _ttp_ppjax(m: Method, judge, nima, photos, batch: int, steps: int, dtype: str):
+    import jax.numpy as jnp
+
+    import ppjax
+
+    name, preset = bench.parse_attack(m.attack)
+    kw = dict(m.settings)
+    if nima is not None:
+        kw["appeal_judge"] = nima
+    items = [ppjax.StreamItem(key=i, image=im, seed=i) for i, im in enumerate(photos)]
+    t = time.perf_counter()
+    res = dict(ppjax.stream(name, judge, items, preset=preset, slots=batch, steps=steps,
+                            dtype=jnp.dtype(dtype), **kw))
+    sec = time.perf_counter() - t
+    return sec, float(np.mean([bool(r.success) for r in res.values()]))
+
+
+def _ttp_torch(m: Method, judge, nima, photos, batch: int, steps: int):
+    import torch
+
+    from benchmarks import torch_originals
+
+    model = torch_originals.torch_judge(m.judge, judge)
+    tn = torch_originals.torch_judge(m.appeal, nima) if nima is not None else None
+    xt = torch.from_numpy(np.ascontiguousarray(photos.transpose(0, 3, 1, 2)))
+    t = time.perf_counter()
+    fn = torch_originals.attack_fn(m.attack, model, steps, early_stop=True, appeal=tn)
+    with torch.no_grad():
+        labels = torch.cat([model(xt[s:s + batch]).argmax(-1) for s in range(0, len(xt), batch)])
+    advs = [fn(xt[s:s + batch], labels[s:s + batch]) for s in range(0, len(xt), batch)]
+    sec = time.perf_counter() - t
+    with torch.no_grad():
+        adv = torch.round(torch.cat(advs) * 255) / 255
+        if m.judge == KONCEPT:
+            ok = model(adv).reshape(-1) < 50.0
+        else:
+            ok = torch.cat([model(adv[s:s + batch]).argmax(-1) for s in range(0, len(adv),
+                                                                             batch)]) != labels
+    return sec, float(ok.float().mean())
+
+
+def ttp_child(key: str, side: str, args) -> dict:
+    """Run in a fresh process: protect ``--ttp-n`` photos with one side; time, success, peak RSS."""
+    m = next(m for m in METHODS if m.key == key)
+    weights = args.weights_dir
+    judge, nima = _judges(args, weights, m.judge, m.appeal)
+    photos = _results.shared_photos(args.ttp_n, tuple(judge.spec.input_hw))
+    batch = args.batch or (2 if m.judge == KONCEPT else 8)
+    steps = _budget(m, args.ttp_steps_cap)
+    bench.reset_peak_rss()
+    if side == "ppjax":
+        sec, succ = _ttp_ppjax(m, judge, nima, photos, batch, steps, args.dtype)
+    else:
+        sec, succ = _ttp_torch(m, judge, nima, photos, batch, steps)
+    return {"seconds": sec, "success": succ, "steps_budget": steps,
+            "peak_rss_mib": bench.peak_rss_mib()}
+
+
+def ttp(m: Method, args, weights: str, dtype: str) -> dict:
+    out = {}
+    for side in ("ppjax", "torch"):
+        cmd = [sys.executable, "-m", "benchmarks.methods_speed", "--_ttp", m.key, "--_side", side,
+               "--weights-dir", weights, "--ttp-n", str(args.ttp_n), "--dtype", dtype]
+        cmd += ["--batch", str(args.batch)] if args.batch else []
+        cmd += ["--ttp-steps-cap", str(args.ttp_steps_cap)] if args.ttp_steps_cap else []
+        cmd += ["--smoke"] if args.smoke else []
+        print(f"[{m.key}] time to protect {args.ttp_n} photos: {side} ...", flush=True)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.ttp_timeout)
+        if p.returncode:
+            raise RuntimeError(f"{side} TTP child failed:\n{p.stderr[-2000:]}")
+        out[side] = json.loads(p.stdout.strip().splitlines()[-1])
+    return {"ttp_ppjax_s": out["ppjax"]["seconds"], "ttp_torch_s": out["torch"]["seconds"],
+            "ratio_ttp": out["torch"]["seconds"] / out["ppjax"]["seconds"],
+            "ttp_success_ppjax": out["ppjax"]["success"],
+            "ttp_success_torch": out["torch"]["success"],
+            "ttp_steps_budget": out["ppjax"]["steps_budget"],
+            "peak_rss_mib": out["ppjax"]["peak_rss_mib"],
+            "peak_rss_mib_torch": out["torch"]["peak_rss_mib"]}
+
+
+# ----------------------------------------------------------------------------- distance to the limit
+
+
+def peak(args, weights: str, dtype: str) -> dict:
+    """Attainable FLOP/s (GEMMs) and ppjax PGD's share of it on the three judges. PGD on the
+    score judges is the same L-inf sign step on the score (``ifgsm_score``, no random start)."""
+    gemm = {dt: bench.gemm_peak(dt, args.gemm_n) for dt in ("bfloat16", "float32")}
+    rows = []
+    for name in (RESNET, NIMA, KONCEPT):
+        try:
+            rows += _peak_rows(args, weights, dtype, name, gemm)
+        except Exception as e:  # reported in the section; the other judges run
+            rows.append({"judge": name, "error": f"{type(e).__name__}: {str(e)[-300:]}"})
+        _release()
+    return {"gemm": gemm, "rows": rows}
+
+
+def _peak_rows(args, weights: str, dtype: str, name: str, gemm: dict) -> list[dict]:
+    """PGD's img·it/s and share of the GEMM peak on judge ``name``, in ``dtype`` and float32."""
+    rows = []
+    judge, _ = _judges(args, weights, name, None)
+    batch = args.batch or (2 if name == KONCEPT else 8)
+    flops = bench.iteration_flops(judge, min(batch, 2))
+    x, labels = bench.bench_inputs(judge, batch)
+    attack = "pgd" if judge.spec.output == "logits" else "ifgsm_score"
+    for dt in dict.fromkeys((dtype, "float32")):
+        print(f"[peak] {name} {attack} {dt} ...", flush=True)
+        eng = bench.ppjax_engine(attack, judge, x, labels, steps=args.steps, dtype=dt)
+        r = bench.summarise(eng, bench.interleaved([eng], args.rounds)[eng.name])
+        achieved = r["img_it_per_s"] * flops
+        rows.append({"judge": name, "hw": list(judge.spec.input_hw), "dtype": dt,
+                     "batch": batch, "img_it_per_s": r["img_it_per_s"],
+                     "gflop_per_img_it": flops / 1e9, "achieved_gflop_s": achieved / 1e9,
+                     "peak_gflop_s": gemm[dt]["flops_per_s"] / 1e9,
+                     "peak_fraction": achieved / gemm[dt]["flops_per_s"]})
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _f(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _markdown(payload: dict) -> str:
+    meta, a = payload["machine"], payload["args"]
+    head = (f"**STAND-IN judges (random weights): speed only.** Measured {meta['date']} on "
+            f"**{meta['cpu'].get('model')}** ({meta['cpus']} CPUs), jax {meta['jax']}, ppjax in "
+            f"{payload['dtype']}, torch {payload['torch_dtype']} channels-last; {a['steps']} "
+            f"iterations per timed call, median of {a['rounds']} interleaved rounds; time to "
+            f"protect {a['ttp_n']} real photos in a fresh process per side, compilation included"
+            f"{', step budgets capped at ' + str(a['ttp_steps_cap']) if a['ttp_steps_cap'] else ''}"
+            f".{' SMOKE RUN (tiny sizes).' if a['smoke'] else ''}\n\n")
+    rows = [[r["key"], f"{r['judge']} {'x'.join(map(str, r.get('hw', [])))}", r.get("batch", "-"),
+             r["original"], r.get("ppjax_img_it_per_s", "-"), r.get("torch_img_it_per_s", "-"),
+             r.get("ratio_vs_torch", "-"), r.get("compile_s", "-"), r.get("ratio_ttp", "-"),
+             r.get("ttp_steps_budget", "-"),
+             f"{_f(r.get('ttp_success_ppjax'), '.2f')} / {_f(r.get('ttp_success_torch'), '.2f')}",
+             f"{_f(r.get('peak_rss_mib'), '.0f')} / {_f(r.get('peak_rss_mib_torch'), '.0f')}",
+             r.get("error", "")] for r in payload["rows"]]
+    md = head + _results.markdown_table(
+        ["method", "judge HxW", "batch", "torch original", "ppjax img·it/s", "torch img·it/s",
+         "**ratio_vs_torch**", "compile_s", "**ratio_ttp**", "TTP budget",
+         "TTP success ppjax / torch", "peak_rss_mib ppjax / torch", "error"], rows)
+    pk = payload.get("peak")
+    if pk:
+        g = pk["gemm"]
+        md += (f"\n\nAttainable peak: bf16 {g['bfloat16']['flops_per_s'] / 1e9:.0f} GFLOP/s "
+               f"({g['bfloat16']['via']}), f32 {g['float32']['flops_per_s'] / 1e9:.0f} GFLOP/s "
+               f"({g['float32']['via']}), {g['float32']['n']}^3 GEMMs. FLOPs per iteration from "
+               "XLA's cost analysis of the compiled forward + input gradient.\n\n")
+        md += _results.markdown_table(
+            ["judge HxW", "dtype", "batch", "img·it/s", "GFLOP / img·it", "achieved GFLOP/s",
+             "peak GFLOP/s", "**peak_fraction**"],
+            [[f"{r['judge']} {'x'.join(map(str, r['hw']))}", r["dtype"], r["batch"],
+              r["img_it_per_s"], r["gflop_per_img_it"], r["achieved_gflop_s"], r["peak_gflop_s"],
+              r["peak_fraction"]] if "error" not in r else [r["judge"], r["error"]] + ["-"] * 6
+             for r in pk["rows"]])
+    return md
+
+
+def _row(m: Method, args, weights: str, dtype: str) -> dict:
+    row = {"key": m.key, "attack": m.attack, "judge": m.judge, "original": m.original,
+           "appeal": m.appeal, "standin": True}
+    try:
+        row.update(throughput(m, args, weights, dtype))
+        if args.ttp:
+            row.update(ttp(m, args, weights, dtype))
+    except Exception as e:  # one method's failure is reported in its row; the others run
+        row["error"] = f"{type(e).__name__}: {str(e)[-500:]}"
+        print(f"[{m.key}] failed: {row['error']}", file=sys.stderr, flush=True)
+    _release()
+    return row
+
+
+def _release() -> None:
+    """Drop the finished row's compiled programs and arrays: one process runs every row, and
+    a shared machine's memory is not the benchmark's to hold (peak RSS is measured per row in
+    fresh processes anyway)."""
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--only", default=None, help=f"comma-separated keys of {[m.key for m in METHODS]}")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes, 2 steps, 1 round, 2 photos: checks that every row runs")
+    p.add_argument("--batch", type=int, default=None, help="images per call (default 8; KonCept 2)")
+    p.add_argument("--steps", type=int, default=10, help="iterations per timed call")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    p.add_argument("--ttp-n", type=int, default=64, help="photos to protect for ratio_ttp")
+    p.add_argument("--ttp-steps-cap", type=int, default=None,
+                   help="cap on every method's step budget in the TTP runs (both sides)")
+    p.add_argument("--ttp-timeout", type=int, default=6 * 3600, help="seconds per TTP process")
+    p.add_argument("--no-ttp", dest="ttp", action="store_false", help="skip ratio_ttp")
+    p.add_argument("--no-peak", dest="peak", action="store_false", help="skip peak_fraction")
+    p.add_argument("--gemm-n", type=int, default=4096, help="side of the peak GEMMs")
+    p.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--weights-dir", default=None, help="stand-in weights (default: a temp dir)")
+    p.add_argument("--no-results-md", dest="results_md", action="store_false")
+    p.add_argument("--_ttp", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_side", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.smoke:
+        args.steps, args.rounds = min(args.steps, 2), 1
+        args.ttp_n, args.ttp_steps_cap, args.gemm_n = min(args.ttp_n, 2), 2, 1024
+        args.batch = args.batch or 2
+    args.weights_dir = args.weights_dir or tempfile.mkdtemp(prefix="ppjax-methods-speed-")
+    args.dtype = args.dtype or bench.best_dtype()
+    if args._ttp:
+        print(json.dumps(ttp_child(args._ttp, args._side, args)))
+        return 0
+    only = set(args.only.split(",")) if args.only else None
+    if only and (bad := only - {m.key for m in METHODS}):
+        print(f"error: --only: unknown methods {sorted(bad)}", file=sys.stderr)
+        return 2
+    payload = {"machine": _results.machine(), "args": vars(args), "dtype": args.dtype,
+               "torch_dtype": "bf16 autocast" if args.dtype == "bfloat16" else "f32",
+               "standin": True, "rows": []}
+    for m in METHODS:
+        if only is None or m.key in only:
+            payload["rows"].append(_row(m, args, args.weights_dir, args.dtype))
+            _results.write_json(args.json, payload)
+    if args.peak:
+        payload["peak"] = peak(args, args.weights_dir, args.dtype)
+    _results.write_json(args.json, payload)
+    md = _markdown(payload)
+    print(md)
+    if args.results_md and not args.smoke:
+        _results.update_section("methods_speed", md)
+    return 1 if any("error" in r for r in payload["rows"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
