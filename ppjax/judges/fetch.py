@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 from ppjax import config
-from ppjax.convert import get_converter
 from ppjax.judges.spec import get_spec, missing_weights_message
 
 __all__ = ["DATA_FILES", "FetchError", "download", "fetch_data", "fetch_judge",
@@ -77,7 +76,7 @@ def fetch_judge(name: str, weights_dir=None, force: bool = False) -> Path:
     dest = config.downloads_dir(weights_dir) / spec.filename
     if force or not dest.exists():
         download(spec.url, dest, desc=spec.filename)
-    return get_converter(spec.converter).convert(dest, weights_dir)
+    return spec.converter_module().convert(dest, weights_dir)
 
 
 def fetch_data(data_dir=None, force: bool = False, source_dir: str | None = None) -> list[Path]:
