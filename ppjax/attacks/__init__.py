@@ -24,6 +24,7 @@ judging after JPEG is ``judge_jpeg=True``.
 from ppjax.attacks import (
     ensembles,  # noqa: F401  (registers the ensemble objectives)
     loop,
+    scores,  # noqa: F401  (registers the score-judge objectives)
 )
 from ppjax.attacks.api import (
     AttackResult,

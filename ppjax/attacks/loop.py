@@ -309,7 +309,7 @@ def finish(cfg: AttackConfig, models, x0, state: State) -> dict:
         "tracked_success": state.progress.success, "best_key": best.key,
         "iterations": state.progress.iterations,
     }
-    if parts(cfg).obj.output == "logits":
+    if parts(cfg).obj.output == "logits" and "labels" in state.aux:
         extras["labels"] = state.aux["labels"]
     if clean.appeal is not None:
         extras["appeal_before"], extras["appeal_after"] = clean.appeal, best.appeal
