@@ -185,7 +185,7 @@ def main(argv=None) -> int:
             drop.append([float(np.mean(np.asarray(fn(judges[m], xa)) != clean[m])) for m in names])
         rows = list(names)
         if members:
-            from ppjax.attacks.objectives import ensemble_members
+            from ppjax.attacks.ensembles import ensemble_members
 
             main, extra, hyper = ensemble_members([judges[m] for m in members])
             # one label for all members: the first member's clean top-1

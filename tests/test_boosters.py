@@ -198,7 +198,8 @@ def test_vmi_variance_term_matches_torchattacks(batch):
 
     # the variance term inside the step rule, and the momentum it enters (ppjax minimises, so
     # its gradients are -B times torchattacks'; the direction is the same)
-    rule = steps.make_step_rule(get_attack("vmifgsm", vmi_samples=n), {"momentum": jnp.float32(1)})
+    rule = steps.make_step_rule(jax.tree.map(jnp.float32, get_attack("vmifgsm", vmi_samples=n,
+                                                                      momentum=1.0)))
     state = rule.init(jnp.zeros(x.shape))
     assert len(tm.seen) == 2 * (n + 1)
     x2 = jnp.asarray(_nhwc(tm.seen[n + 1]))

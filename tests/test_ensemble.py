@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 import ppjax
 from ppjax.attacks import count_traces, get_attack
-from ppjax.attacks.objectives import ensemble_members, make_objective
+from ppjax.attacks.ensembles import ensemble_members
+from ppjax.attacks.objectives import make_objective
 from ppjax.judges import Judge, JudgeSpec
 
 
@@ -53,7 +54,7 @@ def test_loss_matches_torch_cross_entropy(reduce, x):
     main, extra, hyper = ensemble_members(judges, w)
     cfg = get_attack("pgd", objective=f"ensemble_{reduce}", hyper=hyper)
     terms = make_objective(cfg).evaluate({"judge": main, **extra}, x, {"labels": y},
-                                         cfg.hyperparameters())
+                                         cfg)
     zs = [torch.from_numpy(np.array(j(x))) for j in judges]
     wt = torch.tensor(w) / sum(w)
     yt = torch.from_numpy(np.array(y)).long()
@@ -65,14 +66,14 @@ def test_loss_matches_torch_cross_entropy(reduce, x):
     fooled = np.stack([z.argmax(-1).numpy() != np.asarray(y) for z in zs])
     np.testing.assert_array_equal(np.asarray(terms.success), fooled.all(0))
     assert np.isfinite(np.asarray(jax.grad(lambda a: make_objective(cfg).evaluate(
-        {"judge": main, **extra}, a, {"labels": y}, cfg.hyperparameters()).loss.sum())(x))).all()
+        {"judge": main, **extra}, a, {"labels": y}, cfg).loss.sum())(x))).all()
 
 
 def test_member_of_another_input_size_is_resized(x):
     main, extra, hyper = ensemble_members([_judge(1), _judge(2, hw=(16, 16))])
     cfg = get_attack("pgd", objective="ensemble_losses", hyper=hyper)
     t = make_objective(cfg).evaluate({"judge": main, **extra}, x, {"labels": jnp.zeros(3, int)},
-                                     cfg.hyperparameters())
+                                     cfg)
     small = jax.image.resize(x, (3, 16, 16, 3), "linear", antialias=True)
     ref = 0.5 * (F.cross_entropy(torch.from_numpy(np.array(main(x))), torch.zeros(3).long(),
                                  reduction="none")

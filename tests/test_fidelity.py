@@ -24,7 +24,7 @@ from PIL import Image
 
 import ppjax
 from ppjax.attacks import get_attack, loop
-from ppjax.attacks.objectives import appeal_input, appeal_resize_rule, resize_bilinear
+from ppjax.attacks.appeal import appeal_input, appeal_resize_rule, resize_bilinear
 from ppjax.image import io as imageio
 from tests import torch_attack_ref as ref
 
@@ -92,14 +92,14 @@ def perc_al_shadow(judge, model, x, labels, steps: int, kappa: float):
     trace = []
     theirs = ref.perc_al(model, x, labels, steps, kappa=kappa, trace=trace)
     cfg = get_attack("perc_al", steps=steps, kappa=kappa)
-    hp = {k: jnp.float32(v) for k, v in cfg.hyperparameters().items()}
+    cfg = jax.tree.map(jnp.float32, cfg)  # the traced values as f32 arrays, as the programs
     b = len(x)
     aux = {"labels": jnp.asarray(labels, jnp.int32), "targets": jnp.full(b, -1, jnp.int32),
            "group": jnp.zeros(1, bool)}
     seeds = jnp.arange(b, dtype=jnp.uint32)
     x0 = jnp.asarray(x)
-    s0 = jax.jit(lambda m: loop.init(cfg, m, x0, aux, hp, seeds))({"judge": judge})
-    one = jax.jit(lambda m, st: loop.step(cfg, m, x0, hp, seeds, st))
+    s0 = jax.jit(lambda m: loop.init(cfg, m, x0, aux, seeds))({"judge": judge})
+    one = jax.jit(lambda m, st: loop.step(cfg, m, x0, seeds, st))
     rows = []
     for t, (delta, adv, edge) in enumerate(trace):
         new = one({"judge": judge}, s0._replace(params=jnp.asarray(delta),

@@ -15,7 +15,7 @@ import torch
 import torchattacks
 
 import ppjax
-from ppjax.attacks import boosters
+from ppjax.attacks import AttackConfig, boosters
 from ppjax.attacks.objectives import label_margin
 from ppjax.judges import Judge, JudgeSpec
 
@@ -39,8 +39,8 @@ def test_random_parts_statistics():
     n, h, eps = 3000, 16, 8 / 255
     x0 = jnp.full((n, h, h, 3), 0.5, jnp.float32)
     keys = jax.vmap(jax.random.key)(jnp.arange(n))
-    hp = {"eps": jnp.float32(eps), "square_p_init": jnp.float32(0.3)}
-    start = np.asarray(boosters.square_propose(x0, x0, hp, keys, 0, 100)) - 0.5
+    cfg = AttackConfig(objective="margin", step="square", eps=eps, square_p_init=0.3)
+    start = np.asarray(boosters.square_propose(x0, x0, cfg, keys, 0, 100)) - 0.5
     np.testing.assert_allclose(np.abs(start), eps, rtol=1e-5)
     assert np.all(start == start[:, :1])  # one sign per column and channel
     pos = (start[:, 0] > 0).mean()
@@ -49,7 +49,7 @@ def test_random_parts_statistics():
     t = 1  # proposal 0: p = 0.3, s = round(sqrt(0.3 * 256)) = 9
     s = int(boosters.square_side(boosters.square_fraction(0, 100, 0.3), (h, h)))
     assert s == 9
-    prop = np.asarray(boosters.square_propose(x0, x0, hp, keys, t, 100)) - 0.5
+    prop = np.asarray(boosters.square_propose(x0, x0, cfg, keys, t, 100)) - 0.5
     moved = np.abs(prop) > 1e-6
     assert np.all(moved.sum((1, 2)) == s * s)  # per channel
     np.testing.assert_allclose(np.abs(prop[moved]), eps, rtol=1e-5)

@@ -206,7 +206,7 @@ def test_appeal_figures_are_the_evaluations(resnet_standin, photo_paths, tmp_pat
     originals decoded to the 2019 size (``data.load_item``), the protected ones as their 8-bit
     PNG, both brought to NIMA by the evaluation's rule (``appeal_resize_rule``, "auto")."""
     import ppjax
-    from ppjax.attacks.objectives import appeal_resize_rule, appeal_score
+    from ppjax.attacks.appeal import appeal_resize_rule, appeal_score
     from ppjax.convert import nima_mobilenetv2
     from ppjax.image import io as imageio
 

@@ -515,7 +515,7 @@ class OneDnnModule(InterceptingModule):
     ``f32_activations``: with a bfloat16 compute dtype, convolutions still read bfloat16
     operands (AMX) but write their float32 accumulators, so biases, activations and residual
     sums between convolutions run in float32 ("bf16 compute, f32 bookkeeping"; whether that is
-    faster depends on the judge: ``benchmarks/RESULTS.md``, :data:`F32_ACTIVATIONS`)."""
+    faster depends on the judge: ``benchmarks/RESULTS.md``, the judge's ``spec.f32_activations``)."""
 
     f32_activations: bool = False
 
@@ -541,12 +541,6 @@ def is_accelerated(judge: Judge) -> bool:
     return any(isinstance(m, OneDnnModule) for m in wrappers(judge.module))
 
 
-# f32_activations by judge, chosen by measurement (benchmarks/RESULTS.md, oneDNN levers): the
-# MobileNets gain from float32 activations (ReLU6 and the depthwise stages run faster in f32 on
-# XLA:CPU); ResNet-50 loses (its large activation maps make the doubled memory traffic dominate).
-# Others default to bfloat16 activations.
-F32_ACTIVATIONS = {"nima_mobilenetv2": True, "nima_mobilenet": True}
-
 # (id(judge), settings, dtype) -> (judge, accelerated judge): repeated calls (one per batch in
 # `ppjax protect`) reuse the folded (and cast) variables; the identity check guards against a
 # recycled id.
@@ -563,7 +557,7 @@ def accelerate(judge: Judge, *, dtype=None, fold: bool = True, check: bool = Tru
       fold: fold eval-mode BatchNorm into the convolutions first (:func:`ppjax.accel.fold.fold_bn`).
       check: compare one random image against the plain XLA judge in float32 and raise
         ``ValueError`` if the outputs differ beyond float rounding.
-      f32_activations: see :class:`OneDnnModule`; ``None`` takes :data:`F32_ACTIVATIONS`.
+      f32_activations: see :class:`OneDnnModule`; ``None`` takes the judge's ``spec.f32_activations``.
     Raises :class:`OneDnnUnavailable` when the extension cannot be built here, or when
     ``dtype`` is bfloat16 and this CPU has no native bfloat16 kernels (the message names the
     missing feature; ``ppjax.attack(backend="auto")`` runs float32 instead).
@@ -577,7 +571,7 @@ def accelerate(judge: Judge, *, dtype=None, fold: bool = True, check: bool = Tru
     from ppjax.accel.fold import FoldedModule, fold_bn, output_difference
 
     if f32_activations is None:
-        f32_activations = F32_ACTIVATIONS.get(judge.spec.name, False)
+        f32_activations = bool(getattr(judge.spec, "f32_activations", False))
     if is_accelerated(judge):
         return judge if dtype is None else _with_dtype(judge, dtype)
     dt = None if dtype is None else jnp.dtype(dtype).name

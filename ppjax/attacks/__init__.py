@@ -15,13 +15,17 @@ Extending without touching the loop: register a part in its registry (each a
 formulation, best-rule, distortion or EOT view (:data:`FORMULATIONS`, :data:`BEST_RULES`,
 :data:`DISTORTIONS`, :data:`EOT_VIEWS`); the config accepts the new name at once. An
 objective gets extra judges through ``attack(..., extra_judges=...)`` (in ``models``) and extra
-traced weights through ``AttackConfig.hyper`` (in ``hp``); it may report an ``appeal`` in its
+traced weights through ``AttackConfig.hyper`` (``cfg.hyper_value(name)``); it may report an ``appeal`` in its
 :class:`Terms`, and ``best="appeal"`` keeps the most appealing success (:func:`with_appeal` does
 all of this for a score judge). EOT through JPEG is ``eot="jpeg"`` with ``eot_quality_lo/hi``;
 judging after JPEG is ``judge_jpeg=True``.
 """
 
-from ppjax.attacks import loop
+from ppjax.attacks import (
+    ensembles,  # noqa: F401  (registers the ensemble objectives)
+    loop,
+    scores,  # noqa: F401  (registers the score-judge objectives)
+)
 from ppjax.attacks.api import (
     AttackResult,
     Backend,
@@ -30,7 +34,8 @@ from ppjax.attacks.api import (
     default_seeds,
     stream,
 )
-from ppjax.attacks.config import TRACED_FIELDS, AttackConfig, traced
+from ppjax.attacks.classes import class_mask, read_indoor_classes, read_sensitive_categories
+from ppjax.attacks.config import TRACED_FIELDS, AttackConfig, SettingsError, setting, traced
 from ppjax.attacks.loop import (
     Programs,
     State,
@@ -40,16 +45,7 @@ from ppjax.attacks.loop import (
     python_states,
     run,
 )
-from ppjax.attacks.objectives import (
-    OBJECTIVES,
-    Objective,
-    Terms,
-    class_mask,
-    read_indoor_classes,
-    read_sensitive_categories,
-    register,
-    with_appeal,
-)
+from ppjax.attacks.objectives import OBJECTIVES, Objective, Terms, register, with_appeal
 from ppjax.attacks.parameterisations import PARAMETERISATIONS
 from ppjax.attacks.presets import ALIASES, ATTACKS, appeal_variant, get_attack, resolve_attack
 from ppjax.attacks.rules import BEST_RULES, DISTORTIONS, EOT_VIEWS, FORMULATIONS
@@ -59,11 +55,11 @@ from ppjax.attacks.stream import StreamItem
 __all__ = [
     "ALIASES", "ATTACKS", "AttackConfig", "AttackResult", "BEST_RULES", "Backend", "DISTORTIONS",
     "EOT_VIEWS", "FORMULATIONS", "OBJECTIVES", "Objective", "PARAMETERISATIONS", "Programs",
-    "SCHEDULES", "STEP_RULES", "State", "StreamItem", "TRACED_FIELDS", "Terms", "appeal_variant",
-    "attack", "auto_driver", "choose_backend", "class_mask", "compile_attack", "count_traces",
-    "default_seeds", "get_attack", "loop", "python_states", "read_indoor_classes",
-    "read_sensitive_categories", "register", "resolve_attack", "run", "stream", "traced",
-    "with_appeal",
+    "SCHEDULES", "STEP_RULES", "SettingsError", "State", "StreamItem", "TRACED_FIELDS", "Terms",
+    "appeal_variant", "attack", "auto_driver", "choose_backend", "class_mask", "compile_attack",
+    "count_traces", "default_seeds", "get_attack", "loop", "python_states",
+    "read_indoor_classes", "read_sensitive_categories", "register", "resolve_attack", "run",
+    "setting", "stream", "traced", "with_appeal",
 ]
 
 # objective "faces" registers itself (ppjax.faces.objective); imported here so that every

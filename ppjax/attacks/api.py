@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppjax import parallel
+from ppjax.attacks.classes import class_mask
 from ppjax.attacks.config import AttackConfig
+from ppjax.attacks.iterate import parts
 from ppjax.attacks.loop import run
-from ppjax.attacks.objectives import class_mask
 from ppjax.attacks.presets import resolve_attack
 from ppjax.attacks.stream import StreamItem, run_slots, to_grid
 from ppjax.judges import as_judge
@@ -147,9 +148,54 @@ def group_mask(judge, group) -> jnp.ndarray:
     return jnp.asarray(g)
 
 
-def _batch_inputs(cfg: AttackConfig, judge, images, labels, targets, group, seeds, seed):
-    """``(x, aux, seeds)`` checked: the images on the 8-bit grid, per-image labels and targets
-    (and the group mask), per-image seeds."""
+def num_classes(judge, hw: tuple[int, int]) -> int | None:
+    """The number of classes of a logits judge (None for a score judge, or an unknown one)."""
+    spec = getattr(judge, "spec", None)
+    if spec is None or spec.output != "logits":
+        return None
+    n = getattr(getattr(judge, "module", None), "num_classes", None)
+    if n is None:
+        n = jax.eval_shape(judge, jax.ShapeDtypeStruct((1, *hw, 3), jnp.float32)).shape[-1]
+    return int(n)
+
+
+def class_problems(what: str, values, classes: int | None) -> list[str]:
+    """``values`` (labels or targets) outside the judge's ``classes``: only -1 ("none given":
+    the clean top-1 for a label) may lie outside [0, classes)."""
+    v = np.asarray(values).reshape(-1).astype(np.int64)
+    bad = (v < -1) | ((v >= classes) if classes is not None else False)
+    if not bad.any():
+        return []
+    rng = f"[0, {classes})" if classes is not None else ">= 0"
+    shown = ", ".join(str(int(i)) for i in list(dict.fromkeys(v[bad].tolist()))[:8])
+    return [f"{what} must be class indices in {rng} or -1 (none: the clean top-1), got {shown}"]
+
+
+def per_image_inputs(cfg: AttackConfig, b: int, given: dict, who: str = "attack") -> dict:
+    """The per-image arrays ``cfg``'s objective declares (``Objective.inputs``): each
+    [B, *shape] from ``given`` (name -> values; None = not given) or filled with its ``fill``.
+    An input the objective does not read is refused."""
+    declared = {i.name: i for i in parts(cfg).obj.inputs}
+    unknown = sorted(k for k, v in given.items() if v is not None and k not in declared)
+    if unknown:
+        raise ValueError(f"{who}: objective {cfg.objective!r} reads no per-image "
+                         f"{', '.join(unknown)} (it reads: {', '.join(declared) or 'none'})")
+    out = {}
+    for name, inp in declared.items():
+        v = given.get(name)
+        v = np.full((b, *inp.shape), inp.fill) if v is None else v
+        v = jnp.asarray(v).astype(inp.dtype).reshape((-1, *inp.shape))
+        if v.shape != (b, *inp.shape):
+            raise ValueError(f"{who}: {name} must have shape {list((b, *inp.shape))}, "
+                             f"got {v.shape}")
+        out[name] = v
+    return out
+
+
+def _batch_inputs(cfg: AttackConfig, judge, images, given: dict, group, seeds, seed):
+    """``(x, aux, seeds)`` checked: the images on the 8-bit grid, the per-image inputs the
+    objective declares (labels and targets for a classifier; :func:`per_image_inputs`) and
+    the group mask, per-image seeds."""
     x = np.asarray(images)
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"attack: images must be [B, H, W, 3] in [0, 1], got shape {x.shape}")
@@ -162,9 +208,13 @@ def _batch_inputs(cfg: AttackConfig, judge, images, labels, targets, group, seed
             raise ValueError(f"attack: {what} must have shape [{b}], got {v.shape}")
         return v
 
-    aux = {"labels": per_image(labels if labels is not None else np.full(b, -1), "labels"),
-           "targets": per_image(targets if targets is not None else np.full(b, -1), "targets")}
-    if cfg.objective == "targeted" and targets is None:
+    aux = per_image_inputs(cfg, b, given)
+    classes = num_classes(judge, x.shape[1:3])
+    bad = [p for k in ("labels", "targets") if k in aux
+           for p in class_problems(k, aux[k], classes)]
+    if bad:
+        raise ValueError("attack: " + "; ".join(bad))
+    if cfg.objective == "targeted" and given.get("targets") is None:
         raise ValueError("attack: objective 'targeted' needs targets=[B] class indices")
     if cfg.objective == "group":
         aux["group"] = group_mask(judge, group)
@@ -181,15 +231,15 @@ def _with_appeal(extra_judges: dict | None, appeal_judge) -> dict:
 
 def _run_sharded(cfg: AttackConfig, models, x, aux, seeds, mesh, driver, chunk) -> dict:
     """:func:`ppjax.attacks.loop.run` with the batch split over ``mesh``'s devices."""
-    per_image = {"x": x, "seeds": seeds, **{k: v for k, v in aux.items() if k != "group"}}
-    shared = {"models": models, "group": aux.get("group")}
+    names = {i.name for i in parts(cfg).obj.inputs}
+    per_image = {"x": x, "seeds": seeds, **{k: v for k, v in aux.items() if k in names}}
+    shared = {"models": models, "aux": {k: v for k, v in aux.items() if k not in names}}
 
     def go(shared, batched):
         batched = dict(batched)
         x, seeds = batched.pop("x"), batched.pop("seeds")
-        if shared["group"] is not None:
-            batched["group"] = shared["group"]
-        return run(cfg, shared["models"], x, batched, seeds, driver=driver, chunk=chunk)
+        return run(cfg, shared["models"], x, {**batched, **shared["aux"]}, seeds, driver=driver,
+                   chunk=chunk)
 
     return parallel.run_data_parallel(go, shared, per_image, mesh)
 
@@ -197,7 +247,8 @@ def _run_sharded(cfg: AttackConfig, models, x, aux, seeds, mesh, driver, chunk) 
 def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str | None = None,
            seeds=None, targets=None, group=None, dtype=None, driver: str = "auto",
            chunk: int = 1, seed: int = 0, extra_judges: dict | None = None,
-           appeal_judge=None, mesh=None, backend: str = "auto", **settings) -> AttackResult:
+           appeal_judge=None, mesh=None, backend: str = "auto", inputs: dict | None = None,
+           **settings) -> AttackResult:
     """Run a named attack (or an :class:`AttackConfig`) on a batch.
 
     Args:
@@ -213,6 +264,8 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
       seeds: [B] uint32 per-image seeds (default :func:`default_seeds` of ``seed``).
       targets: [B] int target classes (objective "targeted").
       group: class set of objective "group": indices or a [C] bool mask.
+      inputs: more per-image inputs by name, for an objective that declares them
+        (``Objective.inputs``; e.g. a box per image), each [B, ...].
       dtype: compute dtype of the judge (e.g. ``jnp.bfloat16``); loss and bookkeeping stay f32.
       driver: "auto" | "python" | "scan" | "while" (see :mod:`ppjax.attacks.loop`).
       chunk: iterations per compiled call with the Python driver.
@@ -230,7 +283,8 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
         config's ``hyper`` values; anything else is an error naming the valid settings.
     """
     judge, cfg = as_judge(judge), resolve_attack(name, preset, settings, appeal_judge is not None)
-    x, aux, seeds = _batch_inputs(cfg, judge, images, labels, targets, group, seeds, seed)
+    given = {"labels": labels, "targets": targets, **(inputs or {})}
+    x, aux, seeds = _batch_inputs(cfg, judge, images, given, group, seeds, seed)
     if mesh is None and jax.device_count() > 1:
         mesh = parallel.batch_mesh()
     models = prepare_models(judge, _with_appeal(extra_judges, appeal_judge), dtype, backend, mesh)
@@ -273,11 +327,18 @@ def stream(name: str | AttackConfig, judge, items: Iterable[StreamItem], *,
         put = functools.partial(jax.device_put, device=parallel.batch_sharding(mesh))
 
     def checked(items):
-        seen = set()  # shapes already checked (one check per shape, not per image)
+        seen = {}  # shapes already checked (one check per shape, not per image): classes
         for it in items:
             if np.shape(it.image) not in seen:
                 judge.check_input(np.zeros((1,) + np.shape(it.image), np.float32))
-                seen.add(np.shape(it.image))
+                seen[np.shape(it.image)] = num_classes(judge, np.shape(it.image)[:2])
+            bad = class_problems("label", it.label, seen[np.shape(it.image)]) + class_problems(
+                "target", it.target, seen[np.shape(it.image)])
+            if bad:
+                raise ValueError(f"stream: image {it.key!r}: " + "; ".join(bad))
+            if it.inputs:
+                per_image_inputs(cfg, 1, {k: [v] for k, v in it.inputs.items()},
+                                 f"stream: image {it.key!r}")
             if cfg.objective == "targeted" and int(it.target) < 0:
                 raise ValueError(f"stream: objective 'targeted' needs a target for {it.key!r}")
             yield it

@@ -25,7 +25,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ppjax.attacks.objectives import ENSEMBLE_PREFIX, Terms
+from ppjax.attacks.ensembles import ENSEMBLE_PREFIX
+from ppjax.attacks.objectives import Terms
 from ppjax.attacks.parameterisations import expand_to
 from ppjax.models.resnet import scale_gradient  # noqa: F401  (SGM's custom_vjp, re-exported)
 
@@ -45,11 +46,6 @@ def transforms_input(cfg) -> bool:
     """True when the gradient pass must not be the judging pass (``fused_eval`` off): DI shows
     the gradient a different image, VMI takes gradients at other points."""
     return bool(cfg.di) or cfg.vmi_samples > 0
-
-
-def gradient_free(cfg) -> bool:
-    """The Square attack: the loop computes no gradient at all."""
-    return cfg.step == "square"
 
 
 def classifier_keys(models) -> list[str]:
@@ -116,12 +112,12 @@ def diversity_choices(keys: jnp.ndarray, hw: tuple[int, int], resize_rate, prob)
 class _Diverse:
     """A judge that sees DI's transform of its input (per-image choices fixed at creation)."""
 
-    def __init__(self, judge, keys, hp):
-        self._judge, self._keys, self._hp = judge, keys, hp
+    def __init__(self, judge, keys, cfg):
+        self._judge, self._keys, self._cfg = judge, keys, cfg
 
     def _t(self, x):
-        c = diversity_choices(self._keys, x.shape[1:3], self._hp["di_resize_rate"],
-                              self._hp["di_prob"])
+        c = diversity_choices(self._keys, x.shape[1:3], self._cfg.di_resize_rate,
+                              self._cfg.di_prob)
         return diverse_input(x, *c)
 
     def __call__(self, x):
@@ -168,7 +164,7 @@ def changes_judges(cfg) -> bool:
     return cfg.sgm_gamma != 1.0 or bool(cfg.di)
 
 
-def gradient_models(cfg, models: dict, hp: dict, keys: jnp.ndarray, sample: int = 0) -> dict:
+def gradient_models(cfg, models: dict, keys: jnp.ndarray, sample: int = 0) -> dict:
     """The judges the gradient pass sees: with SGM, each classifier judge with its residual
     gradients decayed; with DI, each sees its input transformed with per-image choices from
     ``keys`` (and the EOT sample index ``sample``). Unchanged otherwise."""
@@ -180,7 +176,7 @@ def gradient_models(cfg, models: dict, hp: dict, keys: jnp.ndarray, sample: int 
         if cfg.sgm_gamma != 1.0:
             j = skip_gradient(j, cfg.sgm_gamma)
         if cfg.di:  # the same choices for every member: one transformed image, K judges
-            j = _Diverse(j, _fold(keys, _TAG_DI, sample), hp)
+            j = _Diverse(j, _fold(keys, _TAG_DI, sample), cfg)
         out[k] = j
     return out
 
@@ -243,15 +239,15 @@ def square_side(p, hw: tuple[int, int]) -> jnp.ndarray:
     return jnp.clip(s, 1, min(h, w)).astype(jnp.int32)
 
 
-def square_propose(x_cur, x0, hp, keys, t, budget: int):
+def square_propose(x_cur, x0, cfg, keys, t, budget: int):
     """The candidate per image: at ``t == 0`` Square's start (``x0`` plus ``eps`` times a random
     sign per column and channel: vertical stripes); later the current image plus a square of
     side :func:`square_side` at a random position, of ``+-2 eps`` per channel (a random sign
     each), projected back into the eps ball and [0, 1]. ``t``: [B] or scalar iteration."""
     b, h, w, _ = x0.shape
-    eps = hp["eps"]
+    eps = cfg.eps
     t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (b,))
-    s = square_side(square_fraction(t - 1, budget, hp["square_p_init"]), (h, w))
+    s = square_side(square_fraction(t - 1, budget, cfg.square_p_init), (h, w))
 
     def one(k, xc, xo, si):
         k1, k2, k3, k4 = jax.random.split(k, 4)

@@ -1,7 +1,7 @@
 """Objectives: per-image, unreduced losses (to MINIMISE) and success tests.
 
 An :class:`Objective` is built from an :class:`~ppjax.attacks.config.AttackConfig` by a factory
-registered in :data:`OBJECTIVES`. Its ``evaluate(models, x, aux, hp)`` sees:
+registered in :data:`OBJECTIVES`. Its ``evaluate(models, x, aux, cfg)`` sees:
 
 * ``models``: a dict of judges (pytrees), ``models["judge"]`` being the attacked one; extra
   judges (e.g. ``models["appeal"]``, a NIMA) ride along without the loop knowing them;
@@ -9,7 +9,9 @@ registered in :data:`OBJECTIVES`. Its ``evaluate(models, x, aux, hp)`` sees:
   through an EOT transform);
 * ``aux``: per-batch data: ``labels`` [B] int32 (true classes), ``targets`` [B] int32,
   ``group`` [C] bool (class set of the group objective);
-* ``hp``: traced hyperparameters (f32 scalars: ``kappa``, ``threshold``, ``margin``, ...).
+* ``cfg``: the :class:`~ppjax.attacks.config.AttackConfig` (inside the programs its traced
+  values, ``cfg.kappa``, ``cfg.threshold``, ``cfg.margin``, ..., are f32 scalars; extra ones
+  registered objectives need come from ``cfg.hyper_value(name)``).
 
 and returns :class:`Terms`. New objectives (an appeal term, quality camouflage, ...) are added by
 registering a factory; the loop is untouched. :func:`with_appeal` shows the pattern.
@@ -17,15 +19,13 @@ registering a factory; the loop is untouched. :func:`with_appeal` shows the patt
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from ppjax.attacks.appeal import appeal_score
 from ppjax.registry import Registry
 
 
@@ -49,14 +49,52 @@ def fill_least_likely(z: jnp.ndarray, aux: dict) -> dict:
     return {**fill_labels(z, aux), "targets": jnp.argmin(z, -1).astype(jnp.int32)}
 
 
+class Input(NamedTuple):
+    """A per-image input an objective reads from ``aux``: ``aux[name]`` is [B, *shape] of
+    ``dtype``; an image that was given none gets ``fill``. ``ppjax.attack`` (keyword ``name`` or
+    ``inputs={name: ...}``), :class:`ppjax.attacks.StreamItem` (``inputs={name: ...}``) and the
+    stream's slots carry whatever the objective declares."""
+
+    name: str
+    shape: tuple[int, ...] = ()
+    dtype: str = "int32"
+    fill: float = -1
+
+
+#: The classifier inputs: ``labels`` (true classes; -1 = the clean top-1) and ``targets``.
+LABELS = (Input("labels"), Input("targets"))
+
+
 class Objective(NamedTuple):
-    """``evaluate(models, x, aux, hp) -> Terms``; ``output`` is the judge output it needs;
+    """``evaluate(models, x, aux, cfg) -> Terms``; ``output`` is the judge output it needs;
     ``prepare(z, aux) -> aux`` fills ``aux`` from the judge's clean logits ``z`` [B, C] float32
-    (default :func:`fill_labels`; None: no labelling pass; used with ``output="logits"``)."""
+    (default :func:`fill_labels`; None: no labelling pass; used with ``output="logits"``).
+
+    ``inputs``: the per-image arrays it reads from ``aux`` (:class:`Input`; default
+    :data:`LABELS`). ``aux`` may also hold shared (not per-image) inputs, e.g. ``group``.
+
+    ``terms(out, models, x, aux, cfg) -> Terms`` (optional, :func:`from_output`): ``evaluate``
+    given the attacked judge's output ``out = models["judge"](x)``, so a caller that already has
+    it (the loop, with the clean logits its labelling pass made) passes it explicitly instead
+    of running the judge again. Without it the loop judges ``x`` through ``evaluate``.
+    """
 
     evaluate: Callable[..., Terms]
     output: str = "logits"  # "logits" | "score"
     prepare: Callable[[jnp.ndarray, dict], dict] | None = fill_labels
+    terms: Callable[..., Terms] | None = None
+    inputs: tuple[Input, ...] = LABELS
+
+
+def from_output(terms: Callable[..., Terms], prepare=fill_labels,
+                inputs: tuple[Input, ...] = LABELS) -> Objective:
+    """A logits objective defined by its ``terms(out, models, x, aux, cfg)`` (see
+    :class:`Objective`): ``evaluate`` runs the attacked judge and passes its output on."""
+
+    def evaluate(models, x, aux, cfg):
+        return terms(models["judge"](x), models, x, aux, cfg)
+
+    return Objective(evaluate, "logits", prepare, terms, inputs)
 
 
 #: Objective factories by name (``AttackConfig.objective``): ``factory(cfg) -> Objective``.
@@ -70,6 +108,11 @@ def register(name: str):
     """Decorator: register an objective factory ``factory(cfg) -> Objective`` under ``name``
     (``OBJECTIVES.register``)."""
     return OBJECTIVES.register(name)
+
+
+def appeal_objective(name: str) -> str:
+    """Objective ``name`` with an appeal term (idempotent): the one spelling of the grammar."""
+    return name if name.endswith(APPEAL_SUFFIX) else f"{name}{APPEAL_SUFFIX}"
 
 
 def objective_factory(name: str) -> Callable[[Any], Objective]:
@@ -89,8 +132,8 @@ def make_objective(cfg) -> Objective:
 # ----------------------------------------------------------------------------- logit helpers
 
 
-def _logits(models, x) -> jnp.ndarray:
-    out = models["judge"](x)
+def as_logits(out) -> jnp.ndarray:
+    """The attacked judge's output ``out`` as logits [B, C] float32 (a clear error otherwise)."""
     if out.ndim != 2:
         raise TypeError(f"this objective needs a judge that outputs logits [B, C]; got {out.shape}")
     return out.astype(jnp.float32)
@@ -120,13 +163,13 @@ def untargeted_ce(cfg) -> Objective:
     """Untargeted: raise the cross-entropy of the true label; success = top-1 != label, and with
     a confidence ``kappa`` > 0 also ``z_y - max_{j!=y} z_j <= -kappa`` (PerC-AL's test)."""
 
-    def evaluate(models, x, aux, hp):
-        z = _logits(models, x)
+    def terms(out, models, x, aux, cfg):
+        z = as_logits(out)
         m = label_margin(z, aux["labels"])
-        succ = (jnp.argmax(z, -1) != aux["labels"]) & ((hp["kappa"] <= 0) | (m <= -hp["kappa"]))
+        succ = (jnp.argmax(z, -1) != aux["labels"]) & ((cfg.kappa <= 0) | (m <= -cfg.kappa))
         return Terms(-cross_entropy(z, aux["labels"]), succ, m)
 
-    return Objective(evaluate)
+    return from_output(terms)
 
 
 @register("margin")
@@ -134,24 +177,24 @@ def untargeted_margin(cfg) -> Objective:
     """C&W margin ``max(z_y - max_{j!=y} z_j, -kappa)``; success = margin < -kappa (kappa >= 0),
     which for kappa = 0 is top-1 != label."""
 
-    def evaluate(models, x, aux, hp):
-        z = _logits(models, x)
+    def terms(out, models, x, aux, cfg):
+        z = as_logits(out)
         m = label_margin(z, aux["labels"])
-        return Terms(jnp.maximum(m, -hp["kappa"]), m < -hp["kappa"], m)
+        return Terms(jnp.maximum(m, -cfg.kappa), m < -cfg.kappa, m)
 
-    return Objective(evaluate)
+    return from_output(terms)
 
 
 @register("targeted")
 def targeted(cfg) -> Objective:
     """Targeted: lower the cross-entropy of ``aux["targets"]``; success = top-1 == target."""
 
-    def evaluate(models, x, aux, hp):
-        z = _logits(models, x)
+    def terms(out, models, x, aux, cfg):
+        z = as_logits(out)
         t = aux["targets"]
         return Terms(cross_entropy(z, t), jnp.argmax(z, -1) == t, -label_margin(z, t))
 
-    return Objective(evaluate)
+    return from_output(terms)
 
 
 @register("least_likely")
@@ -160,12 +203,12 @@ def least_likely(cfg) -> Objective:
     image's least likely class (``aux["targets"]``, filled in by the loop); success = top-1 !=
     the true label."""
 
-    def evaluate(models, x, aux, hp):
-        z = _logits(models, x)
+    def terms(out, models, x, aux, cfg):
+        z = as_logits(out)
         return Terms(cross_entropy(z, aux["targets"]), jnp.argmax(z, -1) != aux["labels"],
                      label_margin(z, aux["labels"]))
 
-    return Objective(evaluate, prepare=fill_least_likely)
+    return from_output(terms, prepare=fill_least_likely)
 
 
 @register("topk")
@@ -174,16 +217,16 @@ def topk(cfg) -> Objective:
     where ``z_(k)`` is the k-th largest other logit; success = at least k classes above it."""
     k = int(cfg.topk)
 
-    def evaluate(models, x, aux, hp):
-        z = _logits(models, x)
+    def terms(out, models, x, aux, cfg):
+        z = as_logits(out)
         y = aux["labels"]
         onehot = jax.nn.one_hot(y, z.shape[-1], dtype=bool)
         kth = jax.lax.top_k(jnp.where(onehot, -jnp.inf, z), k)[0][:, k - 1]
         m = _pick(z, y) - kth
         above = jnp.sum(z > _pick(z, y)[:, None], axis=-1)
-        return Terms(jnp.maximum(m, -hp["kappa"]), above >= k, m)
+        return Terms(jnp.maximum(m, -cfg.kappa), above >= k, m)
 
-    return Objective(evaluate)
+    return from_output(terms)
 
 
 @register("group")
@@ -192,330 +235,49 @@ def group(cfg) -> Objective:
     the 60 sensitive categories or all indoor classes). Loss = margin between the best class
     inside the set and the best outside, floored at ``-kappa``; success = top-1 outside."""
 
-    def evaluate(models, x, aux, hp):
-        z = _logits(models, x)
+    def terms(out, models, x, aux, cfg):
+        z = as_logits(out)
         g = aux["group"].astype(bool)[None, :]
         m = jnp.max(jnp.where(g, z, -jnp.inf), -1) - jnp.max(jnp.where(g, -jnp.inf, z), -1)
         top_in = jnp.take(aux["group"].astype(bool), jnp.argmax(z, -1))
-        return Terms(jnp.maximum(m, -hp["kappa"]), ~top_in, m)
+        return Terms(jnp.maximum(m, -cfg.kappa), ~top_in, m)
 
-    return Objective(evaluate, prepare=None)  # no labels: the class set decides
-
-
-# ----------------------------------------------------------------------------- ensembles
-
-ENSEMBLE_PREFIX = "ens"
+    return from_output(terms, prepare=None)  # no labels: the class set decides
 
 
-def ensemble_keys(models) -> list[str]:
-    """The ensemble's members in ``models``: ``"judge"`` first, then every ``ens*`` key sorted
-    (``ensemble_members`` names them ``ens01``, ``ens02``, ...)."""
-    return ["judge"] + sorted(k for k in models if k.startswith(ENSEMBLE_PREFIX))
-
-
-def member_logits(judge, x: jnp.ndarray) -> jnp.ndarray:
-    """Logits [B, C] float32 of one member on ``x`` [B, H, W, 3] in [0, 1]: its own
-    preprocessing runs inside its module; an image of another size is first resized bilinearly
-    (antialiased) to the member's input size."""
-    spec = getattr(judge, "spec", None)
-    if spec is not None and spec.input_hw is not None and tuple(x.shape[1:3]) != tuple(spec.input_hw):
-        x = jax.image.resize(x, (x.shape[0], *spec.input_hw, x.shape[3]), "linear", antialias=True)
-    z = judge(x)
-    if z.ndim != 2:
-        raise TypeError(f"ensemble members must output logits [B, C]; got {z.shape}")
-    return z.astype(jnp.float32)
-
-
-def _ensemble(reduce: str):
-    """Untargeted ensemble over the members :func:`ensemble_keys` finds in ``models``.
-
-    Member ``k`` has the traced weight ``hp["w_<k>"]`` (default 1; weights are normalised to
-    sum to 1, so changing them never recompiles). ``reduce``:
-      * ``"logits"``: ``z = sum_k w_k z_k``, loss ``-CE(z, y)`` (Liu et al. 2017's logit
-        ensemble);
-      * ``"losses"``: loss ``-sum_k w_k CE(z_k, y)``.
-    Success: ``hp["success_on"] < 0`` (default) needs top-1 != y on every member; ``i >= 0``
-    only on member ``i`` (the order of :func:`ensemble_keys`). Score: the weighted label margin.
-    """
-
-    def factory(cfg) -> Objective:
-        def evaluate(models, x, aux, hp):
-            keys = ensemble_keys(models)
-            y = aux["labels"]
-            zs = [member_logits(models[k], x) for k in keys]
-            if len({z.shape[-1] for z in zs}) != 1:
-                raise ValueError(f"ensemble members disagree on the number of classes: "
-                                 f"{dict(zip(keys, [z.shape[-1] for z in zs], strict=True))}")
-            w = jnp.stack([jnp.asarray(hp.get(f"w_{k}", 1.0), jnp.float32) for k in keys])
-            w = w / jnp.sum(w)
-            if reduce == "logits":
-                loss = -cross_entropy(sum(wk * z for wk, z in zip(w, zs, strict=True)), y)
-            else:
-                loss = -sum(wk * cross_entropy(z, y) for wk, z in zip(w, zs, strict=True))
-            fooled = jnp.stack([jnp.argmax(z, -1) != y for z in zs])  # [K, B]
-            on = jnp.asarray(hp.get("success_on", -1.0), jnp.float32).astype(jnp.int32)
-            chosen = jnp.take(fooled, jnp.clip(on, 0, len(keys) - 1), axis=0)
-            success = jnp.where(on < 0, jnp.all(fooled, axis=0), chosen)
-            margin = sum(wk * label_margin(z, y) for wk, z in zip(w, zs, strict=True))
-            return Terms(loss, success, margin)
-
-        return Objective(evaluate)
-
-    return factory
-
-
-OBJECTIVES.register("ensemble_logits", _ensemble("logits"))
-OBJECTIVES.register("ensemble_losses", _ensemble("losses"))
-
-
-def ensemble_members(judges, weights=None, success_on: int | str | None = None
-                     ) -> tuple[Any, dict, dict]:
-    """Arguments for an ensemble attack over ``judges`` (the first is the attacked judge).
-
-    Returns ``(judge, extra_judges, hyper)`` for ``ppjax.attack(cfg, judge, x,
-    extra_judges=extra_judges, objective="ensemble_logits" | "ensemble_losses", hyper=hyper)``.
-    ``weights``: one per judge (default equal). ``success_on``: None = success on every member,
-    else the index or spec name of the one member whose top-1 must change.
-    """
-    judges = list(judges)
-    if not judges:
-        raise ValueError("an ensemble needs at least one judge")
-    weights = [1.0] * len(judges) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(judges) or min(weights) < 0 or sum(weights) <= 0:
-        raise ValueError(f"ensemble weights: one non-negative weight per judge, not all zero "
-                         f"({len(judges)} judges, weights {weights})")
-    keys = ["judge"] + [f"{ENSEMBLE_PREFIX}{i:02d}" for i in range(1, len(judges))]
-    if success_on is None:
-        on = -1
-    elif isinstance(success_on, str):
-        names = [getattr(getattr(j, "spec", None), "name", None) for j in judges]
-        if success_on not in names:
-            raise ValueError(f"success_on={success_on!r} is not a member ({names})")
-        on = names.index(success_on)
-    else:
-        on = int(success_on)
-        if not 0 <= on < len(judges):
-            raise ValueError(f"success_on={on} is not a member index (0..{len(judges) - 1})")
-    hyper = {f"w_{k}": w for k, w in zip(keys, weights, strict=True)}
-    hyper["success_on"] = float(on)
-    return judges[0], dict(zip(keys[1:], judges[1:], strict=True)), hyper
-
-
-# ----------------------------------------------------------------------------- score judges
-
-
-def _score(models, x) -> jnp.ndarray:
-    return models["judge"].score(x).astype(jnp.float32)
-
-
-@register("score_below")
-def score_below(cfg) -> Objective:
-    """Regression judges (``judge.score(x)`` [B]): push the score below ``threshold`` with a
-    ``margin``: loss = ``max(score - (threshold - margin), 0)``; success = score < threshold."""
-
-    def evaluate(models, x, aux, hp):
-        s = _score(models, x)
-        return Terms(jnp.maximum(s - (hp["threshold"] - hp["margin"]), 0.0), s < hp["threshold"], s)
-
-    return Objective(evaluate, output="score")
-
-
-@register("score_mse")
-def score_mse(cfg) -> Objective:
-    """Pull the score toward the target ``threshold - margin`` (squared error, as the 2020 I-FGSM
-    baseline pulled KonCept512 toward 30: ``threshold = 50``, ``margin = 20``); success = score <
-    threshold. Both are traced, so a sweep over the target does not recompile."""
-
-    def evaluate(models, x, aux, hp):
-        s = _score(models, x)
-        return Terms((s - (hp["threshold"] - hp["margin"])) ** 2, s < hp["threshold"], s)
-
-    return Objective(evaluate, output="score")
-
-
-# ----------------------------------------------------------------------------- extensions
-
-
-def pil_nearest_indices(n_in: int, n_out: int) -> np.ndarray:
-    """Source indices [n_out] int32 of Pillow's ``Image.resize(..., NEAREST)`` along one axis.
-
-    Pillow (``ImagingScaleAffine``) starts at ``a / 2`` with ``a = n_in / n_out``, adds ``a`` in
-    double precision for every output pixel and truncates; the accumulated rounding makes some
-    indices differ from ``floor((i + 0.5) * a)`` (256 -> 224: 3 of every 7 rows), so the loop is
-    copied as is."""
-    a = n_in / n_out
-    v, out = a * 0.5, []
-    for _ in range(n_out):
-        out.append(int(v))
-        v += a
-    return np.minimum(np.asarray(out, np.int32), n_in - 1)
-
-
-def resize_nearest(x: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
-    """Nearest-neighbour resize ``x`` [B, H, W, C] -> [B, h, w, C] with Pillow's sampling grid
-    (what Keras ``load_img(target_size=...)`` and :func:`ppjax.image.io.resize_plain` do). A plain
-    gather: differentiable in ``x`` (each output pixel's gradient lands on its source pixel)."""
-    h, w = hw
-    if tuple(x.shape[1:3]) == (h, w):
-        return x
-    rows = pil_nearest_indices(x.shape[1], h)
-    cols = pil_nearest_indices(x.shape[2], w)
-    return jnp.take(jnp.take(x, rows, axis=1), cols, axis=2)
-
-
-#: How each appeal judge's original brings an image to the network (``"auto"`` picks this;
-#: judges not listed use ``"nearest"`` to their ``spec.input_hw``):
-#: * ``nima_mobilenet`` (titu1994's Keras NIMA): its evaluation script scores images at their
-#:   native size by default (MobileNet with global pooling takes any size); ``-resize true``
-#:   resizes to 224x224 with nearest (rule ``"nearest"``);
-#: * ``nima_mobilenetv2`` (nima.pytorch): ``Resize((224, 224))``, bilinear (rule ``"bilinear"``).
-APPEAL_RESIZE = {"nima_mobilenet": "native", "nima_mobilenetv2": "bilinear"}
-
-
-def resize_bilinear(x: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
-    """Bilinear resize ``x`` [B, H, W, C] -> [B, h, w, C] with a triangle filter widened when
-    shrinking (antialiased, as Pillow's ``BILINEAR``, which torchvision's ``Resize`` calls on PIL
-    images); differentiable."""
-    h, w = hw
-    if tuple(x.shape[1:3]) == (h, w):
-        return x
-    return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "linear", antialias=True)
-
-
-def _native(judge, x):
-    """The judge takes ``x`` at its own size (a judge with global pooling)."""
-    hw = tuple(x.shape[1:3])
-    if hw != tuple(judge.spec.input_hw):
-        judge = judge.replace(spec=dataclasses.replace(judge.spec, input_hw=hw))
-    return judge, x
-
-
-#: How an appeal judge is shown an image, by rule name: ``fn(judge, x) -> (judge', x')``.
-APPEAL_RESIZERS: Registry = Registry("appeal resize rule")
-APPEAL_RESIZERS.register("native", _native)
-APPEAL_RESIZERS.register("nearest", lambda judge, x: (
-    judge, resize_nearest(x, tuple(judge.spec.input_hw))))
-APPEAL_RESIZERS.register("bilinear", lambda judge, x: (
-    judge, resize_bilinear(x, tuple(judge.spec.input_hw))))
-
-
-def appeal_resize_rules() -> tuple[str, ...]:
-    """The accepted ``appeal_resize`` values: ``"auto"`` and every registered rule."""
-    return ("auto", *APPEAL_RESIZERS)
-
-
-def appeal_resize_rule(judge, rule: str = "auto") -> str:
-    """The resize rule used for ``judge`` (``rule`` unless "auto"; see :data:`APPEAL_RESIZE`)."""
-    if rule not in appeal_resize_rules():
-        raise ValueError(f"appeal resize rule {rule!r}; choose one of "
-                         f"{', '.join(appeal_resize_rules())}")
-    if rule != "auto":
-        return rule
-    spec = getattr(judge, "spec", None)
-    return APPEAL_RESIZE.get(getattr(spec, "name", None), "nearest")
-
-
-def appeal_input(judge, x: jnp.ndarray, rule: str = "auto"):
-    """``(judge', x')``: the image ``x`` [B, H, W, 3] in [0, 1] as the appeal judge's original
-    feeds it to the network (the single owner of that rule: the attack's appeal term, ``ppjax
-    evaluate`` and ``ppjax sweep`` all call it). With ``"native"``, ``judge'`` accepts ``x`` at
-    its own size."""
-    rule = appeal_resize_rule(judge, rule)
-    if getattr(judge, "spec", None) is None or judge.spec.input_hw is None:  # any size
-        return judge, x
-    return APPEAL_RESIZERS[rule](judge, x)
-
-
-def appeal_score(judge, x: jnp.ndarray, rule: str = "auto") -> jnp.ndarray:
-    """Appeal [B] float32 of ``x`` [B, H, W, 3] in [0, 1]: ``judge.score`` (the NIMA mean for a
-    distribution judge) of the image brought to the judge as its original does
-    (:func:`appeal_input`), so the attack optimises exactly the figure that is reported."""
-    judge, x = appeal_input(judge, x, rule)
-    return judge.score(x).astype(jnp.float32)
-
-
-_appeal_score_jit = jax.jit(appeal_score, static_argnums=2)
-
-
-def appeal_scores(judge, images, batch: int, rule: str = "auto") -> np.ndarray:
-    """:func:`appeal_score` of every image of ``images`` [N, H, W, 3] in [0, 1] (numpy [N]),
-    compiled once and run in batches of ``batch`` (the last padded by
-    :func:`ppjax.parallel.pad_batch`, so every call has one shape): how ``ppjax evaluate`` and
-    ``ppjax sweep`` score appeal."""
-    from ppjax.parallel import pad_batch
-
-    images = np.asarray(images, np.float32)
-    return np.concatenate([
-        np.asarray(_appeal_score_jit(judge, jnp.asarray(pad_batch(images[i:i + batch], batch)),
-                                     rule))[:len(images[i:i + batch])]
-        for i in range(0, len(images), batch)])
+# ----------------------------------------------------------------------------- appeal
 
 
 def with_appeal(base: Callable[[Any], Objective], judge_key: str = "appeal",
                 weight: str = "appeal_weight") -> Callable[[Any], Objective]:
     """Wrap an objective factory with an appeal term: ``appeal = appeal_score(models[judge_key],
-    x)`` (e.g. NIMA's mean score, on ``x`` resized as the evaluation does) and ``loss -= hp[weight]
-    * appeal``; the weight is a traced value passed through ``AttackConfig.hyper`` (changing it
-    does not recompile). Every registered objective is also reachable as ``"<name>+appeal"``
-    (e.g. ``"score_below+appeal"``, :func:`objective_factory`); set ``best="appeal"`` to keep
-    the most appealing success.
+    x)`` (e.g. NIMA's mean score, on ``x`` resized as the evaluation does) and
+    ``loss -= cfg.hyper_value(weight) * appeal``; the weight is a traced value passed through
+    ``AttackConfig.hyper`` (changing it does not recompile). Every registered objective is
+    also reachable as ``"<name>+appeal"`` (e.g. ``"score_below+appeal"``,
+    :func:`objective_factory`); set ``best="appeal"`` to keep the most appealing success.
     The result reports ``appeal_before`` / ``appeal_after`` per image."""
 
     def factory(cfg) -> Objective:
         inner = base(cfg)
 
-        def evaluate(models, x, aux, hp):
+        def appealing(t: Terms, models, x, cfg) -> Terms:
             if judge_key not in models:
                 raise KeyError(f"objective {cfg.objective!r} needs an appeal judge: pass "
                                f"extra_judges={{{judge_key!r}: judge}} (e.g. a NIMA)")
-            if weight not in hp:
+            if cfg.hyper_value(weight) is None:
                 raise KeyError(f"objective {cfg.objective!r} needs a traced {weight!r}: set "
                                f"hyper={{{weight!r}: w}} in the attack config")
-            t = inner.evaluate(models, x, aux, hp)
             a = appeal_score(models[judge_key], x, getattr(cfg, "appeal_resize", "auto"))
-            return t._replace(loss=t.loss - hp[weight] * a, appeal=a)
+            return t._replace(loss=t.loss - cfg.hyper_value(weight) * a, appeal=a)
 
-        return Objective(evaluate, inner.output, inner.prepare)
+        def evaluate(models, x, aux, cfg):
+            return appealing(inner.evaluate(models, x, aux, cfg), models, x, cfg)
+
+        def terms(out, models, x, aux, cfg):
+            return appealing(inner.terms(out, models, x, aux, cfg), models, x, cfg)
+
+        return Objective(evaluate, inner.output, inner.prepare,
+                         None if inner.terms is None else terms, inner.inputs)
 
     return factory
-
-
-# ----------------------------------------------------------------------------- class sets
-
-
-def read_sensitive_categories(path: str | Path) -> tuple[int, ...]:
-    """Places365 indices of ``MEPP18senscats.txt`` (lines ``/b/bedroom 52``; the file starts
-    with a UTF-8 byte-order mark and has trailing spaces)."""
-    out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 2 or not parts[1].isdigit():
-            raise ValueError(f"{path}:{n}: expected '<category> <index>', got {line!r}")
-        out.append(int(parts[1]))
-    return tuple(sorted(set(out)))
-
-
-def read_indoor_classes(path: str | Path) -> tuple[int, ...]:
-    """Indices of the indoor classes of ``IO_places365.txt`` (line i = class i, ``1`` = indoor,
-    ``2`` = outdoor)."""
-    out = []
-    lines = [ln for ln in Path(path).read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
-    for i, line in enumerate(lines):
-        parts = line.split()
-        if len(parts) != 2 or parts[1] not in ("1", "2"):
-            raise ValueError(f"{path}:{i + 1}: expected '<category> 1|2', got {line!r}")
-        if parts[1] == "1":
-            out.append(i)
-    return tuple(out)
-
-
-def class_mask(indices, num_classes: int) -> np.ndarray:
-    """Boolean mask [num_classes] with True at ``indices``."""
-    idx = np.asarray(list(indices), np.int64)
-    if idx.size and (idx.min() < 0 or idx.max() >= num_classes):
-        raise ValueError(f"class indices must lie in [0, {num_classes}); got {idx.min()}..{idx.max()}")
-    m = np.zeros(num_classes, bool)
-    m[idx] = True
-    return m

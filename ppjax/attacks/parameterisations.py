@@ -3,11 +3,11 @@
 A :class:`Parameterisation` is a NamedTuple of pure functions (all per image, batched on the
 leading axis):
 
-* ``init(x0, keys, hp) -> params``: start point (``keys``: [B] per-image PRNG keys);
+* ``init(x0, keys, cfg) -> params``: start point (``keys``: [B] per-image PRNG keys);
 * ``render(params, x0) -> x``: the continuous image [B, H, W, 3] in [0, 1];
-* ``project(params, x0, hp) -> params``: back into the feasible set after an update;
+* ``project(params, x0, cfg) -> params``: back into the feasible set after an update;
 * ``reg(params) -> [B]``: a regulariser (ACE's curve smoothness; 0 otherwise);
-* ``quantize(x, x0, hp) -> x8``: the 8-bit image (values k/255) that is judged and returned;
+* ``quantize(x, x0, cfg) -> x8``: the 8-bit image (values k/255) that is judged and returned;
   it never leaves the constraint (a rounded Linf perturbation is clipped to the largest grid
   step inside eps; a rounded L2 perturbation that grew past eps is truncated toward x0).
 """
@@ -97,10 +97,10 @@ def additive(cfg) -> Parameterisation:
     to 8 bits (:func:`quantize_within`)."""
     norm = cfg.norm
 
-    def init(x0, keys, hp):
+    def init(x0, keys, cfg):
         if not cfg.random_start:
             return jnp.zeros_like(x0)
-        eps = hp["eps"]
+        eps = cfg.eps
         shape = x0.shape[1:]
         if norm == "l2":
             def one(key):
@@ -116,14 +116,14 @@ def additive(cfg) -> Parameterisation:
     def render(delta, x0):
         return clip01(x0 + delta)
 
-    def project(delta, x0, hp):
-        return project_delta(delta, x0, norm, hp["eps"])
+    def project(delta, x0, cfg):
+        return project_delta(delta, x0, norm, cfg.eps)
 
     def reg(delta):
         return jnp.zeros(delta.shape[0], jnp.float32)
 
-    def quantize(x, x0, hp):
-        return quantize_within(x, x0, norm, hp["eps"])
+    def quantize(x, x0, cfg):
+        return quantize_within(x, x0, norm, cfg.eps)
 
     return Parameterisation(init, render, project, reg, quantize)
 
@@ -132,19 +132,19 @@ def additive(cfg) -> Parameterisation:
 def tanh_space(cfg) -> Parameterisation:
     """C&W change of variables ``x = (tanh(w) + 1) / 2``: unconstrained ``w``, x in (0, 1)."""
 
-    def init(x0, keys, hp):
+    def init(x0, keys, cfg):
         return jnp.arctanh(jnp.clip(2.0 * x0 - 1.0, -1.0 + 1e-6, 1.0 - 1e-6))
 
     def render(w, x0):
         return (jnp.tanh(w) + 1.0) / 2.0
 
-    def project(w, x0, hp):
+    def project(w, x0, cfg):
         return w
 
     def reg(w):
         return jnp.zeros(w.shape[0], jnp.float32)
 
-    def quantize(x, x0, hp):
+    def quantize(x, x0, cfg):
         return round8(x)
 
     return Parameterisation(init, render, project, reg, quantize)
@@ -177,20 +177,20 @@ def ace(cfg) -> Parameterisation:
     ``sum_c sum_k (theta_ck / sum_k theta_ck - 1/K)^2``."""
     k = int(cfg.k)
 
-    def init(x0, keys, hp):
+    def init(x0, keys, cfg):
         return jnp.full((x0.shape[0], 3, k), 1.0 / k, jnp.float32)
 
     def render(theta, x0):
         return clip01(ace_curve(x0, theta))
 
-    def project(theta, x0, hp):
-        return jnp.clip(theta, jnp.maximum(hp["theta_min"], 1e-6), hp["theta_max"])
+    def project(theta, x0, cfg):
+        return jnp.clip(theta, jnp.maximum(cfg.theta_min, 1e-6), cfg.theta_max)
 
     def reg(theta):
         p = theta / jnp.sum(theta, axis=-1, keepdims=True)
         return jnp.sum((p - 1.0 / k) ** 2, axis=(1, 2))
 
-    def quantize(x, x0, hp):
+    def quantize(x, x0, cfg):
         return round8(x)
 
     return Parameterisation(init, render, project, reg, quantize)

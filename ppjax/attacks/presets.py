@@ -26,11 +26,10 @@ Quality camouflage (2020, KonCept512; success = score < 50 after the organisers'
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import numbers
 
-from ppjax.attacks.config import AttackConfig
+from ppjax.attacks.config import FIELDS, AttackConfig, SettingsError, coerce, unknown_problems
+from ppjax.attacks.objectives import appeal_objective
 from ppjax.registry import Registry, UnknownName
 
 # ``pgd/torchattacks`` and ``pgd/foolbox`` reproduce those libraries' PGD (defaults and loop: every
@@ -89,8 +88,7 @@ def appeal_variant(cfg: AttackConfig, weight: float | None = None) -> AttackConf
     hyper = dict(cfg.hyper)
     if weight is not None or "appeal_weight" not in hyper:
         hyper["appeal_weight"] = float(APPEAL_WEIGHT if weight is None else weight)
-    obj = cfg.objective if cfg.objective.endswith("+appeal") else f"{cfg.objective}+appeal"
-    return cfg.replace(objective=obj, hyper=hyper)
+    return cfg.replace(objective=appeal_objective(cfg.objective), hyper=hyper)
 
 
 # Transfer boosters (ppjax.attacks.boosters), named as torchattacks names them, with its defaults
@@ -187,74 +185,6 @@ for _alias, _target in {
 del _name, _presets, _alias, _target
 
 
-def _type_problems(cfg: AttackConfig, overrides: dict) -> list[str]:
-    """Each override checked against the kind of its field (from the field's default)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(AttackConfig)}
-    out = []
-    for k, v in overrides.items():
-        if k not in defaults or k in ("name", "hyper"):
-            continue
-        d = defaults[k]
-        if isinstance(d, bool):
-            ok, kind = isinstance(v, bool), "true or false"
-        elif isinstance(d, int):
-            ok, kind = isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer"
-        elif isinstance(d, float):
-            ok = (isinstance(v, numbers.Real) and not isinstance(v, bool)
-                  and math.isfinite(float(v)))
-            kind = "a finite number"
-        else:
-            ok, kind = isinstance(v, str), "a name"
-        if not ok:
-            out.append(f"{k} must be {kind}, got {v!r}")
-    return out
-
-
-# (field, lower bound, lower bound inclusive, upper bound or None, what it means)
-_RANGES = (
-    ("eps", 0.0, False, None, "the perturbation budget"),
-    ("step_size", 0.0, False, None, "the step size"),
-    ("step_size_min", 0.0, True, None, "the smallest step of a schedule"),
-    ("step_size2", 0.0, True, None, "the second step size"),
-    ("step_size2_min", 0.0, True, None, "the smallest second step size"),
-    ("momentum", 0.0, True, None, "the momentum decay"),
-    ("kappa", 0.0, True, None, "the C&W confidence"),
-    ("const", 0.0, False, None, "the C&W constant"),
-    ("lam", 0.0, True, None, "a regulariser weight"),
-    ("margin", 0.0, True, None, "the score margin"),
-    ("eot_quality_lo", 1.0, True, 100.0, "a JPEG quality"),
-    ("eot_quality_hi", 1.0, True, 100.0, "a JPEG quality"),
-    ("judge_quality", 1.0, True, 100.0, "a JPEG quality"),
-    ("adam_b1", 0.0, True, 1.0, "an Adam decay (below 1)"),
-    ("adam_b2", 0.0, True, 1.0, "an Adam decay (below 1)"),
-    ("di_prob", 0.0, True, 1.0, "DI's probability"),
-    ("di_resize_rate", 0.0, False, 1.0, "DI's smallest size as a fraction of the side (< 1)"),
-    ("ti_nsig", 0.0, False, None, "TI's kernel extent in standard deviations"),
-    ("vmi_beta", 0.0, True, None, "VMI's neighbourhood radius in units of eps"),
-    ("square_p_init", 0.0, False, 1.0, "Square's initial square-area fraction"),
-)
-
-
-def value_problems(cfg: AttackConfig) -> list[str]:
-    """Every value of ``cfg`` outside its meaning (eps > 0, qualities 1..100, weights >= 0, ...),
-    as readable lines; empty when the config is sound."""
-    out = []
-    for name, lo, incl, hi, what in _RANGES:
-        v = float(getattr(cfg, name))
-        below1 = name.startswith("adam") or name == "di_resize_rate"  # strictly below hi
-        if (v < lo if incl else v <= lo) or (hi is not None and (v > hi or (
-                below1 and v >= hi))):
-            rng = f"{'>=' if incl else '>'} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
-            out.append(f"{name}={v:g} is out of range: {what} must be {rng}")
-    if cfg.eot_quality_lo > cfg.eot_quality_hi:
-        out.append(f"eot_quality_lo={cfg.eot_quality_lo:g} is above eot_quality_hi="
-                   f"{cfg.eot_quality_hi:g}")
-    for k, v in cfg.hyper:
-        if k.endswith("_weight") and float(v) < 0:
-            out.append(f"{k}={float(v):g} is out of range: a weight must be >= 0")
-    return out
-
-
 def _preset(name: str, preset: str | None) -> tuple[str, str, AttackConfig]:
     """``(attack key, preset name, config)`` of a named attack's preset."""
     key = ALIASES.get(name, name)
@@ -268,29 +198,53 @@ def _preset(name: str, preset: str | None) -> tuple[str, str, AttackConfig]:
     return key, p, ATTACKS[key][p]
 
 
-def _setting_problems(key: str, p: str, cfg: AttackConfig, settings: dict) -> None:
-    """Raise for settings of the wrong kind, appeal weights without an appeal term, and
-    settings that contradict the preset (see :func:`resolve_attack`)."""
-    hyper = dict(cfg.hyper)
-    bad = [f"{k} must be a finite number, got {v!r}" for k, v in settings.items()
-           if k in hyper and (isinstance(v, bool) or not isinstance(v, numbers.Real))]
-    bad += _type_problems(cfg, settings)
-    if bad:
-        raise ValueError(f"attack {key!r}: " + "; ".join(bad))
+def _setting_problems(key: str, p: str, cfg: AttackConfig, settings: dict) -> list[str]:
+    """Appeal weights without an appeal term, and settings that contradict the preset (see
+    :func:`resolve_attack`)."""
+    hyper, out = dict(cfg.hyper), []
+    out += [f"{k} must be a finite number, got {v!r}" for k, v in settings.items()
+            if k in hyper and (isinstance(v, bool) or not isinstance(v, numbers.Real))]
     if "appeal_weight" in settings and "appeal_weight" not in hyper:
-        raise TypeError(f"attack {key!r} preset {p!r} has no appeal term: appeal_weight needs "
-                        f"an appeal judge (CLI: --appeal NIMA_JUDGE) or a preset with one")
+        out.append(f"preset {p!r} has no appeal term: appeal_weight needs an appeal judge "
+                   f"(CLI: --appeal NIMA_JUDGE) or a preset with one")
     if (settings.get("early_stop") is False and "best" not in settings
             and cfg.best == "distortion" and cfg.early_stop):
-        raise ValueError(
-            f"attack {key!r}: early_stop=False with the preset's best='distortion' keeps the "
-            f"smallest-distortion success, usually the first one: say best='final' for the final "
-            f"iterate (torchattacks' behaviour) or best='distortion' to confirm")
+        out.append(
+            "early_stop=False with the preset's best='distortion' keeps the smallest-distortion "
+            "success, usually the first one: say best='final' for the final iterate "
+            "(torchattacks' behaviour) or best='distortion' to confirm")
     if "const" in settings and "search_steps" not in settings and cfg.search_steps > 1:
-        raise ValueError(
-            f"attack {key!r}: const={settings['const']!r} with the preset's binary search "
+        out.append(
+            f"const={settings['const']!r} with the preset's binary search "
             f"(search_steps={cfg.search_steps}) is only the starting constant: say "
             f"search_steps=1 for that single constant, or search_steps=N to search from it")
+    return out
+
+
+def _apply(cfg: AttackConfig, settings: dict) -> tuple[AttackConfig | None, list[str]]:
+    """``cfg`` with ``settings`` (field values, or values of its ``hyper``), and every problem
+    found on the way: unknown names, values of the wrong kind, the config's own
+    :func:`~ppjax.attacks.config.problems`."""
+    hyper = dict(cfg.hyper)
+    bad = unknown_problems({k: v for k, v in settings.items() if k not in hyper})
+    fields = {}
+    for k, v in settings.items():
+        if k in FIELDS and k not in ("name", "hyper"):
+            v, problem = coerce(k, v)
+            bad += [problem] if problem else []
+            if not problem:  # the others are still checked against the config
+                fields[k] = v
+        elif k == "hyper":
+            fields[k] = v
+    named = {k: float(v) for k, v in settings.items() if k in hyper
+             and isinstance(v, numbers.Real) and not isinstance(v, bool)}
+    if named:
+        fields["hyper"] = {**hyper, **named, **dict(fields.get("hyper", {}) or {})}
+    try:
+        cfg = cfg.replace(**fields) if fields else cfg
+    except SettingsError as e:
+        return None, bad + e.problems
+    return (None if bad else cfg), bad
 
 
 def resolve_attack(name: str | AttackConfig, preset: str | None = None,
@@ -303,19 +257,24 @@ def resolve_attack(name: str | AttackConfig, preset: str | None = None,
         ``settings`` replace its fields, and ``preset`` must be None).
       preset: the preset of a named attack (default ``"default"``).
       settings: ``AttackConfig`` field values; a name of one of the config's ``hyper`` values
-        (e.g. ``appeal_weight``) sets that traced value.
+        (e.g. ``appeal_weight``) sets that traced value. A boolean also takes the strings
+        true/false in any case.
       appeal_judge: the appeal judge's name (or True) adds the appeal term
         (:func:`appeal_variant`); None or False adds none. The caller loads that judge and
         passes it as ``extra_judges={"appeal": judge}``.
 
-    Every problem is reported at once (``ValueError``): a value of the wrong kind
-    (``eps="abc"``), a value outside its meaning (:func:`value_problems`), and settings that
-    contradict the preset: ``early_stop=False`` while the preset keeps the smallest-distortion
-    success (``best="distortion"``) would silently return an early iterate, so it needs ``best``
-    said too (``best="final"`` for the final iterate, as torchattacks returns); ``const`` under a
-    C&W binary search (``search_steps > 1``) is only its start, so it needs ``search_steps`` said.
-    An unknown setting raises ``TypeError`` naming the valid ones; an unknown name
-    :class:`ppjax.registry.UnknownName` (a ``KeyError``) naming the known ones.
+    Every problem is reported at once, in one
+    :class:`~ppjax.attacks.config.SettingsError` (both a ``ValueError`` and a ``TypeError``):
+    an unknown setting (naming the valid ones, and the ppjax name of another library's, e.g.
+    torchattacks' ``alpha`` is ``step_size``), a value of the wrong kind (``eps="abc"``), a
+    value outside what its field can mean (each field's declared range; a Linf ``eps`` or a
+    step size above 1 with the hint ``did you mean 8/255?``), and settings that contradict the
+    preset: ``early_stop=False`` while the preset keeps the smallest-distortion success
+    (``best="distortion"``) would silently return an early iterate, so it needs ``best`` said
+    too (``best="final"`` for the final iterate, as torchattacks returns); ``const`` under a
+    C&W binary search (``search_steps > 1``) is only its start, so it needs ``search_steps``
+    said. An unknown name raises :class:`ppjax.registry.UnknownName` (a ``KeyError``) naming
+    the known ones.
     """
     settings = dict(settings or {})
     if "appeal" in settings:
@@ -325,20 +284,15 @@ def resolve_attack(name: str | AttackConfig, preset: str | None = None,
         if preset is not None:
             raise ValueError(f"attack: preset={preset!r} applies to a named attack, not to a "
                              f"config")
-        cfg = appeal_variant(name) if appeal_judge else name
-        return cfg.replace(**settings)
-    key, p, cfg = _preset(name, preset)
-    if appeal_judge:
-        cfg = appeal_variant(cfg)
-    _setting_problems(key, p, cfg, settings)
-    hyper = dict(cfg.hyper)
-    named = {k: float(settings.pop(k)) for k in list(settings) if k in hyper}
-    if named:
-        settings["hyper"] = {**hyper, **named, **dict(settings.get("hyper", {}) or {})}
-    cfg = cfg.replace(**settings) if settings else cfg
-    bad = value_problems(cfg)
-    if bad:
-        raise ValueError(f"attack {key!r}: " + "; ".join(bad))
+        key, p, cfg, bad = name.name, None, appeal_variant(name) if appeal_judge else name, []
+    else:
+        key, p, cfg = _preset(name, preset)
+        if appeal_judge:
+            cfg = appeal_variant(cfg)
+        bad = _setting_problems(key, p, cfg, settings)
+    cfg, more = _apply(cfg, settings)
+    if bad or more:
+        raise SettingsError(f"attack {key!r}: " + "; ".join(bad + more), bad + more)
     return cfg
 
 

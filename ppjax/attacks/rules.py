@@ -10,7 +10,7 @@ loop and no list of choices to update (the config validates against these regist
   the per-image step size.
 * :data:`BEST_RULES` (``cfg.best``): ``fn(cfg, candidate, best_key, ever) -> (take, key)``,
   which judged iterate is kept per image.
-* :data:`EOT_VIEWS` (``cfg.eot``): ``fn(cfg, x, hp, keys, sample) -> x'``, what the gradient
+* :data:`EOT_VIEWS` (``cfg.eot``): ``fn(cfg, x, keys, sample) -> x'``, what the gradient
   pass's judges see.
 """
 
@@ -121,17 +121,17 @@ BEST_RULES.register("final", lambda cfg, cand, best_key, ever: (cand.live, _newe
 # ----------------------------------------------------------------------------- EOT
 
 
-def _eot_quality(hp, keys, sample: int):
+def _eot_quality(cfg, keys, sample: int):
     """A random per-image JPEG quality in [eot_quality_lo, eot_quality_hi] ([B], whole numbers),
     drawn from the image's key and ``sample``."""
     u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, sample), ()))(keys)
-    return jnp.round(hp["eot_quality_lo"] + (hp["eot_quality_hi"] - hp["eot_quality_lo"]) * u)
+    return jnp.round(cfg.eot_quality_lo + (cfg.eot_quality_hi - cfg.eot_quality_lo) * u)
 
 
-def jpeg_view(cfg, x, hp, keys, sample: int):
+def jpeg_view(cfg, x, keys, sample: int):
     """Differentiable JPEG (exact forward, ``cfg.eot_rounding`` gradient) at a random per-image
     quality in [eot_quality_lo, eot_quality_hi], drawn from the image's key and ``sample``."""
-    return jpeg(x, _eot_quality(hp, keys, sample), subsampling=cfg.subsampling,
+    return jpeg(x, _eot_quality(cfg, keys, sample), subsampling=cfg.subsampling,
                 rounding=cfg.eot_rounding)
 
 
@@ -139,7 +139,7 @@ def jpeg_view(cfg, x, hp, keys, sample: int):
 _TAG_UPLOAD = 0x55504C44
 
 
-def upload_eot_view(cfg, x, hp, keys, sample: int):
+def upload_eot_view(cfg, x, keys, sample: int):
     """What a photo service delivers (:func:`ppjax.image.upload.upload_view`), back at the
     input's size: a downscale by one of :data:`~ppjax.image.upload.UPLOAD_SCALES` (0.4-1.0x of
     the long side) and a JPEG (``cfg.subsampling``, ``cfg.eot_rounding``) at a per-image quality
@@ -150,11 +150,11 @@ def upload_eot_view(cfg, x, hp, keys, sample: int):
     k_scale, k_order = jax.random.split(k)
     index = jax.random.randint(k_scale, (), 0, len(UPLOAD_SCALES))
     first = jax.random.bernoulli(k_order)
-    return upload_view(x, index, _eot_quality(hp, keys, sample), first,
+    return upload_view(x, index, _eot_quality(cfg, keys, sample), first,
                        subsampling=cfg.subsampling, rounding=cfg.eot_rounding)
 
 
 EOT_VIEWS: Registry = Registry("EOT transform")
-EOT_VIEWS.register("none", lambda cfg, x, hp, keys, sample: x)
+EOT_VIEWS.register("none", lambda cfg, x, keys, sample: x)
 EOT_VIEWS.register("jpeg", jpeg_view)
 EOT_VIEWS.register("upload", upload_eot_view)

@@ -1,8 +1,10 @@
 """Step rules as optax ``GradientTransformation``s that return a DESCENT DIRECTION per image.
 
-The loop multiplies the direction by ``-lr`` per image (``lr`` may differ per image and follow a
-schedule), so these transforms carry no learning rate. All statistics are per image: leaves are
-[B, ...] and norms are taken over everything but the leading axis.
+The gradient probe (:mod:`ppjax.attacks.probes`) runs the rule on each image on its own
+(:func:`per_image_rule`) and then :func:`scale_by_step_size`, which applies the per-image step
+size (it may differ per image and follow a schedule) through optax, so these transforms carry
+no learning rate. All statistics are per image: leaves are [B, ...] and norms are taken over
+everything but the leading axis.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ppjax.attacks.boosters import square_init
+from ppjax.attacks.parameterisations import expand_to
 from ppjax.registry import Registry
 
 
@@ -108,41 +110,27 @@ def variance_tuning() -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-#: Base step rules by name (``AttackConfig.step``): ``factory(cfg, hp) ->
-#: GradientTransformation`` with traced hyperparameters from ``hp``.
+#: Base step rules by name (``AttackConfig.step``): ``factory(cfg) ->
+#: GradientTransformation`` with traced hyperparameters from ``cfg``.
 STEP_RULES: Registry = Registry("step rule")
-STEP_RULES.register("sign", lambda cfg, hp: sign())
-STEP_RULES.register("l2", lambda cfg, hp: normalize(2))
-STEP_RULES.register("momentum", lambda cfg, hp: momentum_sign(hp["momentum"]))
-STEP_RULES.register("adam", lambda cfg, hp: adam(hp["adam_b1"], hp["adam_b2"]))
-STEP_RULES.register("sgd", lambda cfg, hp: optax.identity())
+STEP_RULES.register("sign", lambda cfg: sign())
+STEP_RULES.register("l2", lambda cfg: normalize(2))
+STEP_RULES.register("momentum", lambda cfg: momentum_sign(cfg.momentum))
+STEP_RULES.register("adam", lambda cfg: adam(cfg.adam_b1, cfg.adam_b2))
+STEP_RULES.register("sgd", lambda cfg: optax.identity())
 
 
-@STEP_RULES.register("square")
-def square_rule(cfg=None, hp=None) -> optax.GradientTransformation:
-    """Square's state holder: ``init`` makes its per-image state; the loop updates that state
-    itself (:func:`ppjax.attacks.boosters.square_accept`) and never calls ``update``."""
-
-    def init(params):
-        return square_init(jax.tree.leaves(params)[0].shape[0])
-
-    def update(updates, state, params=None):
-        raise RuntimeError("the Square step takes no gradient; the loop accepts proposals itself")
-
-    return optax.GradientTransformation(init, update)
-
-
-def make_step_rule(cfg, hp) -> optax.GradientTransformation:
-    """The step rule of ``cfg`` with traced hyperparameters from ``hp``: the base rule
+def make_step_rule(cfg) -> optax.GradientTransformation:
+    """The step rule of ``cfg`` with traced hyperparameters from ``cfg``: the base rule
     (``STEP_RULES[cfg.step]``) preceded by VMI's variance tuning (``vmi_samples > 0``) and TI's
     smoothing (``ti_kernel > 0``), in that order (TI smooths ``g + v``, as the VMI paper's TI
-    variant). (The config refuses both with the gradient-free Square.)"""
-    base = STEP_RULES[cfg.step](cfg, hp)
+    variant). (The config refuses both with a score-based probe.)"""
+    base = STEP_RULES[cfg.step](cfg)
     parts = []
     if cfg.vmi_samples > 0:
         parts.append(variance_tuning())
     if cfg.ti_kernel > 0:
-        parts.append(translation_invariant(cfg.ti_kernel, hp["ti_nsig"]))
+        parts.append(translation_invariant(cfg.ti_kernel, cfg.ti_nsig))
     return optax.chain(*parts, base) if parts else base
 
 
@@ -158,3 +146,39 @@ def cosine(t, total: int, hi, lo):
 SCHEDULES: Registry = Registry("schedule")
 SCHEDULES.register("constant", lambda t, total, hi, lo: hi)
 SCHEDULES.register("cosine", cosine)
+
+
+# ----------------------------------------------------------------------------- per image
+
+
+def per_image_rule(rule: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """``rule`` applied to each image on its own (``vmap`` over the leading axis; each call
+    sees a batch of one), so every leaf of its state, counters included (Adam's step count),
+    belongs to one image: an image's steps do not depend on when it entered the batch or who
+    shares it. Extra per-image arguments of the update (e.g. VMI's ``neighbour_grad``) are
+    split the same way; those the rule does not take are ignored."""
+    rule = optax.with_extra_args_support(rule)
+
+    def one(tree):
+        return jax.tree.map(lambda a: a[None], tree)
+
+    def init(params):
+        return jax.vmap(lambda p: rule.init(one(p)))(params)
+
+    def update(updates, state, params=None, **extra):
+        def u(g, s, p, extra):
+            d, s = rule.update(one(g), s, one(p), **one(extra))
+            return jax.tree.map(lambda a: a[0], d), s
+        return jax.vmap(u)(updates, state, params, extra)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def scale_by_step_size() -> optax.GradientTransformationExtraArgs:
+    """The descent step: ``-step_size * direction`` per image, ``step_size`` [B] (or a scalar)
+    given as the extra argument of ``update``; ``optax.apply_updates`` then adds it."""
+
+    def update(updates, state, params=None, *, step_size, **extra):
+        return jax.tree.map(lambda d: -(expand_to(step_size, d) * d), updates), state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)

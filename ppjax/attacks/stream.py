@@ -1,7 +1,7 @@
 """Continuous batching: the driver that feeds a stream of images through a fixed set of slots.
 
 The device holds ``S`` slots; each holds one image's complete attack state (parameters,
-optimiser state, best-so-far, counters, round, C&W bounds: :class:`ppjax.attacks.loop.State`,
+probe state, best-so-far, counters, round, search bounds: :class:`ppjax.attacks.loop.State`,
 whose arrays are all per image). The host loop drives the programs of
 :func:`~ppjax.attacks.loop.compile_attack`:
 
@@ -42,6 +42,7 @@ import numpy as np
 
 from ppjax.attacks import loop
 from ppjax.attacks.config import AttackConfig
+from ppjax.attacks.iterate import parts
 
 #: Fewest slots a batch runs in (see the module docstring).
 MIN_SLOTS = 2
@@ -61,7 +62,8 @@ class StreamItem(NamedTuple):
     key: anything hashable, returned with the result. image: [H, W, 3] uint8, or float in
     [0, 1] (snapped to the 8-bit grid). seed: the image's own seed (e.g.
     ``ppjax.runs.protect.image_seed(name)``). label: true class (-1 = the judge's clean top-1).
-    target: target class (objective "targeted").
+    target: target class (objective "targeted"). inputs: more per-image inputs by name, for an
+    objective that declares them (``Objective.inputs``).
     """
 
     key: Hashable
@@ -69,6 +71,7 @@ class StreamItem(NamedTuple):
     seed: int
     label: int = -1
     target: int = -1
+    inputs: dict | None = None
 
 
 def to_grid(image) -> np.ndarray:
@@ -82,14 +85,15 @@ def to_grid(image) -> np.ndarray:
 
 
 class _Slots:
-    """The host's copy of the slots' inputs and who sits where."""
+    """The host's copy of the slots' inputs (the image, its seed and the per-image inputs the
+    objective declares) and who sits where."""
 
-    def __init__(self, n: int, first: StreamItem):
+    def __init__(self, n: int, first: StreamItem, declared):
         hw = np.asarray(first.image).shape
         self.x = np.zeros((n,) + tuple(hw), np.float32)
         self.seeds = np.zeros(n, np.uint32)
-        self.labels = np.full(n, -1, np.int32)
-        self.targets = np.full(n, -1, np.int32)
+        self.declared = tuple(declared)
+        self.inputs = {i.name: np.full((n, *i.shape), i.fill, i.dtype) for i in self.declared}
         self.keys: list[Hashable] = [None] * n
         self.busy = np.zeros(n, bool)
 
@@ -99,7 +103,10 @@ class _Slots:
             raise ValueError(f"stream: image {item.key!r} has shape {x.shape}; every image of a "
                              f"stream must have the shape of the first, {self.x.shape[1:]}")
         self.x[s], self.seeds[s] = x, np.uint32(int(item.seed) & 0xFFFFFFFF)
-        self.labels[s], self.targets[s] = int(item.label), int(item.target)
+        given = {"labels": item.label, "targets": item.target, **(item.inputs or {})}
+        for i in self.declared:
+            v = given.get(i.name)
+            self.inputs[i.name][s] = i.fill if v is None else np.asarray(v, i.dtype)
         self.keys[s], self.busy[s] = item.key, True
 
 
@@ -126,7 +133,7 @@ def run_slots(cfg: AttackConfig, models: dict, items: Iterable[StreamItem], *, s
     if first is None:
         return
     n = max(int(slots), MIN_SLOTS)
-    host = _Slots(n, first)
+    host = _Slots(n, first, parts(cfg).obj.inputs)
     pending = collections.deque([first])  # taken from the queue, not yet in a slot
     state, dev, done, idle = None, None, None, 0.0
     wait = 0.0 if loop.clean_in_first_step(cfg) else REFILL_AFTER * n  # a refill's cost
@@ -186,7 +193,7 @@ class _Fetch:
 
 def _load(programs: loop.Programs, models, host: _Slots, state, take, group, put):
     dev = {"x": put(host.x), "seeds": put(host.seeds)}
-    aux = {"labels": put(host.labels), "targets": put(host.targets)}
+    aux = {k: put(v) for k, v in host.inputs.items()}
     if group is not None:
         aux["group"] = group
     fresh = programs.init(models, dev["x"], aux, dev["seeds"])

@@ -1,7 +1,8 @@
 """Converters from the judges' published checkpoints to ppjax (Flax + orbax).
 
-Each module here converts one published file format and is registered in :data:`CONVERTERS`
-under the key a :class:`~ppjax.judges.JudgeSpec` names in its ``converter`` field. Registration is
+Each module here converts one published file format; :data:`CONVERTERS` is derived from the
+judges' specs (the key a :class:`~ppjax.judges.JudgeSpec` names in its ``converter`` field is
+the module's name here), so a new judge's converter needs no list edited. Registration is
 lazy (:func:`ppjax.registry.lazy`): a converter module is imported when it is used, and torch or
 h5py (``pip install -e ".[convert]"``) only when a file is read or a stand-in written. These
 modules (and the tests) are the only places that import torch or h5py.
@@ -15,9 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from ppjax.judges.spec import JUDGES
 from ppjax.registry import Registry, lazy
 
-__all__ = ["CONVERTERS", "Converter", "get_converter"]
+__all__ = ["CONVERTERS", "Converter", "converters", "get_converter"]
 
 
 @runtime_checkable
@@ -43,14 +45,20 @@ class Converter(Protocol):
         ...
 
 
-#: converter key -> loader of its module (call it, or use :func:`get_converter`).
-CONVERTERS: Registry[Callable[[], Converter]] = Registry("converter")
-for _key in ("resnet50_places365", "resnet18_places365", "wideresnet18_places365",
-             "densenet161_places365", "alexnet_places365", "koncept512", "nima_keras",
-             "nima_mobilenetv2", "mtcnn"):
-    CONVERTERS.register(_key, lazy(f"ppjax.convert.{_key}"))
+def converters() -> Registry[Callable[[], Converter]]:
+    """converter key -> loader of its module, for every registered judge's spec (a judge
+    registered later is included in the next call)."""
+    out: Registry[Callable[[], Converter]] = Registry("converter")
+    for key in dict.fromkeys(spec.converter for spec in JUDGES.values()):
+        out.register(key, lazy(f"ppjax.convert.{key}"))
+    return out
+
+
+#: converter key -> loader of its module (call it, or use :func:`get_converter`), derived from
+#: the judges' specs when this package is imported.
+CONVERTERS = converters()
 
 
 def get_converter(key: str) -> Converter:
-    """The converter registered as ``key`` (a spec's ``converter``), imported on first use."""
-    return CONVERTERS[key]()
+    """The converter a spec names as ``key``, imported on first use."""
+    return converters()[key]()

@@ -337,6 +337,10 @@ def write_standin_file(spec, wrap, weights_dir=None, seed: int = 0, calibrate=No
 
 # ----------------------------------------------------------------------------- stand-in realism
 
+#: scikit-image's public-domain sample photos (files inside its wheel, no download): the demo's
+#: photos, and what a score stand-in is calibrated on (``ppjax.convert.koncept512``).
+SAMPLE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
+
 #: scikit-image's bundled public-domain colour photos used to calibrate stand-ins.
 CALIBRATION_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
                        "immunohistochemistry", "retina")

@@ -74,12 +74,12 @@ def make_standin(weights_dir=None, seed: int = 0, calibrate: bool = True) -> Pat
 
 
 def calibration_photos() -> np.ndarray:
-    """scikit-image's public-domain sample photos (:data:`ppjax.runs.demo.SAMPLE_PHOTOS`) at the 2020
+    """scikit-image's public-domain sample photos (:data:`ppjax.convert.common.SAMPLE_PHOTOS`) at the 2020
     size: ``[N, 384, 512, 3]`` float32 in [0, 1]."""
     from importlib.resources import files
 
+    from ppjax.convert.common import SAMPLE_PHOTOS
     from ppjax.image import io as imageio
-    from ppjax.runs.demo import SAMPLE_PHOTOS
 
     out = []
     for name in SAMPLE_PHOTOS:

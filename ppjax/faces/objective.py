@@ -271,8 +271,8 @@ def faces_objective(k: int = K_PROPOSALS, m: int = M_CANDIDATES, k_onet: int = K
     ``"faces"`` is ``faces_objective()``)."""
 
     def factory(cfg) -> Objective:
-        def evaluate(models, x, aux, hp):
-            t = cascade_terms(models["judge"], x, hp["kappa"], k, m, k_onet)
+        def evaluate(models, x, aux, cfg):
+            t = cascade_terms(models["judge"], x, cfg.kappa, k, m, k_onet)
             return Terms(t.hinge_p + t.hinge_r + t.hinge_o, ~t.detected, t.max_prob)
 
         return Objective(evaluate, output="score", prepare=None)

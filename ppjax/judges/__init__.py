@@ -20,7 +20,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax import struct
 
-from ppjax.convert import get_converter
 from ppjax.judges import custom
 from ppjax.judges.checkpoint import load_converted
 from ppjax.judges.spec import (
@@ -173,7 +172,7 @@ def load_judge(name: str, weights_dir=None, standin: bool = False, dtype=jnp.flo
     spec = get_spec(name)
     path = judge_dir(name, weights_dir, standin)
     if standin and not (path / "metadata.json").exists():
-        get_converter(spec.converter).make_standin(weights_dir=weights_dir)
+        spec.converter_module().make_standin(weights_dir=weights_dir)
     if not (path / "metadata.json").exists():
         raise FileNotFoundError(missing_weights_message(spec, weights_dir, python=True))
     module = spec.make_module(dtype=dtype)

@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 from ppjax import config
-from ppjax.convert import get_converter
 from ppjax.judges.spec import get_spec, missing_weights_message
 
 __all__ = ["DATA_FILES", "FetchError", "download", "fetch_data", "fetch_judge",
@@ -79,10 +78,10 @@ def fetch_judge(name: str, weights_dir=None, force: bool = False) -> Path:
     spec = get_spec(name)
     dest = config.downloads_dir(weights_dir) / spec.filename
     if spec.bundled:  # the weights ship inside an installed package: copied, never downloaded
-        return get_converter(spec.converter).fetch_bundled(weights_dir, force)
+        return spec.converter_module().fetch_bundled(weights_dir, force)
     if force or not dest.exists():
         download(spec.url, dest, desc=spec.filename)
-    return get_converter(spec.converter).convert(dest, weights_dir)
+    return spec.converter_module().convert(dest, weights_dir)
 
 
 def fetch_data(data_dir=None, force: bool = False, source_dir: str | None = None) -> list[Path]:

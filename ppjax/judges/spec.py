@@ -31,7 +31,7 @@ class JudgeSpec:
     output: str  # "logits" [B, C] | "score" [B] | "distribution" [B, K] (probabilities)
     filename: str  # the original checkpoint's file name
     url: str  # where the original checkpoint is published
-    converter: str  # key of ppjax.convert.CONVERTERS (the module under ppjax/convert/)
+    converter: str  # the converter module: ppjax/convert/<converter>.py (ppjax.convert.CONVERTERS)
     architecture: str
     preprocessing: str
     model_kwargs: tuple[tuple[str, Any], ...] = ()
@@ -42,6 +42,19 @@ class JudgeSpec:
     # the pip requirement whose wheel ships the real weights: ``ppjax fetch`` copies them from
     # the installed package (offline) instead of downloading ``url``; there is no stand-in
     bundled: str = ""
+    # How the judge's original brings an image to the network when it scores appeal (an
+    # ``ppjax.attacks.appeal.APPEAL_RESIZERS`` rule: "nearest" to input_hw, "bilinear" or
+    # "native"); read by the appeal term (``appeal_resize="auto"``) and ``ppjax evaluate``.
+    appeal_resize: str = "nearest"
+    # oneDNN path: keep activations in float32 under a bfloat16 run, chosen by measurement
+    # (benchmarks/RESULTS.md, oneDNN levers: the MobileNets gain, ResNet-50 loses).
+    f32_activations: bool = False
+
+    def converter_module(self):
+        """The converter of this judge's checkpoint, ``ppjax.convert.<converter>`` (a
+        :class:`ppjax.convert.Converter`), imported on use by name, like ``model``: the judges
+        layer loads what the converters write and never imports them."""
+        return lazy(f"ppjax.convert.{self.converter}")()
 
     def make_module(self, **overrides) -> nn.Module:
         factory = lazy(self.model)()
@@ -149,6 +162,10 @@ register(
         preprocessing="RGB [0,1] -> x/127.5 - 1 on 0..255 (= 2*x01 - 1), 224x224; "
                       "score = sum_i i*p_i, i=1..10",
         year=2019,
+        # titu1994's evaluation script scores images at their native size by default
+        # (MobileNet with global pooling takes any size); -resize true is nearest to 224x224
+        appeal_resize="native",
+        f32_activations=True,
     )
 )
 
@@ -171,6 +188,8 @@ register(
         preprocessing="RGB [0,1], ImageNet mean/std normalisation, 224x224; "
                       "score = sum_i i*p_i, i=1..10",
         year=2020,
+        appeal_resize="bilinear",  # nima.pytorch: Resize((224, 224)), bilinear
+        f32_activations=True,
     )
 )
 

@@ -26,12 +26,11 @@ import sys
 from pathlib import Path
 
 from ppjax import config, errors
+from ppjax.convert.common import SAMPLE_PHOTOS
 
 log = logging.getLogger("ppjax.runs.demo")
 JUDGE = "resnet50_places365"
 APPEAL = "nima_mobilenet"
-# scikit-image's public-domain sample photos (files inside its wheel, no download)
-SAMPLE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
 
 BANNER = """
 ==============================================================================

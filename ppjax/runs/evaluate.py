@@ -6,7 +6,7 @@ Procedure (see ``docs/TASKS.md`` of the shared docs):
   PNG not at 256x256 is a per-file error). Accuracy = share of images whose top-1 equals the
   label; with the originals, the clean accuracy on them and the drop. Appeal: NIMA mean score
   (``nima_mobilenet``), with the image brought to NIMA as its original does
-  (:func:`ppjax.attacks.objectives.appeal_input`: titu1994's script scores at native size).
+  (:func:`ppjax.attacks.appeal.appeal_input`: titu1994's script scores at native size).
 * **2020**: each PNG is saved as JPEG quality 90 with Pillow and decoded
   (:func:`ppjax.image.jpeg.pil_jpeg`), then scored by KonCept512; accuracy = share of images scored
   > 50. The originals go through the same procedure for the clean figure.
@@ -252,7 +252,7 @@ class _Judging:
         xa, xo, have_o = padded_pair(ok, self.batch_size)
         self.scorer.score(self.judge, xa, xo, rows, have_o)
         if self.appeal is not None:
-            from ppjax.attacks.objectives import appeal_scores
+            from ppjax.attacks.appeal import appeal_scores
 
             na, nc = (appeal_scores(self.appeal, imageio.to_float01(x), self.batch_size,
                                     self.appeal_rule) for x in (xa, xo))
@@ -315,10 +315,10 @@ def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLik
     the report dict. ``judge`` / ``appeal`` (loaded :class:`ppjax.Judge` objects) replace the
     task's judges when given; ``no_appeal`` skips the appeal score; ``appeal_resize`` is how the
     appeal judge sees the images ("auto": as its original,
-    :data:`ppjax.attacks.objectives.APPEAL_RESIZE`; the report records the rule used)."""
+    :attr:`ppjax.judges.JudgeSpec.appeal_resize`; the report records the rule used)."""
     from tqdm import tqdm
 
-    from ppjax.attacks.objectives import appeal_resize_rule
+    from ppjax.attacks.appeal import appeal_resize_rule
 
     run, out = Path(run).resolve(), Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)

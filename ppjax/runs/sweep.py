@@ -92,7 +92,7 @@ def run_point(cfg, judge, images: np.ndarray, batch: int, seed: int, appeal=None
     import jax.numpy as jnp
 
     from ppjax.attacks import StreamItem, default_seeds, stream
-    from ppjax.attacks.objectives import appeal_scores
+    from ppjax.attacks.appeal import appeal_scores
     from ppjax.image.metrics import psnr
 
     n = len(images)
