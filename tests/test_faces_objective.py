@@ -4,6 +4,8 @@ finite gradients, and a short PGD that hides two faces from facenet-pytorch's ow
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,7 +48,7 @@ def judged(judge):
     obj = OBJECTIVES["faces"](None)
 
     def loss(x, j, kappa):
-        terms = obj.evaluate({"judge": j}, x, {}, {"kappa": kappa})
+        terms = obj.evaluate({"judge": j}, x, {}, SimpleNamespace(kappa=kappa))  # reads cfg.kappa
         return jnp.sum(terms.loss), terms
 
     @jax.jit

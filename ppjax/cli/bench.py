@@ -69,15 +69,17 @@ def command(args) -> int:
 
 
 def add_parser(sub) -> None:
-    import argparse
+    from ppjax.cli.help import HelpFormatter
+    from ppjax.names import JUDGE_NAMES
 
     p = sub.add_parser("bench", help="measure attack throughput on this machine (img·it/s)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=HelpFormatter,
                        description="Measure attacks on whatever device JAX sees: steady-state "
                                    "img·it/s, first-call compile time, peak memory and the share "
                                    "of the device's peak FLOP/s; beside the torch originals when "
                                    "torch and a ppjax checkout are importable.")
-    p.add_argument("--judge", required=True, help="judge name (see `ppjax judges`)")
+    p.add_argument("--judge", required=True, metavar="JUDGE",
+                   help=f"judge name: {', '.join(JUDGE_NAMES)}")
     p.add_argument("--attacks", default="pgd,cw_l2,ace",
                    help="comma-separated attacks, name or name/preset (e.g. mifgsm/all)")
     p.add_argument("--batch", type=int, default=64, help="images per call")
@@ -90,7 +92,8 @@ def add_parser(sub) -> None:
     p.add_argument("--weights-dir", default=None, help="converted weights (default: the cache)")
     p.add_argument("--size", default=None,
                    help="HxW input size instead of the judge's (ResNets take any size)")
-    p.add_argument("--no-torch", dest="torch", action="store_false", help="skip the torch side")
+    p.add_argument("--no-torch", dest="torch", action="store_false",
+                   help="skip the torch side (run by default where torch is installed)")
     p.add_argument("--gemm-n", type=int, default=4096, help="side of the peak-FLOP/s GEMM (CPU)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--plot", default=None, help="write a bar chart here (PNG)")
