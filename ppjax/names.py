@@ -29,6 +29,6 @@ ATTACK_ALIASES = {"bim": "ifgsm", "cw": "cw_l2", "di-fgsm": "difgsm", "di2-fgsm"
                   "square_linf": "square", "ti-fgsm": "tifgsm", "vmi": "vmifgsm",
                   "vmi-fgsm": "vmifgsm"}
 
-TASK_NAMES = (2019, 2020)
+TASK_NAMES = (2019, 2020, "faces")
 
 RESIZE_RULES = ("auto", "crop", "squash", "resize", "centre", "reject")

@@ -1,0 +1,36 @@
+"""The task ``faces``'s attack, registered as ``faces`` in :data:`ppjax.attacks.ATTACKS`
+(imported by :meth:`ppjax.runs.data.TaskSpec.import_parts` before a faces run resolves it).
+
+Presets (the numbers behind the choices: ``benchmarks/RESULTS.md``, section ``faces``):
+
+* ``default``: the one that survives an upload. The face-hiding objective (every P-Net window
+  at every pyramid scale below the stage threshold with a margin; the clean proposals below the
+  R-Net and O-Net thresholds) under EOT over the ``upload`` view (downscale to 0.4-1.0x of the
+  long side and JPEG 70-95 with 4:2:0 chroma, either order), MI-FGSM steps in an 8/255 Linf
+  ball, every step taken (no early stop: success on the PNG alone is not survival), the final
+  iterate kept.
+* ``plain``: the same without EOT (hides the faces of the PNG; weaker after an upload).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ppjax.attacks import ATTACKS, AttackConfig
+
+#: the modules that register the objective (faces judge) and the upload EOT view (faces data)
+PARTS = ("ppjax.faces.objective", "ppjax.faces.upload")
+OBJECTIVE = "hide_faces"
+EOT_VIEW = "upload"
+
+for _m in PARTS:
+    importlib.import_module(_m)
+
+DEFAULT = AttackConfig(
+    name="faces", objective=OBJECTIVE, step="momentum", momentum=1.0, norm="linf", eps=8 / 255,
+    step_size=1 / 255, steps=60, margin=0.2, early_stop=False, best="final", eot=EOT_VIEW,
+    eot_samples=1, distortion="linf")
+PLAIN = DEFAULT.replace(name="faces/plain", eot="none", steps=40)
+
+if "faces" not in ATTACKS:
+    ATTACKS.register("faces", {"default": DEFAULT, "plain": PLAIN})
