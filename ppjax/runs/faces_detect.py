@@ -21,7 +21,7 @@ def haar(img: np.ndarray) -> np.ndarray:
     """OpenCV Haar frontal-face boxes ``[N, 4]`` of ``img`` [H, W, 3] uint8."""
     from ppjax.faces import haar as haar_mod
 
-    return haar_mod.detect(img)
+    return haar_mod.haar_detect(img)
 
 
 def pipeline(name: str):
@@ -46,11 +46,22 @@ def rescale(boxes: np.ndarray, src_hw, dst_hw) -> np.ndarray:
     return b * np.array([sx, sy, sx, sy])
 
 
-def count_found(true_boxes, found_boxes, iou: float = 0.5) -> int:
-    """How many of ``true_boxes`` are matched by ``found_boxes`` (one-to-one, IoU >= ``iou``;
-    :func:`ppjax.faces.haar.match`)."""
+def count_found(true_boxes, found_boxes) -> int:
+    """How many of ``true_boxes`` are matched by ``found_boxes`` (one-to-one, greedy by IoU, at
+    IoU >= :data:`ppjax.faces.haar.MATCH_IOU`: :func:`ppjax.faces.haar.count_found`)."""
     from ppjax.faces import haar as haar_mod
 
-    if len(true_boxes) == 0 or len(found_boxes) == 0:
-        return 0
-    return int(haar_mod.match(np.asarray(true_boxes), np.asarray(found_boxes), iou))
+    return haar_mod.count_found(np.asarray(true_boxes).reshape(-1, 4),
+                                np.asarray(found_boxes).reshape(-1, 4))
+
+
+def load_mtcnn(weights_dir=None):
+    """The ``mtcnn`` judge; converted first from the installed facenet-pytorch package (offline,
+    :func:`ppjax.judges.fetch.fetch_judge`) when it has not been yet."""
+    import ppjax
+    from ppjax.judges import judge_dir
+    from ppjax.judges.fetch import fetch_judge
+
+    if not (judge_dir("mtcnn", weights_dir) / "metadata.json").exists():
+        fetch_judge("mtcnn", weights_dir)
+    return ppjax.load_judge("mtcnn", weights_dir)

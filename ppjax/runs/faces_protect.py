@@ -133,3 +133,24 @@ def amend_summary(summary: dict, okd: dict) -> dict:
     n_prot = summary["protected"]
     summary["attack_success_rate"] = summary["attack_success"] / n_prot if n_prot else None
     return summary
+
+
+def protect_images(acfg, judge, images, seeds, slots: int = 8, extra=None) -> list[dict]:
+    """Attack photos of any sizes in memory (the benchmark's and the tests' entry): ``images``
+    [H_i, W_i, 3] uint8, ``seeds`` per image. Grouped by bucket, padded, streamed, cropped back;
+    returns per image (input order) ``{"image": uint8 [H_i, W_i, 3], "success", "steps",
+    "linf"}``."""
+    import ppjax
+    from ppjax.attacks import StreamItem
+
+    order = sorted(range(len(images)), key=lambda i: faces.bucket_hw(*images[i].shape[:2]))
+    out: list[dict] = [{} for _ in images]
+    for hw, group in faces.runs_of_bucket(iter(order),
+                                          lambda i: faces.bucket_hw(*images[i].shape[:2])):
+        items = (StreamItem(i, faces.pad_to(images[i], hw), int(seeds[i])) for i in group)
+        for i, res in ppjax.attacks.stream(acfg, judge, items, slots=faces.bucket_slots(
+                hw, slots), extra_judges=extra):
+            out[i] = {"image": faces.crop_to(imageio.to_uint8(res.images), images[i].shape[:2]),
+                      "success": bool(res.success), "steps": int(res.steps),
+                      "linf": float(res.linf)}
+    return out
