@@ -1,7 +1,8 @@
 """What the task ``faces`` measures a photo with, in one place: the MTCNN cascade
 (:mod:`ppjax.faces`), OpenCV's Haar detector (:mod:`ppjax.faces.haar`), the named upload
-pipelines, and box matching. Boxes are ``[N, 4]`` float ``(x1, y1, x2, y2)`` in the pixels of
-the image given; :func:`count_found` maps boxes found on a resized copy back first.
+pipelines (:mod:`ppjax.image.upload`), and box matching. Boxes are ``[N, 4]`` float
+``(x1, y1, x2, y2)`` in the pixels of the image given (:func:`rescale` maps boxes found on a
+resized copy back).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ def detect(judge, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     probs [N])`` (:func:`ppjax.faces.detect` with the judge's nets)."""
     from ppjax import faces
 
-    return faces.detect(judge, img)
+    found = faces.detect(judge, img)[0]
+    return found.boxes, found.probs
 
 
 def haar(img: np.ndarray) -> np.ndarray:
@@ -25,18 +27,18 @@ def haar(img: np.ndarray) -> np.ndarray:
 
 
 def pipeline(name: str):
-    """The named evaluation pipeline ``fn(img uint8 [H, W, 3]) -> uint8 [h, w, 3]`` (jpeg90,
-    upload, and the held-out ones of :mod:`ppjax.faces.pipelines`)."""
-    from ppjax.faces import pipelines
+    """The named pipeline ``fn(img uint8 [H, W, 3]) -> uint8 [h, w, 3]`` (jpeg90, upload, and
+    the held-out ones: :data:`ppjax.image.upload.PIPELINES`)."""
+    from ppjax.image import upload
 
-    return pipelines.PIPELINES[name]
+    return upload.PIPELINES[name]
 
 
 def pipeline_names(held_out: bool = False) -> tuple[str, ...]:
     """The evaluation pipelines: the two of the report, or every held-out one."""
-    from ppjax.faces import pipelines
+    from ppjax.image import upload
 
-    return pipelines.held_out_names() if held_out else ("jpeg90", "upload")
+    return tuple(upload.HELD_OUT if held_out else upload.EVAL_PIPELINES)
 
 
 def rescale(boxes: np.ndarray, src_hw, dst_hw) -> np.ndarray:

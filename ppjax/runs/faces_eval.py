@@ -5,7 +5,7 @@ size, downscaled to 2048 px on the long side when larger):
 
 * **MTCNN** (the cascade at its default thresholds, 0.6/0.7/0.7) on the original (``faces_clean``),
   on the saved 8-bit PNG, after Pillow JPEG-90 and after the upload pipeline (the named
-  pipelines of :mod:`ppjax.faces.pipelines`): faces found (``faces_<view>``) and clean faces
+  pipelines of :mod:`ppjax.image.upload`): faces found (``faces_<view>``) and clean faces
   still found (``found_<view>``: matched one-to-one at IoU >= 0.4,
   :data:`ppjax.faces.haar.MATCH_IOU`; boxes found on a resized copy mapped back first);
 * **Haar** (OpenCV's cascade, an independent, non-CNN detector): the same counts
