@@ -14,22 +14,15 @@ Presets (the numbers behind the choices: ``benchmarks/RESULTS.md``, section ``fa
 
 from __future__ import annotations
 
-import importlib
-
 from ppjax.attacks import ATTACKS, AttackConfig
 
-#: the modules that register the objective (faces judge) and the upload EOT view (faces data)
-PARTS = ("ppjax.faces.objective", "ppjax.faces.upload")
-OBJECTIVE = "hide_faces"
-EOT_VIEW = "upload"
-
-for _m in PARTS:
-    importlib.import_module(_m)
-
+# objective "faces" (ppjax.faces.objective) and the EOT view "upload" (ppjax.attacks.rules) are
+# registered when ppjax.attacks is imported
 DEFAULT = AttackConfig(
-    name="faces", objective=OBJECTIVE, step="momentum", momentum=1.0, norm="linf", eps=8 / 255,
-    step_size=1 / 255, steps=60, margin=0.2, early_stop=False, best="final", eot=EOT_VIEW,
-    eot_samples=1, distortion="linf")
+    name="faces", objective="faces", step="momentum", momentum=1.0, norm="linf", eps=8 / 255,
+    step_size=1 / 255, steps=60, kappa=2.0, early_stop=False, best="final", eot="upload",
+    eot_quality_lo=70.0, eot_quality_hi=95.0, subsampling="420", eot_samples=1,
+    distortion="linf")
 PLAIN = DEFAULT.replace(name="faces/plain", eot="none", steps=40)
 
 if "faces" not in ATTACKS:
