@@ -84,17 +84,21 @@ def controls(judge, images, truths, eps_levels: int) -> dict:
     return out
 
 
-def attack_row(judge, images, truths, eps_levels: int, eot: bool, steps: int) -> dict:
-    """One row: the faces attack at ``eps_levels``/255 (EOT over the upload view or none)."""
+def attack_row(judge, images, truths, eps_levels: int, eot: bool, steps: int,
+               canvas: str = "square") -> dict:
+    """One row: the faces attack at ``eps_levels``/255 (EOT over the upload view or none), the
+    photos grouped on ``canvas`` ("square": :func:`ppjax.runs.faces.square_canvas`, few
+    compilations for this set of many sizes; "bucket": the task's buckets)."""
     import ppjax.runs.faces_attack  # noqa: F401  (registers the attack)
     from ppjax.attacks import resolve_attack
-    from ppjax.runs import faces_detect, faces_eval
+    from ppjax.runs import faces, faces_detect, faces_eval
     from ppjax.runs.faces_protect import protect_images
 
     acfg = resolve_attack("faces", "default" if eot else "plain",
                           {"eps": eps_levels / 255, "steps": steps})
     t0 = time.perf_counter()
-    res = protect_images(acfg, judge, images, seeds=np.arange(len(images)))
+    res = protect_images(acfg, judge, images, seeds=np.arange(len(images)),
+                         canvas=faces.square_canvas if canvas == "square" else faces.bucket_hw)
     seconds = time.perf_counter() - t0
     adv = [r["image"] for r in res]
     row = {"eps_levels": eps_levels, "eot": eot, "steps": steps, "seconds": round(seconds, 2),
@@ -171,6 +175,9 @@ def main(argv=None) -> int:
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--steps", type=int, default=None, help="attack steps (default: 60, smoke 4)")
     p.add_argument("--n", type=int, default=None, help="first N images only")
+    p.add_argument("--canvas", default="square", choices=("square", "bucket"),
+                   help="how photos of many sizes share compiled programs (see attack_row)")
+    p.add_argument("--eps", default=None, help="comma-separated eps levels (default 2,4,8,16)")
     p.add_argument("--contended", action="store_true", help="say the machine was shared")
     p.add_argument("--no-results-md", action="store_true")
     a = p.parse_args(argv)
@@ -194,10 +201,12 @@ def run(a) -> dict:
     steps = a.steps or (4 if a.smoke else 60)
     judge = load_mtcnn(a.weights_dir)
     ctl = controls(judge, images, truths, 8)
-    rows = [attack_row(judge, images, truths, e, eot, steps)
-            for eot in (True, False) for e in EPS_LEVELS]
+    eps = tuple(int(e) for e in a.eps.split(",")) if a.eps else EPS_LEVELS
+    rows = [attack_row(judge, images, truths, e, eot, steps, a.canvas)
+            for eot in (True, False) for e in eps]
     torch = faces_torch.compare(judge, images, steps=2 if a.smoke else 10)
     res = {"machine": machine(), "smoke": bool(a.smoke), "contended": bool(a.contended),
+           "canvas": a.canvas, "steps": steps,
            "n_images": len(images), "n_faces": int(sum(len(t) for t in truths)),
            "attack_linf_levels": 8, "clean_detect_rate": ctl["clean_detect_rate"],
            "noise_detect_rate": ctl["noise_detect_rate"],

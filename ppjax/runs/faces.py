@@ -41,6 +41,13 @@ def bucket_hw(h: int, w: int) -> tuple[int, int]:
     return bucket_side(h), bucket_side(w)
 
 
+def square_canvas(h: int, w: int, step: int = 256) -> tuple[int, int]:
+    """A coarser rule for sets of many sizes (``benchmarks.faces``): a square canvas, the long
+    side rounded up to a multiple of ``step``. Fewer compilations, more padded pixels."""
+    s = step * math.ceil(max(h, w) / step)
+    return s, s
+
+
 def bucket_slots(hw: tuple[int, int], slots: int) -> int:
     """Slots for a bucket's stream: at most ``slots``, at most :data:`SLOT_PIXELS` in all
     (never fewer than 2, :data:`ppjax.attacks.stream.MIN_SLOTS`)."""

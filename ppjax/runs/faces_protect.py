@@ -135,18 +135,21 @@ def amend_summary(summary: dict, okd: dict) -> dict:
     return summary
 
 
-def protect_images(acfg, judge, images, seeds, slots: int = 8, extra=None) -> list[dict]:
+def protect_images(acfg, judge, images, seeds, slots: int = 8, extra=None,
+                   canvas=faces.bucket_hw) -> list[dict]:
     """Attack photos of any sizes in memory (the benchmark's and the tests' entry): ``images``
-    [H_i, W_i, 3] uint8, ``seeds`` per image. Grouped by bucket, padded, streamed, cropped back;
-    returns per image (input order) ``{"image": uint8 [H_i, W_i, 3], "success", "steps",
-    "linf"}``."""
+    [H_i, W_i, 3] uint8, ``seeds`` per image. Grouped by ``canvas(h, w)`` (default: the task's
+    buckets), padded, streamed, cropped back; returns per image (input order) ``{"image": uint8
+    [H_i, W_i, 3], "success", "steps", "linf"}``."""
     import ppjax
     from ppjax.attacks import StreamItem
 
-    order = sorted(range(len(images)), key=lambda i: faces.bucket_hw(*images[i].shape[:2]))
+    def hw_of(i):
+        return canvas(*images[i].shape[:2])
+
+    order = sorted(range(len(images)), key=hw_of)
     out: list[dict] = [{} for _ in images]
-    for hw, group in faces.runs_of_bucket(iter(order),
-                                          lambda i: faces.bucket_hw(*images[i].shape[:2])):
+    for hw, group in faces.runs_of_bucket(iter(order), hw_of):
         items = (StreamItem(i, faces.pad_to(images[i], hw), int(seeds[i])) for i in group)
         for i, res in ppjax.attacks.stream(acfg, judge, items, slots=faces.bucket_slots(
                 hw, slots), extra_judges=extra):
