@@ -57,7 +57,7 @@ def stream_faces(cfg, acfg, judge, extra, todo, img_dir, prog, slots, max_pixels
 
     with pipeline.Writer(workers=workers) as writer, contextlib.closing(decoded):
         try:
-            with_faces = _sort_out(decoded, judge, cfg, prog, write)
+            with_faces = _sort_out(decoded, judge, cfg, prog, write, seed_of)
             for hw, group in faces.runs_of_bucket(with_faces, lambda b: b[1]):
                 _attack_bucket(hw, group, acfg, judge, extra, cfg, slots, seed_of, write,
                                lambda: drain(block=False))
@@ -65,7 +65,7 @@ def stream_faces(cfg, acfg, judge, extra, todo, img_dir, prog, slots, max_pixels
             drain(block=True)
 
 
-def _sort_out(decoded, judge, cfg, prog, write):
+def _sort_out(decoded, judge, cfg, prog, write, seed_of):
     """Decoded photos with at least one face, as ``(loaded, bucket, boxes)``; decode errors are
     recorded and photos with no face written unchanged (:func:`face_entry`)."""
     for b in decoded:
@@ -74,7 +74,7 @@ def _sort_out(decoded, judge, cfg, prog, write):
             continue
         boxes = faces_detect.detect(judge, b.image)[0]
         if len(boxes) == 0:
-            write(face_entry(cfg, b, None, 0), b.image)
+            write(face_entry(cfg, b, None, 0, seed_of(b.item.name)), b.image)
             continue
         yield b, faces.bucket_hw(*b.image.shape[:2]), boxes
 
@@ -98,17 +98,15 @@ def _attack_bucket(hw, group, acfg, judge, extra, cfg, slots, seed_of, write, on
             dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else None, on_chunk=on_chunk):
         b, n_faces = held.pop(name)
         img = faces.crop_to(imageio.to_uint8(res.images), b.image.shape[:2])
-        write(face_entry(cfg, b, res, n_faces, hw), img)
+        write(face_entry(cfg, b, res, n_faces, seed_of(name), hw), img)
 
 
-def face_entry(cfg, b, res, n_faces: int, bucket=None) -> dict:
+def face_entry(cfg, b, res, n_faces: int, seed: int, bucket=None) -> dict:
     """The manifest line of one photo: ``res`` None for a photo with no face (not attacked)."""
-    from ppjax.runs.protect import image_seed
-
     name = b.item.name
     h, w = b.image.shape[:2]
     entry = {"name": name, "status": "ok", "output": output_name(cfg.run_code, name),
-             "notes": b.notes, "seed": image_seed(name, cfg.seed), "size": [w, h],
+             "notes": b.notes, "seed": int(seed), "size": [w, h],
              "faces_clean": int(n_faces), "no_face": n_faces == 0, "protected": n_faces > 0}
     if res is None:
         entry.update(success=False, steps=0, linf_levels=0.0)
