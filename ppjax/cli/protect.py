@@ -49,6 +49,9 @@ def command(args) -> int:
     tag = "STAND-IN " if summary["standin"] else ""
     print(f"{tag}{summary['run_code']}: {summary['protected']}/{summary['images']} protected, "
           f"{summary['failed']} failed -> {Path(args.out) / summary['zip']}")
+    if summary.get("no_face"):  # task faces: photos in which MTCNN finds no face
+        print(f"{summary['no_face']} photo(s) with no face found, written unchanged (not "
+              f"protected): {', '.join(summary['no_face_images'][:10])}")
     for e in summary["errors"]:
         print(f"{tag}error: {e['name']}: {e['error']}", file=sys.stderr)
     return 1 if summary["failed"] else 0
