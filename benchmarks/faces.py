@@ -75,7 +75,9 @@ def controls(judge, images, truths, eps_levels: int) -> dict:
 
     out = {"clean_detect_rate": detect_rate(judge, images, truths),
            "noise_detect_rate": detect_rate(judge, uniform_noise(images, eps_levels), truths),
-           "haar_clean_detect_rate": detect_rate(judge, images, truths, haar=True)}
+           "haar_unavailable": faces_detect.haar_unavailable()}
+    out["haar_clean_detect_rate"] = (None if out["haar_unavailable"] else
+                                     detect_rate(judge, images, truths, haar=True))
     names = faces_detect.pipeline_names() + faces_detect.pipeline_names(held_out=True)
     out["pipelines"] = {k: detect_rate(judge, images, truths, faces_detect.pipeline(k))
                         for k in dict.fromkeys(names)}
@@ -105,7 +107,8 @@ def attack_row(judge, images, truths, eps_levels: int, eot: bool, steps: int,
            "detect_rate_png": detect_rate(judge, adv, truths),
            "detect_rate_jpeg90": detect_rate(judge, adv, truths, faces_detect.pipeline("jpeg90")),
            "detect_rate_upload": detect_rate(judge, adv, truths, faces_detect.pipeline("upload")),
-           "haar_detect_rate": detect_rate(judge, adv, truths, haar=True)}
+           "haar_detect_rate": None if faces_detect.haar_unavailable() else detect_rate(
+               judge, adv, truths, haar=True)}
     dist = [faces_eval.distortion(a, x) for a, x in zip(adv, images, strict=True)]
     row["ssim_mean"] = float(np.mean([d["ssim"] for d in dist]))
     row["linf_levels"] = int(max(d["linf_levels"] for d in dist))
@@ -137,6 +140,10 @@ def goals_met(res: dict) -> dict:
         "ratio_vs_torch": res["ratio_vs_torch"] is not None and res["ratio_vs_torch"] >= 1.0}
 
 
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def results_md(res: dict) -> str:
     """The RESULTS.md section."""
     m = res["machine"]
@@ -149,7 +156,7 @@ def results_md(res: dict) -> str:
         f"{res['seconds']:.0f} s in all.", "",
         f"Controls (>= 0.95): clean {res['clean_detect_rate']:.3f}, noise ±"
         f"{res['attack_linf_levels']}/255 {res['noise_detect_rate']:.3f}, Haar clean "
-        f"{res['haar_clean_detect_rate']:.3f}; after each pipeline: "
+        f"{_fmt(res['haar_clean_detect_rate'])}; after each pipeline: "
         + ", ".join(f"{k} {v:.3f}" for k, v in res["controls"]["pipelines"].items()), "",
         markdown_table(["eps", "EOT", "steps", "png", "jpeg90", "upload", "haar", "ssim", "linf",
                         *held, "s"],
@@ -162,6 +169,8 @@ def results_md(res: dict) -> str:
         "reaching each goal: " + ", ".join(f"{k} <= {GOALS[k]}: {v}" for k, v in
                                             res["smallest_eps"].items()), "",
         f"ratio_vs_torch {res['ratio_vs_torch']}: {res['torch']}", "",
+        *([f"Haar unavailable here: {res['controls']['haar_unavailable']}", ""]
+          if res["controls"]["haar_unavailable"] else []),
         "Goals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in
                               res["goals"].items())]
     return "\n".join(lines)

@@ -48,16 +48,18 @@ def view_images(adv: np.ndarray) -> dict[str, np.ndarray]:
 
 def count_views(judge, views: dict, clean, haar_clean, hw) -> tuple[dict, dict]:
     """``(row fields, boxes per view in hw's pixels)``: faces found and clean faces still found
-    per view, by MTCNN and by Haar. ``clean`` / ``haar_clean``: the original's boxes (None: no
-    original, so no ``found`` counts)."""
+    per view, by MTCNN and by Haar. ``clean``: the original's boxes (None: no original, so no
+    ``found`` counts); ``haar_clean``: Haar's on the original (None: no Haar counts)."""
     row, boxes = {}, {}
     for k, v in views.items():
         b = faces_detect.rescale(faces_detect.detect(judge, v)[0], v.shape[:2], hw)
-        hb = faces_detect.rescale(faces_detect.haar(v), v.shape[:2], hw)
         boxes[k] = b
-        row[f"faces_{k}"], row[f"haar_{k}"] = len(b), len(hb)
+        row[f"faces_{k}"] = len(b)
         if clean is not None:
             row[f"found_{k}"] = faces_detect.count_found(clean, b)
+        if haar_clean is not None:
+            hb = faces_detect.rescale(faces_detect.haar(v), v.shape[:2], hw)
+            row[f"haar_{k}"] = len(hb)
             row[f"haar_found_{k}"] = faces_detect.count_found(haar_clean, hb)
     return row, boxes
 
@@ -75,16 +77,19 @@ def distortion(adv: np.ndarray, orig: np.ndarray) -> dict:
             "ciede2000": float(metrics.ciede2000_mean(jnp.asarray(x), jnp.asarray(y))[0])}
 
 
-def measure(judge, adv: np.ndarray, orig: np.ndarray | None, appeal=None) -> tuple[dict, dict]:
-    """One photo's row (see the module docstring) and its boxes (``clean`` and per view)."""
+def measure(judge, adv: np.ndarray, orig: np.ndarray | None, appeal=None,
+            haar: bool = True) -> tuple[dict, dict]:
+    """One photo's row (see the module docstring) and its boxes (``clean`` and per view);
+    ``haar=False`` (OpenCV without its cascades) leaves out the Haar counts."""
     row, boxes = {"size": [adv.shape[1], adv.shape[0]]}, {}
     clean = haar_clean = None
     if orig is not None:
         clean = faces_detect.detect(judge, orig)[0]
-        haar_clean = faces_detect.haar(orig)
         boxes["clean"] = clean
-        row.update(faces_clean=len(clean), haar_clean=len(haar_clean), no_face=len(clean) == 0,
-                   **distortion(adv, orig))
+        row.update(faces_clean=len(clean), no_face=len(clean) == 0, **distortion(adv, orig))
+        if haar:
+            haar_clean = faces_detect.haar(orig)
+            row["haar_clean"] = len(haar_clean)
     more, view_boxes = count_views(judge, view_images(adv), clean, haar_clean, adv.shape[:2])
     row.update(more)
     boxes.update(view_boxes)
@@ -131,7 +136,7 @@ def _decode(f, max_pixels=None):
     return adv, orig, list(f.notes) + notes
 
 
-def score_files(judge, appeal, files, errors: list, progress: bool = True):
+def score_files(judge, appeal, files, errors: list, progress: bool = True, haar: bool = True):
     """Rows of every decodable file (errors appended to ``errors``) and the figure's panels
     ``(name, original, protected, boxes)`` of the first :data:`N_FIGURE`."""
     from tqdm import tqdm
@@ -145,7 +150,7 @@ def score_files(judge, appeal, files, errors: list, progress: bool = True):
             log.error("%s: %s", f.name, e)
             errors.append({"name": f.name, "error": str(e)})
             continue
-        row, boxes = measure(judge, adv, orig, appeal)
+        row, boxes = measure(judge, adv, orig, appeal, haar)
         rows.append({"name": f.name, "file": Path(f.path).name, "notes": notes, **row})
         if len(panels) < N_FIGURE:
             panels.append((f.name, orig, adv, boxes))
@@ -206,9 +211,13 @@ def evaluate_faces(files, errors, cfg, out: Path, *, run, run_code=None, warning
     appeal, appeal_err = real_appeal(weights_dir, no_appeal)
     if appeal_err:
         log.warning("appeal %s", appeal_err)
-    rows, panels = score_files(judge, appeal, files, errors, progress)
+    haar_err = faces_detect.haar_unavailable()
+    if haar_err:
+        log.warning("Haar counts left out: %s", haar_err)
+    rows, panels = score_files(judge, appeal, files, errors, progress, haar=haar_err is None)
     rep = summarise(rows, errors, run=run, cfg=cfg, run_code=run_code, judge=judge,
                     appeal=appeal, appeal_err=appeal_err, warnings=list(warnings))
+    rep["haar_unavailable"] = haar_err
     rep["figures"] = faces_report.figures(out, panels)
     report.write_json(out / "report.json", rep)
     (out / "report.md").write_text(faces_report.markdown(rep), encoding="utf-8")
