@@ -35,15 +35,17 @@ GOALS = {"detect_rate_jpeg90": 0.05, "detect_rate_upload": 0.10}
 CONTROL_MIN = 0.95
 
 
-def face_set(data_dir, n: int | None):
+def face_set(data_dir, n: int | None, smallest: bool = False):
     """``[(FaceImage, uint8 image)]`` of the set at ``data_dir`` (built in a temporary folder
-    when None); the first ``n`` images when given."""
+    when None); the first ``n`` images when given (the ``n`` smallest with ``smallest``)."""
     from ppjax.faces import dataset
 
     if data_dir is None:
         data_dir = tempfile.mkdtemp(prefix="ppjax-faces-")
         dataset.write_face_set(data_dir)
     items = dataset.load_face_images(data_dir)
+    if smallest:
+        items = sorted(items, key=lambda t: t[1].shape[0] * t[1].shape[1])
     return items[:n] if n else items
 
 
@@ -179,7 +181,8 @@ def results_md(res: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default=None, help="write the results here")
-    p.add_argument("--smoke", action="store_true", help="3 images, few steps (a quick check)")
+    p.add_argument("--smoke", action="store_true",
+                   help="the 3 smallest images, few steps (a quick check)")
     p.add_argument("--data", default=None, help="face set folder (default: built here)")
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--steps", type=int, default=None, help="attack steps (default: 60, smoke 4)")
@@ -204,7 +207,7 @@ def run(a) -> dict:
     from ppjax.runs.faces_detect import load_mtcnn
 
     t0 = time.perf_counter()
-    items = face_set(a.data, 3 if a.smoke and not a.n else a.n)
+    items = face_set(a.data, 3 if a.smoke and not a.n else a.n, smallest=a.smoke)
     images = [img for _, img in items]
     truths = [it.boxes() for it, _ in items]
     steps = a.steps or (4 if a.smoke else 60)
