@@ -110,21 +110,23 @@ def timed(fn, repeats: int = 1) -> float:
     return best
 
 
-def clean_proposals(judge, img: np.ndarray, k: int = 16) -> tuple[list, list]:
-    """The clean photo's R-Net crops (stage-1 proposals) and O-Net crops (R-Net's calibrated
-    survivors) as clipped int boxes, at most ``k`` each (ppjax's ``K_PROPOSALS``), from
-    :mod:`ppjax.faces.detect`'s stages."""
+def clean_proposals(judge, img: np.ndarray) -> tuple[list, list]:
+    """The clean photo's R-Net crops (stage-1 proposals, at most ``K_PROPOSALS``) and O-Net
+    crops (R-Net's calibrated survivors, at most ``K_ONET``: the objective's numbers) as clipped
+    int boxes, from :mod:`ppjax.faces.cascade`'s stages."""
     import jax.numpy as jnp
 
     from ppjax.faces import boxes as bx
-    from ppjax.faces import detect as dt
+    from ppjax.faces import cascade as dt
+    from ppjax.faces.objective import K_ONET, K_PROPOSALS
     from ppjax.models.mtcnn import pyramid_scales
 
     x01 = img[None].astype(np.float32) / 255.0
     levels = judge.module.apply(judge.variables, jnp.asarray(x01), method="pyramid")
     lv = [(np.asarray(v.prob)[0], np.asarray(v.reg)[0]) for v in levels]
-    b1 = dt.stage1(lv, pyramid_scales(*img.shape[:2]), dt.THRESHOLDS[0])[:k]
-    b2 = dt.stage2(judge, img.astype(np.float64), b1, dt.THRESHOLDS[1])[:k] if len(b1) else b1
+    b1 = dt.stage1(lv, pyramid_scales(*img.shape[:2]), dt.THRESHOLDS[0])[:K_PROPOSALS]
+    b2 = (dt.stage2(judge, img.astype(np.float64), b1, dt.THRESHOLDS[1])[:K_ONET] if len(b1)
+          else b1)
     h, w = img.shape[:2]
 
     def clipped(b):
