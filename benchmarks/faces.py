@@ -93,7 +93,6 @@ def attack_row(judge, images, truths, eps_levels: int, eot: bool, steps: int,
     """One row: the faces attack at ``eps_levels``/255 (EOT over the upload view or none), the
     photos grouped on ``canvas`` ("square": :func:`ppjax.runs.faces.square_canvas`, few
     compilations for this set of many sizes; "bucket": the task's buckets)."""
-    import ppjax.runs.faces_attack  # noqa: F401  (registers the attack)
     from ppjax.attacks import resolve_attack
     from ppjax.runs import faces, faces_detect, faces_eval
     from ppjax.runs.faces_protect import protect_images

@@ -144,7 +144,6 @@ def compare(judge, images, steps: int, eps: float = 8 / 255, repeats: int = 2) -
     import torch
 
     import ppjax
-    import ppjax.runs.faces_attack  # noqa: F401  (registers the attack)
     from ppjax.attacks import resolve_attack
     from ppjax.runs import faces
 

@@ -57,14 +57,6 @@ class TaskSpec:
     alpha: str = "white"  # transparent pixels: composited on white, or dropped (``convert('RGB')``)
     max_side: int | None = None  # photos at their own size: longer ones first downscaled to this
     attack: str | None = None  # the default attack (None: ``--attack`` is required)
-    parts: str | None = None  # module registering the task's attack, objective and views
-
-    def import_parts(self) -> None:
-        """Import :attr:`parts` (its attack, objective and EOT views join the registries)."""
-        if self.parts:
-            import importlib
-
-            importlib.import_module(self.parts)
 
     @property
     def hw(self) -> tuple[int, int] | None:
@@ -78,7 +70,7 @@ TASKS: dict[int | str, TaskSpec] = {
                    jpeg_quality=90, alpha="drop"),
     # hide faces from MTCNN (docs/faces.md); 2048: the long side uploads are commonly cut to
     "faces": TaskSpec("faces", judge="mtcnn", appeal_judge="nima_mobilenet", max_side=2048,
-                      attack="faces", parts="ppjax.runs.faces_attack"),
+                      attack="faces"),
 }
 
 

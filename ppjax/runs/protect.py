@@ -171,8 +171,6 @@ def _settings_problems(cfg: ProtectConfig, batch_size, problems: list[str]):
     from ppjax.attacks import resolve_attack
 
     acfg = None
-    with contextlib.suppress(ValueError):  # an unknown task is reported by _judge_problems
-        data.get_task(cfg.task).import_parts()
     try:
         acfg = resolve_attack(cfg.attack, cfg.preset, dict(cfg.overrides), cfg.appeal)
     except (KeyError, TypeError, ValueError) as e:
