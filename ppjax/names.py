@@ -22,6 +22,7 @@ ATTACK_PRESETS = {
     "cw_l2": ("default", "paper"), "ace": ("default", "bmvc2020", "journal"),
     "perc_al": ("default", "cvpr2020", "untargeted", "kappa40"), "ifgsm_score": ("default",),
     "camouflage": ("default", "pp2020_baseline", "appeal"),
+    "faces": ("default", "plain"),
 }
 
 ATTACK_ALIASES = {"bim": "ifgsm", "cw": "cw_l2", "di-fgsm": "difgsm", "di2-fgsm": "difgsm",
@@ -29,6 +30,6 @@ ATTACK_ALIASES = {"bim": "ifgsm", "cw": "cw_l2", "di-fgsm": "difgsm", "di2-fgsm"
                   "square_linf": "square", "ti-fgsm": "tifgsm", "vmi": "vmifgsm",
                   "vmi-fgsm": "vmifgsm"}
 
-TASK_NAMES = (2019, 2020)
+TASK_NAMES = (2019, 2020, "faces")
 
 RESIZE_RULES = ("auto", "crop", "squash", "resize", "centre", "reject")

@@ -46,7 +46,8 @@ def _demo(clone: Path, weights: Path, *args) -> subprocess.CompletedProcess:
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     env.pop("PPJAX_TEST_DATA", None)
     return subprocess.run([sys.executable, "-m", "ppjax.runs.demo", "--out", "out/demo", "--no-fetch",
-                           "--weights-dir", str(weights), "--set", "steps=1", *args],
+                           "--weights-dir", str(weights), "--set", "steps=1", "--no-faces",
+                           *args],  # the faces part: tests/test_faces_task.py
                           cwd=clone, env=env, capture_output=True, text=True, timeout=1200)
 
 

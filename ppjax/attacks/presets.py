@@ -108,6 +108,16 @@ _SQUARE = AttackConfig(name="square", objective="margin", step="square", norm="l
                        best="distortion", distortion="linf")
 
 #: Named attacks: ``ATTACKS[name]`` is a dict ``{preset: AttackConfig}`` with a "default".
+# The task faces (docs/faces.md): objective "faces" (every P-Net window of every scale, and the
+# R-Net/O-Net proposals, below their thresholds by kappa log-odds), EOT over what an upload does
+# (downscale 0.4-1.0x and JPEG 70-95 4:2:0, either order), MI-FGSM in 8/255, every step taken
+# (success on the PNG alone says nothing about an upload), the final iterate kept.
+_FACES = AttackConfig(
+    name="faces", objective="faces", step="momentum", momentum=1.0, norm="linf", eps=8 / 255,
+    step_size=1 / 255, steps=60, kappa=2.0, early_stop=False, best="final", eot="upload",
+    eot_quality_lo=70.0, eot_quality_hi=95.0, subsampling="420", eot_samples=1,
+    distortion="linf")
+
 ATTACKS: Registry = Registry("attack")
 #: Other spellings of attack names: ``ALIASES[alias]`` is a key of :data:`ATTACKS`.
 ALIASES: Registry = Registry("attack alias")
@@ -175,6 +185,8 @@ for _name, _presets in {
                    "pp2020_baseline": _PP2020_BASELINE,
                    "appeal": appeal_variant(_CAMOUFLAGE).replace(
                        name="camouflage/appeal", early_stop=False, best="appeal")},
+    "faces": {"default": _FACES, "plain": _FACES.replace(name="faces/plain", eot="none",
+                                                         steps=40)},
 }.items():
     ATTACKS.register(_name, _presets)
 for _alias, _target in {

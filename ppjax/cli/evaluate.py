@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ppjax import names
 from ppjax.cli.help import HelpFormatter
+from ppjax.cli.protect import task_arg
 
 
 def command(args) -> int:
@@ -61,7 +62,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="score a run as the organisers did; or --compare runs",
                        formatter_class=HelpFormatter, description="Writes report.md, "
                        "report.html (open it in a browser), report.json and figures to --out.")
-    p.add_argument("--task", type=int, default=None, choices=names.TASK_NAMES,
+    p.add_argument("--task", type=task_arg, default=None,
+                   metavar="|".join(str(t) for t in names.TASK_NAMES),
                    help="default: the task of the protect run")
     p.add_argument("--run", default=None, help="a `ppjax protect` output folder or a PNG folder")
     p.add_argument("--images", default=None, help="the original images (default: the run's)")

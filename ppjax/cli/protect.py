@@ -21,14 +21,17 @@ def command(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise SetupError(f"--workers must be >= 1, got {args.workers}")
     parallel.init_distributed()  # several processes: PPJAX_COORDINATOR_ADDRESS etc., or SLURM
-    task = data.TASKS.get(int(args.task))
-    judge = args.judge or (task.judge if task else "")
+    task = data.get_task(args.task)
+    judge = args.judge or task.judge
+    attack = args.attack or task.attack
+    if attack is None:
+        raise SetupError(f"--attack is needed for task {task.year} (it has no default attack)")
     try:
         overrides = parse_overrides(args.set)
     except ValueError as e:
         raise SetupError(str(e)) from None
     cfg = ProtectConfig(
-        task=int(args.task), attack=args.attack, run_code=args.run_code,
+        task=task.year, attack=attack, run_code=args.run_code,
         images=str(Path(args.images).resolve()), judge=judge,
         list_file=str(Path(args.list).resolve()) if args.list else None,
         labels_file=str(Path(args.labels).resolve()) if args.labels else None,
@@ -46,9 +49,23 @@ def command(args) -> int:
     tag = "STAND-IN " if summary["standin"] else ""
     print(f"{tag}{summary['run_code']}: {summary['protected']}/{summary['images']} protected, "
           f"{summary['failed']} failed -> {Path(args.out) / summary['zip']}")
+    if summary.get("no_face"):  # task faces: photos in which MTCNN finds no face
+        print(f"{summary['no_face']} photo(s) with no face found, written unchanged (not "
+              f"protected): {', '.join(summary['no_face_images'][:10])}")
     for e in summary["errors"]:
         print(f"{tag}error: {e['name']}: {e['error']}", file=sys.stderr)
     return 1 if summary["failed"] else 0
+
+
+def task_arg(s: str):
+    """``--task``: a task of :data:`ppjax.names.TASK_NAMES` (2019, 2020, faces; no JAX import)."""
+    import argparse
+
+    key = int(s) if str(s).strip().isdigit() else str(s).strip()
+    if key not in names.TASK_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown task {s!r}; known tasks: "
+                                         f"{', '.join(str(t) for t in names.TASK_NAMES)}")
+    return key
 
 
 def attack_catalogue() -> str:
@@ -69,11 +86,14 @@ def add_parser(sub) -> None:
         "protect", help="protect a test set and write a submission run (resumable)",
         formatter_class=HelpFormatter, epilog=attack_catalogue() + "\n\nexit codes: 0 all done, 1 some "
         "files failed (each listed), 2 usage/setup error (nothing done), 3 unexpected error")
-    p.add_argument("--task", type=int, required=True, choices=names.TASK_NAMES,
-                   help="Pixel Privacy task: 2019 (ResNet50-Places365, 256x256) or 2020 "
-                        "(KonCept512, 512x384, JPEG-90)")
-    p.add_argument("--attack", required=True, metavar="NAME",
-                   help="attack name (listed below with its presets)")
+    p.add_argument("--task", type=task_arg, required=True, metavar="|".join(
+                       str(t) for t in names.TASK_NAMES),
+                   help="Pixel Privacy task: 2019 (ResNet50-Places365, 256x256), 2020 "
+                        "(KonCept512, 512x384, JPEG-90) or faces (hide faces from MTCNN, every "
+                        "photo at its own size; docs/faces.md)")
+    p.add_argument("--attack", default=None, metavar="NAME",
+                   help="attack name (listed below with its presets); required for 2019/2020; "
+                        "faces: 'faces' (survives an upload)")
     p.add_argument("--preset", default=None,
                    help="named preset of the attack (default: the preset named 'default')")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -251,6 +251,19 @@ def to_task_size(img: np.ndarray, task: int, rule: str = "auto") -> tuple[np.nda
     ]
 
 
+def cap_long_side(img: np.ndarray, max_side: int) -> tuple[np.ndarray, list[str]]:
+    """``img`` [H, W, 3] uint8 downscaled (Pillow Lanczos, aspect ratio kept, as an upload
+    would) so that its long side is at most ``max_side``; untouched (no note) when it is."""
+    ih, iw = img.shape[:2]
+    if max(ih, iw) <= max_side:
+        return img, []
+    s = max_side / max(ih, iw)
+    nw, nh = max(1, round(iw * s)), max(1, round(ih * s))
+    out = Image.fromarray(img).resize((nw, nh), Image.LANCZOS)
+    return np.asarray(out, np.uint8), [
+        f"downscaled {iw}x{ih}->{nw}x{nh} (Lanczos): long side over {max_side} px"]
+
+
 def resize_plain(x: np.ndarray, hw: tuple[int, int], resample=Image.NEAREST) -> np.ndarray:
     """Plain resize of uint8 images ``[B, H, W, 3]`` (or one ``[H, W, 3]``) to ``hw``; nearest by
     default, as Keras ``load_img(target_size=...)`` does (NIMA's evaluation script)."""

@@ -45,32 +45,50 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-    """What a Pixel Privacy task judges with (names in :data:`ppjax.judges.JUDGES`)."""
+    """What a Pixel Privacy task judges with (names in :data:`ppjax.judges.JUDGES`). ``year``
+    is the task's key: a year (2019, 2020: images at the task's size) or a name ("faces":
+    every photo at its own size, at most ``max_side`` px on the long side)."""
 
-    year: int
+    year: int | str
     judge: str
     appeal_judge: str
     threshold: float | None = None  # score judges: an image "keeps its quality" if score > this
     jpeg_quality: int | None = None  # the organisers re-encode the submission with this quality
     alpha: str = "white"  # transparent pixels: composited on white, or dropped (``convert('RGB')``)
+    max_side: int | None = None  # photos at their own size: longer ones first downscaled to this
+    attack: str | None = None  # the default attack (None: ``--attack`` is required)
 
     @property
-    def hw(self) -> tuple[int, int]:
-        return imageio.task_hw(self.year)
+    def hw(self) -> tuple[int, int] | None:
+        """(height, width) of the task's images; None: every photo at its own size."""
+        return None if self.max_side else imageio.task_hw(self.year)
 
 
-TASKS: dict[int, TaskSpec] = {
+TASKS: dict[int | str, TaskSpec] = {
     2019: TaskSpec(2019, judge="resnet50_places365", appeal_judge="nima_mobilenet"),
     2020: TaskSpec(2020, judge="koncept512", appeal_judge="nima_mobilenet", threshold=50.0,
                    jpeg_quality=90, alpha="drop"),
+    # hide faces from MTCNN (docs/faces.md); 2048: the long side uploads are commonly cut to
+    "faces": TaskSpec("faces", judge="mtcnn", appeal_judge="nima_mobilenet", max_side=2048,
+                      attack="faces"),
 }
 
 
-def get_task(year: int) -> TaskSpec:
-    try:
-        return TASKS[int(year)]
-    except (KeyError, ValueError):
-        raise ValueError(f"unknown task {year!r}; known tasks: {sorted(TASKS)}") from None
+def task_key(task: int | str) -> int | str:
+    """``task`` as a key of :data:`TASKS`: a year as an int ("2019" -> 2019), a name as is.
+
+    Raises:
+      ValueError: an unknown task, naming the known ones.
+    """
+    key = int(task) if str(task).strip().isdigit() else str(task).strip()
+    if key not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known tasks: "
+                         f"{', '.join(str(k) for k in TASKS)}")
+    return key
+
+
+def get_task(year: int | str) -> TaskSpec:
+    return TASKS[task_key(year)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,9 +246,13 @@ def load_item(item: Item, task: int | None, rule: str = "auto", max_pixels: int 
     if item.error:
         return Loaded(item, None, [], item.error)
     try:
-        alpha = "white" if task is None else get_task(task).alpha
+        spec = None if task is None else get_task(task)
+        alpha = "white" if spec is None else spec.alpha
         img, notes = imageio.load_rgb(item.path, max_pixels=max_pixels, alpha=alpha)
-        img, more = imageio.to_task_size(img, task, rule) if hw is None else _to_hw(img, hw)
+        if hw is None and spec is not None and spec.hw is None:
+            img, more = imageio.cap_long_side(img, spec.max_side)
+        else:
+            img, more = imageio.to_task_size(img, task, rule) if hw is None else _to_hw(img, hw)
         return Loaded(item, img, notes + more)
     except imageio.DecodeError as e:
         return Loaded(item, None, [], str(e))

@@ -306,7 +306,7 @@ def _judges(task, judge, appeal, no_appeal, weights_dir, standin):
     return judge, appeal, appeal_err
 
 
-def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLike, *,
+def run_evaluate(task: int | str | None, run: str | os.PathLike, out: str | os.PathLike, *,
                  images=None, list_file=None, labels_file=None, run_code=None, standin=False,
                  weights_dir=None, batch_size: int = 4, judge=None, appeal=None,
                  no_appeal: bool = False, appeal_resize: str = "auto",
@@ -327,7 +327,13 @@ def run_evaluate(task: int | None, run: str | os.PathLike, out: str | os.PathLik
     warnings = [JPEG_WARNING.format(n=n_jpeg)] if n_jpeg else []
     for w in warnings:
         log.warning(w)
-    task = int(task or cfg.get("task") or 0)
+    task = data.task_key(task or cfg.get("task") or 0)
+    if data.get_task(task).hw is None:  # photos at their own size (task faces)
+        from ppjax.runs.faces_eval import evaluate_faces
+
+        return evaluate_faces(files, errors, cfg, out, run=run, run_code=run_code,
+                              warnings=warnings, weights_dir=weights_dir, no_appeal=no_appeal,
+                              judge=judge, progress=progress)
     judge, appeal, appeal_err = _judges(task, judge, appeal, no_appeal, weights_dir, standin)
     standin = standin or judge.standin
     tag = "STAND-IN: " if standin else ""

@@ -192,8 +192,7 @@ def prefetch(items: Iterable[data.Item], task: int, rule: str = "auto",
       task's size, or ``error`` (a decode error, a loader exception, a crashed worker).
     """
     workers, depth = _check(workers, depth, pool)
-    if task not in imageio.TASK_HW:
-        imageio.task_hw(task)  # raises the usual "unknown task" error before any work
+    data.get_task(task)  # raises the usual "unknown task" error before any work
     return _prefetch(iter(items), task, rule, max_pixels, workers, depth, pool, loader)
 
 

@@ -160,7 +160,7 @@ def _judge_problems(cfg: ProtectConfig, weights_dir, problems: list[str]):
             spec = s
         if not cfg.standin and not (judge_dir(name, weights_dir) / "metadata.json").exists():
             problems.append(missing_weights_message(s, weights_dir))
-    if task and spec and tuple(spec.input_hw) != task.hw:
+    if task and spec and task.hw and tuple(spec.input_hw) != task.hw:
         problems.append(f"judge {cfg.judge} takes {spec.input_hw}, task {cfg.task} is {task.hw}")
     return spec
 
@@ -419,8 +419,14 @@ def _run_locked(plan: ProtectPlan, weights_dir, slots, progress, max_pixels, wor
         with redirected(progress):  # log lines above the bar, not onto its line
             for name, err, oname in pre_errors:
                 prog.error(name, err, output=oname)
-            _stream(cfg, plan.attack, judge, extra, todo, img_dir, prog, slots, max_pixels,
-                    workers)
+            if data.get_task(cfg.task).hw is None:  # photos at their own size (task faces)
+                from ppjax.runs.faces_protect import stream_faces
+
+                stream_faces(cfg, plan.attack, judge, extra, todo, img_dir, prog, slots,
+                             max_pixels, workers, lambda name: image_seed(name, cfg.seed))
+            else:
+                _stream(cfg, plan.attack, judge, extra, todo, img_dir, prog, slots, max_pixels,
+                        workers)
     finally:
         prog.close()
     if prog.bar.compile_seconds is not None:
@@ -561,6 +567,10 @@ def _summarise(plan, cfg, judge, extra, compute, n_skip, t0, L, n_all) -> dict:
         "skipped_inputs": [{"name": n, "reason": r} for n, r in plan.skipped],
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    if data.get_task(cfg.task).hw is None:
+        from ppjax.runs.faces_protect import amend_summary
+
+        amend_summary(summary, okd)
     if cfg.appeal:
         summary["appeal_judge"] = extra["appeal"].label
         for k in ("appeal_before", "appeal_after"):
