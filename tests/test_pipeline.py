@@ -185,14 +185,20 @@ def test_prefetch_ctrl_c_leaves_no_child(photo_paths):
 
 
 def test_prefetch_closed_early_stops_workers(mixed_items):
+    """The pool's workers are children of the fork server, not of this process: watch every
+    descendant, and check the workers were seen (else the test would watch nothing)."""
     psutil = pytest.importorskip("psutil")
     me = psutil.Process()
-    before = {c.pid for c in me.children()}
+
+    def helpers(c):  # the fork server and multiprocessing's resource tracker stay by design
+        return any(k in " ".join(c.cmdline()) for k in ("forkserver", "resource_tracker"))
+
+    before = {c.pid for c in me.children(recursive=True)}
     it = pipeline.prefetch(mixed_items * 5, 2019, workers=2, depth=4, pool="process",
                            loader=_slow)
     next(it)
-    workers = [c for c in me.children() if c.pid not in before and "forkserver" not in
-               " ".join(c.cmdline())]
+    workers = [c for c in me.children(recursive=True) if c.pid not in before and not helpers(c)]
+    assert len(workers) == 2, [c.cmdline() for c in workers]
     it.close()
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
