@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import filecmp
+import logging
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,15 @@ from ppjax import cli
 from ppjax.attacks import resolve_attack
 
 JUDGE = "alexnet_places365"
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging():
+    """``cli.main`` in-process points the root logger at this test's captured stderr; drop
+    that handler afterwards, so later tests do not log into a closed stream."""
+    yield
+    for h in logging.root.handlers[:]:
+        logging.root.removeHandler(h)
 
 
 def test_unexpected_error_is_exit_3_with_the_traceback_under_v(monkeypatch, capsys):

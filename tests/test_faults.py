@@ -11,6 +11,7 @@ full fuzz set (520 files); the default run takes a fixed-seed subset of 60.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -32,6 +33,15 @@ RUN = "FLT"
 JUDGE = "alexnet_places365"
 N_FUZZ_QUICK, N_FUZZ_FULL, FUZZ_SEED = 60, 520, 27
 N_CLEAN = 12
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging():
+    """``cli.main`` in-process points the root logger at this test's captured stderr; drop
+    that handler afterwards, so later tests do not log into a closed stream."""
+    yield
+    for h in logging.root.handlers[:]:
+        logging.root.removeHandler(h)
 
 
 def protect_args(images, out, wdir, extra=(), steps=1, batch=4):
