@@ -31,7 +31,7 @@ from tests import torch_attack_ref as ref
 REF_HW = (64, 64)  # ResNet-50 is fully convolutional; small images keep CI lean
 REF_B = 4
 REF_STEPS = 60
-ACE_RTOL = 1e-5  # ACE vs its torch reference, per image (measured <= 1e-6)
+ACE_RTOL = 1e-5  # ACE vs its torch reference, per image (measured: 3.5e-6 on 4 photos, 60 steps)
 
 
 # ----------------------------------------------------------------------------- references
@@ -131,7 +131,7 @@ def check_shadow(rows, ce_tol: float, colour_tol: float, tie: float = 1e-3):
 def test_method_agrees_with_torch_reference(resnet_pair, ref_images, method):
     """ACE (BMVC and journal): success and step counts identical on every image, and the final
     regulariser (journal: the CIEDE2000 distance) equal to :data:`ACE_RTOL` where both fooled
-    (measured: <= 1e-6, README).
+    (measured 3.5e-6 at most; README: 1e-6).
 
     PerC-AL: the ALGORITHM is checked step for step (:func:`perc_al_shadow`, kappa 0; kappa on
     the small network): from the reference's state, ppjax judges the same way at every one of
