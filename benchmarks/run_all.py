@@ -29,8 +29,11 @@ BENCHMARKS = [
 ]
 
 #: every benchmark module, as ``--smoke`` runs them (cheapest first)
-SMOKE = ["jpeg_survival", "time_to_protect", "attacks", "methods", "transfer", "judges",
-         "throughput", "jpeg_fidelity", "pipeline"]
+SMOKE = ["jpeg_survival", "time_to_protect", "attacks", "methods", "methods_speed", "transfer",
+         "judges", "throughput", "jpeg_fidelity", "pipeline"]
+#: benchmark modules without a smoke run here: GPU measurements (benchmarks/gpu_check.sh)
+NO_SMOKE = {"gpu": "GPU only (benchmarks/gpu_check.sh)",
+            "gpu_env": "GPU only (benchmarks/gpu_check.sh)"}
 
 
 def main(argv=None) -> int:
