@@ -92,3 +92,24 @@ def shared_photos(n: int, hw=(256, 256)):
     from tests.conftest import photos_at
 
     return photos_at(shared_photo_paths(), hw, n)
+
+
+def add_smoke(parser) -> None:
+    """``--smoke``: a tiny run of the benchmark (smallest sizes, one round, no torch.compile,
+    nothing written to RESULTS.md), so that a test can check every benchmark still works. Its
+    numbers mean nothing."""
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny run that only checks the benchmark works (numbers mean "
+                             "nothing; RESULTS.md untouched)")
+
+
+def apply_smoke(args, **tiny) -> None:
+    """With ``--smoke``, set ``tiny`` on ``args``; stand-ins go to ``$PPJAX_WEIGHTS_DIR`` when
+    set (``benchmarks.run_all --smoke`` shares one folder between the benchmarks) and the
+    module has a ``weights_dir`` argument left unset."""
+    if not getattr(args, "smoke", False):
+        return
+    for k, v in tiny.items():
+        setattr(args, k, v)
+    if getattr(args, "weights_dir", "absent") is None and os.environ.get("PPJAX_WEIGHTS_DIR"):
+        args.weights_dir = os.environ["PPJAX_WEIGHTS_DIR"]

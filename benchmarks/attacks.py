@@ -22,6 +22,8 @@ import numpy as np
 
 import ppjax
 from benchmarks._results import (
+    add_smoke,
+    apply_smoke,
     machine,
     markdown_table,
     shared_photos,
@@ -161,7 +163,9 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--full", action="store_true", help="preset iteration counts (slow)")
     ap.add_argument("--no-md", action="store_true", help="do not touch benchmarks/RESULTS.md")
+    add_smoke(ap)
     args = ap.parse_args(argv)
+    apply_smoke(args, attacks="ifgsm", batch=1, no_md=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         wdir = args.weights_dir or tmp

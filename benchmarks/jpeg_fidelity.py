@@ -28,7 +28,14 @@ import numpy as np
 import PIL
 from PIL import Image, features
 
-from benchmarks._results import machine, markdown_table, update_section, write_json
+from benchmarks._results import (
+    add_smoke,
+    apply_smoke,
+    machine,
+    markdown_table,
+    update_section,
+    write_json,
+)
 from ppjax.image import jpeg as J
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,7 +157,7 @@ def gradient_usefulness(paths, steps: int = 10, quality: int = 90) -> dict:
     return out
 
 
-def run(images: Path, qualities=QUALITIES) -> dict:
+def run(images: Path, qualities=QUALITIES, smoke: bool = False) -> dict:
     paths = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not paths:
         raise FileNotFoundError(f"no images in {images}")
@@ -191,8 +198,9 @@ def run(images: Path, qualities=QUALITIES) -> dict:
         "sizes": {p.name: list(Image.open(p).size) for p in paths},
         "pillow": PIL.__version__,
         "libjpeg_turbo": features.version("libjpeg_turbo"),
-        "timing": timing(load(paths[0], "512x384")),
-        "gradient_usefulness": gradient_usefulness(paths),
+        "timing": timing(load(paths[0], "512x384"), reps=1 if smoke else 5),
+        "gradient_usefulness": gradient_usefulness(paths[:1] if smoke else paths,
+                                                   steps=1 if smoke else 10),
         "machine": machine(),
     }
     return out
@@ -248,8 +256,11 @@ def main(argv=None):
     ap.add_argument("--images", type=Path, default=None)
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--no-markdown", action="store_true", help="do not update benchmarks/RESULTS.md")
+    add_smoke(ap)
     args = ap.parse_args(argv)
-    res = run(args.images or default_images())
+    apply_smoke(args, no_markdown=True)
+    res = run(args.images or default_images(), (90,) if args.smoke else QUALITIES,
+              smoke=args.smoke)
     write_json(args.json, res)
     md = markdown(res)
     if not args.no_markdown:

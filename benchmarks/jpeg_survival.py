@@ -23,6 +23,8 @@ import numpy as np
 
 import ppjax
 from benchmarks._results import (
+    add_smoke,
+    apply_smoke,
     machine,
     markdown_table,
     shared_photos,
@@ -48,7 +50,9 @@ def main(argv=None) -> int:
     p.add_argument("--eps", type=float, default=4 / 255)
     p.add_argument("--quality", type=int, default=90)
     p.add_argument("--no-results-md", action="store_true")
+    add_smoke(p)
     a = p.parse_args(argv)
+    apply_smoke(a, n=1, steps=1, no_results_md=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         judge = load(a.weights_dir or tmp)

@@ -491,7 +491,10 @@ def main(argv=None) -> int:
                    help="skip torch's channels-last bf16 autocast engine")
     p.add_argument("--no-results-md", dest="results_md", action="store_false",
                    help="do not write the 'judges' section of benchmarks/RESULTS.md")
+    _results.add_smoke(p)
     args = p.parse_args(argv)
+    _results.apply_smoke(args, judges="nima_mobilenetv2", batch=1, iters=1, rounds=1,
+                         torch_bf16=False, results_md=False)
     if args.iters < 1 or args.rounds < 1 or (args.batch is not None and args.batch < 1):
         p.error("--iters, --rounds and --batch must be >= 1")
 

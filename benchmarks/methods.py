@@ -41,7 +41,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import ppjax
-from benchmarks._results import machine, markdown_table, update_section, write_json
+from benchmarks._results import (
+    add_smoke,
+    apply_smoke,
+    machine,
+    markdown_table,
+    update_section,
+    write_json,
+)
 
 
 def _setup(hw, batch: int, seed: int):
@@ -299,7 +306,9 @@ def main(argv=None) -> int:
                    "ace_journal, perc_al, perc_al_kappa): run those and nothing else")
     p.add_argument("--section", default="methods", help="RESULTS.md section to write")
     p.add_argument("--no-results-md", action="store_true")
+    add_smoke(p)
     a = p.parse_args(argv)
+    apply_smoke(a, size=32, batch=1, steps=2, skip_torchattacks=True, no_results_md=True)
     t0 = time.perf_counter()
     import torch
 

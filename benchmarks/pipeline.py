@@ -668,7 +668,11 @@ def main(argv=None) -> int:
     p.add_argument("--results-section", default="pipeline")
     p.add_argument("--no-results-md", dest="results_md", action="store_false")
     p.add_argument("--_scale_child", default=None, help=argparse.SUPPRESS)
+    _results.add_smoke(p)
     args = p.parse_args(argv)
+    _results.apply_smoke(args, parts="host,scale,efficiency,ttp", host_n=4, scale="8",
+                         scale_steps=1, cases="resnet50", eff_n=2, eff_steps=1, eff_repeats=1,
+                         ttp_n=2, slots=2, results_md=False)
     weights_dir = args.weights_dir or tempfile.mkdtemp(prefix="ppjax-pipe-weights-")
     if args._scale_child:
         _scale_child(args._scale_child, weights_dir, args.slots, args.scale_steps)

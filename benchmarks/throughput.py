@@ -483,7 +483,10 @@ def main(argv=None) -> int:
     p.add_argument("--weights-dir", default=None, help="stand-in weights (default: a temp dir)")
     p.add_argument("--no-results-md", dest="results_md", action="store_false")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    _results.add_smoke(p)
     args = p.parse_args(argv)
+    _results.apply_smoke(args, judges="nima_mobilenetv2", batch=1, iters=1, rounds=1,
+                         torch_compile=False, memory=False, results_md=False)
     weights_dir = args.weights_dir or tempfile.mkdtemp(prefix="ppjax-bench-weights-")
     judges = [j for j in args.judges.split(",") if j]
     if args._child:

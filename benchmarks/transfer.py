@@ -29,7 +29,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import tempfile
 import time
@@ -54,10 +53,11 @@ def parity(name: str, x01: np.ndarray, tmp: Path) -> dict:
 
     from benchmarks.torch_ref.places365_zoo import build
     from ppjax import load_judge
+    from ppjax.convert import get_converter
     from ppjax.judges import get_spec
 
     model = build(name)
-    conv = importlib.import_module(get_spec(name).converter)
+    conv = get_converter(get_spec(name).converter)  # a registry key, not a module path
     src = tmp / get_spec(name).filename
     torch.save(conv.csail_layout(model.state_dict()), src)
     conv.convert(src, weights_dir=tmp)
@@ -147,7 +147,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-results-md", dest="results_md", action="store_false")
     p.add_argument("--section", default="transfer",
                    help="section of benchmarks/RESULTS.md to write (default: transfer)")
+    _results.add_smoke(p)
     args = p.parse_args(argv)
+    _results.apply_smoke(args, judges="resnet18_places365,alexnet_places365", ensemble="",
+                         boosters="", booster_source="resnet18_places365", batch=1, steps=1,
+                         results_md=False)
     if args.batch < 1 or args.steps < 1:
         p.error("--batch and --steps must be >= 1")
     import jax
@@ -163,7 +167,7 @@ def main(argv=None) -> int:
     x01 = _results.shared_photos(max(args.batch, 2))
     with tempfile.TemporaryDirectory() as tmp:
         par = []
-        for name in ZOO_NEW:
+        for name in ZOO_NEW[:1] if args.smoke else ZOO_NEW:
             d = Path(tmp) / f"parity_{name}"
             d.mkdir()
             par.append(parity(name, x01, d))

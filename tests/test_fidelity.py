@@ -31,6 +31,10 @@ from tests import torch_attack_ref as ref
 REF_HW = (64, 64)  # ResNet-50 is fully convolutional; small images keep CI lean
 REF_B = 4
 REF_STEPS = 60
+# ACE vs its torch reference, per image, at the measured precision (4 photos, 60 steps): BMVC
+# 3.5e-6 at most; journal 1e-7 on three images and 3.3e-3 on the fourth (its unit-length steps
+# of size 1 let a float32 difference grow)
+ACE_RTOL = {"ace": 1e-5, "ace_journal": 5e-3}
 
 
 # ----------------------------------------------------------------------------- references
@@ -128,8 +132,9 @@ def check_shadow(rows, ce_tol: float, colour_tol: float, tie: float = 1e-3):
 
 @pytest.mark.parametrize("method", ["ace", "ace_journal", "perc_al", "perc_al_kappa"])
 def test_method_agrees_with_torch_reference(resnet_pair, ref_images, method):
-    """ACE: success identical on >= 90% of the images, final regulariser within 10% where both
-    fooled (the issue's figures).
+    """ACE (BMVC and journal): success and step counts identical on every image, and the final
+    regulariser (journal: the CIEDE2000 distance) equal within :data:`ACE_RTOL` where both
+    fooled (the measured precision).
 
     PerC-AL: the ALGORITHM is checked step for step (:func:`perc_al_shadow`, kappa 0; kappa on
     the small network): from the reference's state, ppjax judges the same way at every one of
@@ -156,7 +161,6 @@ def test_method_agrees_with_torch_reference(resnet_pair, ref_images, method):
         res = ppjax.attack("ace", judge, x, labels, steps=REF_STEPS, backend="xla")
         theirs = ref.ace(tm, x, labels, REF_STEPS)
         dist = res.extras["best_key"]
-        np.testing.assert_array_equal(res.steps[res.success & theirs["success"]] > 0, True)
     elif method == "ace_journal":
         res = ppjax.attack("ace", judge, x, labels, preset="journal", steps=REF_STEPS,
                            backend="xla")
@@ -177,7 +181,11 @@ def test_method_agrees_with_torch_reference(resnet_pair, ref_images, method):
     agree, rel, both = _agree(res.success, np.where(res.success, dist, 0.0), theirs)
     assert both >= 1, (res.success, theirs["success"])
     assert agree >= 0.9, (method, res.success, theirs["success"])
-    if method.startswith("perc_al"):
+    if method.startswith("ace"):
+        np.testing.assert_array_equal(np.asarray(res.success), theirs["success"])
+        np.testing.assert_array_equal(np.asarray(res.steps), theirs["steps"])
+        assert rel <= ACE_RTOL[method], (method, np.asarray(dist), theirs["distortion"])
+    elif method.startswith("perc_al"):
         s1, s2 = np.asarray(res.success), theirs["success"]
         both_m = s1 & s2
         d1, d2 = np.asarray(dist)[both_m], theirs["distortion"][both_m]

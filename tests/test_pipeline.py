@@ -185,14 +185,19 @@ def test_prefetch_ctrl_c_leaves_no_child(photo_paths):
 
 
 def test_prefetch_closed_early_stops_workers(mixed_items):
+    """The pool's workers are children of the fork server, not of this process: watch every
+    descendant, and check the workers were seen (else the test would watch nothing)."""
     psutil = pytest.importorskip("psutil")
     me = psutil.Process()
-    before = {c.pid for c in me.children()}
+    before = {c.pid for c in me.children(recursive=True)}
     it = pipeline.prefetch(mixed_items * 5, 2019, workers=2, depth=4, pool="process",
                            loader=_slow)
     next(it)
-    workers = [c for c in me.children() if c.pid not in before and "forkserver" not in
-               " ".join(c.cmdline())]
+    # the fork server and multiprocessing's resource tracker are this process's own children
+    # and stay by design; the workers are the fork server's (they share its command line)
+    workers = [c for c in me.children(recursive=True) if c.pid not in before
+               and c.ppid() != me.pid]
+    assert len(workers) == 2, [(c.pid, c.ppid(), c.cmdline()) for c in workers]
     it.close()
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive

@@ -5,13 +5,15 @@ on its parser; :data:`COMMANDS` is the registry of commands.
 
 Only the module of the command being run is imported (``ppjax --help`` loads no JAX). Exit codes
 (:mod:`ppjax.errors`): 0 all done, 1 some files failed (each with its error), 2 usage or setup
-error (nothing done), 3 unexpected error (``-v`` shows the traceback), 130 interrupted.
+error (nothing done; or the disk filled up), 3 unexpected error (``-v`` shows the traceback),
+130 interrupted, 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from typing import NamedTuple
@@ -53,8 +55,9 @@ EPILOG = """exit codes:
   1    some files failed; each is listed with its error (the others are done)
   2    usage or setup error: bad settings, missing or unwritable folders, empty input, missing
        weights, an output folder in use by another run; nothing was done
+       (also: the disk filled up; what is recorded is whole, rerun to resume)
   3    unexpected error (a bug): run with -v for the traceback
-  130  interrupted"""
+  130  interrupted (Ctrl-C); 143 terminated (SIGTERM); both finish the files being written"""
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -111,12 +114,14 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
                         force=True)
     logging.getLogger("ppjax").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    old_term = _raise_on_sigterm()
     try:
         persistent_compilation_cache()
         rc = args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return errors.INTERRUPTED
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (errors.Terminated)
+        term = isinstance(e, errors.Terminated)
+        print("terminated" if term else "interrupted", file=sys.stderr)
+        return errors.TERMINATED if term else errors.INTERRUPTED
     except errors.SetupError as e:
         if args.verbose:
             logging.getLogger("ppjax").exception("setup error")
@@ -128,5 +133,23 @@ def main(argv=None) -> int:
         print(f"error: unexpected {type(e).__name__}: {e}"
               + ("" if args.verbose else " (run `ppjax -v ...` for the traceback)"), file=sys.stderr)
         return errors.INTERNAL
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     return int(rc or 0)
+
+
+def _raise_on_sigterm():
+    """Make SIGTERM raise :class:`ppjax.errors.Terminated` in the main thread (as Ctrl-C raises
+    KeyboardInterrupt), so a run stopped by a service manager finishes and records the files
+    being written; returns the previous handler (None off the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise errors.Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 

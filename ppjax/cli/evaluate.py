@@ -36,7 +36,7 @@ def command(args) -> int:
                            list_file=args.list, labels_file=args.labels, run_code=args.run_code,
                            standin=args.standin, weights_dir=args.weights_dir,
                            batch_size=args.batch_size, appeal_resize=args.appeal_resize,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, trust_files=args.trust_files)
         if judges:
             rep = transfer.add_judges_to_report(
                 rep, args.out, judges, images=args.images, list_file=args.list,
@@ -93,4 +93,7 @@ def add_parser(sub) -> None:
                    help="how NIMA sees the images; auto = as its original (Keras NIMA: native "
                         "size; nima.pytorch: bilinear 224x224; default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--trust-files", action="store_true",
+                   help="skip checking a protect run's PNGs against its manifest's sha256 and "
+                        "its zip against the PNGs (a file that fails is an error, not scored)")
     p.set_defaults(func=command)

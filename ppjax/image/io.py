@@ -184,6 +184,8 @@ def decode_rgb(data: bytes | str | os.PathLike, max_pixels: int | None = None,
 
         m = re.search(r"\((\d+) pixels\)", str(e))
         raise _bomb_error(m.group(1) if m else "the image's", limit, max_pixels) from None
+    except PermissionError as e:
+        raise DecodeError(f"unreadable: {e.strerror}") from None
     except Image.UnidentifiedImageError:
         raise DecodeError("not an image (Pillow cannot identify the file)") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
@@ -201,9 +203,37 @@ def load_rgb(path: str | os.PathLike, max_pixels: int | None = None, alpha: str 
              ) -> tuple[np.ndarray, list[str]]:
     """Read ``path`` as 8-bit RGB; see :func:`decode_rgb`. Missing files are a DecodeError too."""
     p = Path(path)
-    if not p.is_file():
-        raise DecodeError(f"no such file: {p}")
+    why = file_problem(p)
+    if why:
+        raise DecodeError(why)
     return decode_rgb(p, max_pixels=max_pixels, alpha=alpha)
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as an image file, found without opening it (a FIFO or a
+    device would block or never end), or None: missing, a broken link or a symlink loop, a
+    folder, a FIFO, a device or socket, or not readable by this process."""
+    import errno
+    import stat
+
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"symlink loop: {p} cannot be resolved"
+        if e.errno == errno.ENOENT:
+            return f"broken symlink: {p}" if p.is_symlink() else f"no such file: {p}"
+        return f"cannot read {p}: {e.strerror}"
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    for test, what in kinds:
+        if test(st.st_mode):
+            return f"{what}, not a regular file; not read"
+    if not os.access(p, os.R_OK):
+        return "unreadable: permission denied"
+    return None
 
 
 def to_task_size(img: np.ndarray, task: int, rule: str = "auto") -> tuple[np.ndarray, list[str]]:

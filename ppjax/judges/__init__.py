@@ -20,11 +20,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax import struct
 
+from ppjax.errors import SetupError
 from ppjax.judges import custom
-from ppjax.judges.checkpoint import load_converted
+from ppjax.judges.checkpoint import BrokenCheckpoint, load_converted
 from ppjax.judges.spec import (
     JUDGES,
     JudgeSpec,
+    broken_weights_message,
     get_spec,
     judge_dir,
     missing_weights_message,
@@ -168,6 +170,8 @@ def load_judge(name: str, weights_dir=None, standin: bool = False, dtype=jnp.flo
         weights. Never happens implicitly.
     Raises:
       FileNotFoundError: with instructions, when the judge has not been converted yet.
+      SetupError: the converted weights are broken (a file truncated or changed, metadata.json
+        unreadable, another judge's weights), naming the judge and the command that rebuilds them.
     """
     spec = get_spec(name)
     path = judge_dir(name, weights_dir, standin)
@@ -176,7 +180,11 @@ def load_judge(name: str, weights_dir=None, standin: bool = False, dtype=jnp.flo
     if not (path / "metadata.json").exists():
         raise FileNotFoundError(missing_weights_message(spec, weights_dir, python=True))
     module = spec.make_module(dtype=dtype)
-    variables, meta = load_converted(path, _abstract_variables(spec, jnp.dtype(dtype).name))
+    try:
+        variables, meta = load_converted(path, _abstract_variables(spec, jnp.dtype(dtype).name),
+                                         name)
+    except BrokenCheckpoint as e:
+        raise SetupError(broken_weights_message(spec, str(e), weights_dir, standin)) from None
     judge = Judge(variables=variables, module=module, spec=spec, standin=bool(meta.get("standin")))
     if judge.standin:
         log.warning(STANDIN_WARNING.format(name=name))

@@ -261,3 +261,18 @@ def missing_weights_message(spec: JudgeSpec, weights_dir=None, python: bool = Fa
         f"             then run: ppjax convert {spec.name} {dest}\n"
         f"  * or {standin} (results are meaningless and are labelled as such)."
     )
+
+
+def broken_weights_message(spec: JudgeSpec, why: str, weights_dir=None, standin: bool = False
+                           ) -> str:
+    """What to do when judge ``spec``'s converted weights are broken (``why``): the command
+    that rebuilds them."""
+    wd = f" --weights-dir {weights_dir}" if weights_dir is not None else ""
+    if standin:
+        how = f"  rebuild them: ppjax standin {spec.name}{wd}"
+    else:
+        dest = config.downloads_dir(weights_dir) / spec.filename
+        how = (f"  rebuild them: ppjax convert {spec.name} {dest}{wd}\n"
+               f"  (or download again: ppjax fetch {spec.name} --force{wd})")
+    kind = "stand-in" if standin else "converted"
+    return f"judge {spec.name!r}: the {kind} weights are broken: {why}\n{how}"

@@ -18,15 +18,20 @@ Input folder rules (:func:`scan_folder`, :func:`mepp_items`), each logged and co
 * **hidden files** (names starting with ``.``, ``..jpg`` included) are skipped and reported as
   skipped, as are sub-folders (not searched) and files whose extension is not an image's;
 * a **symlink** is followed only when its target lies inside the image folder; a link leaving the
-  folder (or a broken one) is refused as a per-file error with its reason. A name in a MEPP list
-  is the user's explicit choice and is read where it points (``../x.jpg`` included), unless it is
-  such a symlink.
+  folder (or a broken one, or a symlink loop) is refused as a per-file error with its reason. A
+  name in a MEPP list is the user's explicit choice and is read where it points (``../x.jpg``
+  included), unless it is such a symlink;
+* an image-named entry that is not a regular file (a folder named ``x.jpg``, a FIFO, a device, a
+  socket) or that this process may not read is a per-file error with its reason
+  (:func:`ppjax.image.io.file_problem`), found without opening it: a FIFO or a device is never
+  read, so nothing blocks.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import io
 import logging
 import os
@@ -181,8 +186,11 @@ def refusal_reason(path: Path, folder: Path) -> str | None:
         kind = "symlink" if path.is_symlink() else "name"
         return (f"refused: {kind} leads outside the image folder (to {path.resolve()}); only files "
                 f"inside {folder} are read")
-    except OSError as e:  # a symlink loop
-        return f"refused: cannot resolve the link: {e}"
+    except RuntimeError as e:  # a symlink loop (an OSError from Python 3.13)
+        return f"refused: symlink loop, the link cannot be resolved ({e})"
+    except OSError as e:
+        what = "symlink loop" if e.errno == errno.ELOOP else "the link cannot be resolved"
+        return f"refused: {what} ({e})"
     if path.is_symlink() and not target.exists():
         return f"refused: broken symlink (to {target})"
     return None
@@ -203,7 +211,7 @@ def scan_folder(images_dir: str | os.PathLike, labels_file: str | os.PathLike | 
     for p in sorted(images_dir.iterdir(), key=lambda q: q.name):
         if p.name.startswith("."):
             skipped.append((p.name, "hidden file"))
-        elif p.is_dir() and not p.is_symlink():
+        elif p.is_dir() and not p.is_symlink() and p.suffix.lower() not in extensions:
             skipped.append((p.name, "folder (not searched)"))
         elif p.suffix.lower() not in extensions:
             skipped.append((p.name, "not an image extension"))

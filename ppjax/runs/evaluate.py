@@ -42,7 +42,7 @@ from ppjax.image import io as imageio
 from ppjax.image import metrics
 from ppjax.registry import Registry
 from ppjax.runs import data, html_report, plots, report
-from ppjax.runs.layout import RunFile, collect_run
+from ppjax.runs.layout import RunFile, collect_run, verify_run
 from ppjax.runs.progress import redirected
 
 log = logging.getLogger("ppjax.runs.evaluate")
@@ -310,12 +310,16 @@ def run_evaluate(task: int | str | None, run: str | os.PathLike, out: str | os.P
                  images=None, list_file=None, labels_file=None, run_code=None, standin=False,
                  weights_dir=None, batch_size: int = 4, judge=None, appeal=None,
                  no_appeal: bool = False, appeal_resize: str = "auto",
-                 progress: bool = True) -> dict:
+                 progress: bool = True, trust_files: bool = False) -> dict:
     """Evaluate one run; writes ``report.json``, ``report.md`` and figures to ``out`` and returns
     the report dict. ``judge`` / ``appeal`` (loaded :class:`ppjax.Judge` objects) replace the
     task's judges when given; ``no_appeal`` skips the appeal score; ``appeal_resize`` is how the
     appeal judge sees the images ("auto": as its original,
-    :attr:`ppjax.judges.JudgeSpec.appeal_resize`; the report records the rule used)."""
+    :attr:`ppjax.judges.JudgeSpec.appeal_resize`; the report records the rule used).
+
+    The files of a ``ppjax protect`` run are checked first (:func:`ppjax.runs.layout.verify_run`:
+    each PNG against its manifest sha256, the zip against the PNGs); a file that fails is a
+    per-file error and is not scored. ``trust_files`` skips the check."""
     from tqdm import tqdm
 
     from ppjax.attacks.appeal import appeal_resize_rule
@@ -323,6 +327,11 @@ def run_evaluate(task: int | str | None, run: str | os.PathLike, out: str | os.P
     run, out = Path(run).resolve(), Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     files, errors, cfg = collect_run(run, images, list_file, labels_file, run_code)
+    if cfg and not trust_files:
+        files, bad = verify_run(run, files, cfg)
+        for e in bad:
+            log.error("%s: %s", e["name"], e["error"])
+        errors = errors + bad
     n_jpeg = sum(1 for f in files if Path(f.path).suffix.lower() in (".jpg", ".jpeg"))
     warnings = [JPEG_WARNING.format(n=n_jpeg)] if n_jpeg else []
     for w in warnings:
@@ -347,6 +356,7 @@ def run_evaluate(task: int | str | None, run: str | os.PathLike, out: str | os.P
     rep = summarise(task, per_image, errors, run=run, cfg=cfg, run_code=run_code, judge=judge,
                     appeal=appeal, appeal_err=appeal_err, standin=standin)
     rep["warnings"] = warnings
+    rep["files_verified"] = bool(cfg) and not trust_files
     rep["appeal"]["resize"] = how.appeal_rule
     rep["figures"] = _figures(out, how.scorer, per_image, pairs, appeal is not None,
                               "STAND-IN (random weights): " if standin else "")

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 
 import numpy as np
 
 from ppjax.image import io as imageio
 from ppjax.runs import faces, faces_detect, pipeline
-from ppjax.runs.layout import STANDIN_TEXT, output_name
+from ppjax.runs.layout import STANDIN_TEXT, ManifestEntry, output_name
 
 
 def stream_faces(cfg, acfg, judge, extra, todo, img_dir, prog, slots, max_pixels, workers,
@@ -41,17 +42,17 @@ def stream_faces(cfg, acfg, judge, extra, todo, img_dir, prog, slots, max_pixels
         while writes and (block or writes[0][0].done()):
             fut, entry = writes.popleft()
             try:
-                entry["sha256"] = fut.result()
+                entry = dataclasses.replace(entry, sha256=fut.result())
             except Exception as e:  # this file failed to write; the run goes on
-                prog.error(entry["name"], f"writing {entry['output']}: {e}", entry["notes"])
+                prog.error(entry.name, f"writing {entry.output}: {e}", entry.notes)
                 continue
             prog.ok(entry, sync=False)
             n += 1
         if n:
-            prog.manifest.sync()
+            prog.sync()
 
     def write(entry, img):
-        writes.append((writer.submit(img_dir / entry["output"], img, png_text, cfg.png_level),
+        writes.append((writer.submit(img_dir / entry.output, img, png_text, cfg.png_level),
                        entry))
         drain(block=False)
 
@@ -101,23 +102,23 @@ def _attack_bucket(hw, group, acfg, judge, extra, cfg, slots, seed_of, write, on
         write(face_entry(cfg, b, res, n_faces, seed_of(name), hw), img)
 
 
-def face_entry(cfg, b, res, n_faces: int, seed: int, bucket=None) -> dict:
-    """The manifest line of one photo: ``res`` None for a photo with no face (not attacked)."""
+def face_entry(cfg, b, res, n_faces: int, seed: int, bucket=None) -> ManifestEntry:
+    """The manifest line of one photo (its ``sha256`` is set once written): ``res`` None for a
+    photo with no face (not attacked)."""
     name = b.item.name
     h, w = b.image.shape[:2]
-    entry = {"name": name, "status": "ok", "output": output_name(cfg.run_code, name),
-             "notes": b.notes, "seed": int(seed), "size": [w, h],
-             "faces_clean": int(n_faces), "no_face": n_faces == 0, "protected": n_faces > 0}
+    common = dict(seed=int(seed), size=(w, h), faces_clean=int(n_faces), no_face=n_faces == 0,
+                  protected=n_faces > 0)
     if res is None:
-        entry.update(success=False, steps=0, linf_levels=0.0)
-        entry["notes"] = list(b.notes) + ["no face found: written unchanged, not protected"]
-        return entry
-    entry.update(bucket=[int(bucket[1]), int(bucket[0])], success=bool(res.success),
-                 steps=int(res.steps), linf_levels=round(float(res.linf) * 255.0, 3))
-    for k in ("appeal_before", "appeal_after"):
-        if k in res.extras:
-            entry[k] = round(float(res.extras[k]), 6)
-    return entry
+        return ManifestEntry(name, "ok", output_name(cfg.run_code, name),
+                             (*b.notes, "no face found: written unchanged, not protected"),
+                             success=False, steps=0, linf_levels=0.0, **common)
+    appeal = {k: round(float(res.extras[k]), 6) for k in ("appeal_before", "appeal_after")
+              if k in res.extras}
+    return ManifestEntry(name, "ok", output_name(cfg.run_code, name), tuple(b.notes),
+                         bucket=(int(bucket[1]), int(bucket[0])), success=bool(res.success),
+                         steps=int(res.steps), linf_levels=round(float(res.linf) * 255.0, 3),
+                         **appeal, **common)
 
 
 def amend_summary(summary: dict, okd: dict) -> dict:

@@ -15,6 +15,7 @@ the sweep read it)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -23,6 +24,7 @@ import os
 import re
 import time
 import unicodedata
+import zipfile
 from pathlib import Path
 
 from ppjax.errors import SetupError
@@ -152,8 +154,117 @@ def read_manifest(path: Path) -> dict[str, dict]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class ManifestEntry:
+    """One line of ``manifest.jsonl``: a finished file, ``ok`` (its PNG ``output`` is in place
+    with ``sha256``) or ``error`` (with the ``error``). :meth:`to_json` writes the keys each
+    kind has always had (an ok line's appeal and label keys only when set, an error line's
+    ``notes`` only when known), so the lines are byte-identical to older runs'."""
+
+    name: str
+    status: str  # "ok" | "error"
+    output: str | None
+    notes: tuple[str, ...] | None = None
+    error: str | None = None
+    seed: int | None = None
+    success: bool | None = None
+    steps: int | None = None
+    linf_levels: float | None = None
+    sha256: str | None = None
+    label: int | None = None
+    label_source: str | None = None  # "list" | "clean prediction"
+    appeal_before: float | None = None
+    appeal_after: float | None = None
+    # task faces (ppjax.runs.faces_protect): the photo's own size and its bucket [W, H], the
+    # faces the cascade found on the clean photo, and whether there was anything to protect
+    size: tuple[int, int] | None = None
+    bucket: tuple[int, int] | None = None
+    faces_clean: int | None = None
+    no_face: bool | None = None
+    protected: bool | None = None
+
+    _OPTIONAL = ("label", "label_source", "appeal_before", "appeal_after", "size", "bucket",
+                 "faces_clean", "no_face", "protected")
+
+    @classmethod
+    def failed(cls, name: str, error: str, notes=None, output: str | None = None
+               ) -> ManifestEntry:
+        return cls(name, "error", output, None if notes is None else tuple(notes), error)
+
+    @classmethod
+    def from_json(cls, d: dict) -> ManifestEntry:
+        """The entry of a manifest line (keys it does not know are ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        for k in ("notes", "size", "bucket"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    def to_json(self) -> dict:
+        d = {"name": self.name, "status": self.status, "output": self.output}
+        if self.status != "ok":
+            d["error"] = self.error
+            if self.notes is not None:
+                d["notes"] = list(self.notes)
+            return d
+        d.update(notes=list(self.notes or ()), seed=self.seed, success=self.success,
+                 steps=self.steps, linf_levels=self.linf_levels, sha256=self.sha256)
+        d.update({k: list(v) if isinstance(v, tuple) else v
+                  for k in self._OPTIONAL if (v := getattr(self, k)) is not None})
+        return d
+
+    def line(self) -> bytes:
+        """The manifest line (utf-8, sorted keys, newline-terminated)."""
+        return (json.dumps(self.to_json(), ensure_ascii=False, sort_keys=True) + "\n").encode()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """``summary.json`` of a ``ppjax protect`` run: counts, success rate and per-file errors of
+    the last invocation. :meth:`to_json` keeps the key order older runs were written in (the
+    appeal keys only for a run with an appeal judge)."""
+
+    standin: bool
+    run_code: str
+    task: int
+    judge: str
+    attack: str
+    preset: str | None
+    images: int
+    protected: int
+    done: int
+    failed: int
+    skipped_on_resume: int
+    attack_success: int
+    attack_success_rate: float | None
+    zip: str
+    errors: list[dict]
+    compute: dict
+    skipped_inputs: list[dict]
+    seconds: float
+    appeal_judge: str | None = None
+    appeal_before_mean: float | None = None
+    appeal_after_mean: float | None = None
+
+    _APPEAL = ("appeal_judge", "appeal_before_mean", "appeal_after_mean")
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        if self.appeal_judge is None:
+            for k in self._APPEAL:
+                del d[k]
+        return d
+
+
 class Manifest:
-    """Append-only JSON lines, each fsynced before the next image is reported done."""
+    """Append-only JSON lines (:class:`ManifestEntry`), each fsynced before the next image is
+    reported done.
+
+    A write or fsync that fails (a full disk) rolls the file back to its last synced length,
+    so no torn or unsynced line stays, and raises; the entries rolled back are in
+    :attr:`rolled_back` (their caller removes their PNGs: the manifest lists exactly the whole
+    files)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -164,21 +275,43 @@ class Manifest:
             if torn:  # a kill left half a line: start the next entry on its own line
                 with open(path, "ab") as f:
                     f.write(b"\n")
-        self._f = open(path, "a", encoding="utf-8")
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        self._synced = os.fstat(self._fd).st_size
+        self._unsynced: list[ManifestEntry] = []
+        self.rolled_back: list[ManifestEntry] = []
 
-    def append(self, entry: dict, sync: bool = True) -> None:
-        """Append ``entry`` as one line; with ``sync``, flush and fsync it (else :meth:`sync`
-        does, once for several lines)."""
-        self._f.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
+    def append(self, entry: ManifestEntry, sync: bool = True) -> None:
+        """Append ``entry`` as one line; with ``sync``, fsync it (else :meth:`sync` does, once
+        for several lines)."""
+        self._unsynced.append(entry)
+        data = entry.line()
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+        except OSError:
+            self._roll_back()
+            raise
         if sync:
             self.sync()
 
     def sync(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            os.fsync(self._fd)
+        except OSError:
+            self._roll_back()
+            raise
+        self._synced = os.fstat(self._fd).st_size
+        self._unsynced = []
+
+    def _roll_back(self) -> None:
+        with contextlib.suppress(OSError):  # shrinking needs no space
+            os.ftruncate(self._fd, self._synced)
+        self.rolled_back, self._unsynced = self._unsynced, []
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 #: Keys of ``config.json`` that record what a run did (:mod:`ppjax.runs.provenance`) rather than
@@ -357,3 +490,61 @@ def collect_run(run: Path, images=None, list_file=None, labels_file=None, run_co
                     break
         files.append(RunFile(orig.name if orig else p.name, str(p), orig))
     return files, errors, cfg
+
+
+def _zip_entry_sha256(z: zipfile.ZipFile, name: str) -> str:
+    h = hashlib.sha256()
+    with z.open(name) as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_run(run: Path, files: list[RunFile], cfg: dict) -> tuple[list[RunFile], list[dict]]:
+    """Check the files of a ``ppjax protect`` run against what it recorded: each PNG's sha256
+    against its manifest line, and the zip's entries against the PNGs (each PNG in the zip,
+    byte for byte, and nothing else there). Returns ``(the files that pass, an error
+    {"name", "error"} per file that does not)``; a run without its zip (not finished) is
+    checked against the manifest only."""
+    recorded = {e.get("output"): e.get("sha256") for e in read_manifests(run).values()
+                if e.get("status") == "ok"}
+    good, errors, shas = [], [], {}
+    for f in files:
+        out = Path(f.path).name
+        got = file_sha256(Path(f.path))
+        if got is None:
+            errors.append({"name": f.name, "error": f"{out} is missing or unreadable"})
+        elif recorded.get(out) and got != recorded[out]:
+            errors.append({"name": f.name, "error": f"{out} changed after protect wrote it "
+                                                    f"(its sha256 differs from the manifest's)"})
+        else:
+            good.append(f)
+            shas[out] = got
+    zpath = run / zip_name(cfg.get("run_code") or "", bool(cfg.get("standin")))
+    if not zpath.exists():
+        return good, errors
+    try:
+        with zipfile.ZipFile(zpath) as z:
+            entries = set(z.namelist())
+            zipped = {}
+            for n in sorted(entries & set(shas)):
+                try:
+                    zipped[n] = _zip_entry_sha256(z, n)
+                except (zipfile.BadZipFile, OSError, EOFError) as e:
+                    zipped[n] = f"unreadable ({e})"
+    except (zipfile.BadZipFile, OSError) as e:
+        return [], errors + [{"name": zpath.name, "error": f"the zip is unreadable: {e}"}]
+    kept = []
+    for f in good:
+        out = Path(f.path).name
+        if out not in zipped:
+            errors.append({"name": f.name, "error": f"{out} is missing from {zpath.name}"})
+        elif zipped[out] != shas[out]:
+            errors.append({"name": f.name, "error": f"{zpath.name}'s copy of {out} differs "
+                                                    f"from the PNG"})
+        else:
+            kept.append(f)
+    known = {Path(f.path).name for f in files}
+    errors += [{"name": n, "error": f"in {zpath.name} but not a file of the run"}
+               for n in sorted(entries - known)]
+    return kept, errors

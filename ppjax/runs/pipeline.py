@@ -82,9 +82,11 @@ def default_depth(workers: int) -> int:
 
 
 def _ignore_sigint() -> None:
-    # Ctrl-C reaches the whole process group; the main process cancels, workers must not die
-    # mid-file with a traceback of their own.
+    # Ctrl-C (and a SIGTERM sent to the group) reaches the whole process group; the main
+    # process cancels and finishes the files being written, workers must not die mid-file
+    # with a traceback of their own (they end with the main process: ppjax.runs.orphans).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _init_worker(main_pid: int) -> None:
@@ -147,14 +149,11 @@ def _stop_executor(ex: cf.Executor, now: bool) -> None:
         ex.shutdown(wait=True)
         return
     ex.shutdown(wait=False, cancel_futures=True)
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    for p in procs:
-        p.join(timeout=5)
+    for p in procs:  # SIGKILL: workers ignore SIGTERM (_ignore_sigint) and hold no state
         if p.is_alive():
             p.kill()
-            p.join(timeout=5)
+    for p in procs:
+        p.join(timeout=5)
 
 
 def _check(workers, depth, pool) -> tuple[int, int]:

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppjax.errors import SetupError
+from ppjax.errors import DiskFull, SetupError, is_disk_full
 from ppjax.image import io as imageio
 from ppjax.runs import data, provenance
 from ppjax.runs.layout import (
@@ -60,8 +60,10 @@ from ppjax.runs.layout import (
     STANDIN_TEXT,
     SUMMARY,
     Manifest,
+    ManifestEntry,
     OutputLock,
     ProtectConfig,
+    RunSummary,
     Shard,
     check_or_store_config,
     config_mismatch,
@@ -239,14 +241,17 @@ def _resume_problems(cfg: ProtectConfig, spec, out: Path, weights_dir, problems:
     """A resume's settings: ``cfg`` with the judge's weights hash, refused when ``out`` holds a
     run made with other settings."""
     from ppjax.judges import judge_dir
+    from ppjax.judges.checkpoint import BrokenCheckpoint, checked_metadata
+    from ppjax.judges.spec import broken_weights_message
 
     sha = None
     if cfg.judge and spec is not None:
-        meta = judge_dir(cfg.judge, weights_dir, cfg.standin) / "metadata.json"
+        where = judge_dir(cfg.judge, weights_dir, cfg.standin)
         try:
-            sha = json.loads(meta.read_text()).get("sha256") if meta.exists() else None
-        except (OSError, ValueError) as e:
-            problems.append(f"{meta} is unreadable: {e}")
+            sha = (checked_metadata(where, cfg.judge).get("sha256")
+                   if (where / "metadata.json").exists() else None)
+        except BrokenCheckpoint as e:
+            problems.append(broken_weights_message(spec, str(e), weights_dir, cfg.standin))
     cfg = dataclasses.replace(cfg, judge_sha256=sha, png_level=_png_level(cfg, out, problems))
     if out.is_dir() and not (cfg.standin and sha is None):
         why = config_mismatch(out, cfg)
@@ -304,37 +309,66 @@ def run_protect(cfg: ProtectConfig, out: str | os.PathLike, weights_dir=None, ba
     except OSError as e:
         raise SetupError(f"cannot create the output folder {out}: {e.strerror}") from None
     shard = Shard.current()
-    with OutputLock(out, shard):
-        return _run_locked(plan, weights_dir, batch_size, progress, max_pixels, workers, shard)
+    try:
+        with OutputLock(out, shard):
+            return _run_locked(plan, weights_dir, batch_size, progress, max_pixels, workers,
+                               shard)
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        raise DiskFull(_disk_full_message(out, shard, e)) from None
+
+
+def _disk_full_message(out: Path, shard: Shard, e: OSError) -> str:
+    n = sum(1 for x in read_manifests(out).values() if x.get("status") == "ok")
+    return (f"{e.strerror or e} writing to {out}: the run stopped. It keeps only whole files: "
+            f"{out / shard.manifest} lists the {n} image(s) done, each PNG intact. Free some "
+            f"space and rerun the same command to resume.")
 
 
 class _Progress:
     """The run's counters, manifest and progress bar (:class:`ProtectProgress`): one place
-    records each finished file."""
+    records each finished file. When the manifest cannot be written (a full disk), the PNGs of
+    the lines it rolled back are removed, so the folder holds exactly the files it lists."""
 
-    def __init__(self, L, manifest: Manifest, total: int, tag: str, desc: str, enabled: bool):
-        self.L, self.manifest, self.tag = L, manifest, tag
+    def __init__(self, L, manifest: Manifest, total: int, tag: str, desc: str, enabled: bool,
+                 img_dir: Path):
+        self.L, self.manifest, self.tag, self.img_dir = L, manifest, tag, img_dir
         self.n_fail = self.n_ok = self.n_succ = self.n_new = 0
         self.t0 = time.perf_counter()
         self.bar = ProtectProgress(total, desc, tag, enabled)
 
     def error(self, name: str, err: str, notes=None, output=None) -> None:
         self.L.error("%s: %s", name, err)
-        entry = {"name": name, "status": "error", "error": err, "output": output}
-        if notes is not None:
-            entry["notes"] = notes
-        self.manifest.append(entry)
+        self._record(ManifestEntry.failed(name, err, notes, output))
         self.n_fail += 1
         self.bar.image(ok=False)
 
-    def ok(self, entry: dict, sync: bool = True) -> None:
-        self.manifest.append(entry, sync)
-        for note in entry.get("notes") or ():
-            self.L.info("%s: %s", entry["name"], note)
+    def _record(self, entry: ManifestEntry | None, sync: bool = True) -> None:
+        """Append ``entry`` (None: only fsync the lines appended); on failure remove the PNGs
+        of the lines rolled back, and raise."""
+        try:
+            if entry is None:
+                self.manifest.sync()
+            else:
+                self.manifest.append(entry, sync)
+        except OSError:
+            for e in self.manifest.rolled_back:
+                if e.status == "ok" and e.output:
+                    (self.img_dir / e.output).unlink(missing_ok=True)
+            raise
+
+    def sync(self) -> None:
+        self._record(None)
+
+    def ok(self, entry: ManifestEntry, sync: bool = True) -> None:
+        self._record(entry, sync)
+        for note in entry.notes or ():
+            self.L.info("%s: %s", entry.name, note)
         self.n_ok += 1
         self.n_new += 1
-        self.n_succ += bool(entry["success"])
-        self.bar.image(ok=True, success=bool(entry["success"]))
+        self.n_succ += bool(entry.success)
+        self.bar.image(ok=True, success=bool(entry.success))
 
     def close(self) -> None:
         self.bar.close()
@@ -414,7 +448,7 @@ def _run_locked(plan: ProtectPlan, weights_dir, slots, progress, max_pixels, wor
     if n_skip:
         L.info("resuming: %d of %d images already done, skipped", n_skip, len(plan.items))
     prog = _Progress(L, Manifest(out / shard.manifest), len(todo) + len(pre_errors), tag,
-                     f"{tag}protect {cfg.run_code}", progress)
+                     f"{tag}protect {cfg.run_code}", progress, img_dir)
     try:
         with redirected(progress):  # log lines above the bar, not onto its line
             for name, err, oname in pre_errors:
@@ -440,29 +474,6 @@ def _run_locked(plan: ProtectPlan, weights_dir, slots, progress, max_pixels, wor
                 "zip": None, "errors": []}
     _wait_for_shards(out, shard, L)
     return _summarise(plan, cfg, judge, extra, compute, n_skip, prog.t0, L, n_all)
-
-
-class _Writes:
-    """PNG writes in flight, recorded (manifest line, progress) in order once each is done."""
-
-    def __init__(self, prog: _Progress):
-        import collections
-
-        self.prog, self.queue = prog, collections.deque()
-
-    def drain(self, block: bool) -> None:
-        n, prog = 0, self.prog
-        while self.queue and (block or self.queue[0][0].done()):
-            fut, entry = self.queue.popleft()
-            try:
-                entry["sha256"] = fut.result()
-            except Exception as e:  # this file failed to write; the run goes on
-                prog.error(entry["name"], f"writing {entry['output']}: {e}", entry["notes"])
-                continue
-            prog.ok(entry, sync=False)
-            n += 1
-        if n:  # one fsync for the lines of this drain
-            prog.manifest.sync()
 
 
 def _stream(cfg, acfg, judge, extra, todo, img_dir, prog: _Progress, slots, max_pixels, workers):
@@ -509,26 +520,63 @@ def _stream(cfg, acfg, judge, extra, todo, img_dir, prog: _Progress, slots, max_
                 finished[0] += 1
                 b = held.pop(name)
                 entry = _entry(cfg, b, res, logits)
-                writes.queue.append((writer.submit(img_dir / entry["output"],
-                                                   imageio.to_uint8(res.images), png_text,
-                                                   cfg.png_level), entry))
+                writes.add(writer.submit(img_dir / entry.output, imageio.to_uint8(res.images),
+                                         png_text, cfg.png_level), entry)
                 drain(block=False)
         finally:
-            drain(block=True)
+            writes.drain(block=True)  # the writes in flight are finished and recorded
+    if writes.full:
+        raise writes.full[0]
 
 
-def _entry(cfg, b: data.Loaded, res, logits: bool) -> dict:
+class _Writes:
+    """The PNG writes in flight, recorded in submission order once done. A write that finds
+    the disk full is no file's fault: it gets no manifest line (the file is redone on resume),
+    the next non-blocking drain raises it to stop the run, and the final blocking drain still
+    records every write that did finish."""
+
+    def __init__(self, prog: _Progress):
+        import collections
+
+        self.prog = prog
+        self.pending: collections.deque = collections.deque()
+        self.full: list[OSError] = []
+
+    def add(self, fut, entry: ManifestEntry) -> None:
+        self.pending.append((fut, entry))
+
+    def drain(self, block: bool) -> None:
+        n = 0
+        while self.pending and (block or self.pending[0][0].done()):
+            fut, entry = self.pending.popleft()
+            try:
+                entry = dataclasses.replace(entry, sha256=fut.result())
+            except Exception as e:
+                if is_disk_full(e):
+                    self.full.append(e)
+                else:  # this file failed to write; the run goes on
+                    self.prog.error(entry.name, f"writing {entry.output}: {e}", entry.notes)
+                continue
+            self.prog.ok(entry, sync=False)
+            n += 1
+        if n:  # one fsync for the lines of this drain
+            self.prog.sync()
+        if self.full and not block:
+            raise self.full[0]
+
+
+def _entry(cfg, b: data.Loaded, res, logits: bool) -> ManifestEntry:
+    """The manifest line of an attacked image (its ``sha256`` is filled in once written)."""
     name = b.item.name
-    entry = {"name": name, "status": "ok", "output": output_name(cfg.run_code, name),
-             "notes": b.notes, "seed": image_seed(name, cfg.seed), "success": bool(res.success),
-             "steps": int(res.steps), "linf_levels": round(float(res.linf) * 255.0, 3)}
-    for k in ("appeal_before", "appeal_after"):
-        if k in res.extras:
-            entry[k] = round(float(res.extras[k]), 6)
+    extra = {k: round(float(res.extras[k]), 6) for k in ("appeal_before", "appeal_after")
+             if k in res.extras}
     if logits:
-        entry["label"] = int(res.extras["labels"])
-        entry["label_source"] = "list" if b.item.label is not None else "clean prediction"
-    return entry
+        extra["label"] = int(res.extras["labels"])
+        extra["label_source"] = "list" if b.item.label is not None else "clean prediction"
+    return ManifestEntry(name, "ok", output_name(cfg.run_code, name), tuple(b.notes),
+                         seed=image_seed(name, cfg.seed), success=bool(res.success),
+                         steps=int(res.steps), linf_levels=round(float(res.linf) * 255.0, 3),
+                         **extra)
 
 
 def _wait_for_shards(out: Path, shard: Shard, L, poll_s: float = 0.5) -> None:
@@ -552,30 +600,35 @@ def _summarise(plan, cfg, judge, extra, compute, n_skip, t0, L, n_all) -> dict:
     final = read_manifests(out)
     wanted = {it.name for it in items}
     okd = {n: e for n, e in final.items() if n in wanted and e.get("status") == "ok"}
-    ok_files = [img_dir / e["output"] for e in okd.values()]
     errors = [{"name": n, "error": e.get("error")} for n, e in sorted(final.items())
               if n in wanted and e.get("status") != "ok"]
+    for n, e in sorted(okd.items()):  # the zip holds only files verified against the manifest
+        if file_sha256(img_dir / e["output"]) != e.get("sha256"):
+            del okd[n]
+            errors.append({"name": n, "error": f"{e['output']} changed after it was written "
+                                               f"(sha256 differs from the manifest's); rerun "
+                                               f"to redo it"})
+            L.error("%s: %s", n, errors[-1]["error"])
+    ok_files = [img_dir / e["output"] for e in okd.values()]
     zpath = write_zip(out, cfg.run_code, ok_files, cfg.standin)
     n_ok, n_succ = len(okd), sum(bool(e.get("success")) for e in okd.values())
-    summary = {
-        "standin": cfg.standin, "run_code": cfg.run_code, "task": cfg.task,
-        "judge": judge.label, "attack": cfg.attack, "preset": cfg.preset,
-        "images": n_all, "protected": n_ok, "done": n_ok, "failed": len(errors),
-        "skipped_on_resume": n_skip, "attack_success": n_succ,
-        "attack_success_rate": n_succ / n_ok if n_ok else None,
-        "zip": zpath.name, "errors": errors, "compute": compute,
-        "skipped_inputs": [{"name": n, "reason": r} for n, r in plan.skipped],
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    if data.get_task(cfg.task).hw is None:
+    appeal = {}
+    if cfg.appeal:
+        appeal["appeal_judge"] = extra["appeal"].label
+        for k in ("appeal_before", "appeal_after"):
+            v = [e[k] for e in okd.values() if e.get(k) is not None]
+            appeal[f"{k}_mean"] = float(np.mean(v)) if v else None
+    summary = RunSummary(
+        standin=cfg.standin, run_code=cfg.run_code, task=cfg.task, judge=judge.label,
+        attack=cfg.attack, preset=cfg.preset, images=n_all, protected=n_ok, done=n_ok,
+        failed=len(errors), skipped_on_resume=n_skip, attack_success=n_succ,
+        attack_success_rate=n_succ / n_ok if n_ok else None, zip=zpath.name, errors=errors,
+        compute=compute, skipped_inputs=[{"name": n, "reason": r} for n, r in plan.skipped],
+        seconds=round(time.perf_counter() - t0, 3), **appeal).to_json()
+    if data.get_task(cfg.task).hw is None:  # photos at their own size (task faces)
         from ppjax.runs.faces_protect import amend_summary
 
         amend_summary(summary, okd)
-    if cfg.appeal:
-        summary["appeal_judge"] = extra["appeal"].label
-        for k in ("appeal_before", "appeal_after"):
-            v = [e[k] for e in okd.values() if e.get(k) is not None]
-            summary[f"{k}_mean"] = float(np.mean(v)) if v else None
     write_json(out / SUMMARY, summary)
     rate = f"{100.0 * n_succ / n_ok:.1f}%" if n_ok else "n/a"
     L.info("done: %d protected, %d failed, attack success %s; zip %s", n_ok, len(errors), rate,
