@@ -17,7 +17,7 @@ STAMP_NEXT := $(VENV_NEXT)/.installed
 # extra pytest arguments for test-jax-next (e.g. -x, -k EXPR)
 NEXT_PYTEST_ARGS ?=
 
-.PHONY: install install-next test test-jax-next gpu-dry-run demo lint bench clean
+.PHONY: install install-next test test-bench-smoke test-jax-next gpu-dry-run demo lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ install-next: $(STAMP_NEXT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# every benchmark module at tiny sizes (each one's --smoke), so a change that breaks a benchmark fails
+# CI; minutes, hence outside `make test` (.ci/run runs it)
+test-bench-smoke: $(STAMP)
+	$(PY) -m pytest -q tests/test_benchmarks.py -m bench_smoke
 
 # every test that needs no torch, keras or TFDS, on jax $(JAX_NEXT) / Python 3.12 (the GPU machine's
 # stack); the others are skipped there with the missing package named (tests/conftest.py)

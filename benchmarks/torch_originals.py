@@ -49,6 +49,8 @@ class Judge(nn.Module):
             p.requires_grad_(False)
 
     def forward(self, x):
+        if x.requires_grad:  # the gradient comes back channels-last; torchattacks' PGDL2 .view()s it
+            x.register_hook(lambda g: g.contiguous())
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             out = self.net(x)

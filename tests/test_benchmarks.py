@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.run_all import NO_SMOKE, SMOKE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +24,7 @@ def test_smoke_covers_every_benchmark_module():
     assert mains == set(SMOKE), "a benchmark module is missing from run_all.SMOKE"
 
 
+@pytest.mark.bench_smoke
 def test_every_benchmark_runs_small(tmp_path):
     results_md = REPO / "benchmarks" / "RESULTS.md"
     before = results_md.read_bytes()
