@@ -26,11 +26,12 @@ BENCHMARKS = [
     ("attacks", []),
     ("throughput", []),
     ("transfer", []),
+    ("faces", []),
 ]
 
 #: every benchmark module, as ``--smoke`` runs them (cheapest first)
 SMOKE = ["jpeg_survival", "time_to_protect", "attacks", "methods", "methods_speed", "transfer",
-         "judges", "throughput", "jpeg_fidelity", "pipeline"]
+         "judges", "throughput", "jpeg_fidelity", "pipeline", "faces"]
 #: benchmark modules without a smoke run here: GPU measurements (benchmarks/gpu_check.sh)
 NO_SMOKE = {"gpu": "GPU only (benchmarks/gpu_check.sh)",
             "gpu_env": "GPU only (benchmarks/gpu_check.sh)"}
