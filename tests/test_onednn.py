@@ -385,3 +385,34 @@ def test_onednn_max_pool_matches_torch_with_ties(shape, window, strides, padding
                                   ty.detach().permute(0, 2, 3, 1).numpy())
     np.testing.assert_allclose(np.asarray(dx, np.float32), tx.grad.permute(0, 2, 3, 1).numpy(),
                                rtol=0, atol=1e-6 if dtype == jnp.float32 else 2e-2)
+
+
+def test_weight_cache_is_off_with_zero_megabytes():
+    """``PPJAX_ONEDNN_WEIGHT_CACHE_MB=0`` turns the reordered-weight cache off: the same weights
+    convolved again are reordered again (no hit, nothing held), with the same result."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import json, jax, jax.numpy as jnp
+        from ppjax.accel import onednn
+        from tests.test_onednn import CASES
+        xs, ws, strides, padding, groups = CASES[1]
+        x = jax.random.normal(jax.random.key(0), xs, jnp.float32)
+        w = jax.random.normal(jax.random.key(1), ws, jnp.float32)
+        conv = jax.jit(lambda x, w: onednn.conv2d(x, w, strides, padding, groups))
+        onednn.weight_cache_stats(reset=True)
+        a, b = conv(x, w), conv(x, w)
+        print(json.dumps({**onednn.weight_cache_stats(), "same": bool((a == b).all())}))
+    """)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PPJAX_ONEDNN_WEIGHT_CACHE_MB="0", PYTHONPATH=repo, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    stats = json.loads(out.stdout.strip().splitlines()[-1])
+    if stats["misses"] == 0:
+        pytest.skip("this CPU's kernel takes HWIO weights as they are (no reorder)")
+    assert stats["hits"] == 0 and stats["bytes"] == 0 and stats["misses"] == 2 and stats["same"]
