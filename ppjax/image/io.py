@@ -39,8 +39,8 @@ Task size (:func:`to_task_size`):
   (``preprocess_data.py``) and as their scorer does (``CenterCrop((384, 512))``), and needs an
   image at least that large; ``rule="reject"`` turns a wrong size into a per-file error.
   ``rule="auto"`` (the default of :func:`to_task_size`) is ``"centre"`` for a 2020 image at least
-  512x384 and ``"crop"`` otherwise (before ppjax recorded its attacks, ``"auto"`` squashed). Whatever
-  happens is recorded as a note.
+  512x384, ``"squash"`` for a smaller 2020 image, and ``"crop"`` for 2019 (before issue 24 it
+  squashed 2019 images too). Whatever happens is recorded as a note.
 """
 
 from __future__ import annotations
@@ -255,7 +255,9 @@ def to_task_size(img: np.ndarray, task: int, rule: str = "auto") -> tuple[np.nda
     if rule == "reject":
         raise DecodeError(f"image is {iw}x{ih} (WxH), task {task} needs {w}x{h}; rule is reject")
     if rule == "auto":
-        rule = "centre" if task == 2020 and ih >= h and iw >= w else "crop"
+        # 2020: the organisers centre-crop without resizing; a photo too small for that is
+        # resized to the size (as before issue 24); 2019: short side resized, centre crop
+        rule = ("centre" if ih >= h and iw >= w else "squash") if task == 2020 else "crop"
     if rule == "centre":
         if ih < h or iw < w:
             raise DecodeError(f"image is {iw}x{ih} (WxH), smaller than task {task}'s {w}x{h}: a "
