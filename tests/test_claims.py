@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import filecmp
+import importlib.util
 import logging
 
 import jax.numpy as jnp
@@ -51,7 +52,9 @@ def standin_source(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("w")
     get_converter(get_spec(JUDGE).converter).make_standin(weights_dir=d)
-    return downloads_dir(d) / (get_spec(JUDGE).filename + ".standin")
+    # torch's layout where torch is installed, else the same numbers as .npz (docs/gpu.md)
+    return next(p for p in (downloads_dir(d) / (get_spec(JUDGE).filename + ext)
+                            for ext in (".standin", ".standin.npz")) if p.exists())
 
 
 def test_convert_and_judges_commands(standin_source, tmp_path, capsys):
@@ -71,7 +74,9 @@ def test_convert_and_judges_commands(standin_source, tmp_path, capsys):
     # a file that is not a checkpoint: exit 1, the message, nothing converted
     bad = tmp_path / "bad.pth.tar"
     bad.write_bytes(b"not a checkpoint")
-    assert cli.main(["convert", JUDGE, str(bad), "--weights-dir", str(tmp_path / "w2")]) == 1
+    # (without torch, which reads .pth.tar files: a setup error naming it)
+    want = 1 if importlib.util.find_spec("torch") else 2
+    assert cli.main(["convert", JUDGE, str(bad), "--weights-dir", str(tmp_path / "w2")]) == want
     assert "error:" in capsys.readouterr().err
     assert not (tmp_path / "w2" / JUDGE).exists()
 

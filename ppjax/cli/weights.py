@@ -56,6 +56,7 @@ def _fetch_faces(args) -> int:
 def _convert(args) -> int:
     from ppjax.convert import get_converter
     from ppjax.convert.common import ConversionError
+    from ppjax.errors import SetupError
     from ppjax.judges import get_spec
 
     try:
@@ -63,6 +64,11 @@ def _convert(args) -> int:
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as e:  # a torch/Keras checkpoint needs its reader installed
+        if e.name not in ("torch", "h5py"):
+            raise
+        raise SetupError(f"converting {args.src} needs {e.name}, which is not installed here: "
+                         f"pip install 'ppjax[convert]'") from None
     print(f"{args.judge}: converted to {out}")
     return 0
 
