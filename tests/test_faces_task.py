@@ -3,6 +3,7 @@ protect -> evaluate path on a few small photos (docs/faces.md)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -83,6 +84,11 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope="module")
 def judge(weights):
     from ppjax.runs.faces_detect import load_mtcnn
+
+    for pkg in ("torch", "facenet_pytorch"):  # MTCNN's weights: facenet-pytorch's torch files
+        if importlib.util.find_spec(pkg) is None:
+            pytest.skip(f"needs {pkg}, which is not installed here (MTCNN's real weights are "
+                        f"converted from facenet-pytorch's torch files)")
 
     return load_mtcnn(weights)  # converted from the installed facenet-pytorch package
 
