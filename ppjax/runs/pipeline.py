@@ -82,11 +82,12 @@ def default_depth(workers: int) -> int:
 
 
 def _ignore_sigint() -> None:
-    # Ctrl-C (and a SIGTERM sent to the group) reaches the whole process group; the main
-    # process cancels and finishes the files being written, workers must not die mid-file
-    # with a traceback of their own (they end with the main process: ppjax.runs.orphans).
+    # Ctrl-C reaches the whole process group; the main process cancels and finishes the files
+    # being written, workers must not die mid-file with a traceback of their own (they end with
+    # the main process: ppjax.runs.orphans). SIGTERM keeps its default: a process pool stops a
+    # broken pool's workers with it (Python 3.12 then waits for them), and ``ppjax``'s own
+    # SIGTERM handling is the main process's (rc 143 after the files in flight).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _init_worker(main_pid: int) -> None:
@@ -149,7 +150,7 @@ def _stop_executor(ex: cf.Executor, now: bool) -> None:
         ex.shutdown(wait=True)
         return
     ex.shutdown(wait=False, cancel_futures=True)
-    for p in procs:  # SIGKILL: workers ignore SIGTERM (_ignore_sigint) and hold no state
+    for p in procs:  # SIGKILL: workers hold no state worth a clean exit
         if p.is_alive():
             p.kill()
     for p in procs:
