@@ -342,8 +342,10 @@ def test_appeal_resize_rules_follow_each_original(photo_paths):
         def replace(self, **kw):
             return dataclasses.replace(self, **kw)
 
-    def J(name):
-        return Fake(Spec(name))
+    def J(name):  # a registered judge's own spec (its appeal_resize), else a bare one
+        from ppjax.judges import JUDGES
+
+        return Fake(JUDGES[name] if name in JUDGES else Spec(name))
 
     assert appeal_resize_rule(J("nima_mobilenet")) == "native"
     assert appeal_resize_rule(J("nima_mobilenetv2")) == "bilinear"

@@ -282,7 +282,7 @@ def test_command_table_is_a_registry_of_lazy_modules():
     from ppjax.registry import Registry, UnknownName
 
     assert isinstance(cli.COMMANDS, Registry)
-    with pytest.raises(UnknownName, match="unknown command 'nope'; known: attacks, convert, evaluate"):
+    with pytest.raises(UnknownName, match="unknown command 'nope'; known: attacks, bench, convert, evaluate"):
         cli.COMMANDS["nope"]
     for name in cli.COMMANDS:
         parser = cli.build_parser(name)

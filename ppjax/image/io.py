@@ -273,9 +273,17 @@ def to_task_size(img: np.ndarray, task: int, rule: str = "auto") -> tuple[np.nda
         return np.asarray(out, np.uint8), [
             f"resized {iw}x{ih}->{w}x{h} (bicubic, aspect ratio not kept)"
         ]
+    return resize_crop(img, (h, w))
+
+
+def resize_crop(img: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+    """``img`` [H, W, 3] uint8 to ``hw`` keeping its aspect ratio: the shorter side resized to
+    fit (Pillow bicubic), the longer one centre-cropped. Returns ``(img, notes)``."""
+    h, w = hw
+    ih, iw = img.shape[:2]
     scale = max(w / iw, h / ih)
     nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
-    big = im.resize((nw, nh), Image.BICUBIC)
+    big = Image.fromarray(img).resize((nw, nh), Image.BICUBIC)
     left, top = (nw - w) // 2, (nh - h) // 2
     out = big.crop((left, top, left + w, top + h))
     return np.asarray(out, np.uint8), [

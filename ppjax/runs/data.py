@@ -269,13 +269,10 @@ def load_item(item: Item, task: int | None, rule: str = "auto", max_pixels: int 
 
 
 def _to_hw(img: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
-    from PIL import Image
-
-    h, w = hw
-    if img.shape[:2] == (h, w):
+    # a judge's size: the aspect ratio kept, as the 2019 task's default (imageio.to_task_size)
+    if img.shape[:2] == tuple(hw):
         return img, []
-    note = f"resized {img.shape[1]}x{img.shape[0]}->{w}x{h} (bicubic, aspect ratio not kept)"
-    return imageio.resize_plain(img, (h, w), Image.BICUBIC), [note]
+    return imageio.resize_crop(img, hw)
 
 
 def path_items(paths: Iterable[str | os.PathLike]) -> list[Item]:
