@@ -429,9 +429,9 @@ def _scale_child(folder: str, weights_dir: str, slots: int, steps: int) -> None:
                         steps=steps, early_stop=False, best="final")
     stop.set()
     t.join()
-    from benchmarks.throughput import _peak_rss_mib
+    from ppjax.bench import peak_rss_mib
 
-    print(json.dumps({**r, "rss_mib": _peak_rss_mib(), "rss_tree_mib": peak[0]}))
+    print(json.dumps({**r, "rss_mib": peak_rss_mib(), "rss_tree_mib": peak[0]}))
 
 
 def scale(n: int, root: Path, weights_dir: str, slots: int, steps: int) -> dict:

@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _results
+from ppjax.bench import peak_rss_mib
 
 EPS, STEP = 8 / 255, 2 / 255
 
@@ -301,20 +301,9 @@ def _child(engine: str, judge: str, batch: int, weights_dir: str) -> None:
     else:
         run_once, _, _ = make_torch_engine(engine, judge, batch, weights_dir)
     run_once()
-    print(json.dumps({"peak_rss_mib": _peak_rss_mib()}))
+    print(json.dumps({"peak_rss_mib": peak_rss_mib()}))
 
 
-def _peak_rss_mib() -> float:
-    """This process's own peak RSS. Not ``getrusage().ru_maxrss``: Linux carries the maximum
-    across fork + exec, so a child of the (large) benchmark process reported the parent's peak,
-    the same for every engine. ``VmHWM`` belongs to the current address space only."""
-    try:
-        for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class TimeLimit(Exception):
