@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppjax.attacks.objectives import Objective, Terms, register
+from ppjax.attacks.objectives import Input, Objective, Terms, register
 from ppjax.faces.cascade import THRESHOLDS
 from ppjax.models.mtcnn import ONET_HW, RNET_HW, pyramid_scales, pyramid_sizes
 
@@ -50,6 +50,20 @@ from ppjax.models.mtcnn import ONET_HW, RNET_HW, pyramid_scales, pyramid_sizes
 M_CANDIDATES = 512
 K_PROPOSALS = 64
 K_ONET = 16
+#: Face regions per image (the per-image input ``faces``): the clean image's detections. A
+#: photo with more faces than this is attacked over every window (no regions).
+FACE_SLOTS = 16
+#: A P-Net window counts for the hinge when at least ``NEAR_FRACTION`` of its area lies inside a
+#: face region grown ``REGION_GROW`` times about its centre.
+REGION_GROW = 1.5
+NEAR_FRACTION = 0.5
+#: The weight of P-Net's hinge (summed over thousands of windows) against R-Net's and O-Net's
+#: (a few proposals each): at 1 the dense P-Net term takes the whole step and the attack stalls
+#: with R-Net and O-Net still accepting the face; at 0 P-Net fires everywhere and the
+#: proposals overflow (measured on astronaut, docs/faces.md).
+PNET_WEIGHT = 0.02
+#: The per-image input: face boxes ``x1, y1, x2, y2`` in the image's pixels, rows of -1 unused.
+FACES_INPUT = Input("faces", (FACE_SLOTS, 4), "float32", -1.0)
 
 _sg = jax.lax.stop_gradient
 
@@ -220,8 +234,42 @@ def _pick(a: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
     return jax.vmap(lambda v, i: v[i])(a, idx)
 
 
-def _stage1(judge, x, kappa, k: int, m: int):
-    """P-Net over the pyramid: (hinge_p [B], max prob [B], :class:`Proposals` batched)."""
+def face_regions(boxes) -> np.ndarray:
+    """The ``faces`` input of one image from its clean detections ``boxes`` [N, 4] (``x1, y1,
+    x2, y2``): [FACE_SLOTS, 4] float32, unused rows -1; all -1 (no regions: every window
+    counts) when there are none or more than :data:`FACE_SLOTS`."""
+    out = np.full((FACE_SLOTS, 4), -1.0, np.float32)
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if 0 < len(b) <= FACE_SLOTS:
+        out[:len(b)] = b
+    return out
+
+
+def near_faces(boxes, faces: jnp.ndarray, grow: float = REGION_GROW,
+               frac: float = NEAR_FRACTION) -> jnp.ndarray:
+    """[B, N] float32: 1 for a box of ``boxes`` ([N, 4], the same for every image, or [B, N, 4])
+    with at least ``frac`` of its area inside one of the image's face regions (``faces``
+    [B, F, 4], grown ``grow`` times about their centres), else 0; all 1 for an image with no
+    region (every row unused)."""
+    f = jnp.asarray(faces, jnp.float32)
+    used = (f[..., 2] > f[..., 0]) & (f[..., 3] > f[..., 1])  # [B, F]
+    c = (f[..., :2] + f[..., 2:]) * 0.5
+    half = (f[..., 2:] - f[..., :2]) * (0.5 * grow)
+    lo, hi = (c - half)[:, None], (c + half)[:, None]  # [B, 1, F, 2]
+    g = jnp.asarray(boxes)
+    g = jnp.broadcast_to(g, (f.shape[0], *g.shape[-2:]))[:, :, None, :]  # [B, N, 1, 4]
+    iw = jnp.maximum(jnp.minimum(g[..., 2], hi[..., 0]) - jnp.maximum(g[..., 0], lo[..., 0]),
+                     0.0)
+    ih = jnp.maximum(jnp.minimum(g[..., 3], hi[..., 1]) - jnp.maximum(g[..., 1], lo[..., 1]),
+                     0.0)
+    area = (g[..., 2] - g[..., 0]) * (g[..., 3] - g[..., 1])
+    near = jnp.any((iw * ih >= frac * area) & used[:, None, :], axis=-1)  # [B, N]
+    return jnp.where(jnp.any(used, axis=-1, keepdims=True), near, True).astype(jnp.float32)
+
+
+def _stage1(judge, x, kappa, k: int, m: int, faces=None):
+    """P-Net over the pyramid: (hinge_p [B], max prob [B], :class:`Proposals` batched); with
+    ``faces`` [B, F, 4] the hinge counts only the windows :func:`near_faces`."""
     b, h, w = x.shape[:3]
     mod = judge.module
     geom, sid = window_geometry(h, w, mod.min_face, mod.factor)
@@ -229,14 +277,17 @@ def _stage1(judge, x, kappa, k: int, m: int):
     prob = jnp.concatenate([lv.prob.reshape(b, -1) for lv in levels], axis=1)
     logit = jnp.concatenate([lv.logit.reshape(b, -1) for lv in levels], axis=1)
     reg = jnp.concatenate([lv.reg.reshape(b, -1, 4) for lv in levels], axis=1)
-    hinge = jnp.sum(jax.nn.relu(logit - (log_odds(THRESHOLDS[0]) - kappa)), axis=1)
+    hinge = jax.nn.relu(logit - (log_odds(THRESHOLDS[0]) - kappa))
+    if faces is not None:
+        hinge = hinge * near_faces(geom, faces)
+    hinge = jnp.sum(hinge, axis=1)
     prop = jax.vmap(lambda p, lg, r: proposals(geom, sid, p, lg, r, kappa, k, m))(
         _sg(prob), _sg(logit), _sg(reg))
     return hinge, jnp.max(prob, axis=1), prop
 
 
 def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M_CANDIDATES,
-                  k_onet: int = K_ONET) -> CascadeTerms:
+                  k_onet: int = K_ONET, faces=None) -> CascadeTerms:
     """The cascade of judge ``mtcnn`` on ``x`` [B, H, W, 3] in [0, 1] (see the module doc):
     ``m`` windows enter the stage-1 NMS, ``k`` survivors reach R-Net, the ``k_onet`` with the
     highest R-Net log-odds reach O-Net."""
@@ -245,11 +296,14 @@ def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M
         zero = jnp.zeros(b, jnp.float32)  # too small for one window: nothing can be found
         return CascadeTerms(zero, zero, zero, jnp.zeros(b, bool), zero)
     kappa = jnp.asarray(kappa, jnp.float32)
-    hinge_p, max_prob, prop = _stage1(judge, x, kappa, k, m)
+    hinge_p, max_prob, prop = _stage1(judge, x, kappa, k, m, faces)
     c24, ok24 = _crops(x, prop.boxes, RNET_HW)
     r = _net(judge, c24, "rnet")
     live = prop.valid & ok24
-    hinge_r = jnp.sum(jnp.where(live, jax.nn.relu(r.logit - (log_odds(THRESHOLDS[1]) - kappa)),
+    counts = live  # the hinges count the proposals near a face region only
+    if faces is not None:
+        counts = live & (near_faces(prop.boxes, faces) > 0)
+    hinge_r = jnp.sum(jnp.where(counts, jax.nn.relu(r.logit - (log_odds(THRESHOLDS[1]) - kappa)),
                                 0.0), axis=1)
     r_pass = prop.passing & ok24 & (r.prob > THRESHOLDS[1])
     k_onet = min(k_onet, r.logit.shape[1])
@@ -257,8 +311,8 @@ def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M
     boxes48 = _sg(calibrate(_pick(prop.boxes, io), _pick(r.reg, io), plus_one=True))
     c48, ok48 = _crops(x, boxes48, ONET_HW)
     o = _net(judge, c48, "onet")
-    live_o = _pick(live, io) & ok48
-    hinge_o = jnp.sum(jnp.where(live_o, jax.nn.relu(o.logit - (log_odds(THRESHOLDS[2]) - kappa)),
+    counts_o = _pick(counts, io) & ok48
+    hinge_o = jnp.sum(jnp.where(counts_o, jax.nn.relu(o.logit - (log_odds(THRESHOLDS[2]) - kappa)),
                                 0.0), axis=1)
     found = _pick(r_pass, io) & ok48 & (o.prob > THRESHOLDS[2])
     overflow = prop.overflow | (jnp.sum(r_pass, axis=1) > k_onet)
@@ -272,10 +326,11 @@ def faces_objective(k: int = K_PROPOSALS, m: int = M_CANDIDATES, k_onet: int = K
 
     def factory(cfg) -> Objective:
         def evaluate(models, x, aux, cfg):
-            t = cascade_terms(models["judge"], x, cfg.kappa, k, m, k_onet)
-            return Terms(t.hinge_p + t.hinge_r + t.hinge_o, ~t.detected, t.max_prob)
+            t = cascade_terms(models["judge"], x, cfg.kappa, k, m, k_onet, aux.get("faces"))
+            loss = PNET_WEIGHT * t.hinge_p + t.hinge_r + t.hinge_o
+            return Terms(loss, ~t.detected, t.max_prob)
 
-        return Objective(evaluate, output="score", prepare=None)
+        return Objective(evaluate, output="score", prepare=None, inputs=(FACES_INPUT,))
 
     return factory
 

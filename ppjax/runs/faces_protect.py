@@ -86,13 +86,15 @@ def _attack_bucket(hw, group, acfg, judge, extra, cfg, slots, seed_of, write, on
 
     import ppjax
     from ppjax.attacks import StreamItem
+    from ppjax.faces.objective import face_regions
 
     held = {}
 
     def items():
         for b, _, boxes in group:
             held[b.item.name] = (b, len(boxes))
-            yield StreamItem(b.item.name, faces.pad_to(b.image, hw), seed_of(b.item.name))
+            yield StreamItem(b.item.name, faces.pad_to(b.image, hw), seed_of(b.item.name),
+                             inputs={"faces": face_regions(boxes)})
 
     for name, res in ppjax.attacks.stream(
             acfg, judge, items(), slots=faces.bucket_slots(hw, slots), extra_judges=extra,
@@ -135,13 +137,18 @@ def amend_summary(summary: dict, okd: dict) -> dict:
 
 
 def protect_images(acfg, judge, images, seeds, slots: int = 8, extra=None,
-                   canvas=faces.bucket_hw) -> list[dict]:
+                   canvas=faces.bucket_hw, boxes=None) -> list[dict]:
     """Attack photos of any sizes in memory (the benchmark's and the tests' entry): ``images``
-    [H_i, W_i, 3] uint8, ``seeds`` per image. Grouped by ``canvas(h, w)`` (default: the task's
-    buckets), padded, streamed, cropped back; returns per image (input order) ``{"image": uint8
-    [H_i, W_i, 3], "success", "steps", "linf"}``."""
+    [H_i, W_i, 3] uint8, ``seeds`` per image, ``boxes`` per image the clean faces the attack
+    works around (default: MTCNN's detections of each photo). Grouped by ``canvas(h, w)``
+    (default: the task's buckets), padded, streamed, cropped back; returns per image (input
+    order) ``{"image": uint8 [H_i, W_i, 3], "success", "steps", "linf"}``."""
     import ppjax
     from ppjax.attacks import StreamItem
+    from ppjax.faces.objective import face_regions
+
+    if boxes is None:
+        boxes = [faces_detect.detect(judge, img)[0] for img in images]
 
     def hw_of(i):
         return canvas(*images[i].shape[:2])
@@ -149,7 +156,8 @@ def protect_images(acfg, judge, images, seeds, slots: int = 8, extra=None,
     order = sorted(range(len(images)), key=hw_of)
     out: list[dict] = [{} for _ in images]
     for hw, group in faces.runs_of_bucket(iter(order), hw_of):
-        items = (StreamItem(i, faces.pad_to(images[i], hw), int(seeds[i])) for i in group)
+        items = (StreamItem(i, faces.pad_to(images[i], hw), int(seeds[i]),
+                            inputs={"faces": face_regions(boxes[i])}) for i in group)
         for i, res in ppjax.attacks.stream(acfg, judge, items, slots=faces.bucket_slots(
                 hw, slots), extra_judges=extra):
             out[i] = {"image": faces.crop_to(imageio.to_uint8(res.images), images[i].shape[:2]),
