@@ -186,3 +186,49 @@ def test_protect_then_evaluate(judge, weights, face_set, tmp_path, capsys):
     assert rep["appeal"]["nima_mean"] is None or rep["appeal_unavailable"] is None
     assert (rep_dir / "faces_boxes.png").exists() and "STAND-IN" not in (
         rep_dir / "report.md").read_text()
+
+
+def test_full_disk_stops_cleanly_and_resumes(judge, weights, face_set, tmp_path, capsys):
+    """``--out`` fills up mid-run on the faces path (issue 27, as for the main path in
+    tests/test_faults.py): exit code 2 and one clear message, no file blamed for the disk, only
+    whole PNGs that the manifest lists; after space is freed the rerun resumes and its PNGs
+    and zip equal an uninterrupted run's. Three photos of one bucket (one compilation)."""
+    from ppjax.cli import main
+    from tests.test_faults import assert_no_traceback, assert_whole, small_tmpfs
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    (a, x), (b, y) = _same_bucket_pair(face_set[1])
+    for name, img in ((a.file, x), (b.file, y), (f"again_{a.file}", x)):
+        Image.fromarray(img).save(src / name)
+
+    def protect(out):
+        rc = main(["protect", "--task", "faces", "--images", str(src), "--out", str(out),
+                   "--run-code", "T", "--weights-dir", str(weights), "--preset", "plain",
+                   "--set", "steps=2", "--workers", "2", "--no-progress"])
+        return rc, capsys.readouterr().err
+
+    ref = tmp_path / "ref"
+    rc, err = protect(ref)
+    assert rc == 0, err[-3000:]
+    pngs = sorted(p.stat().st_size for p in (ref / "images").iterdir())
+    size = (pngs[-1] + pngs[0] // 2) // 4096 * 4096 + 4096  # room for one PNG, not for three
+    with small_tmpfs(tmp_path / "small", size) as free:
+        out = tmp_path / "small" / "run"
+        rc, err = protect(out)
+        assert rc == 2, err[-3000:]
+        assert_no_traceback(err)
+        msg = [ln for ln in err.splitlines() if "No space left on device" in ln]
+        assert len(msg) == 1 and "rerun the same command" in msg[0], err[-3000:]
+        man = assert_whole(out)
+        assert all(e["status"] == "ok" for e in man.values())  # no file blamed for the disk
+        assert 1 <= len(man) < 3, man  # it stopped while writing PNGs, not before
+        free()
+        rc, err = protect(out)
+        assert rc == 0, err[-3000:]
+        assert json.loads((out / "summary.json").read_text())["skipped_on_resume"] == len(man)
+        assert_whole(out)
+        names = sorted(p.name for p in (ref / "images").iterdir())
+        assert sorted(p.name for p in (out / "images").iterdir()) == names
+        for p in sorted((ref / "images").iterdir()) + [ref / "T.zip"]:
+            assert (out / p.relative_to(ref)).read_bytes() == p.read_bytes(), p.name

@@ -10,6 +10,7 @@ full fuzz set (520 files); the default run takes a fixed-seed subset of 60.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -233,18 +234,27 @@ def assert_same_as(out: Path, ref: Path) -> None:
     assert (out / z).read_bytes() == (ref / z).read_bytes()
 
 
-def test_full_disk_stops_cleanly_and_resumes(clean_set, weights, cache, tmp_path):
-    images, ref = clean_set
-    mnt = tmp_path / "small"
+@contextlib.contextmanager
+def small_tmpfs(mnt: Path, size: int):
+    """A tmpfs of ``size`` bytes mounted at ``mnt`` (the test is skipped, with the reason,
+    where none can be mounted); yields ``free()``, which grows it to 64 MiB."""
     mnt.mkdir()
-    png = max(p.stat().st_size for p in (ref / "images").iterdir())
-    size = (3 * png + png // 2) // 4096 * 4096 + 4096  # room for about three PNGs
     got = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
                          capture_output=True, text=True)
     if got.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {got.stderr.strip() or got.returncode}")
     try:
-        out = mnt / "run"
+        yield lambda: subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_full_disk_stops_cleanly_and_resumes(clean_set, weights, cache, tmp_path):
+    images, ref = clean_set
+    png = max(p.stat().st_size for p in (ref / "images").iterdir())
+    size = (3 * png + png // 2) // 4096 * 4096 + 4096  # room for about three PNGs
+    with small_tmpfs(tmp_path / "small", size) as free:
+        out = tmp_path / "small" / "run"
         rc, _, stderr = start_cli(protect_args(images, out, weights, steps=8, batch=2), cache)
         assert rc == 2, stderr[-3000:]
         assert_no_traceback(stderr)
@@ -252,12 +262,10 @@ def test_full_disk_stops_cleanly_and_resumes(clean_set, weights, cache, tmp_path
         man = assert_whole(out)
         assert all(e["status"] == "ok" for e in man.values())  # no file blamed for the disk
         assert len(man) < N_CLEAN
-        subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+        free()
         rc, _, stderr = start_cli(protect_args(images, out, weights, steps=8, batch=2), cache)
         assert rc == 0, stderr[-3000:]
         assert_same_as(out, ref)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def stop_in_flight(args, cache, out: Path, sig, after: int):

@@ -315,3 +315,60 @@ def test_write_zip_atomic_equals_in_memory_zip(tmp_path, photos_256):
     with zipfile.ZipFile(got) as z:
         assert z.namelist() == sorted(p.name for p in files) and z.testzip() is None
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_recorded_writes_blame_files_but_not_the_disk():
+    """:class:`pipeline.RecordedWrites` (both ``protect`` streams' recorder): done writes are
+    recorded in submission order with their sha256, a failed write is that file's error, and a
+    full disk is no file's: a non-blocking drain raises it, a blocking one records the rest
+    first and :meth:`raise_if_full` raises it after."""
+    import concurrent.futures as cf
+    import dataclasses
+    import errno
+
+    @dataclasses.dataclass(frozen=True)
+    class Entry:
+        name: str
+        output: str
+        notes: tuple = ()
+        sha256: str | None = None
+
+    class Prog:
+        def __init__(self):
+            self.log = []
+
+        def ok(self, entry, sync=True):
+            self.log.append(("ok", entry.name, entry.sha256))
+
+        def error(self, name, err, notes=None):
+            self.log.append(("error", name, err))
+
+        def sync(self):
+            self.log.append(("sync",))
+
+    def fut(result=None, exc=None):
+        f = cf.Future()
+        f.set_exception(exc) if exc else f.set_result(result)
+        return f
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    prog = Prog()
+    w = pipeline.RecordedWrites(prog)
+    w.add(fut("aa"), Entry("a", "A.png"))
+    w.add(fut(exc=ValueError("bad image")), Entry("b", "B.png"))
+    w.add(fut(exc=full), Entry("c", "C.png"))
+    pending = cf.Future()
+    w.add(pending, Entry("d", "D.png"))
+    with pytest.raises(OSError) as e:
+        w.drain(block=False)
+    assert e.value is full
+    assert prog.log == [("ok", "a", "aa"), ("error", "b", "writing B.png: bad image"), ("sync",)]
+    pending.set_result("dd")
+    w.drain(block=True)  # the run's final drain: no raise, the finished write recorded
+    assert prog.log[3:] == [("ok", "d", "dd"), ("sync",)]
+    with pytest.raises(OSError, match="No space left"):
+        w.raise_if_full()
+    quiet = pipeline.RecordedWrites(Prog())
+    quiet.add(fut(exc=ValueError("x")), Entry("e", "E.png"))
+    quiet.drain(block=True)
+    quiet.raise_if_full()  # only a full disk stops the run

@@ -13,9 +13,7 @@ run's layout, validation, lock, manifest, resume and zip are that module's. Per 
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import dataclasses
 
 import numpy as np
 
@@ -27,33 +25,20 @@ from ppjax.runs.layout import STANDIN_TEXT, ManifestEntry, output_name
 def stream_faces(cfg, acfg, judge, extra, todo, img_dir, prog, slots, max_pixels, workers,
                  seed_of) -> None:
     """Protect ``todo`` (:class:`ppjax.runs.data.Item`) into ``img_dir``; each finished file is
-    recorded through ``prog`` (``ok(entry)`` / ``error(name, err)``) once its PNG is in place.
-    ``seed_of(name)`` is the image's attack seed."""
+    recorded through ``prog`` (``ok(entry)`` / ``error(name, err)``) once its PNG is in place
+    (:class:`ppjax.runs.pipeline.RecordedWrites`: a full disk raises its ``OSError`` after the
+    writes in flight are recorded). ``seed_of(name)`` is the image's attack seed."""
     from ppjax.runs import data
 
     spec = data.get_task(cfg.task)
     ordered = faces.by_bucket(todo, spec.max_side)
     decoded = pipeline.prefetch(ordered, cfg.task, cfg.resize, max_pixels, workers=workers)
     png_text = STANDIN_TEXT if cfg.standin else None
-    writes: collections.deque = collections.deque()
-
-    def drain(block: bool) -> None:
-        n = 0
-        while writes and (block or writes[0][0].done()):
-            fut, entry = writes.popleft()
-            try:
-                entry = dataclasses.replace(entry, sha256=fut.result())
-            except Exception as e:  # this file failed to write; the run goes on
-                prog.error(entry.name, f"writing {entry.output}: {e}", entry.notes)
-                continue
-            prog.ok(entry, sync=False)
-            n += 1
-        if n:
-            prog.sync()
+    writes = pipeline.RecordedWrites(prog)  # a full disk stops the run, as in the main path
+    drain = writes.drain
 
     def write(entry, img):
-        writes.append((writer.submit(img_dir / entry.output, img, png_text, cfg.png_level),
-                       entry))
+        writes.add(writer.submit(img_dir / entry.output, img, png_text, cfg.png_level), entry)
         drain(block=False)
 
     with pipeline.Writer(workers=workers) as writer, contextlib.closing(decoded):
@@ -64,6 +49,7 @@ def stream_faces(cfg, acfg, judge, extra, todo, img_dir, prog, slots, max_pixels
                                lambda: drain(block=False))
         finally:
             drain(block=True)
+    writes.raise_if_full()
 
 
 def _sort_out(decoded, judge, cfg, prog, write, seed_of):

@@ -9,7 +9,8 @@
 * :class:`Writer` encodes PNGs (:func:`ppjax.image.io.encode_png`), hashes them (sha256 of the
   bytes) and writes them atomically (:func:`ppjax.image.io.atomic_write_bytes`, fsync) in a pool
   of workers; ``submit`` blocks while ``depth`` writes are pending and returns a
-  :class:`concurrent.futures.Future` of the sha256, through which errors surface.
+  :class:`concurrent.futures.Future` of the sha256, through which errors surface;
+  :class:`RecordedWrites` records those futures in order (a full disk stops the run).
 * :func:`write_zip_atomic` assembles the submission zip streaming from disk (the same bytes as
   building it in memory, without holding the whole set).
 
@@ -45,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ppjax.errors import is_disk_full
 from ppjax.image import io as imageio
 from ppjax.runs import data, orphans
 
@@ -347,6 +349,55 @@ class Writer:
     def __exit__(self, exc_type, *_) -> None:
         # a KeyboardInterrupt should not wait for the queue; a normal exit writes everything
         self.close(cancel=exc_type is KeyboardInterrupt)
+
+
+class RecordedWrites:
+    """The PNG writes in flight (:meth:`Writer.submit`'s futures), recorded through ``prog`` in
+    submission order once done: ``prog.ok(entry, sync=False)`` with the sha256 filled in, then
+    one ``prog.sync()`` per drain; ``prog.error(name, err, notes)`` for a write that failed.
+
+    A write that finds the disk full (:func:`ppjax.errors.is_disk_full`) is no file's fault: it
+    gets no manifest line (the file is redone on resume), the next non-blocking drain raises it
+    to stop the run, and the final blocking drain (in a ``finally``) still records every write
+    that did finish; :meth:`raise_if_full` then raises it (``ppjax protect`` turns it into
+    :class:`ppjax.errors.DiskFull`, exit code 2). Both ``protect`` streams use this one class."""
+
+    def __init__(self, prog):
+        self.prog = prog
+        self.pending: collections.deque = collections.deque()
+        self.full: list[OSError] = []
+
+    def add(self, fut: cf.Future, entry) -> None:
+        """Track ``fut`` (its result: the PNG's sha256) for ``entry`` (a dataclass with
+        ``name``, ``output``, ``notes`` and ``sha256`` fields)."""
+        self.pending.append((fut, entry))
+
+    def drain(self, block: bool) -> None:
+        """Record the finished writes (``block``: wait for all of them)."""
+        import dataclasses
+
+        n = 0
+        while self.pending and (block or self.pending[0][0].done()):
+            fut, entry = self.pending.popleft()
+            try:
+                entry = dataclasses.replace(entry, sha256=fut.result())
+            except Exception as e:
+                if is_disk_full(e):
+                    self.full.append(e)
+                else:  # this file failed to write; the run goes on
+                    self.prog.error(entry.name, f"writing {entry.output}: {e}", entry.notes)
+                continue
+            self.prog.ok(entry, sync=False)
+            n += 1
+        if n:  # one fsync for the lines of this drain
+            self.prog.sync()
+        if self.full and not block:
+            raise self.full[0]
+
+    def raise_if_full(self) -> None:
+        """After the final blocking drain: raise the full disk's error, if a write met it."""
+        if self.full:
+            raise self.full[0]
 
 
 def write_zip_atomic(dst: str | os.PathLike, files: Iterable[str | os.PathLike],

@@ -503,7 +503,7 @@ def _stream(cfg, acfg, judge, extra, todo, img_dir, prog: _Progress, slots, max_
             label = b.item.label if (logits and b.item.label is not None) else -1
             yield StreamItem(b.item.name, b.image, image_seed(b.item.name, cfg.seed), label)
 
-    writes = _Writes(prog)
+    writes = pipeline.RecordedWrites(prog)
     drain = writes.drain
 
     def on_chunk() -> None:  # one iteration (chunk=1) of every busy slot, at most ``slots``
@@ -525,44 +525,7 @@ def _stream(cfg, acfg, judge, extra, todo, img_dir, prog: _Progress, slots, max_
                 drain(block=False)
         finally:
             writes.drain(block=True)  # the writes in flight are finished and recorded
-    if writes.full:
-        raise writes.full[0]
-
-
-class _Writes:
-    """The PNG writes in flight, recorded in submission order once done. A write that finds
-    the disk full is no file's fault: it gets no manifest line (the file is redone on resume),
-    the next non-blocking drain raises it to stop the run, and the final blocking drain still
-    records every write that did finish."""
-
-    def __init__(self, prog: _Progress):
-        import collections
-
-        self.prog = prog
-        self.pending: collections.deque = collections.deque()
-        self.full: list[OSError] = []
-
-    def add(self, fut, entry: ManifestEntry) -> None:
-        self.pending.append((fut, entry))
-
-    def drain(self, block: bool) -> None:
-        n = 0
-        while self.pending and (block or self.pending[0][0].done()):
-            fut, entry = self.pending.popleft()
-            try:
-                entry = dataclasses.replace(entry, sha256=fut.result())
-            except Exception as e:
-                if is_disk_full(e):
-                    self.full.append(e)
-                else:  # this file failed to write; the run goes on
-                    self.prog.error(entry.name, f"writing {entry.output}: {e}", entry.notes)
-                continue
-            self.prog.ok(entry, sync=False)
-            n += 1
-        if n:  # one fsync for the lines of this drain
-            self.prog.sync()
-        if self.full and not block:
-            raise self.full[0]
+    writes.raise_if_full()
 
 
 def _entry(cfg, b: data.Loaded, res, logits: bool) -> ManifestEntry:
