@@ -95,10 +95,10 @@ def choose_backend(backend: str = "auto", dtype=None, mesh=None) -> Backend:
     dt = None if dtype is None else jnp.dtype(dtype)
     if backend == "xla":
         return Backend("xla", dt)
-    from ppjax.accel import onednn
+    from ppjax.accel.onednn import cpu
 
     if backend == "onednn":
-        onednn.require_native(jnp.float32 if dt is None else dt)
+        cpu.require_native(jnp.float32 if dt is None else dt)
         return Backend("onednn", dt)
     # one CPU device only: under GSPMD the FFI call would be replicated, and a process with
     # several (forced) CPU devices should give the same numbers on a 1-device mesh as on all
@@ -106,7 +106,7 @@ def choose_backend(backend: str = "auto", dtype=None, mesh=None) -> Backend:
     if not (single and jax.default_backend() == "cpu") or dt not in (None, jnp.float32,
                                                                      jnp.bfloat16):
         return Backend("xla", dt)
-    caps = onednn.capabilities()
+    caps = cpu.capabilities()
     if not caps.available:
         note = f"oneDNN convolutions unavailable, running on XLA: {caps.reason.splitlines()[0]}"
         _say_once(note)
@@ -127,9 +127,9 @@ def prepare_models(judge, extra_judges=None, dtype=None, backend: str = "auto",
         backend = "xla"  # oneDNN's BatchNorm folding reads a registered judge's model
     path = choose_backend(backend, dtype, mesh)
     if path.name == "onednn":
-        from ppjax.accel import onednn
+        from ppjax.accel.onednn.judge import accelerate
 
-        models["judge"] = onednn.accelerate(models["judge"], dtype=path.dtype, check=False)
+        models["judge"] = accelerate(models["judge"], dtype=path.dtype, check=False)
     elif path.dtype is not None:
         models["judge"] = models["judge"].with_dtype(path.dtype)
     return models
