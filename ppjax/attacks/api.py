@@ -222,6 +222,17 @@ def _batch_inputs(cfg: AttackConfig, judge, images, given: dict, group, seeds, s
     return jnp.asarray(to_grid(x)), aux, seeds
 
 
+def _config(name: str | AttackConfig, preset: str | None, settings: dict,
+            appeal: bool) -> AttackConfig:
+    """The attack's config: ``name`` itself when it is a config with nothing to add (no preset,
+    settings or appeal judge: a caller that resolved it already, as ``ppjax protect`` does in
+    its validation, passes it on), else :func:`~ppjax.attacks.presets.resolve_attack`. Names
+    are resolved once per run."""
+    if isinstance(name, AttackConfig) and preset is None and not settings and not appeal:
+        return name
+    return resolve_attack(name, preset, settings, appeal)
+
+
 def _with_appeal(extra_judges: dict | None, appeal_judge) -> dict:
     extra = dict(extra_judges or {})
     if appeal_judge is not None:
@@ -282,7 +293,7 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
       **settings: :class:`AttackConfig` fields (``eps=4/255``, ``steps=20``, ...) and the
         config's ``hyper`` values; anything else is an error naming the valid settings.
     """
-    judge, cfg = as_judge(judge), resolve_attack(name, preset, settings, appeal_judge is not None)
+    judge, cfg = as_judge(judge), _config(name, preset, settings, appeal_judge is not None)
     given = {"labels": labels, "targets": targets, **(inputs or {})}
     x, aux, seeds = _batch_inputs(cfg, judge, images, given, group, seeds, seed)
     if mesh is None and jax.device_count() > 1:
@@ -315,7 +326,7 @@ def stream(name: str | AttackConfig, judge, items: Iterable[StreamItem], *,
         of the consumer's that should not wait for the next finished image).
       Others: as :func:`attack`.
     """
-    judge, cfg = as_judge(judge), resolve_attack(name, preset, settings, appeal_judge is not None)
+    judge, cfg = as_judge(judge), _config(name, preset, settings, appeal_judge is not None)
     g = group_mask(judge, group) if cfg.objective == "group" else None
     if mesh is None and jax.local_device_count() > 1:  # this process's devices: each process
         mesh = parallel.batch_mesh(jax.local_devices())  # of a distributed run streams its share
