@@ -284,9 +284,9 @@ def best_dtype() -> str:
     if jax.default_backend() != "cpu":
         return "bfloat16"
     try:
-        from ppjax.accel import onednn
+        from ppjax.accel.onednn.cpu import capabilities
 
-        return "bfloat16" if onednn.capabilities().native("bfloat16") else "float32"
+        return "bfloat16" if capabilities().native("bfloat16") else "float32"
     except Exception:  # no oneDNN here: XLA's bf16 on CPU is emulated, slower than f32
         return "float32"
 

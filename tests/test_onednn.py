@@ -1,4 +1,4 @@
-"""The oneDNN convolution path (ppjax/accel/onednn.py) against XLA's own convolution."""
+"""The oneDNN convolution path (ppjax/accel/onednn/) against XLA's own convolution."""
 
 from __future__ import annotations
 
@@ -247,7 +247,7 @@ def test_backend_choice_without_onednn_says_why_once(monkeypatch, caplog):
 
     fake = onednn.Capabilities(False, "no C++ compiler found (set $CXX or install g++)", None,
                                (), "oneDNN is unavailable", {}, onednn.cpu_info())
-    monkeypatch.setattr(onednn, "capabilities", lambda: fake)
+    monkeypatch.setattr(onednn.cpu, "capabilities", lambda: fake)  # the probe's owner
     monkeypatch.setattr(api, "_SAID", set())
     with caplog.at_level("WARNING", logger="ppjax"):
         for _ in range(2):

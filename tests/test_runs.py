@@ -357,3 +357,33 @@ def test_benchmark_models_do_not_need_the_tests_package():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_protect_resolves_the_attack_once_and_runs_what_it_records(standin_weights, tmp_path,
+                                                                      photo_paths, monkeypatch):
+    """``ppjax protect`` turns the attack's name, preset and settings into a config once, in the
+    validation before anything is written; the engine runs that very config, and config.json
+    records it (nothing re-resolved on the way, where it could drift from the record)."""
+    import ppjax.attacks
+    from ppjax.attacks import api, presets
+    from ppjax.runs.provenance import attack_record
+
+    resolved, ran = [], []
+
+    def counted(*a, **k):
+        resolved.append(presets.resolve_attack(*a, **k))
+        return resolved[-1]
+
+    for mod in (ppjax.attacks, api):  # every name the callers take it by
+        monkeypatch.setattr(mod, "resolve_attack", counted)
+    engine = ppjax.attacks.stream
+    monkeypatch.setattr(ppjax.attacks, "stream", lambda acfg, *a, **k: (ran.append(acfg),
+                                                                         engine(acfg, *a, **k))[1])
+    (tmp_path / "in").mkdir()
+    Image.open(photo_paths[0]).convert("RGB").resize((64, 48)).save(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    assert cli.main(_args(tmp_path / "in", out, standin_weights)) == 0
+    assert len(resolved) == 1 and len(ran) == 1 and ran[0] is resolved[0]
+    stored = json.loads((out / "config.json").read_text())["attack_resolved"]
+    want = attack_record(ran[0], "ifgsm", None, (("steps", 1),))
+    assert stored == json.loads(json.dumps(want))

@@ -266,9 +266,56 @@ def test_objectives_module_is_under_300_lines():
 
 
 def test_per_judge_knowledge_lives_on_the_judge_spec():
+    onednn = [str(p.relative_to(REPO)) for p in sorted((PKG / "accel" / "onednn").glob("*.py"))]
     for rel, table in (("ppjax/attacks/appeal.py", "APPEAL_RESIZE ="),
-                       ("ppjax/accel/onednn.py", "F32_ACTIVATIONS ="),
+                       *((rel, "F32_ACTIVATIONS =") for rel in onednn),
                        ("ppjax/convert/__init__.py", '"nima_mobilenetv2"')):
         assert table not in _source(rel), (rel, table)
     assert "(\"labels\", \"targets\")" not in _source("ppjax/attacks/loop.py")
     assert "(\"labels\", \"targets\")" not in _source("ppjax/attacks/stream.py")
+
+
+# Each module of ppjax.accel.onednn does one job, lower jobs first: the marks of a job (an import,
+# a call, a file it reads) may appear only in its own module.
+_ONEDNN_JOBS = {
+    "extension": ("subprocess", "register_ffi_target"),  # compile and load the C++ extension
+    "cpu": ("/proc/cpuinfo", "dnnl_get_effective_cpu_isa"),  # probe what this CPU runs natively
+    "ops": ("ffi_call", "custom_vjp"),  # the differentiable ops inside compiled programs
+    "judge": ("flax", "ppjax.judges", "ppjax.accel.intercept"),  # run a judge's model on the ops
+}
+
+
+def _marks(path: Path) -> set[str]:
+    """Imported modules, names, attributes and string constants of a file."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            out.add(node.module or "")
+        elif isinstance(node, ast.Attribute):
+            out.add(node.attr)
+        elif isinstance(node, ast.Name):
+            out.add(node.id)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            out.add(node.value)
+    return out
+
+
+def test_onednn_modules_each_do_one_job():
+    files = {p.stem: p for p in sorted((PKG / "accel" / "onednn").glob("*.py"))}
+    assert sorted(files) == sorted(["__init__", *_ONEDNN_JOBS])
+    for stem, path in files.items():
+        assert len(path.read_text().splitlines()) < 250, stem
+        have = _marks(path)
+        for job, marks in _ONEDNN_JOBS.items():
+            found = [m for m in marks if any(h == m or h.startswith(m + ".") for h in have)]
+            if job == stem:
+                assert found, (stem, "does not do its job any more: update _ONEDNN_JOBS")
+            else:
+                assert not found, (stem, f"does {job}'s job", found)
+    order, graph = list(_ONEDNN_JOBS), import_graph()  # a job imports only the jobs below it
+    for i, stem in enumerate(order):
+        deps = {d.rpartition(".")[2] for d in graph[f"ppjax.accel.onednn.{stem}"]
+                if d.startswith("ppjax.accel.onednn.")}
+        assert deps <= set(order[:i]), (stem, deps)

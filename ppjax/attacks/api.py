@@ -95,10 +95,10 @@ def choose_backend(backend: str = "auto", dtype=None, mesh=None) -> Backend:
     dt = None if dtype is None else jnp.dtype(dtype)
     if backend == "xla":
         return Backend("xla", dt)
-    from ppjax.accel import onednn
+    from ppjax.accel.onednn import cpu
 
     if backend == "onednn":
-        onednn.require_native(jnp.float32 if dt is None else dt)
+        cpu.require_native(jnp.float32 if dt is None else dt)
         return Backend("onednn", dt)
     # one CPU device only: under GSPMD the FFI call would be replicated, and a process with
     # several (forced) CPU devices should give the same numbers on a 1-device mesh as on all
@@ -106,7 +106,7 @@ def choose_backend(backend: str = "auto", dtype=None, mesh=None) -> Backend:
     if not (single and jax.default_backend() == "cpu") or dt not in (None, jnp.float32,
                                                                      jnp.bfloat16):
         return Backend("xla", dt)
-    caps = onednn.capabilities()
+    caps = cpu.capabilities()
     if not caps.available:
         note = f"oneDNN convolutions unavailable, running on XLA: {caps.reason.splitlines()[0]}"
         _say_once(note)
@@ -127,9 +127,9 @@ def prepare_models(judge, extra_judges=None, dtype=None, backend: str = "auto",
         backend = "xla"  # oneDNN's BatchNorm folding reads a registered judge's model
     path = choose_backend(backend, dtype, mesh)
     if path.name == "onednn":
-        from ppjax.accel import onednn
+        from ppjax.accel.onednn.judge import accelerate
 
-        models["judge"] = onednn.accelerate(models["judge"], dtype=path.dtype, check=False)
+        models["judge"] = accelerate(models["judge"], dtype=path.dtype, check=False)
     elif path.dtype is not None:
         models["judge"] = models["judge"].with_dtype(path.dtype)
     return models
@@ -222,6 +222,17 @@ def _batch_inputs(cfg: AttackConfig, judge, images, given: dict, group, seeds, s
     return jnp.asarray(to_grid(x)), aux, seeds
 
 
+def _config(name: str | AttackConfig, preset: str | None, settings: dict,
+            appeal: bool) -> AttackConfig:
+    """The attack's config: ``name`` itself when it is a config with nothing to add (no preset,
+    settings or appeal judge: a caller that resolved it already, as ``ppjax protect`` does in
+    its validation, passes it on), else :func:`~ppjax.attacks.presets.resolve_attack`. Names
+    are resolved once per run."""
+    if isinstance(name, AttackConfig) and preset is None and not settings and not appeal:
+        return name
+    return resolve_attack(name, preset, settings, appeal)
+
+
 def _with_appeal(extra_judges: dict | None, appeal_judge) -> dict:
     extra = dict(extra_judges or {})
     if appeal_judge is not None:
@@ -282,7 +293,7 @@ def attack(name: str | AttackConfig, judge, images, labels=None, *, preset: str 
       **settings: :class:`AttackConfig` fields (``eps=4/255``, ``steps=20``, ...) and the
         config's ``hyper`` values; anything else is an error naming the valid settings.
     """
-    judge, cfg = as_judge(judge), resolve_attack(name, preset, settings, appeal_judge is not None)
+    judge, cfg = as_judge(judge), _config(name, preset, settings, appeal_judge is not None)
     given = {"labels": labels, "targets": targets, **(inputs or {})}
     x, aux, seeds = _batch_inputs(cfg, judge, images, given, group, seeds, seed)
     if mesh is None and jax.device_count() > 1:
@@ -315,7 +326,7 @@ def stream(name: str | AttackConfig, judge, items: Iterable[StreamItem], *,
         of the consumer's that should not wait for the next finished image).
       Others: as :func:`attack`.
     """
-    judge, cfg = as_judge(judge), resolve_attack(name, preset, settings, appeal_judge is not None)
+    judge, cfg = as_judge(judge), _config(name, preset, settings, appeal_judge is not None)
     g = group_mask(judge, group) if cfg.objective == "group" else None
     if mesh is None and jax.local_device_count() > 1:  # this process's devices: each process
         mesh = parallel.batch_mesh(jax.local_devices())  # of a distributed run streams its share
