@@ -184,8 +184,10 @@ def main(argv=None) -> int:
                    help="the 3 smallest images, few steps (a quick check)")
     p.add_argument("--data", default=None, help="face set folder (default: built here)")
     p.add_argument("--weights-dir", default=None)
-    p.add_argument("--steps", type=int, default=None, help="attack steps (default: 60, smoke 4)")
+    p.add_argument("--steps", type=int, default=None, help="attack steps (default: 100, the preset's; smoke 4)")
     p.add_argument("--n", type=int, default=None, help="first N images only")
+    p.add_argument("--only", default=None,
+                   help="comma-separated image names of the set (e.g. astronaut,lfw_03)")
     p.add_argument("--canvas", default="square", choices=("square", "bucket"),
                    help="how photos of many sizes share compiled programs (see attack_row)")
     p.add_argument("--eps", default=None, help="comma-separated eps levels (default 2,4,8,16)")
@@ -207,9 +209,12 @@ def run(a) -> dict:
 
     t0 = time.perf_counter()
     items = face_set(a.data, 3 if a.smoke and not a.n else a.n, smallest=a.smoke)
+    if a.only:
+        names = a.only.split(",")
+        items = [t for t in items if t[0].file.rsplit(".", 1)[0] in names]
     images = [img for _, img in items]
     truths = [it.boxes() for it, _ in items]
-    steps = a.steps or (4 if a.smoke else 60)
+    steps = a.steps or (4 if a.smoke else 100)
     judge = load_mtcnn(a.weights_dir)
     ctl = controls(judge, images, truths, 8)
     res = {"machine": machine(), "smoke": bool(a.smoke), "contended": bool(a.contended),

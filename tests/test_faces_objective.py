@@ -61,6 +61,7 @@ def judged(judge):
 
 def test_clean_faces_are_detected_not_success(judge, images, judged):
     from ppjax.faces import detect
+    from ppjax.faces.objective import PNET_WEIGHT
 
     x = jnp.asarray(images / np.float32(255))
     terms, score, casc, _ = judged(judge, x, 0.0)
@@ -68,8 +69,29 @@ def test_clean_faces_are_detected_not_success(judge, images, judged):
     assert np.asarray(terms.success).tolist() == [False, True]
     assert float(terms.loss[0]) > 0
     np.testing.assert_allclose(np.asarray(terms.score), np.asarray(score), atol=1e-6)
-    np.testing.assert_allclose(np.asarray(terms.loss),
-                               np.asarray(casc.hinge_p + casc.hinge_r + casc.hinge_o), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(terms.loss), np.asarray(
+        PNET_WEIGHT * casc.hinge_p + casc.hinge_r + casc.hinge_o), rtol=1e-6)
+
+
+def test_near_faces_is_the_area_rule():
+    """A window counts when >= NEAR_FRACTION of its area lies in a face box grown REGION_GROW
+    times about its centre (brute force over pixels); no region: every window counts."""
+    from ppjax.faces.objective import (NEAR_FRACTION, REGION_GROW, face_regions, near_faces,
+                                       window_geometry)
+
+    geom = window_geometry(120, 100, 20, 0.709)[0]
+    face = np.array([30.0, 40.0, 62.0, 80.0], np.float32)
+    got = np.asarray(near_faces(geom, face_regions(face[None])[None]))[0]
+    c, half = (face[:2] + face[2:]) / 2, (face[2:] - face[:2]) * REGION_GROW / 2
+    lo, hi = c - half, c + half
+    for box, g in zip(geom[::7], got[::7], strict=True):
+        ix = max(0.0, min(box[2], hi[0]) - max(box[0], lo[0]))
+        iy = max(0.0, min(box[3], hi[1]) - max(box[1], lo[1]))
+        area = (box[2] - box[0]) * (box[3] - box[1])
+        assert g == float(ix * iy >= NEAR_FRACTION * area)
+    assert 0 < got.sum() < len(got)
+    assert np.asarray(near_faces(geom, face_regions(np.zeros((0, 4)))[None])).all()
+    assert (face_regions(np.zeros((17, 4)) + face) == -1).all()  # too many faces: no regions
 
 
 def test_in_graph_stage1_is_the_host_stage1(judge, images):

@@ -114,7 +114,7 @@ _SQUARE = AttackConfig(name="square", objective="margin", step="square", norm="l
 # (success on the PNG alone says nothing about an upload), the final iterate kept.
 _FACES = AttackConfig(
     name="faces", objective="faces", step="momentum", momentum=1.0, norm="linf", eps=8 / 255,
-    step_size=1 / 255, steps=60, kappa=2.0, early_stop=False, best="final", eot="upload",
+    step_size=1 / 255, steps=100, kappa=2.0, early_stop=False, best="final", eot="upload",
     eot_quality_lo=70.0, eot_quality_hi=95.0, subsampling="420", eot_samples=1,
     distortion="linf")
 

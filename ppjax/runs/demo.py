@@ -145,8 +145,8 @@ def _demo(a) -> int:
     return errors.SOME_FAILED if failed else errors.OK
 
 
-#: steps of the demo's faces attack (the preset's 60 would make the demo several minutes long
-#: on a laptop CPU; ``--faces-set steps=60`` for the full attack)
+#: steps of the demo's faces attack (the preset's 100 would make the demo several minutes long
+#: on a laptop CPU; ``--faces-set steps=100`` for the full attack)
 FACES_DEMO_STEPS = 20
 
 #: the photos of people that installed packages ship: scikit-image's astronaut and camera,
