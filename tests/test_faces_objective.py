@@ -76,8 +76,7 @@ def test_clean_faces_are_detected_not_success(judge, images, judged):
 def test_near_faces_is_the_area_rule():
     """A window counts when >= NEAR_FRACTION of its area lies in a face box grown REGION_GROW
     times about its centre (brute force over pixels); no region: every window counts."""
-    from ppjax.faces.objective import (NEAR_FRACTION, REGION_GROW, face_regions, near_faces,
-                                       window_geometry)
+    from ppjax.faces.objective import NEAR_FRACTION, REGION_GROW, face_regions, near_faces, window_geometry
 
     geom = window_geometry(120, 100, 20, 0.709)[0]
     face = np.array([30.0, 40.0, 62.0, 80.0], np.float32)
@@ -92,6 +91,23 @@ def test_near_faces_is_the_area_rule():
     assert 0 < got.sum() < len(got)
     assert np.asarray(near_faces(geom, face_regions(np.zeros((0, 4)))[None])).all()
     assert (face_regions(np.zeros((17, 4)) + face) == -1).all()  # too many faces: no regions
+
+
+def test_region_mask_is_the_grown_boxes():
+    """The pixels that take a gradient: pixel centres inside a face box grown REGION_GROW times
+    (brute force); every pixel when no region is given."""
+    from ppjax.faces.objective import REGION_GROW, face_regions, region_mask
+
+    boxes = np.array([[10.0, 12.0, 30.0, 40.0], [50.0, 5.0, 70.5, 20.0]], np.float32)
+    got = np.asarray(region_mask(face_regions(boxes)[None], (48, 80)))[0, ..., 0]
+    ys, xs = np.mgrid[0:48, 0:80] + 0.5
+    want = np.zeros((48, 80), bool)
+    for b in boxes:
+        c, half = (b[:2] + b[2:]) / 2, (b[2:] - b[:2]) * REGION_GROW / 2
+        want |= ((xs >= c[0] - half[0]) & (xs < c[0] + half[0]) & (ys >= c[1] - half[1])
+                 & (ys < c[1] + half[1]))
+    np.testing.assert_array_equal(got, want)
+    assert np.asarray(region_mask(face_regions(np.zeros((0, 4)))[None], (4, 5))).all()
 
 
 def test_in_graph_stage1_is_the_host_stage1(judge, images):

@@ -56,7 +56,7 @@ FACE_SLOTS = 16
 #: A P-Net window counts for the hinge when at least ``NEAR_FRACTION`` of its area lies inside a
 #: face region grown ``REGION_GROW`` times about its centre.
 REGION_GROW = 1.5
-NEAR_FRACTION = 0.5
+NEAR_FRACTION = 0.8
 #: The weight of P-Net's hinge (summed over thousands of windows) against R-Net's and O-Net's
 #: (a few proposals each): at 1 the dense P-Net term takes the whole step and the attack stalls
 #: with R-Net and O-Net still accepting the face; at 0 P-Net fires everywhere and the
@@ -267,6 +267,23 @@ def near_faces(boxes, faces: jnp.ndarray, grow: float = REGION_GROW,
     return jnp.where(jnp.any(used, axis=-1, keepdims=True), near, True).astype(jnp.float32)
 
 
+def region_mask(faces: jnp.ndarray, hw: tuple[int, int], grow: float = REGION_GROW
+                ) -> jnp.ndarray:
+    """[B, H, W, 1] bool: the pixels inside one of the image's face regions (``faces``
+    [B, F, 4], grown ``grow`` times about their centres); all True for an image with none."""
+    f = jnp.asarray(faces, jnp.float32)
+    used = (f[..., 2] > f[..., 0]) & (f[..., 3] > f[..., 1])  # [B, F]
+    c = (f[..., :2] + f[..., 2:]) * 0.5
+    half = (f[..., 2:] - f[..., :2]) * (0.5 * grow)
+    lo, hi = c - half, c + half  # [B, F, 2]
+    ys = jnp.arange(hw[0], dtype=jnp.float32)[None, :, None] + 0.5
+    xs = jnp.arange(hw[1], dtype=jnp.float32)[None, :, None] + 0.5
+    iny = (ys >= lo[:, None, :, 1]) & (ys < hi[:, None, :, 1]) & used[:, None]  # [B, H, F]
+    inx = (xs >= lo[:, None, :, 0]) & (xs < hi[:, None, :, 0])  # [B, W, F]
+    inside = jnp.any(iny[:, :, None, :] & inx[:, None, :, :], axis=-1)  # [B, H, W]
+    return (inside | ~jnp.any(used, axis=-1)[:, None, None])[..., None]
+
+
 def _stage1(judge, x, kappa, k: int, m: int, faces=None):
     """P-Net over the pyramid: (hinge_p [B], max prob [B], :class:`Proposals` batched); with
     ``faces`` [B, F, 4] the hinge counts only the windows :func:`near_faces`."""
@@ -296,6 +313,11 @@ def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M
         zero = jnp.zeros(b, jnp.float32)  # too small for one window: nothing can be found
         return CascadeTerms(zero, zero, zero, jnp.zeros(b, bool), zero)
     kappa = jnp.asarray(kappa, jnp.float32)
+    if faces is not None:
+        # Only the pixels of the face regions take a gradient: exactly 0 elsewhere (the prefix
+        # sums of the crops and the pyramid leave rounding-sized gradients everywhere, which a
+        # sign step would turn into full steps).
+        x = jnp.where(region_mask(faces, x.shape[1:3]), x, _sg(x))
     hinge_p, max_prob, prop = _stage1(judge, x, kappa, k, m, faces)
     c24, ok24 = _crops(x, prop.boxes, RNET_HW)
     r = _net(judge, c24, "rnet")
