@@ -190,7 +190,8 @@ def faces_demo(out: Path, weights_dir=None, overrides=()) -> bool:
     run_dir = run_folder(out, photos, {k: v for k, v in cfg.to_json().items() if k != "images"})
     summary = run_protect(cfg, run_dir, weights_dir=weights_dir, batch_size=4)
     rep = run_evaluate("faces", run_dir, out / "faces", weights_dir=weights_dir)
-    p = rep["protection"]
+    p = {k: "n/a" if v is None else f"{v:.2f}" for k, v in rep["protection"].items()
+         if k.startswith("found_rate_")}
     print(f"\nfaces demo (real MTCNN weights): {summary['protected']} photos protected; faces "
           f"still found: PNG {p['found_rate_png']}, JPEG-90 {p['found_rate_jpeg90']}, upload "
           f"{p['found_rate_upload']} -> report: {out / 'faces' / 'report.md'}")
