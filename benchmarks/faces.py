@@ -89,10 +89,11 @@ def controls(judge, images, truths, eps_levels: int) -> dict:
 
 
 def attack_row(judge, images, truths, eps_levels: int, eot: bool, steps: int,
-               canvas: str = "square") -> dict:
+               canvas: str = "square", boxes=None) -> dict:
     """One row: the faces attack at ``eps_levels``/255 (EOT over the upload view or none), the
     photos grouped on ``canvas`` ("square": :func:`ppjax.runs.faces.square_canvas`, few
-    compilations for this set of many sizes; "bucket": the task's buckets)."""
+    compilations for this set of many sizes; "bucket": the task's buckets), around ``boxes`` (each
+    photo's clean faces; default: detected here)."""
     from ppjax.attacks import resolve_attack
     from ppjax.runs import faces, faces_detect, faces_eval
     from ppjax.runs.faces_protect import protect_images
@@ -101,7 +102,8 @@ def attack_row(judge, images, truths, eps_levels: int, eot: bool, steps: int,
                           {"eps": eps_levels / 255, "steps": steps})
     t0 = time.perf_counter()
     res = protect_images(acfg, judge, images, seeds=np.arange(len(images)),
-                         canvas=faces.square_canvas if canvas == "square" else faces.bucket_hw)
+                         canvas=faces.square_canvas if canvas == "square" else faces.bucket_hw,
+                         boxes=boxes)
     seconds = time.perf_counter() - t0
     adv = [r["image"] for r in res]
     row = {"eps_levels": eps_levels, "eot": eot, "steps": steps, "seconds": round(seconds, 2),
@@ -208,6 +210,7 @@ def main(argv=None) -> int:
 def run(a) -> dict:
     """Every measure of the module docstring, as one JSON-able dict."""
     from benchmarks import faces_torch
+    from ppjax.runs import faces_detect
     from ppjax.runs.faces_detect import load_mtcnn
 
     t0 = time.perf_counter()
@@ -228,9 +231,11 @@ def run(a) -> dict:
            "haar_clean_detect_rate": ctl["haar_clean_detect_rate"], "controls": ctl,
            "rows": [], "ratio_vs_torch": None, "torch": None}
     eps = tuple(int(e) for e in a.eps.split(",")) if a.eps else EPS_LEVELS
+    clean_boxes = [faces_detect.detect(judge, img)[0] for img in images]  # once, for every row
     for eot in (True,) if a.eot_only else (True, False):
         for e in eps:
-            res["rows"].append(attack_row(judge, images, truths, e, eot, steps, a.canvas))
+            res["rows"].append(attack_row(judge, images, truths, e, eot, steps, a.canvas,
+                                          clean_boxes))
             write_json(a.json, res)  # what is done so far survives a later failure
     try:
         res["torch"] = faces_torch.compare(judge, images, steps=2 if a.smoke else 10)

@@ -245,43 +245,53 @@ def face_regions(boxes) -> np.ndarray:
     return out
 
 
+def _grown(faces: jnp.ndarray, grow: float):
+    """The face regions of ``faces`` [B, F, 4] grown ``grow`` times about their centres:
+    (used [B, F] bool, lo [B, F, 2], hi [B, F, 2]) in ``x, y`` order."""
+    f = jnp.asarray(faces, jnp.float32)
+    used = (f[..., 2] > f[..., 0]) & (f[..., 3] > f[..., 1])
+    c = (f[..., :2] + f[..., 2:]) * 0.5
+    half = (f[..., 2:] - f[..., :2]) * (0.5 * grow)
+    return used, c - half, c + half
+
+
+def _or_everywhere(inside: jnp.ndarray, used: jnp.ndarray) -> jnp.ndarray:
+    """``inside`` [B, ...] bool, all True for an image with no region (every row unused)."""
+    none = ~jnp.any(used, axis=-1)
+    return inside | none.reshape(none.shape + (1,) * (inside.ndim - 1))
+
+
 def near_faces(boxes, faces: jnp.ndarray, grow: float = REGION_GROW,
                frac: float = NEAR_FRACTION) -> jnp.ndarray:
     """[B, N] float32: 1 for a box of ``boxes`` ([N, 4], the same for every image, or [B, N, 4])
     with at least ``frac`` of its area inside one of the image's face regions (``faces``
     [B, F, 4], grown ``grow`` times about their centres), else 0; all 1 for an image with no
     region (every row unused)."""
-    f = jnp.asarray(faces, jnp.float32)
-    used = (f[..., 2] > f[..., 0]) & (f[..., 3] > f[..., 1])  # [B, F]
-    c = (f[..., :2] + f[..., 2:]) * 0.5
-    half = (f[..., 2:] - f[..., :2]) * (0.5 * grow)
-    lo, hi = (c - half)[:, None], (c + half)[:, None]  # [B, 1, F, 2]
+    used, lo, hi = _grown(faces, grow)
+    lo, hi = lo[:, None], hi[:, None]  # [B, 1, F, 2]
     g = jnp.asarray(boxes)
-    g = jnp.broadcast_to(g, (f.shape[0], *g.shape[-2:]))[:, :, None, :]  # [B, N, 1, 4]
+    g = jnp.broadcast_to(g, (used.shape[0], *g.shape[-2:]))[:, :, None, :]  # [B, N, 1, 4]
     iw = jnp.maximum(jnp.minimum(g[..., 2], hi[..., 0]) - jnp.maximum(g[..., 0], lo[..., 0]),
                      0.0)
     ih = jnp.maximum(jnp.minimum(g[..., 3], hi[..., 1]) - jnp.maximum(g[..., 1], lo[..., 1]),
                      0.0)
     area = (g[..., 2] - g[..., 0]) * (g[..., 3] - g[..., 1])
     near = jnp.any((iw * ih >= frac * area) & used[:, None, :], axis=-1)  # [B, N]
-    return jnp.where(jnp.any(used, axis=-1, keepdims=True), near, True).astype(jnp.float32)
+    return _or_everywhere(near, used).astype(jnp.float32)
 
 
 def region_mask(faces: jnp.ndarray, hw: tuple[int, int], grow: float = REGION_GROW
                 ) -> jnp.ndarray:
-    """[B, H, W, 1] bool: the pixels inside one of the image's face regions (``faces``
-    [B, F, 4], grown ``grow`` times about their centres); all True for an image with none."""
-    f = jnp.asarray(faces, jnp.float32)
-    used = (f[..., 2] > f[..., 0]) & (f[..., 3] > f[..., 1])  # [B, F]
-    c = (f[..., :2] + f[..., 2:]) * 0.5
-    half = (f[..., 2:] - f[..., :2]) * (0.5 * grow)
-    lo, hi = c - half, c + half  # [B, F, 2]
+    """[B, H, W, 1] bool: the pixels whose centres lie inside one of the image's face regions
+    (``faces`` [B, F, 4], grown ``grow`` times about their centres); all True for an image with
+    none."""
+    used, lo, hi = _grown(faces, grow)
     ys = jnp.arange(hw[0], dtype=jnp.float32)[None, :, None] + 0.5
     xs = jnp.arange(hw[1], dtype=jnp.float32)[None, :, None] + 0.5
     iny = (ys >= lo[:, None, :, 1]) & (ys < hi[:, None, :, 1]) & used[:, None]  # [B, H, F]
     inx = (xs >= lo[:, None, :, 0]) & (xs < hi[:, None, :, 0])  # [B, W, F]
     inside = jnp.any(iny[:, :, None, :] & inx[:, None, :, :], axis=-1)  # [B, H, W]
-    return (inside | ~jnp.any(used, axis=-1)[:, None, None])[..., None]
+    return _or_everywhere(inside, used)[..., None]
 
 
 def _stage1(judge, x, kappa, k: int, m: int, faces=None):
