@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppjax.models import pooling
+
 #: facenet-pytorch's defaults (``MTCNN(min_face_size=20, factor=0.709)``).
 MIN_FACE = 20
 FACTOR = 0.709
@@ -50,13 +52,15 @@ def normalise(x01: jnp.ndarray) -> jnp.ndarray:
 
 def max_pool_ceil(x: jnp.ndarray, k: int, s: int) -> jnp.ndarray:
     """torch ``MaxPool2d(k, s, ceil_mode=True)`` on NHWC: the last window may run past the edge
-    (output ``ceil((n - k) / s) + 1``); the part outside is ignored (-inf padding)."""
+    (output ``ceil((n - k) / s) + 1``); the part outside is ignored (-inf padding). Through
+    :func:`ppjax.models.pooling.max_pool` (its fast gradient on XLA, oneDNN's pooling inside
+    an accelerated judge): XLA's own ``select_and_scatter`` gradient was most of R-Net's and
+    O-Net's backward pass (``docs/faces.md``, speed)."""
     pads = []
     for n in x.shape[1:3]:
         out = -(-(n - k) // s) + 1
         pads.append((0, max((out - 1) * s + k - n, 0)))
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, s, s, 1),
-                                 ((0, 0), *pads, (0, 0)))
+    return pooling.max_pool(x, (k, k), (s, s), tuple(pads))
 
 
 class PReLU(nn.Module):
@@ -194,13 +198,55 @@ def area_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return np.minimum(idx, n_in - 1).astype(np.int32), wts
 
 
+@functools.lru_cache(maxsize=256)
+def area_taps_transposed(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """The transpose of :func:`area_taps`: for each input, the outputs whose windows hold it
+    (indices [n_in, K'] int32, their weights [n_in, K'] float32; padded taps weigh 0)."""
+    idx, wts = area_taps(n_in, n_out)
+    j = np.repeat(np.arange(n_out), idx.shape[1])
+    i, w = idx.reshape(-1), wts.reshape(-1)
+    keep = w > 0
+    j, i, w = j[keep], i[keep], w[keep]
+    order = np.lexsort((j, i))
+    j, i, w = j[order], i[order], w[order]
+    counts = np.bincount(i, minlength=n_in)
+    k = int(counts.max())
+    slot = np.arange(len(i)) - np.repeat(np.cumsum(counts) - counts, counts)
+    tidx = np.zeros((n_in, k), np.int32)
+    twts = np.zeros((n_in, k), np.float32)
+    tidx[i, slot], twts[i, slot] = j, w
+    return tidx, twts
+
+
+def _taps(x: jnp.ndarray, axis: int, idx: np.ndarray, wts: np.ndarray) -> jnp.ndarray:
+    """``sum_t x[idx[:, t]] * wts[:, t]`` along ``axis``: one static gather per tap (K small),
+    which XLA's CPU backend runs as fast copies; one fused gather of every tap at once was
+    30x slower there."""
+    shape = [1] * x.ndim
+    shape[axis] = idx.shape[0]
+    out = None
+    for t in range(idx.shape[1]):
+        term = jnp.take(x, jnp.asarray(idx[:, t]), axis=axis) * jnp.asarray(
+            wts[:, t]).reshape(shape)
+        out = term if out is None else out + term
+    return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _area_axis(x: jnp.ndarray, axis: int, n_out: int) -> jnp.ndarray:
-    idx, wts = area_taps(x.shape[axis], n_out)
-    g = jnp.take(x, jnp.asarray(idx.reshape(-1)), axis=axis)
-    g = g.reshape(x.shape[:axis] + idx.shape + x.shape[axis + 1:])
-    shape = [1] * g.ndim
-    shape[axis], shape[axis + 1] = wts.shape
-    return jnp.sum(g * jnp.asarray(wts).reshape(shape), axis=axis + 1)
+    return _taps(x, axis, *area_taps(x.shape[axis], n_out))
+
+
+def _area_axis_fwd(x, axis, n_out):
+    return _area_axis(x, axis, n_out), x.shape[axis]
+
+
+def _area_axis_bwd(axis, n_out, n_in, g):
+    # the transpose as gathers too (a scatter-add would be XLA's slow path again)
+    return (_taps(g, axis, *area_taps_transposed(n_in, n_out)),)
+
+
+_area_axis.defvjp(_area_axis_fwd, _area_axis_bwd)
 
 
 def resize_area(x: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
