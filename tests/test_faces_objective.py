@@ -170,3 +170,23 @@ def test_pgd_hides_two_faces_from_facenet_pytorch(judge, images, judged):
     x = np.stack([adv8, images[1]]) / np.float32(255)  # the batch shape compiled above
     terms = judged(judge, jnp.asarray(x), 0.0)[0]
     assert bool(terms.success[0])
+
+
+def test_chain_hinges_is_the_or_of_the_stages():
+    """R-Net OR O-Net cuts a proposal: brute force over random hinges and O-Net picks."""
+    from ppjax.faces.objective import chain_hinges
+
+    rng = np.random.default_rng(3)
+    b, k, j = 3, 10, 4
+    hr = np.where(rng.random((b, k)) < 0.3, 0.0, rng.random((b, k)) * 3).astype(np.float32)
+    ho = (rng.random((b, j)) * 3).astype(np.float32)
+    io = np.stack([rng.permutation(k)[:j] for _ in range(b)]).astype(np.int32)
+    counts_o = rng.random((b, j)) < 0.8
+    got_r, got_o = (np.asarray(v) for v in chain_hinges(jnp.asarray(hr), jnp.asarray(ho),
+                                                          jnp.asarray(io), jnp.asarray(counts_o)))
+    for i in range(b):
+        to_o = {int(io[i, t]): t for t in range(j) if counts_o[i, t]}
+        want_r = sum(float(hr[i, p]) for p in range(k) if p not in to_o)
+        want_o = sum(min(float(hr[i, p]), float(ho[i, t])) for p, t in to_o.items())
+        assert got_r[i] == pytest.approx(want_r, rel=1e-6, abs=1e-6)
+        assert got_o[i] == pytest.approx(want_o, rel=1e-6, abs=1e-6)

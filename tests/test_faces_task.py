@@ -33,6 +33,9 @@ def test_bucket_rule():
     assert got == [128, 128, 256, 512, 1024, 1280, 1280, 1536, 2048]
     assert faces.bucket_hw(333, 500) == (384, 512)
     assert faces.bucket_slots((1536, 2048), 8) == 2 and faces.bucket_slots((256, 256), 8) == 8
+    # no more slots than photos in the bucket (an empty slot computes as much as a full one)
+    assert faces.bucket_slots((256, 256), 8, photos=3) == 3
+    assert faces.bucket_slots((256, 256), 8, photos=1) == 2
 
 
 def test_pad_crop_round_trip():

@@ -130,6 +130,11 @@ def prepare_models(judge, extra_judges=None, dtype=None, backend: str = "auto",
         from ppjax.accel.onednn.judge import accelerate
 
         models["judge"] = accelerate(models["judge"], dtype=path.dtype, check=False)
+        # the other judges (appeal, ensemble members) take oneDNN's float32 convolutions too:
+        # left on XLA, NIMA's gradient cost more than the attacked judge's (docs/bench.md)
+        for key, other in models.items():
+            if key != "judge" and getattr(other, "registered", False):
+                models[key] = accelerate(other, check=False)
     elif path.dtype is not None:
         models["judge"] = models["judge"].with_dtype(path.dtype)
     return models

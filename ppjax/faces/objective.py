@@ -12,9 +12,13 @@ The whole cascade runs inside the attack's program on the judged image ``x`` [B,
    squared as the original does (box coordinates under ``stop_gradient``).
 3. **R-Net and O-Net on those proposals.** Each proposal is cropped (clipped to the image like
    the original) and area-resized to 24x24, differentiably in the pixels (prefix sums along
-   rows, exact area weights along columns); each valid one adds ``relu(l_R - (logit(0.7) -
-   kappa))``. The ``k_onet`` with the highest R-Net log-odds are calibrated by R-Net, cropped
-   at 48x48 and add ``relu(l_O - (logit(0.7) - kappa))``.
+   rows, exact area weights along columns); R-Net gives its hinge ``h_R = relu(l_R -
+   (logit(0.7) - kappa))``. The ``k_onet`` with the highest R-Net log-odds are calibrated by
+   R-Net, cropped at 48x48, and O-Net gives ``h_O = relu(l_O - (logit(0.7) - kappa))``. A
+   proposal is cut when R-Net OR O-Net rejects it, so one that reaches O-Net adds
+   ``min(h_R, h_O)`` and any other adds ``h_R`` (:func:`chain_hinges`). Summing both hinges
+   instead asked both stages to reject every proposal: at eps 8/255 that left grace_hopper's
+   face found where the chain hides it (docs/faces.md).
 
 ``kappa`` (``AttackConfig.kappa``, traced, in log-odds units; 0 = stop exactly at the thresholds)
 is the safety margin. The proposals are those of the image being judged (the objective does not
@@ -294,6 +298,21 @@ def region_mask(faces: jnp.ndarray, hw: tuple[int, int], grow: float = REGION_GR
     return _or_everywhere(inside, used)[..., None]
 
 
+def chain_hinges(hr: jnp.ndarray, ho: jnp.ndarray, io: jnp.ndarray, counts_o: jnp.ndarray
+                 ) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The R-Net and O-Net terms [B] of the cascade as a chain: a proposal is cut when R-Net OR
+    O-Net rejects it. ``hr`` [B, K]: each proposal's R-Net hinge (0 where it does not count);
+    ``ho`` [B, J]: the O-Net hinge of the proposals ``io`` [B, J] (indices into K) that reach
+    O-Net, counted where ``counts_o`` [B, J]. A proposal that reaches O-Net (and counts there)
+    costs the smaller of its two hinges (the O-Net term), any other its R-Net hinge (the R-Net
+    term)."""
+    b = hr.shape[0]
+    in_o = jnp.zeros(hr.shape, bool).at[jnp.arange(b)[:, None], io].set(counts_o)
+    hinge_r = jnp.sum(jnp.where(in_o, 0.0, hr), axis=1)
+    hinge_o = jnp.sum(jnp.where(counts_o, jnp.minimum(_pick(hr, io), ho), 0.0), axis=1)
+    return hinge_r, hinge_o
+
+
 def _stage1(judge, x, kappa, k: int, m: int, faces=None):
     """P-Net over the pyramid: (hinge_p [B], max prob [B], :class:`Proposals` batched); with
     ``faces`` [B, F, 4] the hinge counts only the windows :func:`near_faces`."""
@@ -314,7 +333,7 @@ def _stage1(judge, x, kappa, k: int, m: int, faces=None):
 
 
 def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M_CANDIDATES,
-                  k_onet: int = K_ONET, faces=None) -> CascadeTerms:
+                  k_onet: int = K_ONET, faces=None, chain: bool = True) -> CascadeTerms:
     """The cascade of judge ``mtcnn`` on ``x`` [B, H, W, 3] in [0, 1] (see the module doc):
     ``m`` windows enter the stage-1 NMS, ``k`` survivors reach R-Net, the ``k_onet`` with the
     highest R-Net log-odds reach O-Net."""
@@ -335,8 +354,7 @@ def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M
     counts = live  # the hinges count the proposals near a face region only
     if faces is not None:
         counts = live & (near_faces(prop.boxes, faces) > 0)
-    hinge_r = jnp.sum(jnp.where(counts, jax.nn.relu(r.logit - (log_odds(THRESHOLDS[1]) - kappa)),
-                                0.0), axis=1)
+    hr = jnp.where(counts, jax.nn.relu(r.logit - (log_odds(THRESHOLDS[1]) - kappa)), 0.0)
     r_pass = prop.passing & ok24 & (r.prob > THRESHOLDS[1])
     k_onet = min(k_onet, r.logit.shape[1])
     _, io = jax.lax.top_k(jnp.where(live, r.logit, -jnp.inf), k_onet)
@@ -344,8 +362,11 @@ def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M
     c48, ok48 = _crops(x, boxes48, ONET_HW)
     o = _net(judge, c48, "onet")
     counts_o = _pick(counts, io) & ok48
-    hinge_o = jnp.sum(jnp.where(counts_o, jax.nn.relu(o.logit - (log_odds(THRESHOLDS[2]) - kappa)),
-                                0.0), axis=1)
+    ho = jnp.where(counts_o, jax.nn.relu(o.logit - (log_odds(THRESHOLDS[2]) - kappa)), 0.0)
+    if chain:
+        hinge_r, hinge_o = chain_hinges(hr, ho, io, counts_o)
+    else:
+        hinge_r, hinge_o = jnp.sum(hr, axis=1), jnp.sum(ho, axis=1)
     found = _pick(r_pass, io) & ok48 & (o.prob > THRESHOLDS[2])
     overflow = prop.overflow | (jnp.sum(r_pass, axis=1) > k_onet)
     detected = (prop.n_passing > 0) & (overflow | jnp.any(found, axis=1))

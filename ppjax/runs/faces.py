@@ -48,10 +48,14 @@ def square_canvas(h: int, w: int, step: int = 256) -> tuple[int, int]:
     return s, s
 
 
-def bucket_slots(hw: tuple[int, int], slots: int) -> int:
-    """Slots for a bucket's stream: at most ``slots``, at most :data:`SLOT_PIXELS` in all
-    (never fewer than 2, :data:`ppjax.attacks.stream.MIN_SLOTS`)."""
-    return max(2, min(int(slots), SLOT_PIXELS // (hw[0] * hw[1])))
+def bucket_slots(hw: tuple[int, int], slots: int, photos: int | None = None) -> int:
+    """Slots for a bucket's stream: at most ``slots``, at most :data:`SLOT_PIXELS` in all, and
+    at most ``photos`` (the photos expected in that bucket, when known: an empty slot computes
+    as much as a full one), never fewer than 2 (:data:`ppjax.attacks.stream.MIN_SLOTS`)."""
+    n = min(int(slots), SLOT_PIXELS // (hw[0] * hw[1]))
+    if photos is not None:
+        n = min(n, int(photos))
+    return max(2, n)
 
 
 def pad_to(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -86,13 +90,21 @@ def predicted_hw(path, max_side: int) -> tuple[int, int] | None:
     return (max(1, round(h * s)), max(1, round(w * s))) if s < 1 else (h, w)
 
 
-def by_bucket(items, max_side: int) -> list:
+def by_bucket(items, max_side: int) -> tuple[list, dict]:
     """``items`` (:class:`ppjax.runs.data.Item`) ordered by their predicted bucket (unreadable
-    headers last), so each bucket's photos stream together; stable within a bucket."""
+    headers last), so each bucket's photos stream together; stable within a bucket. Also
+    returns the number of photos predicted per bucket (``{(h, w): n}``)."""
+    hws = {id(it): predicted_hw(it.path, max_side) for it in items}
+
     def key(it):
-        hw = predicted_hw(it.path, max_side)
+        hw = hws[id(it)]
         return (1, (0, 0)) if hw is None else (0, bucket_hw(*hw))
-    return sorted(items, key=key)
+
+    counts: dict = {}
+    for hw in hws.values():
+        if hw is not None:
+            counts[bucket_hw(*hw)] = counts.get(bucket_hw(*hw), 0) + 1
+    return sorted(items, key=key), counts
 
 
 def runs_of_bucket(loaded: Iterator, hw_of) -> Iterator[tuple[tuple[int, int], Iterator]]:

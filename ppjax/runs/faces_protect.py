@@ -13,6 +13,7 @@ run's layout, validation, lock, manifest, resume and zip are that module's. Per 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 
 import numpy as np
@@ -31,7 +32,7 @@ def stream_faces(cfg, acfg, judge, extra, todo, img_dir, prog, slots, max_pixels
     from ppjax.runs import data
 
     spec = data.get_task(cfg.task)
-    ordered = faces.by_bucket(todo, spec.max_side)
+    ordered, counts = faces.by_bucket(todo, spec.max_side)
     decoded = pipeline.prefetch(ordered, cfg.task, cfg.resize, max_pixels, workers=workers)
     png_text = STANDIN_TEXT if cfg.standin else None
     writes = pipeline.RecordedWrites(prog)  # a full disk stops the run, as in the main path
@@ -45,7 +46,8 @@ def stream_faces(cfg, acfg, judge, extra, todo, img_dir, prog, slots, max_pixels
         try:
             with_faces = _sort_out(decoded, judge, cfg, prog, write, seed_of)
             for hw, group in faces.runs_of_bucket(with_faces, lambda b: b[1]):
-                _attack_bucket(hw, group, acfg, judge, extra, cfg, slots, seed_of, write,
+                _attack_bucket(hw, group, acfg, judge, extra, cfg,
+                               faces.bucket_slots(hw, slots, counts.get(hw)), seed_of, write,
                                lambda: drain(block=False))
         finally:
             drain(block=True)
@@ -67,7 +69,8 @@ def _sort_out(decoded, judge, cfg, prog, write, seed_of):
 
 
 def _attack_bucket(hw, group, acfg, judge, extra, cfg, slots, seed_of, write, on_chunk) -> None:
-    """One bucket's stream: photos padded to ``hw``, attacked, cropped back and written."""
+    """One bucket's stream in ``slots`` slots: photos padded to ``hw``, attacked, cropped back
+    and written."""
     import jax.numpy as jnp
 
     import ppjax
@@ -83,7 +86,7 @@ def _attack_bucket(hw, group, acfg, judge, extra, cfg, slots, seed_of, write, on
                              inputs={"faces": face_regions(boxes)})
 
     for name, res in ppjax.attacks.stream(
-            acfg, judge, items(), slots=faces.bucket_slots(hw, slots), extra_judges=extra,
+            acfg, judge, items(), slots=slots, extra_judges=extra,
             dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else None, on_chunk=on_chunk):
         b, n_faces = held.pop(name)
         img = faces.crop_to(imageio.to_uint8(res.images), b.image.shape[:2])
@@ -140,12 +143,13 @@ def protect_images(acfg, judge, images, seeds, slots: int = 8, extra=None,
         return canvas(*images[i].shape[:2])
 
     order = sorted(range(len(images)), key=hw_of)
+    counts = collections.Counter(hw_of(i) for i in order)
     out: list[dict] = [{} for _ in images]
     for hw, group in faces.runs_of_bucket(iter(order), hw_of):
         items = (StreamItem(i, faces.pad_to(images[i], hw), int(seeds[i]),
                             inputs={"faces": face_regions(boxes[i])}) for i in group)
         for i, res in ppjax.attacks.stream(acfg, judge, items, slots=faces.bucket_slots(
-                hw, slots), extra_judges=extra):
+                hw, slots, counts[hw]), extra_judges=extra):
             out[i] = {"image": faces.crop_to(imageio.to_uint8(res.images), images[i].shape[:2]),
                       "success": bool(res.success), "steps": int(res.steps),
                       "linf": float(res.linf)}
