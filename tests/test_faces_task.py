@@ -134,6 +134,32 @@ def test_controls_the_network_is_real(judge, face_set):
         assert _rate(judge, images, truths, fd.pipeline(name)) >= 0.95, name
 
 
+def test_compiled_programs_stay_bounded(judge, monkeypatch):
+    """Photos of many sizes: detection keeps at most MAX_SIZES_CACHED compiled pyramids, and
+    release_programs gives back the memory mappings a bucket's programs hold (each compiled
+    program maps memory of its own; the kernel's map limit ended a 28-photo run)."""
+    import os
+
+    from ppjax.faces import cascade
+
+    monkeypatch.setattr(cascade, "MAX_SIZES_CACHED", 2)
+    rng = np.random.default_rng(0)
+    for side in (40, 41, 42, 43):
+        cascade.detect(judge, rng.integers(0, 256, (side, 48, 3), np.uint8))
+        assert cascade._pyramid._cache_size() <= 2
+    if not os.path.exists("/proc/self/maps"):
+        return
+
+    def maps():
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+
+    before = maps()
+    faces.release_programs()
+    assert cascade._pyramid._cache_size() == 0
+    assert maps() < before
+
+
 def _same_bucket_pair(items):
     """The two smallest photos of different sizes that share a bucket."""
     for i, (a, x) in enumerate(items):

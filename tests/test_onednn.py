@@ -416,3 +416,38 @@ def test_weight_cache_is_off_with_zero_megabytes():
     if stats["misses"] == 0:
         pytest.skip("this CPU's kernel takes HWIO weights as they are (no reorder)")
     assert stats["hits"] == 0 and stats["bytes"] == 0 and stats["misses"] == 2 and stats["same"]
+
+
+def test_prepare_models_puts_every_registered_judge_on_onednn(resnet_uncalibrated):
+    """The appeal judge (and an ensemble's members) run oneDNN's convolutions too, not only the
+    attacked judge."""
+    from ppjax.attacks import api
+
+    models = api.prepare_models(resnet_uncalibrated, {"appeal": resnet_uncalibrated},
+                                backend="onednn")
+    assert onednn.is_accelerated(models["judge"]) and onednn.is_accelerated(models["appeal"])
+    xla = api.prepare_models(resnet_uncalibrated, {"appeal": resnet_uncalibrated}, backend="xla")
+    assert not onednn.is_accelerated(xla["appeal"])
+
+
+def test_accelerated_mtcnn_matches_xla(tmp_path_factory):
+    """MTCNN's three nets through oneDNN (convolutions and ceil-mode max pooling): the same
+    face log-odds and input gradients as on XLA, on a real photo's crops."""
+    from tests import faces_ref
+
+    judge = faces_ref.mtcnn_judge(tmp_path_factory)[0]
+    fast = onednn.accelerate(judge, check=False)
+    assert onednn.is_accelerated(fast)
+    import skimage.data
+
+    img = jnp.asarray(skimage.data.astronaut()[None, :200, 100:300] / np.float32(255))
+    for method, hw in (("pnet", None), ("rnet", 24), ("onet", 48)):
+        x = img if hw is None else jax.image.resize(img, (1, hw, hw, 3), "linear")
+
+        def f(j, x, method=method):
+            return jnp.sum(j.module.apply(j.variables, x, method=method).logit)
+
+        run = jax.jit(jax.value_and_grad(f, argnums=1))
+        (v0, g0), (v1, g1) = run(judge, x), run(fast, x)
+        assert abs(float(v1) - float(v0)) <= 1e-4 * max(1.0, abs(float(v0))), method
+        assert _relerr(g1, g0) < 1e-4, method

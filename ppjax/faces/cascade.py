@@ -49,6 +49,13 @@ def _empty() -> Faces:
                  np.zeros((0, 5, 2), np.float32))
 
 
+#: Image sizes whose compiled pyramid is kept at once. Each size is one compiled program, and
+#: every compiled program holds memory mappings of its own: a long run over photos of many sizes
+#: (the face benchmark: 28 photos through 14 pipelines) ended in LLVM's "Cannot allocate memory"
+#: once the process reached the kernel's map limit (vm.max_map_count, 65530 here).
+MAX_SIZES_CACHED = 32
+
+
 @jax.jit
 def _pyramid(judge, x01):
     return [(lv.prob, lv.reg) for lv in judge.module.apply(judge.variables, x01,
@@ -153,6 +160,8 @@ def detect(judge, images, thresholds=THRESHOLDS, min_face: int = MIN_FACE,
         judge = judge.replace(module=judge.module.clone(min_face=min_face, factor=factor))
     x01 = as_x01(images)
     scales = pyramid_scales(x01.shape[1], x01.shape[2], min_face, factor)
+    if _pyramid._cache_size() >= MAX_SIZES_CACHED:
+        _pyramid.clear_cache()  # see MAX_SIZES_CACHED
     levels = [tuple(np.asarray(a) for a in lv) for lv in _pyramid(judge, jnp.asarray(x01))]
     out = []
     for i in range(len(x01)):

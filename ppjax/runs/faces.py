@@ -58,6 +58,17 @@ def bucket_slots(hw: tuple[int, int], slots: int, photos: int | None = None) -> 
     return max(2, n)
 
 
+def release_programs() -> None:
+    """Drop every compiled program this process holds (``jax.clear_caches``), between two
+    buckets: a bucket's attack programs are never used again in the run, and each compiled
+    program keeps memory mappings of its own, so a run over photos of many sizes otherwise ends
+    in LLVM's "Cannot allocate memory" at the kernel's map limit (``vm.max_map_count``). With the
+    persistent compilation cache (``ppjax protect``), a program needed again loads from disk."""
+    import jax
+
+    jax.clear_caches()
+
+
 def pad_to(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """``img`` [h, w, 3] edge-padded at the bottom and right to ``hw`` (>= its size)."""
     h, w = img.shape[:2]

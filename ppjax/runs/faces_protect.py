@@ -45,7 +45,9 @@ def stream_faces(cfg, acfg, judge, extra, todo, img_dir, prog, slots, max_pixels
     with pipeline.Writer(workers=workers) as writer, contextlib.closing(decoded):
         try:
             with_faces = _sort_out(decoded, judge, cfg, prog, write, seed_of)
-            for hw, group in faces.runs_of_bucket(with_faces, lambda b: b[1]):
+            for i, (hw, group) in enumerate(faces.runs_of_bucket(with_faces, lambda b: b[1])):
+                if i:
+                    faces.release_programs()
                 _attack_bucket(hw, group, acfg, judge, extra, cfg,
                                faces.bucket_slots(hw, slots, counts.get(hw)), seed_of, write,
                                lambda: drain(block=False))
@@ -145,7 +147,9 @@ def protect_images(acfg, judge, images, seeds, slots: int = 8, extra=None,
     order = sorted(range(len(images)), key=hw_of)
     counts = collections.Counter(hw_of(i) for i in order)
     out: list[dict] = [{} for _ in images]
-    for hw, group in faces.runs_of_bucket(iter(order), hw_of):
+    for n, (hw, group) in enumerate(faces.runs_of_bucket(iter(order), hw_of)):
+        if n:
+            faces.release_programs()
         items = (StreamItem(i, faces.pad_to(images[i], hw), int(seeds[i]),
                             inputs={"faces": face_regions(boxes[i])}) for i in group)
         for i, res in ppjax.attacks.stream(acfg, judge, items, slots=faces.bucket_slots(
