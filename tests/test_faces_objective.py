@@ -46,6 +46,7 @@ def judged(judge):
     from ppjax.faces.objective import cascade_terms
 
     obj = OBJECTIVES["faces"](None)
+    chained = OBJECTIVES["faces_chain"](None)
 
     def loss(x, j, kappa):
         terms = obj.evaluate({"judge": j}, x, {}, SimpleNamespace(kappa=kappa))  # reads cfg.kappa
@@ -54,7 +55,9 @@ def judged(judge):
     @jax.jit
     def run(j, x, kappa):
         (_, terms), grad = jax.value_and_grad(loss, has_aux=True)(x, j, kappa)
-        return terms, j.score(x), cascade_terms(j, x, kappa), grad
+        chain = (chained.evaluate({"judge": j}, x, {}, SimpleNamespace(kappa=kappa)),
+                 cascade_terms(j, x, kappa, chain=True))
+        return terms, j.score(x), cascade_terms(j, x, kappa), grad, chain
 
     return run
 
@@ -64,13 +67,18 @@ def test_clean_faces_are_detected_not_success(judge, images, judged):
     from ppjax.faces.objective import PNET_WEIGHT
 
     x = jnp.asarray(images / np.float32(255))
-    terms, score, casc, _ = judged(judge, x, 0.0)
+    terms, score, casc, _, (cterms, ccasc) = judged(judge, x, 0.0)
     assert [len(f) for f in detect(judge, images)] == [2, 0]
     assert np.asarray(terms.success).tolist() == [False, True]
     assert float(terms.loss[0]) > 0
     np.testing.assert_allclose(np.asarray(terms.score), np.asarray(score), atol=1e-6)
     np.testing.assert_allclose(np.asarray(terms.loss), np.asarray(
         PNET_WEIGHT * casc.hinge_p + casc.hinge_r + casc.hinge_o), rtol=1e-6)
+    # "faces_chain": the same P-Net term, each proposal once (min of its stages: never more)
+    np.testing.assert_allclose(np.asarray(cterms.loss), np.asarray(
+        PNET_WEIGHT * ccasc.hinge_p + ccasc.hinge_r + ccasc.hinge_o), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(cterms.success), np.asarray(terms.success))
+    assert float(ccasc.hinge_r[0] + ccasc.hinge_o[0]) <= float(casc.hinge_r[0] + casc.hinge_o[0])
 
 
 def test_near_faces_is_the_area_rule():
@@ -149,7 +157,7 @@ def test_crops_match_the_host_crops(images):
 
 
 def test_gradients_are_finite(judge, images, judged):
-    _, _, _, g = judged(judge, jnp.asarray(images / np.float32(255)), 1.0)
+    _, _, _, g, _ = judged(judge, jnp.asarray(images / np.float32(255)), 1.0)
     g = np.asarray(g)
     assert np.isfinite(g).all() and np.abs(g[0]).max() > 0
 

@@ -186,7 +186,10 @@ for _name, _presets in {
                    "appeal": appeal_variant(_CAMOUFLAGE).replace(
                        name="camouflage/appeal", early_stop=False, best="appeal")},
     "faces": {"default": _FACES, "plain": _FACES.replace(name="faces/plain", eot="none",
-                                                         steps=40)},
+                                                         steps=40),
+              # R-Net OR O-Net cuts a proposal (docs/faces.md): more faces hidden on the PNG
+              # and after JPEG-90, fewer after an upload
+              "chain": _FACES.replace(name="faces/chain", objective="faces_chain")},
 }.items():
     ATTACKS.register(_name, _presets)
 for _alias, _target in {

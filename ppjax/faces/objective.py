@@ -14,11 +14,13 @@ The whole cascade runs inside the attack's program on the judged image ``x`` [B,
    the original) and area-resized to 24x24, differentiably in the pixels (prefix sums along
    rows, exact area weights along columns); R-Net gives its hinge ``h_R = relu(l_R -
    (logit(0.7) - kappa))``. The ``k_onet`` with the highest R-Net log-odds are calibrated by
-   R-Net, cropped at 48x48, and O-Net gives ``h_O = relu(l_O - (logit(0.7) - kappa))``. A
-   proposal is cut when R-Net OR O-Net rejects it, so one that reaches O-Net adds
-   ``min(h_R, h_O)`` and any other adds ``h_R`` (:func:`chain_hinges`). Summing both hinges
-   instead asked both stages to reject every proposal: at eps 8/255 that left grace_hopper's
-   face found where the chain hides it (docs/faces.md).
+   R-Net, cropped at 48x48, and O-Net gives ``h_O = relu(l_O - (logit(0.7) - kappa))``.
+   Objective ``"faces"`` sums both hinges (each stage pushed to reject every proposal).
+   Objective ``"faces_chain"`` counts a proposal once, as the chain it is: R-Net OR O-Net
+   rejecting it is enough, so one that reaches O-Net adds ``min(h_R, h_O)`` and any other
+   ``h_R`` (:func:`chain_hinges`). On 10 photos at eps 8/255 with EOT the chain hid more faces
+   on the PNG and after JPEG-90 (2 of 29 found, against 3) but fewer after an upload (6
+   against 2), so ``"faces"`` stays the default (docs/faces.md).
 
 ``kappa`` (``AttackConfig.kappa``, traced, in log-odds units; 0 = stop exactly at the thresholds)
 is the safety margin. The proposals are those of the image being judged (the objective does not
@@ -32,8 +34,9 @@ R-Net's NMS and the final NMS can only keep more boxes, so success implies that
 :func:`ppjax.faces.cascade` finds nothing (up to float rounding at a threshold).
 **Score** = the highest P-Net window probability (``Judge.score`` of the ``mtcnn`` judge).
 
-Register: importing :mod:`ppjax.faces` (or this module) adds ``"faces"`` to
-:data:`ppjax.attacks.objectives.OBJECTIVES`; it needs no per-image input (``prepare=None``).
+Register: importing :mod:`ppjax.faces` (or this module) adds ``"faces"`` and ``"faces_chain"`` to
+:data:`ppjax.attacks.objectives.OBJECTIVES`; each declares the per-image input ``faces``
+(:data:`FACES_INPUT`, the clean boxes; unused rows -1: no regions).
 """
 
 from __future__ import annotations
@@ -333,7 +336,7 @@ def _stage1(judge, x, kappa, k: int, m: int, faces=None):
 
 
 def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M_CANDIDATES,
-                  k_onet: int = K_ONET, faces=None, chain: bool = True) -> CascadeTerms:
+                  k_onet: int = K_ONET, faces=None, chain: bool = False) -> CascadeTerms:
     """The cascade of judge ``mtcnn`` on ``x`` [B, H, W, 3] in [0, 1] (see the module doc):
     ``m`` windows enter the stage-1 NMS, ``k`` survivors reach R-Net, the ``k_onet`` with the
     highest R-Net log-odds reach O-Net."""
@@ -373,13 +376,16 @@ def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M
     return CascadeTerms(hinge_p, hinge_r, hinge_o, detected, max_prob)
 
 
-def faces_objective(k: int = K_PROPOSALS, m: int = M_CANDIDATES, k_onet: int = K_ONET):
-    """An objective factory hiding faces (:func:`cascade_terms` with ``k``, ``m``, ``k_onet``;
-    ``"faces"`` is ``faces_objective()``)."""
+def faces_objective(k: int = K_PROPOSALS, m: int = M_CANDIDATES, k_onet: int = K_ONET,
+                    chain: bool = False):
+    """An objective factory hiding faces (:func:`cascade_terms` with ``k``, ``m``, ``k_onet``,
+    ``chain``; ``"faces"`` is ``faces_objective()``, ``"faces_chain"`` is
+    ``faces_objective(chain=True)``)."""
 
     def factory(cfg) -> Objective:
         def evaluate(models, x, aux, cfg):
-            t = cascade_terms(models["judge"], x, cfg.kappa, k, m, k_onet, aux.get("faces"))
+            t = cascade_terms(models["judge"], x, cfg.kappa, k, m, k_onet, aux.get("faces"),
+                              chain)
             loss = PNET_WEIGHT * t.hinge_p + t.hinge_r + t.hinge_o
             return Terms(loss, ~t.detected, t.max_prob)
 
@@ -389,3 +395,4 @@ def faces_objective(k: int = K_PROPOSALS, m: int = M_CANDIDATES, k_onet: int = K
 
 
 register("faces")(faces_objective())
+register("faces_chain")(faces_objective(chain=True))
