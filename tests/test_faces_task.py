@@ -146,7 +146,7 @@ def test_compiled_programs_stay_bounded(judge, monkeypatch):
     rng = np.random.default_rng(0)
     for side in (40, 41, 42, 43):
         cascade.detect(judge, rng.integers(0, 256, (side, 48, 3), np.uint8))
-        assert cascade._pyramid._cache_size() <= 2
+        assert cascade.sizes_compiled() <= 2
     if not os.path.exists("/proc/self/maps"):
         return
 
@@ -156,7 +156,7 @@ def test_compiled_programs_stay_bounded(judge, monkeypatch):
 
     before = maps()
     faces.release_programs()
-    assert cascade._pyramid._cache_size() == 0
+    assert cascade.sizes_compiled() == 0
     assert maps() < before
 
 

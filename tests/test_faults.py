@@ -296,7 +296,9 @@ def test_signals_in_flight_finish_writes_then_resume_is_identical(clean_set, wei
     manifest lists), and the last resume equals the uninterrupted run byte for byte."""
     images, ref = clean_set
     out = tmp_path / "run"
-    args = protect_args(images, out, weights, steps=8, batch=2)
+    # 20 steps: a resumed run must still be busy when the signal lands (at 8 steps a loaded
+    # machine saw the resume finish first, rc 0)
+    args = protect_args(images, out, weights, steps=20, batch=2)
     done = 0
     for sig, code, word in ((signal.SIGTERM, 143, "terminated"),
                             (signal.SIGINT, 130, "interrupted")):

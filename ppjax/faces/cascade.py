@@ -56,6 +56,31 @@ def _empty() -> Faces:
 MAX_SIZES_CACHED = 32
 
 
+_SIZES: set = set()
+
+
+def _hold_size(shape) -> None:
+    """Before compiling the pyramid for a new ``shape``: drop every compiled one once
+    :data:`MAX_SIZES_CACHED` are held."""
+    shape = tuple(shape)
+    if shape not in _SIZES and len(_SIZES) >= MAX_SIZES_CACHED:
+        _pyramid.clear_cache()
+        _SIZES.clear()
+    _SIZES.add(shape)
+
+
+def sizes_compiled() -> int:
+    """How many image shapes have a compiled pyramid held now (at most
+    :data:`MAX_SIZES_CACHED`)."""
+    return len(_SIZES)
+
+
+def release() -> None:
+    """Drop the compiled pyramids (:func:`ppjax.runs.faces.release_programs` drops them all)."""
+    _pyramid.clear_cache()
+    _SIZES.clear()
+
+
 @jax.jit
 def _pyramid(judge, x01):
     return [(lv.prob, lv.reg) for lv in judge.module.apply(judge.variables, x01,
@@ -160,8 +185,7 @@ def detect(judge, images, thresholds=THRESHOLDS, min_face: int = MIN_FACE,
         judge = judge.replace(module=judge.module.clone(min_face=min_face, factor=factor))
     x01 = as_x01(images)
     scales = pyramid_scales(x01.shape[1], x01.shape[2], min_face, factor)
-    if _pyramid._cache_size() >= MAX_SIZES_CACHED:
-        _pyramid.clear_cache()  # see MAX_SIZES_CACHED
+    _hold_size(x01.shape)
     levels = [tuple(np.asarray(a) for a in lv) for lv in _pyramid(judge, jnp.asarray(x01))]
     out = []
     for i in range(len(x01)):

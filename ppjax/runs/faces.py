@@ -66,6 +66,9 @@ def release_programs() -> None:
     persistent compilation cache (``ppjax protect``), a program needed again loads from disk."""
     import jax
 
+    from ppjax.faces import cascade
+
+    cascade.release()
     jax.clear_caches()
 
 
