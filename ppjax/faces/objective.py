@@ -20,7 +20,7 @@ The whole cascade runs inside the attack's program on the judged image ``x`` [B,
    rejecting it is enough, so one that reaches O-Net adds ``min(h_R, h_O)`` and any other
    ``h_R`` (:func:`chain_hinges`). On 10 photos at eps 8/255 with EOT the chain hid more faces
    on the PNG and after JPEG-90 (2 of 29 found, against 3) but fewer after an upload (6
-   against 2), so ``"faces"`` stays the default (docs/faces.md).
+   against 2), so ``"faces"`` stays the default (benchmarks/RESULTS.md).
 
 ``kappa`` (``AttackConfig.kappa``, traced, in log-odds units; 0 = stop exactly at the thresholds)
 is the safety margin. The proposals are those of the image being judged (the objective does not
