@@ -22,7 +22,7 @@ ATTACK_PRESETS = {
     "cw_l2": ("default", "paper"), "ace": ("default", "bmvc2020", "journal"),
     "perc_al": ("default", "cvpr2020", "untargeted", "kappa40"), "ifgsm_score": ("default",),
     "camouflage": ("default", "pp2020_baseline", "appeal"),
-    "faces": ("default", "plain"),
+    "faces": ("default", "plain", "chain"),
 }
 
 ATTACK_ALIASES = {"bim": "ifgsm", "cw": "cw_l2", "di-fgsm": "difgsm", "di2-fgsm": "difgsm",
