@@ -17,6 +17,7 @@ photos does not hold eight 2048-px pyramids in memory at once.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
@@ -108,17 +109,12 @@ def by_bucket(items, max_side: int) -> tuple[list, dict]:
     """``items`` (:class:`ppjax.runs.data.Item`) ordered by their predicted bucket (unreadable
     headers last), so each bucket's photos stream together; stable within a bucket. Also
     returns the number of photos predicted per bucket (``{(h, w): n}``)."""
-    hws = {id(it): predicted_hw(it.path, max_side) for it in items}
-
-    def key(it):
-        hw = hws[id(it)]
-        return (1, (0, 0)) if hw is None else (0, bucket_hw(*hw))
-
-    counts: dict = {}
-    for hw in hws.values():
-        if hw is not None:
-            counts[bucket_hw(*hw)] = counts.get(bucket_hw(*hw), 0) + 1
-    return sorted(items, key=key), counts
+    items, keys = list(items), []
+    for it in items:  # one header read per photo
+        hw = predicted_hw(it.path, max_side)
+        keys.append((1, (0, 0)) if hw is None else (0, bucket_hw(*hw)))
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return [items[i] for i in order], dict(Counter(b for known, b in keys if known == 0))
 
 
 def runs_of_bucket(loaded: Iterator, hw_of) -> Iterator[tuple[tuple[int, int], Iterator]]:
