@@ -156,6 +156,42 @@ def test_crops_match_the_host_crops(images):
         np.testing.assert_allclose(np.asarray(ours), ref, atol=2e-5)
 
 
+def test_crops_of_an_attacked_image_and_their_gradients_match_torch(images):
+    """Off the 8-bit grid (an iterate of the attack), many boxes at once through the summed-area
+    tables: values and input gradients against torch's area resize (``interpolate(mode="area")``)
+    of the same clipped crops, in float64."""
+    import torch.nn.functional as F  # noqa: N812
+
+    from ppjax.faces.objective import crops_from, integral
+
+    rng = np.random.default_rng(5)
+    x = np.clip(images[0] / 255.0 + rng.uniform(-8, 8, images[0].shape) / 255.0, 0, 1)
+    boxes = np.array([[20.7, 30.2, 84.9, 95.1], [-10.0, -5.5, 40.0, 44.0],
+                      [120.3, 100.0, 190.0, 170.0], [50.0, 60.0, 58.0, 68.0],
+                      [3.0, 140.0, 159.9, 170.0]], np.float32)
+    xt = torch.tensor(x.transpose(2, 0, 1)[None], dtype=torch.float64, requires_grad=True)
+    for size in (24, 48):
+        w = rng.normal(size=(len(boxes), size, size, 3))
+
+        def ours(v):
+            crops, ok = crops_from(integral(v[None]), jnp.asarray(boxes)[None], size)
+            return jnp.sum(crops[0] * jnp.asarray(w, jnp.float32)), (crops[0], ok[0])
+
+        (_, (crops, ok)), g = jax.value_and_grad(ours, has_aux=True)(jnp.asarray(x, jnp.float32))
+        ref, total = [], 0
+        for k, (x1, y1, x2, y2) in enumerate(boxes):  # facenet-pytorch's clip: [a-1, b)
+            a, b = max(int(y1), 1), min(int(y2), x.shape[0])
+            c, d = max(int(x1), 1), min(int(x2), x.shape[1])
+            crop = F.interpolate(xt[:, :, a - 1:b, c - 1:d], size=(size, size), mode="area")
+            ref.append(crop[0].permute(1, 2, 0))
+            total = total + (ref[-1] * torch.from_numpy(w[k])).sum()
+        gt, = torch.autograd.grad(total, xt)
+        assert np.asarray(ok).all()
+        np.testing.assert_allclose(np.asarray(crops), torch.stack(ref).detach().numpy(),
+                                   atol=2e-6)
+        np.testing.assert_allclose(np.asarray(g), gt[0].permute(1, 2, 0).numpy(), atol=1e-4)
+
+
 def test_gradients_are_finite(judge, images, judged):
     _, _, _, g, _ = judged(judge, jnp.asarray(images / np.float32(255)), 1.0)
     g = np.asarray(g)

@@ -11,8 +11,8 @@ The whole cascade runs inside the attack's program on the judged image ``x`` [B,
    graph; the first ``k`` survivors (a fixed number, with a validity mask) are calibrated and
    squared as the original does (box coordinates under ``stop_gradient``).
 3. **R-Net and O-Net on those proposals.** Each proposal is cropped (clipped to the image like
-   the original) and area-resized to 24x24, differentiably in the pixels (prefix sums along
-   rows, exact area weights along columns); R-Net gives its hinge ``h_R = relu(l_R -
+   the original) and area-resized to 24x24, differentiably in the pixels (summed-area tables,
+   exact: the 8-bit levels in int32, the remainder in float32); R-Net gives its hinge ``h_R = relu(l_R -
    (logit(0.7) - kappa))``. The ``k_onet`` with the highest R-Net log-odds are calibrated by
    R-Net, cropped at 48x48, and O-Net gives ``h_O = relu(l_O - (logit(0.7) - kappa))``.
    Objective ``"faces"`` sums both hinges (each stage pushed to reject every proposal).
@@ -199,23 +199,74 @@ def crop_weights(box: jnp.ndarray, n_img: int, size: int, axis: int):
 
 def crop_area(x: jnp.ndarray, box: jnp.ndarray, size: int) -> tuple[jnp.ndarray, jnp.ndarray]:
     """One image ``x`` [H, W, 3] cropped at ``box`` (clipped) and area-resized to ``size`` x
-    ``size``, differentiable in ``x``: rows by prefix sums (float32, values centred on 0.5),
-    columns by exact area weights. Returns (crop [size, size, 3], ok)."""
-    h, w = x.shape[:2]
-    rs, re, ok_r = crop_weights(box, h, size, 1)
-    cs, ce, ok_c = crop_weights(box, w, size, 0)
-    c = jnp.concatenate([jnp.zeros((1, w, 3), x.dtype), jnp.cumsum(x - 0.5, axis=0)], axis=0)
-    rows = (c[re] - c[rs]) / (re - rs).astype(x.dtype)[:, None, None] + 0.5  # [size, W, 3]
-    cols = jnp.arange(w, dtype=jnp.int32)[None, :]
-    wc = ((cols >= cs[:, None]) & (cols < ce[:, None])).astype(x.dtype)
-    wc = wc / (ce - cs).astype(x.dtype)[:, None]  # [size, W]
-    return jnp.einsum("jw,iwc->ijc", wc, rows), ok_r & ok_c
+    ``size``, differentiable in ``x``. Returns (crop [size, size, 3], ok). (One box: the cascade
+    crops many at once through :func:`integral` and :func:`crops_from`.)"""
+    crop, ok = crops_from(integral(x[None]), box[None, None], size)
+    return crop[0, 0], ok[0, 0]
 
 
-def _crops(x: jnp.ndarray, boxes: jnp.ndarray, size: int):
-    """Crops [B, K, size, size, 3] and ok [B, K] of ``x`` [B, H, W, 3] at ``boxes`` [B, K, 4]."""
-    one = jax.vmap(crop_area, in_axes=(None, 0, None))
-    return jax.vmap(one, in_axes=(0, 0, None))(x, boxes, size)
+class Integral(NamedTuple):
+    """Summed-area tables of a batch [B, H+1, W+1, 3] (a zero first row and column) that give
+    every rectangle's sum of ``x``: ``whole`` of the 8-bit levels ``round(255 x)`` in int32
+    (exact), ``rest`` of the remainder ``x - whole / 255`` (|.| <= 1/510, so its float32 sums stay
+    small), which carries the gradient."""
+
+    whole: jnp.ndarray
+    rest: jnp.ndarray
+
+
+def _tables(vs: tuple) -> tuple:
+    """Summed-area tables [B, H+1, W+1, C] of the arrays ``vs`` (each [B, H, W, C]), in one
+    sequential scan over the rows and one over the columns (XLA's cumsum, a reduce-window, and
+    ``associative_scan``'s strided slices are several times slower on CPU)."""
+    b, h, w, c = vs[0].shape
+
+    def body(carry, rows):
+        carry = tuple(a + r for a, r in zip(carry, rows, strict=True))
+        return carry, carry
+
+    def scan(vs, n, m):  # prefix sums along axis 1 of [B, n, m, C]
+        xs = tuple(jnp.moveaxis(v.reshape(b, n, m * c), 1, 0) for v in vs)
+        _, out = jax.lax.scan(body, tuple(jnp.zeros((b, m * c), v.dtype) for v in vs), xs)
+        return tuple(jnp.moveaxis(o, 0, 1).reshape(b, n, m, c) for o in out)
+
+    vs = scan(vs, h, w)
+    vs = scan(tuple(jnp.transpose(v, (0, 2, 1, 3)) for v in vs), w, h)
+    return tuple(jnp.pad(jnp.transpose(v, (0, 2, 1, 3)), ((0, 0), (1, 0), (1, 0), (0, 0)))
+                 for v in vs)
+
+
+def integral(x: jnp.ndarray) -> Integral:
+    """The :class:`Integral` of ``x`` [B, H, W, 3] (in [0, 1]; the 8-bit part is exact for
+    images up to 8.4 M pixels)."""
+    if x.shape[1] * x.shape[2] > (2**31 - 1) // 255:
+        raise ValueError(f"integral: {x.shape[1]}x{x.shape[2]} is over the int32 tables' "
+                         "8.4 M pixels (photos are downscaled to 2048 px before the attack)")
+    q = jnp.round(_sg(x) * 255.0)
+    return Integral(*_tables((q.astype(jnp.int32), x - q / 255.0)))
+
+
+def crops_from(ii: Integral, boxes: jnp.ndarray, size: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Crops [B, K, size, size, 3] and ok [B, K] at ``boxes`` [B, K, 4] of the images whose
+    :class:`Integral` is ``ii``: facenet-pytorch's crop (:func:`crop_weights`) area-resized to
+    ``size``, each output pixel the mean of its integer window (4 corners of the tables)."""
+    h, w = ii.rest.shape[1] - 1, ii.rest.shape[2] - 1
+
+    def one(whole, rest, box):
+        rs, re, ok_r = crop_weights(box, h, size, 1)
+        cs, ce, ok_c = crop_weights(box, w, size, 0)
+        r, c = jnp.stack([re, rs]), jnp.stack([ce, cs])
+
+        def rect(t):  # [size, size, 3]: t[re, ce] - t[rs, ce] - t[re, cs] + t[rs, cs]
+            g = t[r[:, :, None, None], c[None, None, :, :]]  # [2, size, 2, size, 3]
+            return g[0, :, 0] - g[1, :, 0] - g[0, :, 1] + g[1, :, 1]
+
+        area = ((re - rs)[:, None] * (ce - cs)[None, :]).astype(jnp.float32)[..., None]
+        total = rect(whole).astype(jnp.float32) / 255.0 + rect(rest)
+        return total / area, ok_r & ok_c
+
+    per_image = jax.vmap(one, in_axes=(None, None, 0))
+    return jax.vmap(per_image)(ii.whole, ii.rest, boxes)
 
 
 def _net(judge, crops: jnp.ndarray, method: str):
@@ -351,7 +402,8 @@ def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M
         # sign step would turn into full steps).
         x = jnp.where(region_mask(faces, x.shape[1:3]), x, _sg(x))
     hinge_p, max_prob, prop = _stage1(judge, x, kappa, k, m, faces)
-    c24, ok24 = _crops(x, prop.boxes, RNET_HW)
+    ii = integral(x)  # one pair of tables for both stages' crops
+    c24, ok24 = crops_from(ii, prop.boxes, RNET_HW)
     r = _net(judge, c24, "rnet")
     live = prop.valid & ok24
     counts = live  # the hinges count the proposals near a face region only
@@ -362,7 +414,7 @@ def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M
     k_onet = min(k_onet, r.logit.shape[1])
     _, io = jax.lax.top_k(jnp.where(live, r.logit, -jnp.inf), k_onet)
     boxes48 = _sg(calibrate(_pick(prop.boxes, io), _pick(r.reg, io), plus_one=True))
-    c48, ok48 = _crops(x, boxes48, ONET_HW)
+    c48, ok48 = crops_from(ii, boxes48, ONET_HW)
     o = _net(judge, c48, "onet")
     counts_o = _pick(counts, io) & ok48
     ho = jnp.where(counts_o, jax.nn.relu(o.logit - (log_odds(THRESHOLDS[2]) - kappa)), 0.0)
