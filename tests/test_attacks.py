@@ -426,6 +426,26 @@ def test_eot_jpeg_success_survives_the_real_codec(judge, x):
     assert (top1(judge, real) != top1(judge, x)).all()
 
 
+def test_eot_clean_averages_the_iterate_and_the_eot_views(judge, x):
+    """``eot_clean``: the gradient is the mean of the 8-bit iterate's own (as without EOT) and
+    the EOT view's (a fixed JPEG-90 here, so the draws are deterministic), one step of plain
+    gradient descent compared against the two single-view runs."""
+    kw = dict(eps=1.0, step="sgd", step_size=1e-4, steps=1, random_start=False,
+              early_stop=False, best="final")
+    jpeg = dict(eot="jpeg", eot_quality_lo=90.0, eot_quality_hi=90.0)
+
+    def moved(**more):
+        res = ppjax.attack("pgd", judge, x, **kw, **more)
+        return np.asarray(res.extras["final_iterate"]) - np.asarray(x)
+
+    plain, through_jpeg = moved(), moved(**jpeg)
+    both = moved(**jpeg, eot_clean=True)
+    inside = (np.asarray(x) > 0.01) & (np.asarray(x) < 0.99)  # no clipping at 0 or 1
+    assert np.abs(plain - through_jpeg)[inside].max() > 1e-6  # the two views differ
+    np.testing.assert_allclose(both[inside], ((plain + through_jpeg) / 2)[inside],
+                               atol=1e-7, rtol=1e-4)
+
+
 def test_bad_input_is_reported(judge, x):
     with pytest.raises(KeyError, match="unknown attack"):
         ppjax.attack("nope", judge, x)

@@ -142,6 +142,9 @@ class AttackConfig:
                        "either order, back at the input's size; set eot_quality_lo=70 for the "
                        "usual 70-95)", choices=EOT_VIEWS)
     eot_samples: int = setting(1, "EOT draws per step", lo=1)
+    eot_clean: bool = setting(False, "with EOT: the iterate itself (its 8-bit image, as saved) "
+                              "is one more view the gradient sees, beside the eot_samples "
+                              "draws (the same pass judges it)")
     judge_jpeg: bool = setting(False, "success is judged after the exact-forward JPEG at "
                                "judge_quality (besides 8-bit rounding)")
     eot_rounding: str = setting("soft_ste", "rounding surrogate of the EOT JPEG: soft_ste "

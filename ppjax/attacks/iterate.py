@@ -141,8 +141,10 @@ def judge_view(cfg, x8):
 
 
 def fused(cfg) -> bool:
-    """The gradient pass also judges the iterate (``fused_eval``, no input transform)."""
-    return cfg.fused_eval and cfg.eot == "none" and not boosters.transforms_input(cfg)
+    """The gradient pass also judges the iterate (``fused_eval``, no input transform, or EOT
+    with ``eot_clean``: the iterate is one of the views)."""
+    return (cfg.fused_eval and (cfg.eot == "none" or cfg.eot_clean)
+            and not boosters.transforms_input(cfg))
 
 
 

@@ -110,6 +110,11 @@ def _loss_fn(cfg, models, x0, state: State, it: Iterate, judged):
             g_models = boosters.gradient_models(cfg, models, keys)  # [boosters] SGM
             terms, aux = _fused_terms(cfg, obj, g_models, judge_view(cfg, on_grid), state)
             adv = terms.success
+            if cfg.eot != "none":  # eot_clean: the iterate and eot_samples EOT draws, averaged
+                losses = [obj.evaluate(boosters.gradient_models(cfg, models, keys, i),
+                                       EOT_VIEWS[cfg.eot](cfg, x, keys, i), aux, cfg).loss
+                          for i in range(cfg.eot_samples)]
+                terms = terms._replace(loss=(terms.loss + sum(losses)) / (1 + cfg.eot_samples))
         else:
             # [boosters] DI / SGM: the judges the gradient sees (per-image keys, EOT sample i)
             losses = [obj.evaluate(boosters.gradient_models(cfg, models, keys, i),
