@@ -49,19 +49,24 @@ def face_set(data_dir, n: int | None, smallest: bool = False):
     return items[:n] if n else items
 
 
-def detect_rate(judge, images, truths, view=None, haar: bool = False) -> float:
+def found_per_image(judge, images, truths, view=None, haar: bool = False) -> list[int]:
     """True faces found (MTCNN, or Haar) on each image (through ``view`` first: a pipeline
-    ``fn(uint8) -> uint8``), over all true faces."""
+    ``fn(uint8) -> uint8``)."""
     from ppjax.runs import faces_detect
 
-    found = total = 0
+    found = []
     for img, truth in zip(images, truths, strict=True):
         v = img if view is None else view(img)
         boxes = faces_detect.haar(v) if haar else faces_detect.detect(judge, v)[0]
         boxes = faces_detect.rescale(boxes, v.shape[:2], img.shape[:2])
-        found += faces_detect.count_found(truth, boxes)
-        total += len(truth)
-    return found / total if total else float("nan")
+        found.append(int(faces_detect.count_found(truth, boxes)))
+    return found
+
+
+def detect_rate(judge, images, truths, view=None, haar: bool = False) -> float:
+    """True faces found (see :func:`found_per_image`) over all true faces."""
+    total = sum(len(t) for t in truths)
+    return sum(found_per_image(judge, images, truths, view, haar)) / total if total else float("nan")
 
 
 def uniform_noise(images, eps_levels: int, seed: int = 0):
@@ -89,11 +94,11 @@ def controls(judge, images, truths, eps_levels: int) -> dict:
 
 
 def attack_row(judge, images, truths, eps_levels: int, eot: bool, steps: int,
-               canvas: str = "square", boxes=None) -> dict:
+               canvas: str = "square", boxes=None, names=None) -> dict:
     """One row: the faces attack at ``eps_levels``/255 (EOT over the upload view or none), the
     photos grouped on ``canvas`` ("square": :func:`ppjax.runs.faces.square_canvas`, few
     compilations for this set of many sizes; "bucket": the task's buckets), around ``boxes`` (each
-    photo's clean faces; default: detected here)."""
+    photo's clean faces; default: detected here); ``per_image`` names the photos by ``names``."""
     from ppjax.attacks import resolve_attack
     from ppjax.runs import faces, faces_detect, faces_eval
     from ppjax.runs.faces_protect import protect_images
@@ -106,10 +111,12 @@ def attack_row(judge, images, truths, eps_levels: int, eot: bool, steps: int,
                          boxes=boxes)
     seconds = time.perf_counter() - t0
     adv = [r["image"] for r in res]
+    total = sum(len(t) for t in truths)
+    found = {k: found_per_image(judge, adv, truths, None if k == "png" else
+                                faces_detect.pipeline(k)) for k in ("png", "jpeg90", "upload")}
     row = {"eps_levels": eps_levels, "eot": eot, "steps": steps, "seconds": round(seconds, 2),
-           "detect_rate_png": detect_rate(judge, adv, truths),
-           "detect_rate_jpeg90": detect_rate(judge, adv, truths, faces_detect.pipeline("jpeg90")),
-           "detect_rate_upload": detect_rate(judge, adv, truths, faces_detect.pipeline("upload")),
+           **{f"detect_rate_{k}": sum(v) / total if total else float("nan")
+              for k, v in found.items()},
            "haar_detect_rate": None if faces_detect.haar_unavailable() else detect_rate(
                judge, adv, truths, haar=True)}
     dist = [faces_eval.distortion(a, x) for a, x in zip(adv, images, strict=True)]
@@ -117,6 +124,10 @@ def attack_row(judge, images, truths, eps_levels: int, eot: bool, steps: int,
     row["linf_levels"] = int(max(d["linf_levels"] for d in dist))
     row["held_out"] = {k: detect_rate(judge, adv, truths, faces_detect.pipeline(k))
                        for k in faces_detect.pipeline_names(held_out=True)}
+    # per photo: where the faces that stay found are
+    row["per_image"] = [{"image": names[i] if names else i, "hw": list(images[i].shape[:2]),
+                         "faces": len(truths[i]), **{f"found_{k}": v[i] for k, v in found.items()},
+                         "ssim": round(float(dist[i]["ssim"]), 4)} for i in range(len(images))]
     return row
 
 
@@ -235,7 +246,7 @@ def run(a) -> dict:
     for eot in (True,) if a.eot_only else (True, False):
         for e in eps:
             res["rows"].append(attack_row(judge, images, truths, e, eot, steps, a.canvas,
-                                          clean_boxes))
+                                          clean_boxes, [it.file for it, _ in items]))
             write_json(a.json, res)  # what is done so far survives a later failure
     try:
         res["torch"] = faces_torch.compare(judge, images, steps=2 if a.smoke else 10)
