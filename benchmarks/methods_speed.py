@@ -72,7 +72,8 @@ METHODS = [
     Method("mifgsm_di_ti_vmi", "mifgsm/all", settings=(("sgm_gamma", 1.0),),
            original="torchattacks TIFGSM + VMIFGSM's variance term"),
     # torchattacks' CW has no binary search over c: one round on both sides
-    Method("cw_l2", "cw_l2", settings=(("search_steps", 1),), original="torchattacks CW"),
+    Method("cw_l2", "cw_l2", settings=(("search_steps", 1),),
+           original="torchattacks CW (its abort off for throughput: CWEveryStep)"),
     Method("ace", "ace", original="tests/torch_attack_ref.py ace (BMVC)"),
     Method("perc_al", "perc_al", original="tests/torch_attack_ref.py perc_al"),
     Method("square", "square", original="torchattacks Square (Linf)"),
