@@ -63,10 +63,15 @@ def found_per_image(judge, images, truths, view=None, haar: bool = False) -> lis
     return found
 
 
+def rate(found: list[int], truths) -> float:
+    """Faces found over all true faces (NaN without faces)."""
+    total = sum(len(t) for t in truths)
+    return sum(found) / total if total else float("nan")
+
+
 def detect_rate(judge, images, truths, view=None, haar: bool = False) -> float:
     """True faces found (see :func:`found_per_image`) over all true faces."""
-    total = sum(len(t) for t in truths)
-    return sum(found_per_image(judge, images, truths, view, haar)) / total if total else float("nan")
+    return rate(found_per_image(judge, images, truths, view, haar), truths)
 
 
 def uniform_noise(images, eps_levels: int, seed: int = 0):
@@ -111,12 +116,10 @@ def attack_row(judge, images, truths, eps_levels: int, eot: bool, steps: int,
                          boxes=boxes)
     seconds = time.perf_counter() - t0
     adv = [r["image"] for r in res]
-    total = sum(len(t) for t in truths)
     found = {k: found_per_image(judge, adv, truths, None if k == "png" else
                                 faces_detect.pipeline(k)) for k in ("png", "jpeg90", "upload")}
     row = {"eps_levels": eps_levels, "eot": eot, "steps": steps, "seconds": round(seconds, 2),
-           **{f"detect_rate_{k}": sum(v) / total if total else float("nan")
-              for k, v in found.items()},
+           **{f"detect_rate_{k}": rate(v, truths) for k, v in found.items()},
            "haar_detect_rate": None if faces_detect.haar_unavailable() else detect_rate(
                judge, adv, truths, haar=True)}
     dist = [faces_eval.distortion(a, x) for a, x in zip(adv, images, strict=True)]

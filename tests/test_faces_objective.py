@@ -143,12 +143,13 @@ def test_in_graph_stage1_is_the_host_stage1(judge, images):
 
 def test_crops_match_the_host_crops(images):
     from ppjax.faces.cascade import crops_at
-    from ppjax.faces.objective import crop_area
+    from ppjax.faces.objective import crops_from, integral
 
     img = images[0]
     boxes = np.array([[20.7, 30.2, 84.9, 95.1], [-10.0, -5.5, 40.0, 44.0],
                       [120.3, 100.0, 190.0, 170.0], [50.0, 60.0, 58.0, 68.0]], np.float32)
-    crop = jax.jit(jax.vmap(crop_area, in_axes=(None, 0, None)), static_argnums=2)
+    crop = jax.jit(lambda x, b, size: jax.tree.map(
+        lambda a: a[0], crops_from(integral(x[None]), b[None], size)), static_argnums=2)
     for size in (24, 48):
         ref, keep = crops_at(img.astype(np.float64), boxes, size)
         ours, ok = crop(jnp.asarray(img / np.float32(255)), jnp.asarray(boxes), size)
@@ -173,7 +174,7 @@ def test_crops_of_an_attacked_image_and_their_gradients_match_torch(images):
     for size in (24, 48):
         w = rng.normal(size=(len(boxes), size, size, 3))
 
-        def ours(v):
+        def ours(v, size=size, w=w):
             crops, ok = crops_from(integral(v[None]), jnp.asarray(boxes)[None], size)
             return jnp.sum(crops[0] * jnp.asarray(w, jnp.float32)), (crops[0], ok[0])
 

@@ -98,6 +98,12 @@ def _loss_fn(cfg, models, x0, state: State, it: Iterate, judged):
     obj, par = parts(cfg)
     formulation = FORMULATIONS[cfg.formulation]
 
+    def eot_losses(x, keys, aux):
+        # [boosters] DI / SGM: the judges the gradient sees (per-image keys, EOT sample i)
+        return [obj.evaluate(boosters.gradient_models(cfg, models, keys, i),
+                             EOT_VIEWS[cfg.eot](cfg, x, keys, i), aux, cfg).loss
+                for i in range(cfg.eot_samples)]
+
     def loss_fn(params, shift=None, keys=it.keys):
         x = par.render(params, x0)
         if shift is not None:  # [boosters] a VMI neighbour
@@ -111,16 +117,10 @@ def _loss_fn(cfg, models, x0, state: State, it: Iterate, judged):
             terms, aux = _fused_terms(cfg, obj, g_models, judge_view(cfg, on_grid), state)
             adv = terms.success
             if cfg.eot != "none":  # eot_clean: the iterate and eot_samples EOT draws, averaged
-                losses = [obj.evaluate(boosters.gradient_models(cfg, models, keys, i),
-                                       EOT_VIEWS[cfg.eot](cfg, x, keys, i), aux, cfg).loss
-                          for i in range(cfg.eot_samples)]
-                terms = terms._replace(loss=(terms.loss + sum(losses)) / (1 + cfg.eot_samples))
+                terms = terms._replace(loss=(terms.loss + sum(eot_losses(x, keys, aux)))
+                                       / (1 + cfg.eot_samples))
         else:
-            # [boosters] DI / SGM: the judges the gradient sees (per-image keys, EOT sample i)
-            losses = [obj.evaluate(boosters.gradient_models(cfg, models, keys, i),
-                                   EOT_VIEWS[cfg.eot](cfg, x, keys, i), state.aux, cfg).loss
-                      for i in range(cfg.eot_samples)]
-            terms = judged._replace(loss=sum(losses) / cfg.eot_samples)
+            terms = judged._replace(loss=sum(eot_losses(x, keys, state.aux)) / cfg.eot_samples)
             adv = judged.success
         per = formulation.loss(terms.loss, lambda: distortion(cfg, x, x0, params, par),
                                state.search.const, jax.lax.stop_gradient(adv))

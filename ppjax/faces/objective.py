@@ -18,9 +18,8 @@ The whole cascade runs inside the attack's program on the judged image ``x`` [B,
    Objective ``"faces"`` sums both hinges (each stage pushed to reject every proposal).
    Objective ``"faces_chain"`` counts a proposal once, as the chain it is: R-Net OR O-Net
    rejecting it is enough, so one that reaches O-Net adds ``min(h_R, h_O)`` and any other
-   ``h_R`` (:func:`chain_hinges`). On 10 photos at eps 8/255 with EOT the chain hid more faces
-   on the PNG and after JPEG-90 (2 of 29 found, against 3) but fewer after an upload (6
-   against 2), so ``"faces"`` stays the default (benchmarks/RESULTS.md).
+   ``h_R`` (:func:`chain_hinges`). The chain hides more faces on the PNG and after JPEG-90
+   but fewer after an upload, so ``"faces"`` stays the default (figures: benchmarks/RESULTS.md).
 
 ``kappa`` (``AttackConfig.kappa``, traced, in log-odds units; 0 = stop exactly at the thresholds)
 is the safety margin. The proposals are those of the image being judged (the objective does not
@@ -195,14 +194,6 @@ def crop_weights(box: jnp.ndarray, n_img: int, size: int, axis: int):
     start = (i * n) // size
     end = -((-(i + 1) * n) // size)
     return a - 1 + start, a - 1 + end, ok
-
-
-def crop_area(x: jnp.ndarray, box: jnp.ndarray, size: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """One image ``x`` [H, W, 3] cropped at ``box`` (clipped) and area-resized to ``size`` x
-    ``size``, differentiable in ``x``. Returns (crop [size, size, 3], ok). (One box: the cascade
-    crops many at once through :func:`integral` and :func:`crops_from`.)"""
-    crop, ok = crops_from(integral(x[None]), box[None, None], size)
-    return crop[0, 0], ok[0, 0]
 
 
 class Integral(NamedTuple):
