@@ -382,8 +382,8 @@ def test_eps_sweep_traces_once(judge, x):
                 results[driver] = ppjax.attack("pgd", judge, x, eps=eps / 255, driver=driver,
                                                kappa=0.1 * eps, momentum=0.5, **SMALL_PGD)
         new = dict(traces)
-        expect = {"whole": 1} if driver == "scan" else {"init": 1, "step": 1, "finish": 1,
-                                                          "advance": 1}
+        expect = {"whole": 1} if driver == "scan" else {"init": 1, "step": 1, "judge": 1,
+                                                          "finish": 1, "advance": 1}
         assert new == expect, (driver, new)
 
 
@@ -396,6 +396,72 @@ def test_drivers_agree(judge, x):
         np.testing.assert_array_equal(o.steps, outs[0].steps)
         np.testing.assert_array_equal(o.success, outs[0].success)
         np.testing.assert_array_equal(o.success_step, outs[0].success_step)
+
+
+def _flops(jitted, *args) -> float:
+    cost = jitted.lower(*args).compile().cost_analysis()
+    return float((cost[0] if isinstance(cost, list | tuple) else cost)["flops"])
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd"])
+def test_last_iteration_is_judged_without_a_gradient(judge, x, name, monkeypatch):
+    # every step taken and the final iterate kept: the result is the last iteration's judgement
+    kw = dict(eps=4 / 255, steps=1 if name == "fgsm" else 3, early_stop=False, best="final")
+    cfg = get_attack(name, **kw)
+    aux = {"labels": jnp.full(4, -1, jnp.int32), "targets": jnp.full(4, -1, jnp.int32)}
+    seeds = ppjax.attacks.default_seeds(4)
+    models = {"judge": judge}
+    calls, judge_program = [], loop._judge_j
+    monkeypatch.setattr(loop, "_judge_j", lambda *a: calls.append(1) or judge_program(*a))
+    states = list(loop.python_states(cfg, models, x, aux, seeds))
+    assert len(states) == cfg.steps + 1 and len(calls) == 1  # the last iteration: the judge's
+    monkeypatch.undo()
+    # the judge program saves the backward pass (the input gradient costs about a forward)
+    c = jax.tree.map(jnp.float32, cfg)
+    before = states[-2]
+    forward = _flops(jax.jit(lambda j, v: j(v)), judge, x)
+    saved = (_flops(loop._step_j, c, 1, models, x, seeds, before)
+             - _flops(loop._judge_j, c, models, x, seeds, before))
+    assert saved > 0.8 * forward, (saved, forward)
+    fast = ppjax.attack(name, judge, x, driver="python", **kw)
+    monkeypatch.setattr(loop, "last_apart", lambda cfg: False)  # the last iteration a full step
+    full = ppjax.attack(name, judge, x, driver="python", **kw)
+    np.testing.assert_array_equal(fast.images, full.images)
+    np.testing.assert_array_equal(fast.success, full.success)
+    np.testing.assert_array_equal(fast.steps, full.steps)
+    np.testing.assert_allclose(fast.extras["score_after"], full.extras["score_after"],
+                               rtol=1e-5, atol=1e-5)
+    # and the judgement is the judge's own on the returned images
+    z = np.asarray(judge(jnp.asarray(fast.images)), np.float64)
+    np.testing.assert_array_equal(np.asarray(fast.success),
+                                  z.argmax(-1) != np.asarray(fast.extras["labels"]))
+
+
+def test_iterates_before_the_last_are_not_judged_when_no_judgement_counts(judge, x,
+                                                                            monkeypatch):
+    from ppjax.attacks import probes
+
+    # torchattacks' PGD: every step taken, the final iterate kept, and the judging a pass of
+    # its own (the gradient at the float iterate): only the last iterate's judgement counts
+    kw = dict(preset="torchattacks", eps=8 / 255, steps=6)
+    assert not probes.judges_between(resolve_attack("pgd", "torchattacks", {"steps": 6}))
+    fast = ppjax.attack("pgd", judge, x, **kw)
+    monkeypatch.setattr(probes, "judges_between", lambda cfg: True)  # every iterate judged
+    jax.clear_caches()  # (the programs are cached by the config, which has not changed)
+    full = ppjax.attack("pgd", judge, x, **kw)
+    jax.clear_caches()
+    for field in ("images", "success", "steps", "linf"):
+        np.testing.assert_array_equal(getattr(fast, field), getattr(full, field))
+    np.testing.assert_allclose(fast.extras["score_after"], full.extras["score_after"],
+                               rtol=1e-6)
+    # the judged run saw earlier successes; the other judged the last iterate only
+    assert (np.asarray(full.success_step)[np.asarray(full.success)] < 6).any()
+    np.testing.assert_array_equal(fast.success_step, np.where(fast.success, 6, -1))
+    # and the success is the judge's own on the returned images
+    z = np.asarray(judge(jnp.asarray(fast.images)))
+    np.testing.assert_array_equal(fast.success, z.argmax(-1) != np.asarray(fast.extras["labels"]))
+    # every judgement still counts where a success can change the run (early stop)
+    assert probes.judges_between(resolve_attack("pgd", "default", {}))
 
 
 def test_per_image_randomness_does_not_depend_on_the_batch(judge, x):

@@ -49,9 +49,9 @@ def _first(judge, x, name, **kw):
 def test_cw_compiles_each_program_once_whatever_its_rounds(setup):
     judge, x = setup
     pgd_traces, pgd_programs = _first(judge, x, "pgd", steps=3)
-    assert set(pgd_traces) == {"init", "step", "finish"} and set(pgd_traces.values()) == {1}
+    assert set(pgd_traces) == {"init", "step", "judge", "finish"} and set(pgd_traces.values()) == {1}
     traces, programs = _first(judge, x, "cw_l2", steps=3, search_steps=5)  # 5 rounds
-    assert traces == {"init": 1, "step": 1, "advance": 1, "finish": 1}
+    assert traces == {"init": 1, "step": 1, "judge": 1, "advance": 1, "finish": 1}
     assert programs <= pgd_programs + 1  # + advance: C&W's change of round
     # other traced values (step size, constant) compile nothing
     assert _first(judge, x, "cw_l2", steps=3, search_steps=5, step_size=0.02,

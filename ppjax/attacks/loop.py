@@ -18,7 +18,8 @@ the SAME pure step function ``step(state) -> state``:
    running take it.
 
 An attack of ``steps`` updates runs ``steps + 1`` such iterations per round (the last one only
-judges). Rounds are restarts (images already protected sit out) or the binary search of the
+judges: in the drivers that run whole batches it is :func:`judge_step`, the judgement without
+the gradient). Rounds are restarts (images already protected sit out) or the binary search of the
 penalty formulation's per-image constant.
 
 Drivers (the same step code for all): ``"scan"`` (``lax.scan``, fixed length) or ``"while"``
@@ -280,6 +281,27 @@ def step(cfg: AttackConfig, models, x0, seeds, state: State) -> State:
                           progress=progress, best=_keep_best(cfg, x0, state, it, j, succ))
 
 
+def last_apart(cfg: AttackConfig) -> bool:
+    """True when a round's last iteration (``t == steps``: it only judges) runs as
+    :func:`judge_step` in the drivers that run whole batches (the probe has a ``judge_only``).
+    :mod:`ppjax.attacks.stream` keeps :func:`step` for it (its slots are at different
+    iterations)."""
+    return make_probe(cfg).judge_only is not None
+
+
+def judge_step(cfg: AttackConfig, models, x0, seeds, state: State) -> State:
+    """A round's last iteration for a batch whose live images are all at ``t == steps``: the
+    same judgement, bookkeeping and counters as :func:`step`, without the gradient (that
+    iteration makes no next iterate: the parameters and the probe's state stay)."""
+    it = _iterate(cfg, x0, seeds, state)
+    j = make_probe(cfg).judge_only(cfg, models, x0, state, it)
+    if state.clean.pending is not None:
+        state = _take_clean(state, j)
+    succ = j.terms.success & it.live
+    progress = _count(cfg, state.progress, it.live, succ, j.loss)
+    return state._replace(progress=progress, best=_keep_best(cfg, x0, state, it, j, succ))
+
+
 def step_chunk(cfg: AttackConfig, chunk: int, models, x0, seeds, state: State) -> State:
     """``chunk`` iterations of :func:`step` in one compiled call (Python driver)."""
     for _ in range(chunk):
@@ -350,12 +372,20 @@ def whole(cfg: AttackConfig, driver: str, models, x0, aux, seeds) -> dict:
     """The whole attack as one program (``driver`` "scan" or "while")."""
     state = init(cfg, models, x0, aux, seeds)
 
+    apart = last_apart(cfg)
+
     def inner(state):
         if driver == "scan":
-            return jax.lax.scan(lambda s, _: (step(cfg, models, x0, seeds, s), None), state,
-                                None, length=cfg.steps + 1)[0]
-        return jax.lax.while_loop(lambda s: jnp.any(s.progress.active),
-                                  lambda s: step(cfg, models, x0, seeds, s), state)
+            state = jax.lax.scan(lambda s, _: (step(cfg, models, x0, seeds, s), None), state,
+                                 None, length=cfg.steps + (0 if apart else 1))[0]
+        else:  # every image of the batch is at the same t (rounds start together)
+            go = ((lambda s: jnp.any(s.progress.active & (s.progress.t < cfg.steps))) if apart
+                  else (lambda s: jnp.any(s.progress.active)))
+            state = jax.lax.while_loop(go, lambda s: step(cfg, models, x0, seeds, s), state)
+        if not apart:
+            return state
+        return jax.lax.cond(jnp.any(state.progress.active),
+                            lambda s: judge_step(cfg, models, x0, seeds, s), lambda s: s, state)
 
     state = inner(state)
     if cfg.rounds > 1:
@@ -370,7 +400,7 @@ _TRACE_COUNTERS: list[collections.Counter] = []
 @contextlib.contextmanager
 def count_traces() -> Iterator[collections.Counter]:
     """Count the traces (= compilations) of the attack's programs made inside the block, per
-    program name ("init", "step", "advance", "finish", "merge", "poll", "whole"), like chex's
+    program name ("init", "step", "judge", "advance", "finish", "merge", "poll", "whole"), like chex's
     ``assert_max_traces``: ``with count_traces() as n: ...; assert n == {}`` proves that
     nothing recompiled. Opt-in: outside such a block nothing is counted."""
     counter: collections.Counter = collections.Counter()
@@ -397,6 +427,7 @@ def _jit(name: str, fn, static_argnums):
 _whole_j = _jit("whole", whole, (1,))
 _init_j = _jit("init", init, ())
 _step_j = _jit("step", step_chunk, (1,))
+_judge_j = _jit("judge", judge_step, ())
 _advance_j = _jit("advance", advance, ())
 _finish_j = _jit("finish", finish, ())
 _merge_j = _jit("merge", merge, ())
@@ -411,13 +442,15 @@ class Programs(NamedTuple):
     traced values are the same executables.
 
     init(models, x0, aux, seeds) -> State; step(models, x0, seeds, state) -> State (``chunk``
-    iterations); advance(x0, seeds, state) -> State; finish(models, x0, state) -> dict;
+    iterations); judge(models, x0, seeds, state) -> State (a round's last iteration,
+    :func:`judge_step`); advance(x0, seeds, state) -> State; finish(models, x0, state) -> dict;
     merge(fresh, state, take, empty) -> State; poll(state) -> (go [B], over [B]);
     whole(models, x0, aux, seeds) -> dict (the whole attack as one program, ``driver``).
     """
 
     init: Callable
     step: Callable
+    judge: Callable
     advance: Callable
     finish: Callable
     merge: Callable
@@ -434,6 +467,7 @@ def compile_attack(cfg: AttackConfig, *, chunk: int = 1, driver: str = "scan") -
     return Programs(
         init=lambda models, x0, aux, seeds: _init_j(c, models, x0, aux, seeds),
         step=lambda models, x0, seeds, state: _step_j(c, chunk, models, x0, seeds, state),
+        judge=lambda models, x0, seeds, state: _judge_j(c, models, x0, seeds, state),
         advance=lambda x0, seeds, state: _advance_j(c, x0, seeds, state),
         finish=lambda models, x0, state: _finish_j(c, models, x0, state),
         merge=lambda fresh, state, take, empty: _merge_j(c, fresh, state, take, empty),
@@ -484,12 +518,18 @@ def python_states(cfg: AttackConfig, models: dict, x0, aux: dict, seeds, *, chun
     ``state.best.x`` after call ``t`` (chunk 1, one round) is the judged iterate ``t``: a way
     to inspect trajectories."""
     programs = compile_attack(cfg, chunk=chunk)
+    apart = last_apart(cfg)
+    calls = -(-(cfg.steps + (0 if apart else 1)) // chunk)
     state = programs.init(models, x0, aux, seeds)
     for r in range(cfg.rounds):
         if r:
             state = programs.advance(x0, seeds, state)
-        for _ in range(-(-(cfg.steps + 1) // chunk)):
+        for _ in range(calls):
             state = programs.step(models, x0, seeds, state)
             yield state
             if not bool(jnp.any(state.progress.active)):
                 break
+        else:
+            if apart and calls * chunk <= cfg.steps:  # the last iteration: judged, no gradient
+                state = programs.judge(models, x0, seeds, state)
+                yield state

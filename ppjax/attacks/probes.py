@@ -26,6 +26,7 @@ import optax
 
 from ppjax.attacks import boosters
 from ppjax.attacks.iterate import Iterate, Judged, State, fused, judge_view, parts, select
+from ppjax.attacks.objectives import Terms
 from ppjax.attacks.rules import EOT_VIEWS, FORMULATIONS, distortion
 from ppjax.attacks.steps import SCHEDULES, make_step_rule, per_image_rule, scale_by_step_size
 from ppjax.registry import Registry
@@ -42,6 +43,11 @@ class Probe(NamedTuple):
     extras(cfg, state) -> dict: per-image figures the result reports (e.g. ``queries``).
     judges_iterate: its judgement of iterate 0 is the plain judgement of ``x0``, so the clean
       judgement may be taken there (``ppjax.attacks.loop.clean_in_first_step``).
+    judge_only(cfg, models, x0, state, it) -> Judged, or None: the same judgement as ``judge``
+      without what only the update needs (no gradient). A round's last iteration makes no
+      next iterate, so the drivers that run whole batches run it through this
+      (``ppjax.attacks.loop.judge_step``): one forward pass instead of a forward and a
+      backward pass. None: the last iteration runs ``judge`` like the others.
     """
 
     init: Callable
@@ -49,6 +55,7 @@ class Probe(NamedTuple):
     update: Callable
     extras: Callable = lambda cfg, state: {}
     judges_iterate: bool = True
+    judge_only: Callable | None = None
 
 
 #: Score-based probes by name (``AttackConfig.step``); every other step is a step rule of the
@@ -130,11 +137,44 @@ def _loss_fn(cfg, models, x0, state: State, it: Iterate, judged):
     return loss_fn
 
 
+def judges_between(cfg) -> bool:
+    """True when the judgement of an iterate before a round's last can change the result:
+    early stop, a best-rule other than the final iterate, the plateau stop, the binary search
+    of C&W's constant (it reads each round's successes), or a formulation that reads the
+    judgement (PerC-AL's alternation). Otherwise only the last iteration's judgement counts,
+    and a gradient probe whose judging is a pass of its own (not fused: EOT, DI, a judging
+    JPEG, ``fused_eval`` off) skips it before the last iteration (:func:`gradient_judge`):
+    ``success_step`` and ``tracked_success`` then see the last iterate only, as torchattacks,
+    Foolbox and the organisers' I-FGSM, which judge no iterate, would."""
+    return (cfg.early_stop or cfg.best != "final" or cfg.plateau > 0 or cfg.search_steps > 1
+            or FORMULATIONS[cfg.formulation].reads_success)
+
+
+def _unjudged(evaluate) -> Terms:
+    """Placeholder terms of an iterate not judged (zeros of ``evaluate``'s shapes: no
+    success), for the bookkeeping of an iteration whose judgement cannot count."""
+    shapes = jax.eval_shape(evaluate)
+    return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+
+
 def gradient_judge(cfg, models, x0, state: State, it: Iterate) -> Judged:
-    """Judge the iterate and take the formulation's gradient (one pass when fused)."""
+    """Judge the iterate and take the formulation's gradient (one pass when fused; without
+    :func:`judges_between`, a separate judging pass runs only when an image is at its round's
+    last iteration, which the drivers that run whole batches give to :func:`gradient_judge_only`
+    anyway)."""
     judged = None
     if not fused(cfg):
-        judged = parts(cfg).obj.evaluate(models, judge_view(cfg, it.x8), state.aux, cfg)
+        def evaluate():
+            return parts(cfg).obj.evaluate(models, judge_view(cfg, it.x8), state.aux, cfg)
+
+        if judges_between(cfg):
+            judged = evaluate()
+        else:
+            # per image, so that a stream slot's result does not depend on its neighbours'
+            last = it.live & (state.progress.t >= cfg.steps)
+            judged = select(last, jax.lax.cond(jnp.any(last), evaluate,
+                                               lambda: _unjudged(evaluate)),
+                            _unjudged(evaluate))
     loss_fn = _loss_fn(cfg, models, x0, state, it, judged)
     grads, (terms, per, aux) = jax.grad(loss_fn, has_aux=True)(state.params)
     extra = {}
@@ -173,8 +213,17 @@ def gradient_update(cfg, x0, state: State, j: Judged):
     return parts(cfg).par.project(params, x0, cfg), rule_state
 
 
+def gradient_judge_only(cfg, models, x0, state: State, it: Iterate) -> Judged:
+    """The gradient probe's judgement of the iterate without the gradient: the objective on
+    the judged view of ``it.x8`` (the value the fused pass computes, whose forward is ``x8``
+    bit for bit), a pending clean judgement filled as there. ``loss`` is the objective's (no
+    step follows, so the formulation's loss is not needed)."""
+    terms, aux = _fused_terms(cfg, parts(cfg).obj, models, judge_view(cfg, it.x8), state)
+    return Judged(it.x8, terms, terms.loss, aux=aux)
+
+
 GRADIENT = Probe(init=lambda cfg, params: step_rule(cfg).init(params), judge=gradient_judge,
-                 update=gradient_update)
+                 update=gradient_update, judge_only=gradient_judge_only)
 
 
 # ----------------------------------------------------------------------------- score-based

@@ -55,10 +55,13 @@ class Formulation(NamedTuple):
       judgement [B] bool.
     step_size: ``(lr, lr2, success) -> lr`` (scalars or [B]; ``success`` [B] of the judged
       iterate).
+    reads_success: ``loss`` or ``step_size`` depends on the judgement of the iterate (then
+      every iterate is judged, :func:`ppjax.attacks.probes.judges_between`).
     """
 
     loss: Callable
     step_size: Callable = lambda lr, lr2, success: lr
+    reads_success: bool = False
 
 
 FORMULATIONS: Registry = Registry("formulation")
@@ -70,7 +73,7 @@ FORMULATIONS.register("penalty", Formulation(lambda loss, dist, const, adv: dist
 # step sizes step_size and step_size2 respectively
 FORMULATIONS.register("alternate", Formulation(
     lambda loss, dist, const, adv: jnp.where(adv, dist(), loss),
-    lambda lr, lr2, success: jnp.where(success, lr2, lr)))
+    lambda lr, lr2, success: jnp.where(success, lr2, lr), reads_success=True))
 
 
 # ----------------------------------------------------------------------------- best-rules
