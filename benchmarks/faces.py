@@ -1,7 +1,7 @@
 """Faces: does the protection hide real faces from a real, trained detector (MTCNN)?
 
-``python -m benchmarks.faces --json PATH [--smoke]`` on the face set of ``ppjax fetch-data
-faces`` (built here when ``--data`` is not given): about 100 true face boxes.
+``python -m benchmarks.faces --json PATH [--smoke] [--set KEY=VALUE ...]`` on the face set of
+``ppjax fetch-data faces`` (built here when ``--data`` is not given): about 100 true face boxes.
 
 * Controls (the network is real): ``clean_detect_rate`` (true faces MTCNN finds on the clean
   set), ``noise_detect_rate`` (after uniform noise of the attack's Linf, 8/255 by default),
@@ -10,7 +10,10 @@ faces`` (built here when ``--data`` is not given): about 100 true face boxes.
 * ``rows``: the faces attack at eps 2, 4, 8, 16/255, with and without EOT over the ``upload``
   view; per row the rate of true faces still found on the PNG, after Pillow JPEG-90 and after
   the upload pipeline (MTCNN), by Haar on the PNG, the mean SSIM, the largest Linf in levels, and
-  the rates after the held-out pipelines (``held_out``).
+  the rates after the held-out pipelines (``held_out``); ``per_image``: each photo's true faces
+  and those found on the PNG, after JPEG-90 and after the upload, and its SSIM (RESULTS.md names
+  the photos whose faces an upload gives back); ``settings``: the ``--set`` attack settings of
+  an experiment (none: the task's default attack).
 * ``smallest_eps``: the smallest eps (levels) whose EOT row reaches each goal rate.
 * ``ratio_vs_torch``: img*it/s of the same attack (P-Net at every pyramid scale plus R-Net and
   O-Net on the clean proposals, MI-FGSM, no EOT) written in torch on facenet-pytorch's own nets,
@@ -29,6 +32,7 @@ import time
 import numpy as np
 
 from benchmarks._results import machine, markdown_table, update_section, write_json
+from ppjax.cli.overrides import parse_overrides
 
 EPS_LEVELS = (2, 4, 8, 16)
 GOALS = {"detect_rate_jpeg90": 0.05, "detect_rate_upload": 0.10}
@@ -99,17 +103,18 @@ def controls(judge, images, truths, eps_levels: int) -> dict:
 
 
 def attack_row(judge, images, truths, eps_levels: int, eot: bool, steps: int,
-               canvas: str = "square", boxes=None, names=None) -> dict:
+               canvas: str = "square", boxes=None, names=None, settings=()) -> dict:
     """One row: the faces attack at ``eps_levels``/255 (EOT over the upload view or none), the
     photos grouped on ``canvas`` ("square": :func:`ppjax.runs.faces.square_canvas`, few
     compilations for this set of many sizes; "bucket": the task's buckets), around ``boxes`` (each
-    photo's clean faces; default: detected here); ``per_image`` names the photos by ``names``."""
+    photo's clean faces; default: detected here); ``per_image`` names the photos by ``names``;
+    ``settings``: more attack settings (``--set``), recorded in the row."""
     from ppjax.attacks import resolve_attack
     from ppjax.runs import faces, faces_detect, faces_eval
     from ppjax.runs.faces_protect import protect_images
 
     acfg = resolve_attack("faces", "default" if eot else "plain",
-                          {"eps": eps_levels / 255, "steps": steps})
+                          {**dict(settings), "eps": eps_levels / 255, "steps": steps})
     t0 = time.perf_counter()
     res = protect_images(acfg, judge, images, seeds=np.arange(len(images)),
                          canvas=faces.square_canvas if canvas == "square" else faces.bucket_hw,
@@ -119,6 +124,7 @@ def attack_row(judge, images, truths, eps_levels: int, eot: bool, steps: int,
     found = {k: found_per_image(judge, adv, truths, None if k == "png" else
                                 faces_detect.pipeline(k)) for k in ("png", "jpeg90", "upload")}
     row = {"eps_levels": eps_levels, "eot": eot, "steps": steps, "seconds": round(seconds, 2),
+           **({"settings": dict(settings)} if settings else {}),
            **{f"detect_rate_{k}": rate(v, truths) for k, v in found.items()},
            "haar_detect_rate": None if faces_detect.haar_unavailable() else detect_rate(
                judge, adv, truths, haar=True)}
@@ -161,6 +167,13 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
+def survivors(row: dict, key: str) -> list[str]:
+    """``"photo found/faces"`` for each photo of ``row["per_image"]`` where ``key`` (e.g.
+    ``found_upload``) is not 0."""
+    return [f"{p['image'].rsplit('.', 1)[0]} {p[key]}/{p['faces']}"
+            for p in row.get("per_image", ()) if p[key]]
+
+
 def results_md(res: dict) -> str:
     """The RESULTS.md section."""
     m = res["machine"]
@@ -182,6 +195,12 @@ def results_md(res: dict) -> str:
                          r["haar_detect_rate"], r["ssim_mean"], r["linf_levels"],
                          *[r["held_out"].get(k) for k in held], r["seconds"]]
                         for r in res["rows"]]), "",
+        *[f"Still found after the upload, eps {r['eps_levels']} "
+          f"{'EOT' if r['eot'] else 'no EOT'}"
+          + (f" with {r['settings']}" if r.get("settings") else "")
+          + " (photo: found / true faces): "
+          + (", ".join(survivors(r, "found_upload")) or "none") + "." for r in res["rows"]
+          if r.get("per_image")], "",
         "Rates: true faces still found (lower is better). Smallest eps (EOT, SSIM >= 0.90) "
         "reaching each goal: " + ", ".join(f"{k} <= {GOALS[k]}: {v}" for k, v in
                                             res["smallest_eps"].items()), "",
@@ -211,6 +230,9 @@ def main(argv=None) -> int:
     p.add_argument("--eot-only", action="store_true",
                    help="only the rows with EOT (the goals' rows), not those without")
     p.add_argument("--contended", action="store_true", help="say the machine was shared")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="another attack setting for every row (an experiment; recorded in each "
+                        "row as 'settings')")
     p.add_argument("--no-results-md", action="store_true")
     a = p.parse_args(argv)
     res = run(a)
@@ -249,7 +271,8 @@ def run(a) -> dict:
     for eot in (True,) if a.eot_only else (True, False):
         for e in eps:
             res["rows"].append(attack_row(judge, images, truths, e, eot, steps, a.canvas,
-                                          clean_boxes, [it.file for it, _ in items]))
+                                          clean_boxes, [it.file for it, _ in items],
+                                          parse_overrides(getattr(a, "set", ()))))
             write_json(a.json, res)  # what is done so far survives a later failure
     try:
         res["torch"] = faces_torch.compare(judge, images, steps=2 if a.smoke else 10)

@@ -134,6 +134,15 @@ def test_controls_the_network_is_real(judge, face_set):
         assert _rate(judge, images, truths, fd.pipeline(name)) >= 0.95, name
 
 
+def test_benchmark_names_the_photos_whose_faces_survive():
+    from benchmarks.faces import survivors
+
+    row = {"per_image": [{"image": "a.png", "faces": 3, "found_upload": 0},
+                         {"image": "b.x.png", "faces": 4, "found_upload": 2}]}
+    assert survivors(row, "found_upload") == ["b.x 2/4"]
+    assert survivors({}, "found_upload") == []
+
+
 def test_compiled_programs_stay_bounded(judge, monkeypatch):
     """Photos of many sizes: detection keeps at most MAX_SIZES_CACHED compiled pyramids, and
     release_programs gives back the memory mappings a bucket's programs hold (each compiled

@@ -29,7 +29,9 @@ class AttackResult(NamedTuple):
     success: [B] bool, judged on ``images`` (after the exact-forward JPEG if the config judges
       after JPEG).
     steps: [B] int32 updates applied. success_step: [B] int32, updates applied when the image
-      first succeeded (-1 if never).
+      first succeeded (-1 if never). Where no judgement before the last can change the result
+      and judging is a pass of its own (:func:`ppjax.attacks.probes.judges_between`), only the
+      last iterate is judged: success_step is then ``steps`` or -1.
     linf, l2: [B] float32 distortion of ``images`` in [0, 1] pixel units.
     extras: dict of [B] arrays: score_before / score_after (label margin z_y - max_other for
       classifiers, the score for score judges), tracked_success, labels, iterations, const (C&W),
