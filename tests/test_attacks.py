@@ -411,8 +411,13 @@ def test_last_iteration_is_judged_without_a_gradient(judge, x, name, monkeypatch
     aux = {"labels": jnp.full(4, -1, jnp.int32), "targets": jnp.full(4, -1, jnp.int32)}
     seeds = ppjax.attacks.default_seeds(4)
     models = {"judge": judge}
-    calls, judge_program = [], loop._judge_j
-    monkeypatch.setattr(loop, "_judge_j", lambda *a: calls.append(1) or judge_program(*a))
+    calls, compile_attack_ = [], loop.compile_attack
+
+    def counting(cfg, **kw):  # the programs, their judge counted
+        p = compile_attack_(cfg, **kw)
+        return p._replace(judge=lambda *a: calls.append(1) or p.judge(*a))
+
+    monkeypatch.setattr(loop, "compile_attack", counting)
     states = list(loop.python_states(cfg, models, x, aux, seeds))
     assert len(states) == cfg.steps + 1 and len(calls) == 1  # the last iteration: the judge's
     monkeypatch.undo()
@@ -420,8 +425,8 @@ def test_last_iteration_is_judged_without_a_gradient(judge, x, name, monkeypatch
     c = jax.tree.map(jnp.float32, cfg)
     before = states[-2]
     forward = _flops(jax.jit(lambda j, v: j(v)), judge, x)
-    saved = (_flops(loop._step_j, c, 1, models, x, seeds, before)
-             - _flops(loop._judge_j, c, models, x, seeds, before))
+    saved = (_flops(jax.jit(loop.step_chunk, static_argnums=1), c, 1, models, x, seeds, before)
+             - _flops(jax.jit(loop.judge_step), c, models, x, seeds, before))
     assert saved > 0.8 * forward, (saved, forward)
     fast = ppjax.attack(name, judge, x, driver="python", **kw)
     monkeypatch.setattr(loop, "last_apart", lambda cfg: False)  # the last iteration a full step
