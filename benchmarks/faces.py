@@ -235,6 +235,15 @@ def main(argv=None) -> int:
                         "row as 'settings')")
     p.add_argument("--no-results-md", action="store_true")
     a = p.parse_args(argv)
+    clash = sorted({k for k, _ in parse_overrides(a.set)} & {"eps", "steps"})
+    if clash:
+        p.error(f"--set {', '.join(clash)}: use --eps / --steps (each row sets them)")
+    try:  # every problem of the settings now, not after the controls
+        from ppjax.attacks import resolve_attack
+
+        resolve_attack("faces", "default", dict(parse_overrides(a.set)))
+    except ValueError as e:
+        p.error(str(e))
     res = run(a)
     write_json(a.json, res)
     if not a.no_results_md and not a.smoke:
