@@ -235,13 +235,14 @@ def main(argv=None) -> int:
                         "row as 'settings')")
     p.add_argument("--no-results-md", action="store_true")
     a = p.parse_args(argv)
-    clash = sorted({k for k, _ in parse_overrides(a.set)} & {"eps", "steps"})
+    a.settings = parse_overrides(a.set)
+    clash = sorted({k for k, _ in a.settings} & {"eps", "steps"})
     if clash:
         p.error(f"--set {', '.join(clash)}: use --eps / --steps (each row sets them)")
     try:  # every problem of the settings now, not after the controls
         from ppjax.attacks import resolve_attack
 
-        resolve_attack("faces", "default", dict(parse_overrides(a.set)))
+        resolve_attack("faces", "default", dict(a.settings))
     except ValueError as e:
         p.error(str(e))
     res = run(a)
@@ -281,7 +282,7 @@ def run(a) -> dict:
         for e in eps:
             res["rows"].append(attack_row(judge, images, truths, e, eot, steps, a.canvas,
                                           clean_boxes, [it.file for it, _ in items],
-                                          parse_overrides(getattr(a, "set", ()))))
+                                          getattr(a, "settings", ())))
             write_json(a.json, res)  # what is done so far survives a later failure
     try:
         res["torch"] = faces_torch.compare(judge, images, steps=2 if a.smoke else 10)

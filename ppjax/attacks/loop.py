@@ -264,6 +264,18 @@ def _count(cfg: AttackConfig, p: Progress, live, succ, loss) -> Progress:
         round_success=p.round_success | succ, stop_at=stop_at, plateau_loss=plateau_loss)
 
 
+def _judged(cfg: AttackConfig, x0, state: State, it: Iterate, j: Judged) -> tuple[State, State]:
+    """What every iteration does with its judgement ``j`` of iterate ``it``: ``(state, new)``,
+    ``state`` with a pending clean judgement taken (:func:`clean_in_first_step`: iterate 0 of
+    new images is x0), ``new`` also with the counters and stops advanced and the best-rule's
+    image kept (making the next iterate is left to the caller)."""
+    if state.clean.pending is not None:
+        state = _take_clean(state, j)
+    succ = j.terms.success & it.live
+    return state, state._replace(progress=_count(cfg, state.progress, it.live, succ, j.loss),
+                                 best=_keep_best(cfg, x0, state, it, j, succ))
+
+
 def step(cfg: AttackConfig, models, x0, seeds, state: State) -> State:
     """One iteration for the whole batch (see the module docstring). Pure: ``state -> state``.
     The config's probe judges the iterate, the best-rule keeps an image, the counters and stops
@@ -271,14 +283,11 @@ def step(cfg: AttackConfig, models, x0, seeds, state: State) -> State:
     probe = make_probe(cfg)
     it = _iterate(cfg, x0, seeds, state)
     j = probe.judge(cfg, models, x0, state, it)
-    if state.clean.pending is not None:  # clean_in_first_step: iterate 0 of new images is x0
-        state = _take_clean(state, j)
-    succ = j.terms.success & it.live
-    progress = _count(cfg, state.progress, it.live, succ, j.loss)
+    state, new = _judged(cfg, x0, state, it, j)
     params, probe_state = probe.update(cfg, x0, state, j)
-    return state._replace(params=select(progress.active, params, state.params),
-                          probe_state=select(progress.active, probe_state, state.probe_state),
-                          progress=progress, best=_keep_best(cfg, x0, state, it, j, succ))
+    active = new.progress.active
+    return new._replace(params=select(active, params, state.params),
+                        probe_state=select(active, probe_state, state.probe_state))
 
 
 def last_apart(cfg: AttackConfig) -> bool:
@@ -294,12 +303,7 @@ def judge_step(cfg: AttackConfig, models, x0, seeds, state: State) -> State:
     same judgement, bookkeeping and counters as :func:`step`, without the gradient (that
     iteration makes no next iterate: the parameters and the probe's state stay)."""
     it = _iterate(cfg, x0, seeds, state)
-    j = make_probe(cfg).judge_only(cfg, models, x0, state, it)
-    if state.clean.pending is not None:
-        state = _take_clean(state, j)
-    succ = j.terms.success & it.live
-    progress = _count(cfg, state.progress, it.live, succ, j.loss)
-    return state._replace(progress=progress, best=_keep_best(cfg, x0, state, it, j, succ))
+    return _judged(cfg, x0, state, it, make_probe(cfg).judge_only(cfg, models, x0, state, it))[1]
 
 
 def step_chunk(cfg: AttackConfig, chunk: int, models, x0, seeds, state: State) -> State:

@@ -172,9 +172,8 @@ def gradient_judge(cfg, models, x0, state: State, it: Iterate) -> Judged:
         else:
             # per image, so that a stream slot's result does not depend on its neighbours'
             last = it.live & (state.progress.t >= cfg.steps)
-            judged = select(last, jax.lax.cond(jnp.any(last), evaluate,
-                                               lambda: _unjudged(evaluate)),
-                            _unjudged(evaluate))
+            none = _unjudged(evaluate)
+            judged = select(last, jax.lax.cond(jnp.any(last), evaluate, lambda: none), none)
     loss_fn = _loss_fn(cfg, models, x0, state, it, judged)
     grads, (terms, per, aux) = jax.grad(loss_fn, has_aux=True)(state.params)
     extra = {}
