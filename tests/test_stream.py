@@ -132,3 +132,30 @@ def test_bad_stream_input_is_refused(judge, images):
     with pytest.raises(ValueError, match="targeted"):
         list(ppjax.attacks.stream("pgd", judge, [StreamItem(0, images[0], 0)], slots=2,
                                   objective="targeted", steps=2))
+
+
+def test_slots_in_lockstep_take_their_last_iteration_without_a_gradient(judge, images,
+                                                                       monkeypatch):
+    """FGSM: every running slot reaches its last iteration (which only judges) at once, so the
+    stream runs it as the judge program, with no backward pass (``loop.judge_step``): once per
+    fill of the slots. Each image still equals running it alone."""
+    from ppjax.attacks import loop
+
+    calls, compile_attack = [], loop.compile_attack
+
+    def counting(cfg, **kw):
+        p = compile_attack(cfg, **kw)
+        return p._replace(judge=lambda *a: calls.append(1) or p.judge(*a))
+
+    monkeypatch.setattr(loop, "compile_attack", counting)
+    got = dict(ppjax.attacks.stream("fgsm", judge, items(images, range(N)), slots=2,
+                                    eps=3 / 255))
+    monkeypatch.undo()
+    assert len(calls) == -(-N // 2)  # 5 images in 2 slots: 3 fills, one judge call each
+    for it in items(images, range(N)):
+        r = ppjax.attack("fgsm", judge, jnp.asarray(it.image[None]), eps=3 / 255,
+                         seeds=np.array([it.seed], np.uint32))
+        ref = ppjax.AttackResult(**{f: (v[0] if f != "extras" else
+                                        {k: e[0] for k, e in v.items()})
+                                    for f, v in r._asdict().items()})
+        same(got[it.key], ref, f"image {it.key}", exact=True)

@@ -292,9 +292,9 @@ def step(cfg: AttackConfig, models, x0, seeds, state: State) -> State:
 
 def last_apart(cfg: AttackConfig) -> bool:
     """True when a round's last iteration (``t == steps``: it only judges) runs as
-    :func:`judge_step` in the drivers that run whole batches (the probe has a ``judge_only``).
-    :mod:`ppjax.attacks.stream` keeps :func:`step` for it (its slots are at different
-    iterations)."""
+    :func:`judge_step` (the probe has a ``judge_only``): always in the drivers that run whole
+    batches; in :mod:`ppjax.attacks.stream` when every running slot is at that iteration
+    (slots run at different iterations, e.g. after an early stop)."""
     return make_probe(cfg).judge_only is not None
 
 
@@ -363,10 +363,13 @@ def merge(cfg: AttackConfig, fresh: State, state: State, take, empty) -> State:
         active=p.active & ~empty, round=jnp.where(empty, cfg.rounds - 1, p.round)))
 
 
-def poll(cfg: AttackConfig, state: State) -> tuple[jnp.ndarray, jnp.ndarray]:
+def poll(cfg: AttackConfig, state: State) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """What the host needs between chunks: per image, (round over with another to run,
-    attack over)."""
-    return ~state.progress.active & more_rounds(cfg, state), finished(cfg, state)
+    attack over), and a scalar: some image is running and every running image is at its
+    round's last iteration (``t == steps``: the next call can be :func:`judge_step`)."""
+    p = state.progress
+    last = jnp.any(p.active) & jnp.all(~p.active | (p.t >= cfg.steps))
+    return ~p.active & more_rounds(cfg, state), finished(cfg, state), last
 
 
 # ----------------------------------------------------------------------------- drivers
@@ -448,7 +451,7 @@ class Programs(NamedTuple):
     init(models, x0, aux, seeds) -> State; step(models, x0, seeds, state) -> State (``chunk``
     iterations); judge(models, x0, seeds, state) -> State (a round's last iteration,
     :func:`judge_step`); advance(x0, seeds, state) -> State; finish(models, x0, state) -> dict;
-    merge(fresh, state, take, empty) -> State; poll(state) -> (go [B], over [B]);
+    merge(fresh, state, take, empty) -> State; poll(state) -> (go [B], over [B], last []);
     whole(models, x0, aux, seeds) -> dict (the whole attack as one program, ``driver``).
     """
 

@@ -7,7 +7,10 @@ whose arrays are all per image). The host loop drives the programs of
 
 1. fills free slots from the queue (one :func:`~ppjax.attacks.loop.init` of the slot batch,
    merged into the state for the new slots only);
-2. runs ``chunk`` iterations of the one step (:func:`~ppjax.attacks.loop.step_chunk`);
+2. runs ``chunk`` iterations of the one step (:func:`~ppjax.attacks.loop.step_chunk`), or,
+   when every running slot is at its round's last iteration (which only judges), that
+   iteration without the gradient (:func:`~ppjax.attacks.loop.judge_step`; e.g. FGSM, or a
+   batch of attacks without early stop that started together);
 3. polls two [S] flags: slots whose round ended with another to run start it
    (:func:`~ppjax.attacks.loop.advance`); slots whose attack is over are finished
    (:func:`~ppjax.attacks.loop.finish`) and freed. Free slots are refilled before the next
@@ -137,20 +140,24 @@ def run_slots(cfg: AttackConfig, models: dict, items: Iterable[StreamItem], *, s
     pending = collections.deque([first])  # taken from the queue, not yet in a slot
     state, dev, done, idle = None, None, None, 0.0
     wait = 0.0 if loop.clean_in_first_step(cfg) else REFILL_AFTER * n  # a refill's cost
+    apart, last = loop.last_apart(cfg), False
     while True:
         free = np.flatnonzero(~host.busy)
         _top_up(pending, queue, free.size)  # (already topped up during the last chunk)
-        if pending and (free.size == n or idle >= wait):
+        if pending and free.size and (free.size == n or idle >= wait):
             take = np.zeros(n, bool)
             for s in free[:len(pending)]:
                 host.place(s, pending.popleft())
                 take[s] = True
             state, dev = _load(programs, models, host, state, take, group, put)
-            idle = 0.0
+            idle, last = 0.0, False
         if not host.busy.any():
             yield from done or ()
             return
-        state = programs.step(models, dev["x"], dev["seeds"], state)
+        if apart and last:  # every running slot only judges: no gradient (loop.judge_step)
+            state = programs.judge(models, dev["x"], dev["seeds"], state)
+        else:
+            state = programs.step(models, dev["x"], dev["seeds"], state)
         if done is not None:  # the previous chunk's finished images, while this one computes
             yield from done
             done = None
@@ -159,9 +166,9 @@ def run_slots(cfg: AttackConfig, models: dict, items: Iterable[StreamItem], *, s
         _top_up(pending, queue, n)  # the next refill's images, taken while the device computes
         if pending:  # slots left empty while images wait: the refill's cost accumulates
             idle += chunk * float((~host.busy).sum())
-        go, over = jax.device_get(programs.poll(state))
-        if go.any():
-            state = programs.advance(dev["x"], dev["seeds"], state)
+        go, over, last = jax.device_get(programs.poll(state))
+        if go.any():  # new rounds start at t = 0
+            state, last = programs.advance(dev["x"], dev["seeds"], state), False
         over = np.flatnonzero(over & host.busy)
         if over.size:
             res = programs.finish(models, dev["x"], state)
