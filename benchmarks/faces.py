@@ -15,6 +15,10 @@
   the photos whose faces an upload gives back); ``settings``: the ``--set`` attack settings of
   an experiment (none: the task's default attack).
 * ``smallest_eps``: the smallest eps (levels) whose EOT row reaches each goal rate.
+* ``--rows 16:eot,8:none`` runs only those rows; ``--merge A.json B.json ...`` writes one
+  result from the rows of several runs on the same face set (one row per eps and EOT, the
+  later file's winning; controls and ``ratio_vs_torch`` from the first file that has them),
+  each row keeping the date and CPU of its run (``machine``).
 * ``ratio_vs_torch``: img*it/s of the same attack (P-Net at every pyramid scale plus R-Net and
   O-Net on the clean proposals, MI-FGSM, no EOT) written in torch on facenet-pytorch's own nets,
   over ppjax's, on the same images in the same run (steady state: compile time apart).
@@ -124,6 +128,7 @@ def attack_row(judge, images, truths, eps_levels: int, eot: bool, steps: int,
     found = {k: found_per_image(judge, adv, truths, None if k == "png" else
                                 faces_detect.pipeline(k)) for k in ("png", "jpeg90", "upload")}
     row = {"eps_levels": eps_levels, "eot": eot, "steps": steps, "seconds": round(seconds, 2),
+           "machine": machine(),
            **({"settings": dict(settings)} if settings else {}),
            **{f"detect_rate_{k}": rate(v, truths) for k, v in found.items()},
            "haar_detect_rate": None if faces_detect.haar_unavailable() else detect_rate(
@@ -138,6 +143,49 @@ def attack_row(judge, images, truths, eps_levels: int, eot: bool, steps: int,
                          "faces": len(truths[i]), **{f"found_{k}": v[i] for k, v in found.items()},
                          "ssim": round(float(dist[i]["ssim"]), 4)} for i in range(len(images))]
     return row
+
+
+def parse_rows(text: str) -> list[tuple[int, bool]]:
+    """``"16:eot,8:none"`` -> ``[(16, True), (8, False)]`` (eps in levels, EOT or not)."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        eps, _, how = part.partition(":")
+        if not eps.isdigit() or int(eps) < 1 or how not in ("eot", "none"):
+            raise ValueError(f"--rows: {part!r} is not EPS:eot or EPS:none (EPS in levels, "
+                             "e.g. 8:eot)")
+        out.append((int(eps), how == "eot"))
+    if not out:
+        raise ValueError("--rows: no row given")
+    return out
+
+
+def merge(results: list[dict]) -> dict:
+    """One result from several runs' (:func:`run`) on the same face set: their rows, one per
+    (eps, EOT), a later run's replacing an earlier one's, ordered as a full run orders them;
+    the controls and ``ratio_vs_torch`` of the first run that has them. Each row keeps its run's
+    ``machine`` (date, CPU). Runs of different sets or step counts are refused."""
+    if not results:
+        raise ValueError("merge: no results")
+    keys = {(r["n_images"], r["n_faces"], r["steps"], bool(r["smoke"])) for r in results}
+    if len(keys) > 1:
+        raise ValueError(f"merge: the runs differ in (images, faces, steps, smoke): {sorted(keys)}")
+    if any(r.get("settings") for res in results for r in res["rows"]):
+        raise ValueError("merge: a row was run with --set settings (an experiment), not the "
+                         "task's default attack")
+    rows = {}
+    for res in results:
+        for r in res["rows"]:
+            rows[(r["eps_levels"], r["eot"])] = {**r, "machine": r.get("machine", res["machine"])}
+    first = results[0]
+    timed = next((r for r in results if r.get("ratio_vs_torch") is not None), first)
+    out = {**first, "rows": [rows[k] for k in sorted(rows, key=lambda k: (not k[1], k[0]))],
+           "ratio_vs_torch": timed["ratio_vs_torch"], "torch": timed["torch"],
+           "contended": any(r["contended"] for r in results),
+           "seconds": sum(r["seconds"] for r in results),
+           "merged_from": [r.get("source", "?") for r in results]}
+    out["smallest_eps"] = smallest_eps(out["rows"])
+    out["goals"] = goals_met(out)
+    return out
 
 
 def smallest_eps(rows: list[dict]) -> dict:
@@ -204,6 +252,11 @@ def results_md(res: dict) -> str:
         "Rates: true faces still found (lower is better). Smallest eps (EOT, SSIM >= 0.90) "
         "reaching each goal: " + ", ".join(f"{k} <= {GOALS[k]}: {v}" for k, v in
                                             res["smallest_eps"].items()), "",
+        *([f"Merged from {len(res['merged_from'])} runs; each row's run: "
+           + "; ".join(f"eps {r['eps_levels']} {'EOT' if r['eot'] else 'no EOT'} "
+                       f"{r['machine'].get('date', '?')} {r['machine']['cpu'].get('model', '?')}"
+                       for r in res["rows"] if r.get("machine")) + ".", ""]
+          if res.get("merged_from") else []),
         f"ratio_vs_torch {res['ratio_vs_torch']}: {res['torch']}", "",
         *([f"Haar unavailable here: {res['controls']['haar_unavailable']}", ""]
           if res["controls"]["haar_unavailable"] else []),
@@ -229,12 +282,36 @@ def main(argv=None) -> int:
     p.add_argument("--eps", default=None, help="comma-separated eps levels (default 2,4,8,16)")
     p.add_argument("--eot-only", action="store_true",
                    help="only the rows with EOT (the goals' rows), not those without")
+    p.add_argument("--rows", default=None, metavar="EPS:eot|none,...",
+                   help="run only these rows (e.g. 16:eot,8:none; overrides --eps/--eot-only)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="no run: merge these results' rows into one (--json, RESULTS.md)")
     p.add_argument("--contended", action="store_true", help="say the machine was shared")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="another attack setting for every row (an experiment; recorded in each "
                         "row as 'settings')")
     p.add_argument("--no-results-md", action="store_true")
     a = p.parse_args(argv)
+    if a.merge:
+        import json
+
+        try:
+            loaded = []
+            for f in a.merge:
+                with open(f) as fh:
+                    loaded.append({**json.load(fh), "source": f})
+            res = merge(loaded)
+        except (OSError, ValueError, KeyError) as e:
+            p.error(f"--merge: {type(e).__name__}: {e}")
+        write_json(a.json, res)
+        if not a.no_results_md and not res["smoke"]:
+            update_section("faces", results_md(res))
+        print(results_md(res))
+        return 0
+    try:
+        a.rows = parse_rows(a.rows) if a.rows else None
+    except ValueError as e:
+        p.error(str(e))
     a.settings = parse_overrides(a.set)
     clash = sorted({k for k, _ in a.settings} & {"eps", "steps"})
     if clash:
@@ -277,13 +354,14 @@ def run(a) -> dict:
            "haar_clean_detect_rate": ctl["haar_clean_detect_rate"], "controls": ctl,
            "rows": [], "ratio_vs_torch": None, "torch": None}
     eps = tuple(int(e) for e in a.eps.split(",")) if a.eps else EPS_LEVELS
+    todo = getattr(a, "rows", None) or [(e, eot) for eot in ((True,) if a.eot_only else
+                                                              (True, False)) for e in eps]
     clean_boxes = [faces_detect.detect(judge, img)[0] for img in images]  # once, for every row
-    for eot in (True,) if a.eot_only else (True, False):
-        for e in eps:
-            res["rows"].append(attack_row(judge, images, truths, e, eot, steps, a.canvas,
-                                          clean_boxes, [it.file for it, _ in items],
-                                          getattr(a, "settings", ())))
-            write_json(a.json, res)  # what is done so far survives a later failure
+    for e, eot in todo:
+        res["rows"].append(attack_row(judge, images, truths, e, eot, steps, a.canvas,
+                                      clean_boxes, [it.file for it, _ in items],
+                                      getattr(a, "settings", ())))
+        write_json(a.json, res)  # what is done so far survives a later failure
     try:
         res["torch"] = faces_torch.compare(judge, images, steps=2 if a.smoke else 10)
         res["ratio_vs_torch"] = res["torch"]["ratio_vs_torch"]

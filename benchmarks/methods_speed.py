@@ -2,6 +2,8 @@
 
     python -m benchmarks.methods_speed --json PATH [--only pgd,ace] [--smoke] [--ttp-n 64]
         [--ttp-steps-cap N] [--batch 8] [--steps 10] [--rounds 3] [--no-ttp] [--no-peak]
+        [--peak-only]
+    python -m benchmarks.methods_speed --merge A.json B.json ... --json OUT
 
 One row per method (STAND-IN judges: random weights, speed only):
 
@@ -28,7 +30,12 @@ interleaved rounds, peak FLOP/s, XLA cost analysis) is :mod:`ppjax.bench`'s, sha
 The ``peak`` section: the attainable FLOP/s (bf16 and f32 GEMMs through torch = oneDNN/MKL and
 through XLA), the FLOPs of one PGD iteration per image from XLA's cost analysis, and
 ``peak_fraction`` = achieved / attainable for ppjax's PGD on ResNet-50, NIMA MobileNetV2 and
-KonCept512. Writes the RESULTS.md section ``methods_speed`` (not with ``--smoke``).
+KonCept512 (whole calls of ``--steps`` iterations), and ``peak_fraction_marginal`` (the
+iterations alone: the time a call of twice the iterations adds; a call's clean and final
+judgements are not iterations). ``--merge`` writes one result from the rows of several runs
+(one row per method, the later file's winning; the peak section of the last file that has
+one), each row keeping its run's date and CPU. Writes the RESULTS.md section
+``methods_speed`` (not with ``--smoke``).
 """
 
 from __future__ import annotations
@@ -52,12 +59,14 @@ RESNET, KONCEPT, NIMA = "resnet50_places365", "koncept512", "nima_mobilenetv2"
 @dataclasses.dataclass(frozen=True)
 class Method:
     """A row: ``attack`` (name or name/preset) on ``judge``; ``settings`` go to ppjax.attack
-    in both measurements; ``appeal``: the appeal judge's name."""
+    in both measurements, ``ttp_settings`` to the time-to-protect run only (the original's
+    stopping rule where ppjax's preset has another); ``appeal``: the appeal judge's name."""
 
     key: str
     attack: str
     judge: str = RESNET
     settings: tuple = ()
+    ttp_settings: tuple = ()
     appeal: str | None = None
     original: str = ""
 
@@ -71,8 +80,10 @@ METHODS = [
     # DI+TI+VMI without SGM (sgm_gamma 1 = off): what torchattacks can compose
     Method("mifgsm_di_ti_vmi", "mifgsm/all", settings=(("sgm_gamma", 1.0),),
            original="torchattacks TIFGSM + VMIFGSM's variance term"),
-    # torchattacks' CW has no binary search over c: one round on both sides
-    Method("cw_l2", "cw_l2", settings=(("search_steps", 1),),
+    # torchattacks' CW has no binary search over c: one round on both sides. It returns when
+    # the batch's cost rose at a check (every steps // 10), as Carlini's abort_early does; the
+    # time to protect runs ppjax's per-image form of that rule (plateau, off in the preset)
+    Method("cw_l2", "cw_l2", settings=(("search_steps", 1),), ttp_settings=(("plateau", 10),),
            original="torchattacks CW (its abort off for throughput: CWEveryStep)"),
     Method("ace", "ace", original="tests/torch_attack_ref.py ace (BMVC)"),
     Method("perc_al", "perc_al", original="tests/torch_attack_ref.py perc_al"),
@@ -159,7 +170,7 @@ def _ttp_ppjax(m: Method, judge, nima, photos, batch: int, steps: int, dtype: st
     import ppjax
 
     name, preset = bench.parse_attack(m.attack)
-    kw = dict(m.settings)
+    kw = {**dict(m.settings), **dict(m.ttp_settings)}
     if nima is not None:
         kw["appeal_judge"] = nima
     items = [ppjax.StreamItem(key=i, image=im, seed=i) for i, im in enumerate(photos)]
@@ -229,6 +240,7 @@ def ttp(m: Method, args, weights: str, dtype: str) -> dict:
             "ttp_success_ppjax": out["ppjax"]["success"],
             "ttp_success_torch": out["torch"]["success"],
             "ttp_steps_budget": out["ppjax"]["steps_budget"],
+            **({"ttp_settings": dict(m.ttp_settings)} if m.ttp_settings else {}),
             "peak_rss_mib": out["ppjax"]["peak_rss_mib"],
             "peak_rss_mib_torch": out["torch"]["peak_rss_mib"]}
 
@@ -261,13 +273,24 @@ def _peak_rows(args, weights: str, dtype: str, name: str, gemm: dict) -> list[di
     for dt in dict.fromkeys((dtype, "float32")):
         print(f"[peak] {name} {attack} {dt} ...", flush=True)
         eng = bench.ppjax_engine(attack, judge, x, labels, steps=args.steps, dtype=dt)
-        r = bench.summarise(eng, bench.interleaved([eng], args.rounds)[eng.name])
+        # the same call with twice the iterations: the difference is the cost of the
+        # iterations alone, without the call's fixed judgements (clean and final)
+        eng2 = bench.ppjax_engine(attack, judge, x, labels, steps=2 * args.steps, dtype=dt,
+                                  label=f"ppjax {attack} x2")
+        times = bench.interleaved([eng, eng2], args.rounds)
+        r = bench.summarise(eng, times[eng.name])
+        extra = float(np.median(times[eng2.name])) - r["seconds_per_call"]
+        marginal = batch * args.steps / extra if extra > 0 else None
         achieved = r["img_it_per_s"] * flops
+        peak_flops = gemm[dt]["flops_per_s"]
         rows.append({"judge": name, "hw": list(judge.spec.input_hw), "dtype": dt,
                      "batch": batch, "img_it_per_s": r["img_it_per_s"],
                      "gflop_per_img_it": flops / 1e9, "achieved_gflop_s": achieved / 1e9,
-                     "peak_gflop_s": gemm[dt]["flops_per_s"] / 1e9,
-                     "peak_fraction": achieved / gemm[dt]["flops_per_s"]})
+                     "peak_gflop_s": peak_flops / 1e9,
+                     "peak_fraction": achieved / peak_flops,
+                     "marginal_img_it_per_s": marginal,
+                     "peak_fraction_marginal": marginal * flops / peak_flops if marginal
+                     else None})
     return rows
 
 
@@ -287,6 +310,11 @@ def _markdown(payload: dict) -> str:
             f"protect {a['ttp_n']} real photos in a fresh process per side, compilation included"
             f"{', step budgets capped at ' + str(a['ttp_steps_cap']) if a['ttp_steps_cap'] else ''}"
             f".{' SMOKE RUN (tiny sizes).' if a['smoke'] else ''}\n\n")
+    if payload.get("merged_from"):
+        head += ("Merged from " + ", ".join(f"`{f}`" for f in payload["merged_from"])
+                 + " (`--merge`); each row's date and CPU: "
+                 + "; ".join(f"{r['key']} {r['machine']['date']} {r['machine']['cpu'].get('model')}"
+                             for r in payload["rows"] if r.get("machine")) + ".\n\n")
     rows = [[r["key"], f"{r['judge']} {'x'.join(map(str, r.get('hw', [])))}", r.get("batch", "-"),
              r["original"], r.get("ppjax_img_it_per_s", "-"), r.get("torch_img_it_per_s", "-"),
              r.get("ratio_vs_torch", "-"), r.get("compile_s", "-"), r.get("ratio_ttp", "-"),
@@ -307,17 +335,47 @@ def _markdown(payload: dict) -> str:
                "XLA's cost analysis of the compiled forward + input gradient.\n\n")
         md += _results.markdown_table(
             ["judge HxW", "dtype", "batch", "img·it/s", "GFLOP / img·it", "achieved GFLOP/s",
-             "peak GFLOP/s", "**peak_fraction**"],
+             "peak GFLOP/s", "**peak_fraction**", "marginal img·it/s",
+             "peak_fraction_marginal"],
             [[f"{r['judge']} {'x'.join(map(str, r['hw']))}", r["dtype"], r["batch"],
               r["img_it_per_s"], r["gflop_per_img_it"], r["achieved_gflop_s"], r["peak_gflop_s"],
-              r["peak_fraction"]] if "error" not in r else [r["judge"], r["error"]] + ["-"] * 6
+              r["peak_fraction"], r.get("marginal_img_it_per_s", "-"),
+              r.get("peak_fraction_marginal", "-")]
+             if "error" not in r else [r["judge"], r["error"]] + ["-"] * 8
              for r in pk["rows"]])
+        md += ("\n\n`peak_fraction`: img·it/s of whole calls of "
+               f"{a['steps']} iterations (the clean judgement and the final one included). "
+               "`peak_fraction_marginal`: the iterations alone, from the time a call of twice "
+               "the iterations adds.")
     return md
+
+
+def merge(payloads: list[dict]) -> dict:
+    """One payload from several runs' (see the module doc); refuses runs of other settings
+    (steps, rounds, batch, ttp_n, ttp_steps_cap, dtype) or a smoke run."""
+    if not payloads:
+        raise ValueError("merge: no results")
+    same = ("steps", "rounds", "batch", "ttp_n", "ttp_steps_cap", "smoke")
+    keys = {tuple(p["args"].get(k) for k in same) + (p["dtype"],) for p in payloads}
+    if len(keys) > 1:
+        raise ValueError(f"merge: the runs differ in {same + ('dtype',)}: {sorted(keys, key=str)}")
+    rows = {}
+    for p in payloads:
+        for r in p["rows"]:
+            rows[r["key"]] = {**r, "machine": r.get("machine", p["machine"])}
+    order = [m.key for m in METHODS]
+    out = {**payloads[-1], "rows": sorted(rows.values(), key=lambda r: order.index(r["key"])),
+           "merged_from": [p.get("source", "?") for p in payloads]}
+    peaks = [p["peak"] for p in payloads if p.get("peak")]
+    out.pop("peak", None)
+    if peaks:
+        out["peak"] = peaks[-1]
+    return out
 
 
 def _row(m: Method, args, weights: str, dtype: str) -> dict:
     row = {"key": m.key, "attack": m.attack, "judge": m.judge, "original": m.original,
-           "appeal": m.appeal, "standin": True}
+           "appeal": m.appeal, "standin": True, "machine": _results.machine()}
     try:
         row.update(throughput(m, args, weights, dtype))
         if args.ttp:
@@ -356,6 +414,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ttp-timeout", type=int, default=6 * 3600, help="seconds per TTP process")
     p.add_argument("--no-ttp", dest="ttp", action="store_false", help="skip ratio_ttp")
     p.add_argument("--no-peak", dest="peak", action="store_false", help="skip peak_fraction")
+    p.add_argument("--peak-only", action="store_true", help="only the peak section, no row")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="no run: merge these results into one (--json, RESULTS.md)")
     p.add_argument("--gemm-n", type=int, default=4096, help="side of the peak GEMMs")
     p.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
     p.add_argument("--weights-dir", default=None, help="stand-in weights (default: a temp dir)")
@@ -373,6 +434,22 @@ def main(argv=None) -> int:
         args.batch = args.batch or 2
     args.weights_dir = args.weights_dir or tempfile.mkdtemp(prefix="ppjax-methods-speed-")
     args.dtype = args.dtype or bench.best_dtype()
+    if args.merge:
+        try:
+            loaded = []
+            for f in args.merge:
+                with open(f) as fh:
+                    loaded.append({**json.load(fh), "source": f})
+            payload = merge(loaded)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"error: --merge: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+        _results.write_json(args.json, payload)
+        md = _markdown(payload)
+        print(md)
+        if args.results_md and not payload["args"]["smoke"]:
+            _results.update_section("methods_speed", md)
+        return 0
     if args._ttp:
         print(json.dumps(ttp_child(args._ttp, args._side, args)))
         return 0
@@ -383,7 +460,7 @@ def main(argv=None) -> int:
     payload = {"machine": _results.machine(), "args": vars(args), "dtype": args.dtype,
                "torch_dtype": "bf16 autocast" if args.dtype == "bfloat16" else "f32",
                "standin": True, "rows": []}
-    for m in METHODS:
+    for m in [] if args.peak_only else METHODS:
         if only is None or m.key in only:
             payload["rows"].append(_row(m, args, args.weights_dir, args.dtype))
             _results.write_json(args.json, payload)

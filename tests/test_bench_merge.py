@@ -1,0 +1,81 @@
+"""``--merge`` of the benchmarks whose full runs take hours: rows of several runs become one
+result, a later run's row replacing an earlier one's, and runs of other settings are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def _payload(rows, date, peak=None, steps=10):
+    machine = {"date": date, "cpu": {"model": "cpu"}, "cpus": 2, "jax": "x"}
+    out = {"machine": machine, "dtype": "bfloat16", "torch_dtype": "bf16 autocast",
+           "args": {"steps": steps, "rounds": 3, "batch": None, "ttp_n": 64,
+                    "ttp_steps_cap": None, "smoke": False},
+           "rows": [{"key": k, "judge": "j", "original": "o", **v} for k, v in rows.items()]}
+    if peak:
+        out["peak"] = peak
+    return out
+
+
+def test_methods_speed_merge(tmp_path):
+    from benchmarks import methods_speed as ms
+
+    peak = {"gemm": {d: {"flops_per_s": 1e11, "via": "torch", "n": 8}
+                     for d in ("bfloat16", "float32")}, "rows": []}
+    a = _payload({"pgd": {"ratio_vs_torch": 0.9}, "ace": {"ratio_vs_torch": 1.6}}, "d1", peak)
+    b = _payload({"pgd": {"ratio_vs_torch": 1.0, "ratio_ttp": 3.1}, "fgsm": {}}, "d2")
+    m = ms.merge([a, b])
+    assert [r["key"] for r in m["rows"]] == ["fgsm", "pgd", "ace"]  # the table's order
+    pgd = m["rows"][1]
+    assert pgd["ratio_ttp"] == 3.1 and pgd["machine"]["date"] == "d2"
+    assert m["rows"][2]["machine"]["date"] == "d1" and m["peak"] == peak
+    with pytest.raises(ValueError):
+        ms.merge([a, _payload({}, "d3", steps=20)])
+    # the command: files in, one JSON out
+    paths = []
+    for i, p in enumerate((a, b)):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(p))
+    out = tmp_path / "all.json"
+    assert ms.main(["--merge", *map(str, paths), "--json", str(out), "--no-results-md"]) == 0
+    assert [r["key"] for r in json.loads(out.read_text())["rows"]] == ["fgsm", "pgd", "ace"]
+    assert ms.main(["--merge", str(tmp_path / "missing.json"), "--no-results-md"]) == 2
+
+
+def test_faces_rows_and_merge():
+    """``--rows`` picks rows; ``--merge`` keeps one row per (eps, EOT), the later run's
+    winning, recomputes the goals from the merged rows and refuses runs of another set."""
+    from benchmarks.faces import merge, parse_rows
+
+    assert parse_rows("16:eot, 8:none") == [(16, True), (8, False)]
+    for bad in ("8", "8:jpeg", "x:eot", "0:eot", ","):
+        with pytest.raises(ValueError):
+            parse_rows(bad)
+
+    def row(eps, eot, upload, date):
+        return {"eps_levels": eps, "eot": eot, "detect_rate_png": 0.0,
+                "detect_rate_jpeg90": 0.04, "detect_rate_upload": upload, "ssim_mean": 0.93,
+                "machine": {"date": date, "cpu": {"model": "cpu"}}}
+
+    def run(rows, ratio, date):
+        return {"n_images": 3, "n_faces": 9, "steps": 100, "smoke": False, "contended": False,
+                "seconds": 10.0, "machine": {"date": date, "cpu": {"model": "cpu"}},
+                "clean_detect_rate": 1.0, "noise_detect_rate": 0.99, "rows": rows,
+                "ratio_vs_torch": ratio, "torch": {"ratio_vs_torch": ratio}}
+
+    a = run([row(8, True, 0.2, "d1"), row(8, False, 0.5, "d1")], None, "d1")
+    b = run([row(16, True, 0.05, "d2"), row(8, True, 0.08, "d2"), row(2, True, 0.9, "d2")],
+            1.5, "d2")
+    m = merge([a, b])
+    assert [(r["eps_levels"], r["eot"]) for r in m["rows"]] == [(2, True), (8, True),
+                                                               (16, True), (8, False)]
+    assert m["rows"][1]["detect_rate_upload"] == 0.08 and m["rows"][1]["machine"]["date"] == "d2"
+    assert m["ratio_vs_torch"] == 1.5 and m["seconds"] == 20.0
+    assert m["smallest_eps"] == {"detect_rate_jpeg90": 2, "detect_rate_upload": 8}
+    assert m["goals"]["eps8_eot_upload"] and m["goals"]["ratio_vs_torch"]
+    with pytest.raises(ValueError):
+        merge([a, {**b, "n_faces": 10}])
+    with pytest.raises(ValueError):
+        merge([a, run([{**row(4, True, 0.1, "d3"), "settings": {"kappa": 5}}], None, "d3")])
