@@ -235,3 +235,30 @@ def test_chain_hinges_is_the_or_of_the_stages():
         want_o = sum(min(float(hr[i, p]), float(ho[i, t])) for p, t in to_o.items())
         assert got_r[i] == pytest.approx(want_r, rel=1e-6, abs=1e-6)
         assert got_o[i] == pytest.approx(want_o, rel=1e-6, abs=1e-6)
+
+
+def test_jittered_crops_average_the_stage_hinges(judge, images, monkeypatch):
+    """Objective "faces_jitter": the boxes moved and scaled about their centres (a formula);
+    its R-Net and O-Net hinges, the mean over each proposal's crop and the JITTERS crops, are
+    objective "faces"' own without jitters, and P-Net's term and the certified cascade (success)
+    never change."""
+    from ppjax.faces import objective as fo
+
+    # centre (20, 40), side (20, 40): moved by (0.1, -0.2) sides = (2, -8), scaled 0.5
+    got = fo.jittered(jnp.asarray([[[10.0, 20.0, 30.0, 60.0]]]), ((0.1, -0.2, 0.5),))
+    np.testing.assert_allclose(np.asarray(got), [[[17.0, 22.0, 27.0, 42.0]]])
+    x = jnp.asarray(images / np.float32(255))
+
+    def terms(jitter):
+        return jax.jit(lambda j, x: fo.cascade_terms(j, x, 1.0, jitter=jitter))(judge, x)
+
+    plain, jit = terms(False), terms(True)
+    np.testing.assert_array_equal(np.asarray(plain.detected), np.asarray(jit.detected))
+    np.testing.assert_array_equal(np.asarray(plain.hinge_p), np.asarray(jit.hinge_p))
+    assert float(jit.hinge_r[0]) > 0 and float(jit.hinge_o[0]) > 0
+    assert float(jit.hinge_r[0]) != float(plain.hinge_r[0])
+    monkeypatch.setattr(fo, "JITTERS", ())
+    alone = terms(True)
+    for f in ("hinge_r", "hinge_o"):
+        np.testing.assert_allclose(np.asarray(getattr(alone, f)), np.asarray(getattr(plain, f)),
+                                   rtol=1e-6)

@@ -108,12 +108,13 @@ _SQUARE = AttackConfig(name="square", objective="margin", step="square", norm="l
                        best="distortion", distortion="linf")
 
 #: Named attacks: ``ATTACKS[name]`` is a dict ``{preset: AttackConfig}`` with a "default".
-# The task faces (docs/faces.md): objective "faces" (every P-Net window of every scale, and the
-# R-Net/O-Net proposals, below their thresholds by kappa log-odds), EOT over what an upload does
-# (downscale 0.4-1.0x and JPEG 70-95 4:2:0, either order), MI-FGSM in 8/255, every step taken
-# (success on the PNG alone says nothing about an upload), the final iterate kept.
+# The task faces (docs/faces.md): objective "faces_jitter" (every P-Net window of every scale,
+# and the R-Net/O-Net proposals, each also cropped a little moved and scaled, below their
+# thresholds by kappa log-odds), EOT over what an upload does (downscale 0.4-1.0x and JPEG 70-95
+# 4:2:0, either order), MI-FGSM in 8/255, every step taken (success on the PNG alone says
+# nothing about an upload), the final iterate kept.
 _FACES = AttackConfig(
-    name="faces", objective="faces", step="momentum", momentum=1.0, norm="linf", eps=8 / 255,
+    name="faces", objective="faces_jitter", step="momentum", momentum=1.0, norm="linf", eps=8 / 255,
     step_size=1 / 255, steps=100, kappa=2.0, early_stop=False, best="final", eot="upload",
     eot_quality_lo=70.0, eot_quality_hi=95.0, subsampling="420", eot_samples=1,
     distortion="linf")
@@ -185,8 +186,9 @@ for _name, _presets in {
                    "pp2020_baseline": _PP2020_BASELINE,
                    "appeal": appeal_variant(_CAMOUFLAGE).replace(
                        name="camouflage/appeal", early_stop=False, best="appeal")},
+    # plain: without EOT (and the crops as the detector makes them: no resize to allow for)
     "faces": {"default": _FACES, "plain": _FACES.replace(name="faces/plain", eot="none",
-                                                         steps=40),
+                                                         steps=40, objective="faces"),
               # R-Net OR O-Net cuts a proposal (docs/faces.md): more faces hidden on the PNG
               # and after JPEG-90, fewer after an upload
               "chain": _FACES.replace(name="faces/chain", objective="faces_chain")},

@@ -19,7 +19,11 @@ The whole cascade runs inside the attack's program on the judged image ``x`` [B,
    Objective ``"faces_chain"`` counts a proposal once, as the chain it is: R-Net OR O-Net
    rejecting it is enough, so one that reaches O-Net adds ``min(h_R, h_O)`` and any other
    ``h_R`` (:func:`chain_hinges`). The chain hides more faces on the PNG and after JPEG-90
-   but fewer after an upload, so ``"faces"`` stays the default (figures: benchmarks/RESULTS.md).
+   but fewer after an upload (figures: benchmarks/RESULTS.md).
+   Objective ``"faces_jitter"`` (the task's default attack) takes each R-Net and O-Net hinge as
+   the mean over the proposal's crop and four crops around it (:data:`JITTERS`: scaled 0.85x
+   and 1/0.85x, moved 8% of the side along both diagonals): after an upload's resize the
+   detector's proposals, so its crops, fall a few pixels away from those of the attacked image.
 
 ``kappa`` (``AttackConfig.kappa``, traced, in log-odds units; 0 = stop exactly at the thresholds)
 is the safety margin. The proposals are those of the image being judged (the objective does not
@@ -33,7 +37,8 @@ R-Net's NMS and the final NMS can only keep more boxes, so success implies that
 :func:`ppjax.faces.cascade` finds nothing (up to float rounding at a threshold).
 **Score** = the highest P-Net window probability (``Judge.score`` of the ``mtcnn`` judge).
 
-Register: importing :mod:`ppjax.faces` (or this module) adds ``"faces"`` and ``"faces_chain"`` to
+Register: importing :mod:`ppjax.faces` (or this module) adds ``"faces"``, ``"faces_chain"`` and
+``"faces_jitter"`` to
 :data:`ppjax.attacks.objectives.OBJECTIVES`; each declares the per-image input ``faces``
 (:data:`FACES_INPUT`, the clean boxes; unused rows -1: no regions).
 """
@@ -377,8 +382,46 @@ def _stage1(judge, x, kappa, k: int, m: int, faces=None):
     return hinge, jnp.max(prob, axis=1), prop
 
 
+#: The crop variants of :func:`jittered` besides the box itself: (shift x, shift y, scale), the
+#: shifts in units of the box side (objective ``"faces_jitter"``).
+JITTERS = ((0.0, 0.0, 0.85), (0.0, 0.0, 1.0 / 0.85), (0.08, 0.08, 1.0), (-0.08, -0.08, 1.0))
+
+
+def jittered(boxes: jnp.ndarray, jitters) -> jnp.ndarray:
+    """``boxes`` [B, K, 4] moved and scaled about their centres by each of ``jitters`` ->
+    [B, K * len(jitters), 4] (variant-major)."""
+    c = (boxes[..., :2] + boxes[..., 2:]) * 0.5
+    side = boxes[..., 2:] - boxes[..., :2]
+    out = []
+    for dx, dy, sc in jitters:
+        cc = c + side * jnp.asarray([dx, dy], jnp.float32).reshape((1,) * (side.ndim - 1) + (2,))
+        half = side * (0.5 * sc)
+        out.append(jnp.concatenate([cc - half, cc + half], axis=-1))
+    return jnp.concatenate(out, axis=1)
+
+
+def _hinge(logit, threshold: float, kappa):
+    return jax.nn.relu(logit - (log_odds(threshold) - kappa))
+
+
+def _jittered_hinge(judge, ii, boxes, logit, counts, size: int, method: str,
+                    threshold: float, kappa):
+    """[B, K]: the stage's hinge (where ``counts``) as the mean over each box of ``boxes``
+    [B, K, 4] (whose crop gave ``logit`` [B, K]) and its :data:`JITTERS` crops: after a resize,
+    the delivered photo's proposals, so R-Net's and O-Net's crops, fall a few pixels away from
+    those of the attacked image."""
+    b, k = boxes.shape[:2]
+    h = _hinge(logit, threshold, kappa)
+    if JITTERS:
+        c, ok = crops_from(ii, _sg(jittered(boxes, JITTERS)), size)
+        more = _hinge(_net(judge, c, method).logit, threshold, kappa) * ok
+        h = h + jnp.sum(more.reshape(b, len(JITTERS), k), axis=1)
+    return jnp.where(counts, h / (1 + len(JITTERS)), 0.0)
+
+
 def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M_CANDIDATES,
-                  k_onet: int = K_ONET, faces=None, chain: bool = False) -> CascadeTerms:
+                  k_onet: int = K_ONET, faces=None, chain: bool = False,
+                  jitter: bool = False) -> CascadeTerms:
     """The cascade of judge ``mtcnn`` on ``x`` [B, H, W, 3] in [0, 1] (see the module doc):
     ``m`` windows enter the stage-1 NMS, ``k`` survivors reach R-Net, the ``k_onet`` with the
     highest R-Net log-odds reach O-Net."""
@@ -400,7 +443,11 @@ def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M
     counts = live  # the hinges count the proposals near a face region only
     if faces is not None:
         counts = live & (near_faces(prop.boxes, faces) > 0)
-    hr = jnp.where(counts, jax.nn.relu(r.logit - (log_odds(THRESHOLDS[1]) - kappa)), 0.0)
+    if jitter:
+        hr = _jittered_hinge(judge, ii, prop.boxes, r.logit, counts, RNET_HW, "rnet",
+                             THRESHOLDS[1], kappa)
+    else:
+        hr = jnp.where(counts, _hinge(r.logit, THRESHOLDS[1], kappa), 0.0)
     r_pass = prop.passing & ok24 & (r.prob > THRESHOLDS[1])
     k_onet = min(k_onet, r.logit.shape[1])
     _, io = jax.lax.top_k(jnp.where(live, r.logit, -jnp.inf), k_onet)
@@ -408,7 +455,11 @@ def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M
     c48, ok48 = crops_from(ii, boxes48, ONET_HW)
     o = _net(judge, c48, "onet")
     counts_o = _pick(counts, io) & ok48
-    ho = jnp.where(counts_o, jax.nn.relu(o.logit - (log_odds(THRESHOLDS[2]) - kappa)), 0.0)
+    if jitter:
+        ho = _jittered_hinge(judge, ii, boxes48, o.logit, counts_o, ONET_HW, "onet",
+                             THRESHOLDS[2], kappa)
+    else:
+        ho = jnp.where(counts_o, _hinge(o.logit, THRESHOLDS[2], kappa), 0.0)
     if chain:
         hinge_r, hinge_o = chain_hinges(hr, ho, io, counts_o)
     else:
@@ -420,7 +471,7 @@ def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M
 
 
 def faces_objective(k: int = K_PROPOSALS, m: int = M_CANDIDATES, k_onet: int = K_ONET,
-                    chain: bool = False):
+                    chain: bool = False, jitter: bool = False):
     """An objective factory hiding faces (:func:`cascade_terms` with ``k``, ``m``, ``k_onet``,
     ``chain``; ``"faces"`` is ``faces_objective()``, ``"faces_chain"`` is
     ``faces_objective(chain=True)``)."""
@@ -428,7 +479,7 @@ def faces_objective(k: int = K_PROPOSALS, m: int = M_CANDIDATES, k_onet: int = K
     def factory(cfg) -> Objective:
         def evaluate(models, x, aux, cfg):
             t = cascade_terms(models["judge"], x, cfg.kappa, k, m, k_onet, aux.get("faces"),
-                              chain)
+                              chain, jitter)
             loss = PNET_WEIGHT * t.hinge_p + t.hinge_r + t.hinge_o
             return Terms(loss, ~t.detected, t.max_prob)
 
@@ -439,3 +490,4 @@ def faces_objective(k: int = K_PROPOSALS, m: int = M_CANDIDATES, k_onet: int = K
 
 register("faces")(faces_objective())
 register("faces_chain")(faces_objective(chain=True))
+register("faces_jitter")(faces_objective(jitter=True))
