@@ -39,6 +39,15 @@ def cpu() -> dict:
     return info
 
 
+def load_results(paths) -> list[dict]:
+    """The JSON results at ``paths``, each with ``"source"``: its path (for ``--merge``)."""
+    out = []
+    for f in paths:
+        with open(f) as fh:
+            out.append({**json.load(fh), "source": str(f)})
+    return out
+
+
 def write_json(path: str | os.PathLike | None, payload: dict) -> None:
     if not path:
         return

@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from benchmarks._results import machine, markdown_table, update_section, write_json
+from benchmarks._results import load_results, machine, markdown_table, update_section, write_json
 from ppjax.cli.overrides import parse_overrides
 
 EPS_LEVELS = (2, 4, 8, 16)
@@ -128,7 +128,7 @@ def attack_row(judge, images, truths, eps_levels: int, eot: bool, steps: int,
     found = {k: found_per_image(judge, adv, truths, None if k == "png" else
                                 faces_detect.pipeline(k)) for k in ("png", "jpeg90", "upload")}
     row = {"eps_levels": eps_levels, "eot": eot, "steps": steps, "seconds": round(seconds, 2),
-           "machine": machine(),
+           "machine": machine(), "objective": acfg.objective,
            **({"settings": dict(settings)} if settings else {}),
            **{f"detect_rate_{k}": rate(v, truths) for k, v in found.items()},
            "haar_detect_rate": None if faces_detect.haar_unavailable() else detect_rate(
@@ -163,7 +163,8 @@ def merge(results: list[dict]) -> dict:
     """One result from several runs' (:func:`run`) on the same face set: their rows, one per
     (eps, EOT), a later run's replacing an earlier one's, ordered as a full run orders them;
     the controls and ``ratio_vs_torch`` of the first run that has them. Each row keeps its run's
-    ``machine`` (date, CPU). Runs of different sets or step counts are refused."""
+    ``machine`` (date, CPU). Runs of different sets or step counts, and rows of one kind (EOT or
+    not) run with different objectives, are refused."""
     if not results:
         raise ValueError("merge: no results")
     keys = {(r["n_images"], r["n_faces"], r["steps"], bool(r["smoke"])) for r in results}
@@ -172,6 +173,12 @@ def merge(results: list[dict]) -> dict:
     if any(r.get("settings") for res in results for r in res["rows"]):
         raise ValueError("merge: a row was run with --set settings (an experiment), not the "
                          "task's default attack")
+    for eot in (True, False):  # rows before the field: objective "faces" (both presets)
+        used = {r.get("objective", "faces") for res in results for r in res["rows"]
+                if r["eot"] == eot}
+        if len(used) > 1:
+            raise ValueError(f"merge: the {'EOT' if eot else 'no-EOT'} rows were run with other "
+                             f"objectives {sorted(used)} (the default attack changed between runs)")
     rows = {}
     for res in results:
         for r in res["rows"]:
@@ -293,14 +300,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-results-md", action="store_true")
     a = p.parse_args(argv)
     if a.merge:
-        import json
-
         try:
-            loaded = []
-            for f in a.merge:
-                with open(f) as fh:
-                    loaded.append({**json.load(fh), "source": f})
-            res = merge(loaded)
+            res = merge(load_results(a.merge))
         except (OSError, ValueError, KeyError) as e:
             p.error(f"--merge: {type(e).__name__}: {e}")
         write_json(a.json, res)

@@ -432,15 +432,9 @@ def main(argv=None) -> int:
         args.steps, args.rounds = min(args.steps, 2), 1
         args.ttp_n, args.ttp_steps_cap, args.gemm_n = min(args.ttp_n, 2), 2, 1024
         args.batch = args.batch or 2
-    args.weights_dir = args.weights_dir or tempfile.mkdtemp(prefix="ppjax-methods-speed-")
-    args.dtype = args.dtype or bench.best_dtype()
     if args.merge:
         try:
-            loaded = []
-            for f in args.merge:
-                with open(f) as fh:
-                    loaded.append({**json.load(fh), "source": f})
-            payload = merge(loaded)
+            payload = merge(_results.load_results(args.merge))
         except (OSError, ValueError, KeyError) as e:
             print(f"error: --merge: {type(e).__name__}: {e}", file=sys.stderr)
             return 2
@@ -450,6 +444,8 @@ def main(argv=None) -> int:
         if args.results_md and not payload["args"]["smoke"]:
             _results.update_section("methods_speed", md)
         return 0
+    args.weights_dir = args.weights_dir or tempfile.mkdtemp(prefix="ppjax-methods-speed-")
+    args.dtype = args.dtype or bench.best_dtype()
     if args._ttp:
         print(json.dumps(ttp_child(args._ttp, args._side, args)))
         return 0

@@ -79,3 +79,9 @@ def test_faces_rows_and_merge():
         merge([a, {**b, "n_faces": 10}])
     with pytest.raises(ValueError):
         merge([a, run([{**row(4, True, 0.1, "d3"), "settings": {"kappa": 5}}], None, "d3")])
+    # the default attack's objective changed between the runs (rows before the field: "faces")
+    jit = run([{**row(16, True, 0.05, "d4"), "objective": "faces_jitter"}], None, "d4")
+    with pytest.raises(ValueError, match="objectives"):
+        merge([a, jit])
+    assert len(merge([jit, run([{**row(8, False, 0.3, "d5"), "objective": "faces"}], None,
+                               "d5")])["rows"]) == 2
