@@ -424,7 +424,8 @@ def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M
                   jitter: bool = False) -> CascadeTerms:
     """The cascade of judge ``mtcnn`` on ``x`` [B, H, W, 3] in [0, 1] (see the module doc):
     ``m`` windows enter the stage-1 NMS, ``k`` survivors reach R-Net, the ``k_onet`` with the
-    highest R-Net log-odds reach O-Net."""
+    highest R-Net log-odds reach O-Net; with ``jitter`` R-Net's and O-Net's hinges are
+    :func:`_jittered_hinge`'s (the detection and P-Net's term are the same)."""
     b = x.shape[0]
     if len(window_geometry(*x.shape[1:3], judge.module.min_face, judge.module.factor)[0]) == 0:
         zero = jnp.zeros(b, jnp.float32)  # too small for one window: nothing can be found
@@ -473,8 +474,8 @@ def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M
 def faces_objective(k: int = K_PROPOSALS, m: int = M_CANDIDATES, k_onet: int = K_ONET,
                     chain: bool = False, jitter: bool = False):
     """An objective factory hiding faces (:func:`cascade_terms` with ``k``, ``m``, ``k_onet``,
-    ``chain``; ``"faces"`` is ``faces_objective()``, ``"faces_chain"`` is
-    ``faces_objective(chain=True)``)."""
+    ``chain``, ``jitter``; ``"faces"`` is ``faces_objective()``, ``"faces_chain"`` is
+    ``faces_objective(chain=True)``, ``"faces_jitter"`` is ``faces_objective(jitter=True)``)."""
 
     def factory(cfg) -> Objective:
         def evaluate(models, x, aux, cfg):
