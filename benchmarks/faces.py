@@ -355,13 +355,13 @@ def run(a) -> dict:
            "haar_clean_detect_rate": ctl["haar_clean_detect_rate"], "controls": ctl,
            "rows": [], "ratio_vs_torch": None, "torch": None}
     eps = tuple(int(e) for e in a.eps.split(",")) if a.eps else EPS_LEVELS
-    todo = getattr(a, "rows", None) or [(e, eot) for eot in ((True,) if a.eot_only else
+    todo = a.rows or [(e, eot) for eot in ((True,) if a.eot_only else
                                                               (True, False)) for e in eps]
     clean_boxes = [faces_detect.detect(judge, img)[0] for img in images]  # once, for every row
     for e, eot in todo:
         res["rows"].append(attack_row(judge, images, truths, e, eot, steps, a.canvas,
                                       clean_boxes, [it.file for it, _ in items],
-                                      getattr(a, "settings", ())))
+                                      a.settings))
         write_json(a.json, res)  # what is done so far survives a later failure
     try:
         res["torch"] = faces_torch.compare(judge, images, steps=2 if a.smoke else 10)

@@ -363,6 +363,12 @@ def chain_hinges(hr: jnp.ndarray, ho: jnp.ndarray, io: jnp.ndarray, counts_o: jn
     return hinge_r, hinge_o
 
 
+def _hinge(logit, threshold: float, kappa):
+    """A stage's hinge: how far the log-odds ``logit`` reach above ``threshold``'s, less
+    ``kappa``."""
+    return jax.nn.relu(logit - (log_odds(threshold) - kappa))
+
+
 def _stage1(judge, x, kappa, k: int, m: int, faces=None):
     """P-Net over the pyramid: (hinge_p [B], max prob [B], :class:`Proposals` batched); with
     ``faces`` [B, F, 4] the hinge counts only the windows :func:`near_faces`."""
@@ -373,7 +379,7 @@ def _stage1(judge, x, kappa, k: int, m: int, faces=None):
     prob = jnp.concatenate([lv.prob.reshape(b, -1) for lv in levels], axis=1)
     logit = jnp.concatenate([lv.logit.reshape(b, -1) for lv in levels], axis=1)
     reg = jnp.concatenate([lv.reg.reshape(b, -1, 4) for lv in levels], axis=1)
-    hinge = jax.nn.relu(logit - (log_odds(THRESHOLDS[0]) - kappa))
+    hinge = _hinge(logit, THRESHOLDS[0], kappa)
     if faces is not None:
         hinge = hinge * near_faces(geom, faces)
     hinge = jnp.sum(hinge, axis=1)
@@ -400,23 +406,20 @@ def jittered(boxes: jnp.ndarray, jitters) -> jnp.ndarray:
     return jnp.concatenate(out, axis=1)
 
 
-def _hinge(logit, threshold: float, kappa):
-    return jax.nn.relu(logit - (log_odds(threshold) - kappa))
-
-
-def _jittered_hinge(judge, ii, boxes, logit, counts, size: int, method: str,
-                    threshold: float, kappa):
-    """[B, K]: the stage's hinge (where ``counts``) as the mean over each box of ``boxes``
-    [B, K, 4] (whose crop gave ``logit`` [B, K]) and its :data:`JITTERS` crops: after a resize,
-    the delivered photo's proposals, so R-Net's and O-Net's crops, fall a few pixels away from
-    those of the attacked image."""
-    b, k = boxes.shape[:2]
+def _stage_hinge(judge, ii, boxes, logit, counts, size: int, method: str, threshold: float,
+                 kappa, jitter: bool):
+    """[B, K]: R-Net's or O-Net's hinge on each box of ``boxes`` [B, K, 4] whose crop gave
+    ``logit`` [B, K], where ``counts``. With ``jitter``, the mean over that crop and the box's
+    :data:`JITTERS` crops (``method`` on ``size``-pixel crops of ``ii``): after a resize, the
+    delivered photo's proposals, so R-Net's and O-Net's crops, fall a few pixels away from those
+    of the attacked image."""
     h = _hinge(logit, threshold, kappa)
-    if JITTERS:
+    if jitter and JITTERS:
+        b, k = boxes.shape[:2]
         c, ok = crops_from(ii, _sg(jittered(boxes, JITTERS)), size)
         more = _hinge(_net(judge, c, method).logit, threshold, kappa) * ok
-        h = h + jnp.sum(more.reshape(b, len(JITTERS), k), axis=1)
-    return jnp.where(counts, h / (1 + len(JITTERS)), 0.0)
+        h = (h + jnp.sum(more.reshape(b, len(JITTERS), k), axis=1)) / (1 + len(JITTERS))
+    return jnp.where(counts, h, 0.0)
 
 
 def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M_CANDIDATES,
@@ -425,7 +428,7 @@ def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M
     """The cascade of judge ``mtcnn`` on ``x`` [B, H, W, 3] in [0, 1] (see the module doc):
     ``m`` windows enter the stage-1 NMS, ``k`` survivors reach R-Net, the ``k_onet`` with the
     highest R-Net log-odds reach O-Net; with ``jitter`` R-Net's and O-Net's hinges are
-    :func:`_jittered_hinge`'s (the detection and P-Net's term are the same)."""
+    :func:`_stage_hinge`'s jittered mean (the detection and P-Net's term are the same)."""
     b = x.shape[0]
     if len(window_geometry(*x.shape[1:3], judge.module.min_face, judge.module.factor)[0]) == 0:
         zero = jnp.zeros(b, jnp.float32)  # too small for one window: nothing can be found
@@ -444,11 +447,8 @@ def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M
     counts = live  # the hinges count the proposals near a face region only
     if faces is not None:
         counts = live & (near_faces(prop.boxes, faces) > 0)
-    if jitter:
-        hr = _jittered_hinge(judge, ii, prop.boxes, r.logit, counts, RNET_HW, "rnet",
-                             THRESHOLDS[1], kappa)
-    else:
-        hr = jnp.where(counts, _hinge(r.logit, THRESHOLDS[1], kappa), 0.0)
+    hr = _stage_hinge(judge, ii, prop.boxes, r.logit, counts, RNET_HW, "rnet", THRESHOLDS[1],
+                      kappa, jitter)
     r_pass = prop.passing & ok24 & (r.prob > THRESHOLDS[1])
     k_onet = min(k_onet, r.logit.shape[1])
     _, io = jax.lax.top_k(jnp.where(live, r.logit, -jnp.inf), k_onet)
@@ -456,11 +456,8 @@ def cascade_terms(judge, x: jnp.ndarray, kappa, k: int = K_PROPOSALS, m: int = M
     c48, ok48 = crops_from(ii, boxes48, ONET_HW)
     o = _net(judge, c48, "onet")
     counts_o = _pick(counts, io) & ok48
-    if jitter:
-        ho = _jittered_hinge(judge, ii, boxes48, o.logit, counts_o, ONET_HW, "onet",
-                             THRESHOLDS[2], kappa)
-    else:
-        ho = jnp.where(counts_o, _hinge(o.logit, THRESHOLDS[2], kappa), 0.0)
+    ho = _stage_hinge(judge, ii, boxes48, o.logit, counts_o, ONET_HW, "onet", THRESHOLDS[2],
+                      kappa, jitter)
     if chain:
         hinge_r, hinge_o = chain_hinges(hr, ho, io, counts_o)
     else:
