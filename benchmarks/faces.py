@@ -162,7 +162,8 @@ def parse_rows(text: str) -> list[tuple[int, bool]]:
 def merge(results: list[dict]) -> dict:
     """One result from several runs' (:func:`run`) on the same face set: their rows, one per
     (eps, EOT), a later run's replacing an earlier one's, ordered as a full run orders them;
-    the controls and ``ratio_vs_torch`` of the first run that has them. Each row keeps its run's
+    the controls and ``ratio_vs_torch`` of the first run that has them (a run stopped after some
+    rows, which has neither a total time nor the torch side, merges too). Each row keeps its run's
     ``machine`` (date, CPU). Runs of different sets or step counts, and rows of one kind (EOT or
     not) run with different objectives, are refused."""
     if not results:
@@ -186,9 +187,11 @@ def merge(results: list[dict]) -> dict:
     first = results[0]
     timed = next((r for r in results if r.get("ratio_vs_torch") is not None), first)
     out = {**first, "rows": [rows[k] for k in sorted(rows, key=lambda k: (not k[1], k[0]))],
-           "ratio_vs_torch": timed["ratio_vs_torch"], "torch": timed["torch"],
+           "ratio_vs_torch": timed.get("ratio_vs_torch"), "torch": timed.get("torch"),
            "contended": any(r["contended"] for r in results),
-           "seconds": sum(r["seconds"] for r in results),
+           # a run stopped after some rows (each row is saved as it ends) has no total: its rows'
+           "seconds": sum(r.get("seconds", sum(w.get("seconds", 0.0) for w in r["rows"]))
+                          for r in results),
            "merged_from": [r.get("source", "?") for r in results]}
     out["smallest_eps"] = smallest_eps(out["rows"])
     out["goals"] = goals_met(out)

@@ -32,7 +32,9 @@ through XLA), the FLOPs of one PGD iteration per image from XLA's cost analysis,
 ``peak_fraction`` = achieved / attainable for ppjax's PGD on ResNet-50, NIMA MobileNetV2 and
 KonCept512 (whole calls of ``--steps`` iterations), and ``peak_fraction_marginal`` (the
 iterations alone: the time a call of twice the iterations adds; a call's clean and final
-judgements are not iterations). ``--merge`` writes one result from the rows of several runs
+judgements are not iterations), and ``peak_fraction_onednn_bound`` (the same FLOPs over the
+time of the iteration's oneDNN primitives alone, each timed on its shapes: the ceiling those
+kernels put on the iteration, :func:`ppjax.bench.onednn_only`). ``--merge`` writes one result from the rows of several runs
 (one row per method, the later file's winning; the peak section of the last file that has
 one), each row keeping its run's date and CPU. Writes the RESULTS.md section
 ``methods_speed`` (not with ``--smoke``).
@@ -283,6 +285,15 @@ def _peak_rows(args, weights: str, dtype: str, name: str, gemm: dict) -> list[di
         marginal = batch * args.steps / extra if extra > 0 else None
         achieved = r["img_it_per_s"] * flops
         peak_flops = gemm[dt]["flops_per_s"]
+        try:  # the oneDNN kernels alone: the most this iteration could reach with them
+            alone = bench.onednn_only(judge, batch, dt)
+            bound = {"onednn_only_img_it_per_s": 1 / alone["seconds_per_img_it"],
+                     "onednn_calls": alone["calls"],
+                     "conv_gflop_per_img_it": alone["conv_gflop_per_img_it"],
+                     "peak_fraction_onednn_bound": flops / alone["seconds_per_img_it"]
+                     / peak_flops}
+        except Exception as e:  # no extension here: the row stands without the bound
+            bound = {"onednn_only_error": f"{type(e).__name__}: {str(e)[-200:]}"}
         rows.append({"judge": name, "hw": list(judge.spec.input_hw), "dtype": dt,
                      "batch": batch, "img_it_per_s": r["img_it_per_s"],
                      "gflop_per_img_it": flops / 1e9, "achieved_gflop_s": achieved / 1e9,
@@ -290,7 +301,7 @@ def _peak_rows(args, weights: str, dtype: str, name: str, gemm: dict) -> list[di
                      "peak_fraction": achieved / peak_flops,
                      "marginal_img_it_per_s": marginal,
                      "peak_fraction_marginal": marginal * flops / peak_flops if marginal
-                     else None})
+                     else None, **bound})
     return rows
 
 
@@ -336,17 +347,21 @@ def _markdown(payload: dict) -> str:
         md += _results.markdown_table(
             ["judge HxW", "dtype", "batch", "img·it/s", "GFLOP / img·it", "achieved GFLOP/s",
              "peak GFLOP/s", "**peak_fraction**", "marginal img·it/s",
-             "peak_fraction_marginal"],
+             "peak_fraction_marginal", "oneDNN alone img·it/s", "peak_fraction_onednn_bound"],
             [[f"{r['judge']} {'x'.join(map(str, r['hw']))}", r["dtype"], r["batch"],
               r["img_it_per_s"], r["gflop_per_img_it"], r["achieved_gflop_s"], r["peak_gflop_s"],
               r["peak_fraction"], r.get("marginal_img_it_per_s", "-"),
-              r.get("peak_fraction_marginal", "-")]
-             if "error" not in r else [r["judge"], r["error"]] + ["-"] * 8
+              r.get("peak_fraction_marginal", "-"), r.get("onednn_only_img_it_per_s", "-"),
+              r.get("peak_fraction_onednn_bound", "-")]
+             if "error" not in r else [r["judge"], r["error"]] + ["-"] * 10
              for r in pk["rows"]])
         md += ("\n\n`peak_fraction`: img·it/s of whole calls of "
                f"{a['steps']} iterations (the clean judgement and the final one included). "
                "`peak_fraction_marginal`: the iterations alone, from the time a call of twice "
-               "the iterations adds.")
+               "the iterations adds. `peak_fraction_onednn_bound`: the oneDNN primitives of one "
+               "iteration (every convolution's forward and input gradient, the pooling), each "
+               "timed alone on its shapes and summed: the share of the peak the iteration would "
+               "reach if everything else took no time.")
     return md
 
 

@@ -201,6 +201,77 @@ def iteration_flops(judge, batch: int) -> float:
 # ----------------------------------------------------------------------------- timing
 
 
+def _ffi_calls(jaxpr) -> list:
+    """Every ``ffi_call`` equation of ``jaxpr``, inner jaxprs (jit, custom_vjp, scan) included."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "ffi_call":
+            out.append(eqn)
+        for v in eqn.params.values():
+            for sub in v if isinstance(v, list | tuple) else (v,):
+                inner = getattr(sub, "jaxpr", None)
+                if inner is not None:
+                    out += _ffi_calls(inner if hasattr(inner, "eqns") else inner.jaxpr)
+    return out
+
+
+def onednn_only(judge, batch: int, dtype: str, repeats: int = 5) -> dict:
+    """The oneDNN primitives of one PGD iteration (the forward and input gradient of
+    :func:`iteration_flops`, through :func:`ppjax.accel.onednn.judge.accelerate` in ``dtype``),
+    each timed alone on random inputs of its shapes: the best of ``repeats`` warm calls, summed
+    over the iteration's calls. Returns ``{"calls", "distinct", "seconds_per_img_it",
+    "conv_gflop_per_img_it"}`` (convolution FLOPs from the shapes, padding taps included).
+    Everything else an iteration does (elementwise work, the loss, the step, host work) is
+    left out, so ``flops / seconds_per_img_it`` is the most FLOP/s the iteration could reach
+    with these kernels (raises ``OneDnnUnavailable`` where the extension cannot run)."""
+    import jax
+    import jax.numpy as jnp
+
+    from ppjax.accel.onednn.judge import accelerate
+
+    fast = accelerate(judge, dtype=jnp.dtype(dtype), check=False)
+    h, w = judge.spec.input_hw
+    x = jnp.zeros((batch, h, w, 3), jnp.float32)
+
+    def loss(x, judge):
+        out = judge(x).astype(jnp.float32)
+        return jnp.sum(jax.nn.log_softmax(out)[:, 0]) if out.ndim == 2 and out.shape[-1] > 1 \
+            else jnp.sum(out)
+
+    calls = _ffi_calls(jax.make_jaxpr(jax.grad(loss))(x, fast).jaxpr)
+    groups: dict[tuple, list] = {}
+    for eqn in calls:  # the same primitive on the same shapes: timed once
+        key = (tuple((tuple(v.aval.shape), str(v.aval.dtype)) for v in eqn.invars),
+               tuple(tuple(v.aval.shape) for v in eqn.outvars), repr(eqn.params["attributes"]))
+        groups.setdefault(key, []).append(eqn)
+    rng = np.random.default_rng(0)
+    seconds = conv_flops = 0.0
+    for eqns in groups.values():
+        eqn = eqns[0]
+        # random floats; zeros for integer inputs (max pooling's workspace: each output's
+        # offset in its window, 0 is always a valid one)
+        args = [jnp.asarray(rng.standard_normal(v.aval.shape), v.aval.dtype)
+                if jnp.issubdtype(v.aval.dtype, jnp.floating) else jnp.zeros(v.aval.shape,
+                                                                             v.aval.dtype)
+                for v in eqn.invars]
+        f = jax.jit(lambda *a, eqn=eqn: eqn.primitive.bind(*a, **eqn.params))
+        jax.block_until_ready(f(*args))
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            best = min(best, time.perf_counter() - t0)
+        seconds += best * len(eqns)
+        if eqn.params["target_name"].endswith("_conv"):
+            # forward: (x, kernel HWIO) -> y; input gradient (mode 1): (dy, kernel) -> dx
+            attrs = dict(eqn.params["attributes"])
+            y = eqn.outvars[0].aval.shape if attrs["mode"] == 0 else eqn.invars[0].aval.shape
+            kh, kw, cg, o = eqn.invars[1].aval.shape
+            conv_flops += 2.0 * y[0] * y[1] * y[2] * o * kh * kw * cg * len(eqns)
+    return {"calls": len(calls), "distinct": len(groups), "seconds_per_img_it": seconds / batch,
+            "conv_gflop_per_img_it": conv_flops / batch / 1e9}
+
+
 def timed_first(fn: Callable[[], object]) -> float:
     """Wall seconds of one call of ``fn`` (its result blocked on)."""
     import jax

@@ -85,3 +85,8 @@ def test_faces_rows_and_merge():
         merge([a, jit])
     assert len(merge([jit, run([{**row(8, False, 0.3, "d5"), "objective": "faces"}], None,
                                "d5")])["rows"]) == 2
+    # a run stopped after its first row: no total time, no torch side; its row's time counts
+    cut = {k: v for k, v in run([{**row(4, True, 0.3, "d6"), "seconds": 7.0}], None, "d6").items()
+           if k not in ("seconds", "torch", "ratio_vs_torch")}
+    m = merge([b, cut])
+    assert m["seconds"] == 17.0 and m["ratio_vs_torch"] == 1.5 and len(m["rows"]) == 4
