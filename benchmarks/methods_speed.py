@@ -34,10 +34,10 @@ KonCept512 (whole calls of ``--steps`` iterations), and ``peak_fraction_marginal
 iterations alone: the time a call of twice the iterations adds; a call's clean and final
 judgements are not iterations), and ``peak_fraction_onednn_bound`` (the same FLOPs over the
 time of the iteration's oneDNN primitives alone, each timed on its shapes: the ceiling those
-kernels put on the iteration, :func:`ppjax.bench.onednn_only`). ``--merge`` writes one result from the rows of several runs
-(one row per method, the later file's winning; the peak section of the last file that has
-one), each row keeping its run's date and CPU. Writes the RESULTS.md section
-``methods_speed`` (not with ``--smoke``).
+kernels put on the iteration, :func:`ppjax.bench.onednn_only`). ``--merge`` writes one result
+from the rows of several runs (one row per method, the later file's winning; the peak section of
+the last file that has one), each row keeping its run's date and CPU. Writes the RESULTS.md
+section ``methods_speed`` (not with ``--smoke``).
 """
 
 from __future__ import annotations
