@@ -19,6 +19,10 @@ interleaved rounds, peak FLOP/s, XLA cost analysis) is :mod:`ppjax.bench`'s, sha
 
 * ``ratio_vs_torch``: steady-state img·it/s, ppjax over torch (every image runs every
   iteration on both sides; medians of interleaved rounds);
+* ``ratio_vs_torch_judged`` (FGSM): the same with the original's call followed by one forward
+  pass on its result, the judgement every ppjax call makes to report success (for a one-step
+  method a third of the passes); ``ratio_ttp_judged``: ``ratio_ttp`` with the original's
+  success judgement (its rounding and forward passes, timed apart) added to its time;
 * ``ratio_ttp``: wall time to protect ``--ttp-n`` (64) real photos in a fresh process each,
   compilation included, torch over ppjax; each side with its own stopping rule (ppjax through
   ``ppjax.stream`` with the preset's early stop, the original as written); ``--ttp-steps-cap``
@@ -71,10 +75,14 @@ class Method:
     ttp_settings: tuple = ()
     appeal: str | None = None
     original: str = ""
+    #: also time the original followed by one forward pass on its result (what each ppjax
+    #: call includes to report success): ``ratio_vs_torch_judged``
+    judged: bool = False
 
 
 METHODS = [
-    Method("fgsm", "fgsm", original="torchattacks FGSM"),
+    # one step: ppjax's judgement of the result is a third of the call's passes
+    Method("fgsm", "fgsm", original="torchattacks FGSM", judged=True),
     Method("ifgsm", "ifgsm", original="torchattacks BIM"),
     Method("pgd", "pgd", original="torchattacks PGD"),
     Method("pgd_l2", "pgd_l2", original="torchattacks PGDL2"),
@@ -142,14 +150,21 @@ def throughput(m: Method, args, weights: str, dtype: str) -> dict:
     print(f"[{m.key}] preparing torch ...", flush=True)
     theirs = torch_originals.engine(m.attack, m.judge, judge, x, labels, args.steps,
                                     appeal=(m.appeal, nima) if m.appeal else None)
+    judged = [torch_originals.engine(m.attack, m.judge, judge, x, labels, args.steps,
+                                     judged=True)] if m.judged else []
     warm = _onednn_cache()
-    times = bench.interleaved([ours, theirs], args.rounds)
+    times = bench.interleaved([ours, theirs, *judged], args.rounds)
     steady = _onednn_cache()
     a, b = bench.summarise(ours, times[ours.name]), bench.summarise(theirs, times[theirs.name])
     print(f"[{m.key}] ppjax {a['img_it_per_s']:.3g} img·it/s, torch {b['img_it_per_s']:.3g}",
           flush=True)
+    extra = {}
+    if judged:
+        c = bench.summarise(judged[0], times[judged[0].name])
+        extra = {"torch_judged_img_it_per_s": c["img_it_per_s"],
+                 "ratio_vs_torch_judged": a["img_it_per_s"] / c["img_it_per_s"]}
     return {"batch": batch, "hw": list(judge.spec.input_hw), "ppjax_img_it_per_s":
-            a["img_it_per_s"], "torch_img_it_per_s": b["img_it_per_s"],
+            a["img_it_per_s"], "torch_img_it_per_s": b["img_it_per_s"], **extra,
             "ratio_vs_torch": a["img_it_per_s"] / b["img_it_per_s"], "compile_s": a["compile_s"],
             "torch_first_call_extra_s": b["compile_s"],
             # weight reorders during the timed rounds (0 unless the cache thrashes)
@@ -180,7 +195,7 @@ def _ttp_ppjax(m: Method, judge, nima, photos, batch: int, steps: int, dtype: st
     res = dict(ppjax.stream(name, judge, items, preset=preset, slots=batch, steps=steps,
                             dtype=jnp.dtype(dtype), **kw))
     sec = time.perf_counter() - t
-    return sec, float(np.mean([bool(r.success) for r in res.values()]))
+    return sec, float(np.mean([bool(r.success) for r in res.values()])), 0.0  # judged inside
 
 
 def _ttp_torch(m: Method, judge, nima, photos, batch: int, steps: int):
@@ -197,14 +212,14 @@ def _ttp_torch(m: Method, judge, nima, photos, batch: int, steps: int):
         labels = torch.cat([model(xt[s:s + batch]).argmax(-1) for s in range(0, len(xt), batch)])
     advs = [fn(xt[s:s + batch], labels[s:s + batch]) for s in range(0, len(xt), batch)]
     sec = time.perf_counter() - t
-    with torch.no_grad():
+    with torch.no_grad():  # the judgement ppjax's time includes (success), timed apart
         adv = torch.round(torch.cat(advs) * 255) / 255
         if m.judge == KONCEPT:
             ok = model(adv).reshape(-1) < 50.0
         else:
             ok = torch.cat([model(adv[s:s + batch]).argmax(-1) for s in range(0, len(adv),
                                                                              batch)]) != labels
-    return sec, float(ok.float().mean())
+    return sec, float(ok.float().mean()), time.perf_counter() - t - sec
 
 
 def ttp_child(key: str, side: str, args) -> dict:
@@ -217,10 +232,10 @@ def ttp_child(key: str, side: str, args) -> dict:
     steps = _budget(m, args.ttp_steps_cap)
     bench.reset_peak_rss()
     if side == "ppjax":
-        sec, succ = _ttp_ppjax(m, judge, nima, photos, batch, steps, args.dtype)
+        sec, succ, judge_s = _ttp_ppjax(m, judge, nima, photos, batch, steps, args.dtype)
     else:
-        sec, succ = _ttp_torch(m, judge, nima, photos, batch, steps)
-    return {"seconds": sec, "success": succ, "steps_budget": steps,
+        sec, succ, judge_s = _ttp_torch(m, judge, nima, photos, batch, steps)
+    return {"seconds": sec, "success": succ, "judge_seconds": judge_s, "steps_budget": steps,
             "peak_rss_mib": bench.peak_rss_mib()}
 
 
@@ -239,6 +254,9 @@ def ttp(m: Method, args, weights: str, dtype: str) -> dict:
         out[side] = json.loads(p.stdout.strip().splitlines()[-1])
     return {"ttp_ppjax_s": out["ppjax"]["seconds"], "ttp_torch_s": out["torch"]["seconds"],
             "ratio_ttp": out["torch"]["seconds"] / out["ppjax"]["seconds"],
+            # the torch side with its success judged too, as ppjax's time always is
+            "ratio_ttp_judged": (out["torch"]["seconds"] + out["torch"].get("judge_seconds", 0))
+            / out["ppjax"]["seconds"],
             "ttp_success_ppjax": out["ppjax"]["success"],
             "ttp_success_torch": out["torch"]["success"],
             "ttp_steps_budget": out["ppjax"]["steps_budget"],
@@ -337,6 +355,13 @@ def _markdown(payload: dict) -> str:
         ["method", "judge HxW", "batch", "torch original", "ppjax img·it/s", "torch img·it/s",
          "**ratio_vs_torch**", "compile_s", "**ratio_ttp**", "TTP budget",
          "TTP success ppjax / torch", "peak_rss_mib ppjax / torch", "error"], rows)
+    judged = [f"{r['key']} {_f(r.get('ratio_vs_torch_judged'), '.2f')} / "
+              f"{_f(r.get('ratio_ttp_judged'), '.2f')}" for r in payload["rows"]
+              if r.get("ratio_vs_torch_judged") or r.get("ratio_ttp_judged")]
+    if judged:
+        md += ("\n\nWith the original's result judged too (one forward pass, as every ppjax call "
+               "does to report success), `ratio_vs_torch_judged` / `ratio_ttp_judged`: "
+               + "; ".join(judged) + ".")
     pk = payload.get("peak")
     if pk:
         g = pk["gemm"]

@@ -232,10 +232,11 @@ def attack_fn(attack: str, model: Judge, steps: int, early_stop: bool = False, a
 
 
 def engine(attack: str, judge_name: str, judge, x, labels, steps: int,
-           appeal: tuple[str, object] | None = None) -> Engine:
+           appeal: tuple[str, object] | None = None, judged: bool = False) -> Engine:
     """An :class:`ppjax.bench.Engine` running ``attack``'s torch original on ``x`` (NHWC [0, 1]
     numpy) for ``steps`` iterations of every image. ``appeal``: ``(judge name, ppjax judge)`` of
-    the NIMA for PGD's appeal term."""
+    the NIMA for PGD's appeal term. ``judged``: the call also judges its result (one forward
+    pass of the judge, as every ppjax call does to report success)."""
     model = torch_judge(judge_name, judge)
     nima = torch_judge(*appeal) if appeal else None
     fn = attack_fn(attack, model, steps, appeal=nima)
@@ -246,10 +247,14 @@ def engine(attack: str, judge_name: str, judge, x, labels, steps: int,
         model.bonus = yt
 
     def run():
-        return fn(xt, yt)
+        adv = fn(xt, yt)
+        if judged:
+            with torch.no_grad():
+                model(adv)
+        return adv
 
     reset_peak_memory()
     first = timed_first(run)
     n = 1 if attack == "fgsm" else steps
-    return Engine(f"torch {attack}" + ("+appeal" if appeal else ""), "torch", run, len(x) * n,
-                  first, peak_memory_mib())
+    return Engine(f"torch {attack}" + ("+appeal" if appeal else "") + (" judged" if judged else ""),
+                  "torch", run, len(x) * n, first, peak_memory_mib())
