@@ -19,7 +19,7 @@ interleaved rounds, peak FLOP/s, XLA cost analysis) is :mod:`ppjax.bench`'s, sha
 
 * ``ratio_vs_torch``: steady-state img·it/s, ppjax over torch (every image runs every
   iteration on both sides; medians of interleaved rounds);
-* ``ratio_vs_torch_judged`` (FGSM): the same with the original's call followed by one forward
+* ``ratio_vs_torch_judged``: the same with the original's call followed by one forward
   pass on its result, the judgement every ppjax call makes to report success (for a one-step
   method a third of the passes); ``ratio_ttp_judged``: ``ratio_ttp`` with the original's
   success judgement (its rounding and forward passes, timed apart) added to its time;
@@ -77,12 +77,11 @@ class Method:
     original: str = ""
     #: also time the original followed by one forward pass on its result (what each ppjax
     #: call includes to report success): ``ratio_vs_torch_judged``
-    judged: bool = False
+    judged: bool = True
 
 
 METHODS = [
-    # one step: ppjax's judgement of the result is a third of the call's passes
-    Method("fgsm", "fgsm", original="torchattacks FGSM", judged=True),
+    Method("fgsm", "fgsm", original="torchattacks FGSM"),
     Method("ifgsm", "ifgsm", original="torchattacks BIM"),
     Method("pgd", "pgd", original="torchattacks PGD"),
     Method("pgd_l2", "pgd_l2", original="torchattacks PGDL2"),
@@ -337,13 +336,23 @@ def _markdown(payload: dict) -> str:
             f"{payload['dtype']}, torch {payload['torch_dtype']} channels-last; {a['steps']} "
             f"iterations per timed call, median of {a['rounds']} interleaved rounds; time to "
             f"protect {a['ttp_n']} real photos in a fresh process per side, compilation included"
-            f"{', step budgets capped at ' + str(a['ttp_steps_cap']) if a['ttp_steps_cap'] else ''}"
-            f".{' SMOKE RUN (tiny sizes).' if a['smoke'] else ''}\n\n")
+            + (" (each row's step budget in the TTP budget column)" if payload.get("merged_from")
+               else f", step budgets capped at {a['ttp_steps_cap']}" if a["ttp_steps_cap"]
+               else "")
+            + f".{' SMOKE RUN (tiny sizes).' if a['smoke'] else ''}\n\n")
+
+    def when(r):
+        m = r.get("measured") or {"throughput": r["machine"]}
+        t, p = m["throughput"], m.get("ttp")
+        out = f"{r['key']} {t['date']} {t['cpu'].get('model')}"
+        if p and (p["date"], p["cpu"].get("model")) != (t["date"], t["cpu"].get("model")):
+            out += f" (TTP {p['date']} {p['cpu'].get('model')})"
+        return out
+
     if payload.get("merged_from"):
         head += ("Merged from " + ", ".join(f"`{f}`" for f in payload["merged_from"])
                  + " (`--merge`); each row's date and CPU: "
-                 + "; ".join(f"{r['key']} {r['machine']['date']} {r['machine']['cpu'].get('model')}"
-                             for r in payload["rows"] if r.get("machine")) + ".\n\n")
+                 + "; ".join(when(r) for r in payload["rows"] if r.get("machine")) + ".\n\n")
     rows = [[r["key"], f"{r['judge']} {'x'.join(map(str, r.get('hw', [])))}", r.get("batch", "-"),
              r["original"], r.get("ppjax_img_it_per_s", "-"), r.get("torch_img_it_per_s", "-"),
              r.get("ratio_vs_torch", "-"), r.get("compile_s", "-"), r.get("ratio_ttp", "-"),
@@ -390,19 +399,34 @@ def _markdown(payload: dict) -> str:
     return md
 
 
+TTP_FIELDS = ("ttp_ppjax_s", "ttp_torch_s", "ratio_ttp", "ratio_ttp_judged", "ttp_success_ppjax",
+              "ttp_success_torch", "ttp_steps_budget", "ttp_settings", "peak_rss_mib",
+              "peak_rss_mib_torch")
+
+
 def merge(payloads: list[dict]) -> dict:
     """One payload from several runs' (see the module doc); refuses runs of other settings
-    (steps, rounds, batch, ttp_n, ttp_steps_cap, dtype) or a smoke run."""
+    (steps, rounds, batch, ttp_n, dtype) or a smoke run. A later run's row replaces an earlier
+    one's fields; a row run without the time to protect (``--no-ttp``) keeps the earlier row's
+    TTP fields, and ``measured`` says which run (date, CPU) gave the throughput and which the
+    TTP. Runs may differ in ``--ttp-steps-cap``: each row records the budget it ran."""
     if not payloads:
         raise ValueError("merge: no results")
-    same = ("steps", "rounds", "batch", "ttp_n", "ttp_steps_cap", "smoke")
+    same = ("steps", "rounds", "batch", "ttp_n", "smoke")
     keys = {tuple(p["args"].get(k) for k in same) + (p["dtype"],) for p in payloads}
     if len(keys) > 1:
         raise ValueError(f"merge: the runs differ in {same + ('dtype',)}: {sorted(keys, key=str)}")
     rows = {}
     for p in payloads:
         for r in p["rows"]:
-            rows[r["key"]] = {**r, "machine": r.get("machine", p["machine"])}
+            machine = r.get("machine", p["machine"])
+            prev = rows.get(r["key"], {})
+            kept = {k: v for k, v in prev.items() if k in TTP_FIELDS} \
+                if "ratio_ttp" not in r and "error" not in r else {}
+            measured = {"throughput": machine,
+                        "ttp": machine if "ratio_ttp" in r else
+                        prev.get("measured", {}).get("ttp") if kept else None}
+            rows[r["key"]] = {**r, **kept, "machine": machine, "measured": measured}
     order = [m.key for m in METHODS]
     out = {**payloads[-1], "rows": sorted(rows.values(), key=lambda r: order.index(r["key"])),
            "merged_from": [p.get("source", "?") for p in payloads]}

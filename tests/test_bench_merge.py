@@ -33,6 +33,13 @@ def test_methods_speed_merge(tmp_path):
     assert m["rows"][2]["machine"]["date"] == "d1" and m["peak"] == peak
     with pytest.raises(ValueError):
         ms.merge([a, _payload({}, "d3", steps=20)])
+    # a later run without the time to protect keeps the earlier TTP fields, and says whose
+    c = _payload({"pgd": {"ratio_vs_torch": 1.1, "ratio_vs_torch_judged": 1.3}}, "d4")
+    c["args"]["ttp_steps_cap"] = 100  # another cap: each row records its own budget
+    pgd = ms.merge([a, b, c])["rows"][1]
+    assert pgd["ratio_vs_torch"] == 1.1 and pgd["ratio_ttp"] == 3.1
+    assert pgd["measured"]["throughput"]["date"] == "d4" and pgd["measured"]["ttp"]["date"] == "d2"
+    assert "ratio_ttp" not in ms.merge([a, c])["rows"][1]
     # the command: files in, one JSON out
     paths = []
     for i, p in enumerate((a, b)):
