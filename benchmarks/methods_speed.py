@@ -150,6 +150,7 @@ def throughput(m: Method, args, weights: str, dtype: str) -> dict:
     theirs = torch_originals.engine(m.attack, m.judge, judge, x, labels, args.steps,
                                     appeal=(m.appeal, nima) if m.appeal else None)
     judged = [torch_originals.engine(m.attack, m.judge, judge, x, labels, args.steps,
+                                     appeal=(m.appeal, nima) if m.appeal else None,
                                      judged=True)] if m.judged else []
     warm = _onednn_cache()
     times = bench.interleaved([ours, theirs, *judged], args.rounds)
