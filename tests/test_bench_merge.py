@@ -81,6 +81,10 @@ def test_faces_rows_and_merge():
     assert m["rows"][1]["detect_rate_upload"] == 0.08 and m["rows"][1]["machine"]["date"] == "d2"
     assert m["ratio_vs_torch"] == 1.5 and m["seconds"] == 20.0
     assert m["smallest_eps"] == {"detect_rate_jpeg90": 2, "detect_rate_upload": 8}
+    # a lower eps that reaches a rate only below the SSIM floor is reported apart
+    low = merge([a, b, run([{**row(4, True, 0.09, "d7"), "ssim_mean": 0.85}], None, "d7")])
+    assert low["smallest_eps"]["detect_rate_upload"] == 8
+    assert low["smallest_eps_any_ssim"]["detect_rate_upload"] == 4
     assert m["goals"]["eps8_eot_upload"] and m["goals"]["ratio_vs_torch"]
     with pytest.raises(ValueError):
         merge([a, {**b, "n_faces": 10}])
