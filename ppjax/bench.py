@@ -174,6 +174,17 @@ def device_peak(dtype: str = "bfloat16", n: int = 4096) -> dict:
             "source": f"unknown device {kind!r}: add it to ppjax.bench.KNOWN_PEAKS"}
 
 
+def _iteration_loss(x, judge):
+    """A PGD iteration's loss: cross-entropy on class 0 for classifiers, the score otherwise."""
+    import jax
+    import jax.numpy as jnp
+
+    out = judge(x).astype(jnp.float32)
+    if out.ndim == 2 and out.shape[-1] > 1:
+        return -jnp.sum(jax.nn.log_softmax(out)[:, 0])
+    return jnp.sum(out)
+
+
 def iteration_flops(judge, batch: int) -> float:
     """FLOPs of one PGD iteration per image: XLA's cost analysis of the compiled forward pass
     and input gradient of the judge (float32, XLA path: custom calls such as oneDNN's have no
@@ -183,16 +194,9 @@ def iteration_flops(judge, batch: int) -> float:
 
     h, w = judge.spec.input_hw
     x = jnp.zeros((batch, h, w, 3), jnp.float32)
-
-    def loss(x, judge):
-        out = judge(x).astype(jnp.float32)
-        if out.ndim == 2 and out.shape[-1] > 1:
-            return -jnp.sum(jax.nn.log_softmax(out)[:, 0])
-        return jnp.sum(out)
-
     # the judge is an argument (a pytree), not a closure: its weights stay program inputs
     # instead of being embedded as constants (slow to compile, held in memory)
-    cost = jax.jit(jax.grad(loss)).lower(x, judge).compile().cost_analysis()
+    cost = jax.jit(jax.grad(_iteration_loss)).lower(x, judge).compile().cost_analysis()
     if isinstance(cost, list | tuple):  # older jax: one dict per program
         cost = cost[0]
     return float(cost["flops"]) / batch
@@ -232,13 +236,7 @@ def onednn_only(judge, batch: int, dtype: str, repeats: int = 5) -> dict:
     fast = accelerate(judge, dtype=jnp.dtype(dtype), check=False)
     h, w = judge.spec.input_hw
     x = jnp.zeros((batch, h, w, 3), jnp.float32)
-
-    def loss(x, judge):
-        out = judge(x).astype(jnp.float32)
-        return jnp.sum(jax.nn.log_softmax(out)[:, 0]) if out.ndim == 2 and out.shape[-1] > 1 \
-            else jnp.sum(out)
-
-    calls = _ffi_calls(jax.make_jaxpr(jax.grad(loss))(x, fast).jaxpr)
+    calls = _ffi_calls(jax.make_jaxpr(jax.grad(_iteration_loss))(x, fast).jaxpr)
     groups: dict[tuple, list] = {}
     for eqn in calls:  # the same primitive on the same shapes: timed once
         key = (tuple((tuple(v.aval.shape), str(v.aval.dtype)) for v in eqn.invars),
