@@ -23,6 +23,9 @@ interleaved rounds, peak FLOP/s, XLA cost analysis) is :mod:`ppjax.bench`'s, sha
   pass on its result, the judgement every ppjax call makes to report success (for a one-step
   method a third of the passes); ``ratio_ttp_judged``: ``ratio_ttp`` with the original's
   success judgement (its rounding and forward passes, timed apart) added to its time;
+* ``ratio_ttp_cached`` (``--ttp-cached``): ``ratio_ttp`` with ppjax's programs loaded from a
+  JAX persistent compilation cache that an earlier run filled (``ppjax protect`` keeps one by
+  default, so every run after the first on a machine compiles nothing);
 * ``ratio_ttp``: wall time to protect ``--ttp-n`` (64) real photos in a fresh process each,
   compilation included, torch over ppjax; each side with its own stopping rule (ppjax through
   ``ppjax.stream`` with the preset's early stop, the original as written); ``--ttp-steps-cap``
@@ -49,6 +52,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -239,20 +243,37 @@ def ttp_child(key: str, side: str, args) -> dict:
             "peak_rss_mib": bench.peak_rss_mib()}
 
 
+def _ttp_side(m: Method, args, weights: str, dtype: str, side: str, env=None) -> dict:
+    """One side's time to protect, in a fresh process (``env``: its environment)."""
+    cmd = [sys.executable, "-m", "benchmarks.methods_speed", "--_ttp", m.key, "--_side", side,
+           "--weights-dir", weights, "--ttp-n", str(args.ttp_n), "--dtype", dtype]
+    cmd += ["--batch", str(args.batch)] if args.batch else []
+    cmd += ["--ttp-steps-cap", str(args.ttp_steps_cap)] if args.ttp_steps_cap else []
+    cmd += ["--smoke"] if args.smoke else []
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.ttp_timeout, env=env)
+    if p.returncode:
+        raise RuntimeError(f"{side} TTP child failed:\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def ttp(m: Method, args, weights: str, dtype: str) -> dict:
     out = {}
     for side in ("ppjax", "torch"):
-        cmd = [sys.executable, "-m", "benchmarks.methods_speed", "--_ttp", m.key, "--_side", side,
-               "--weights-dir", weights, "--ttp-n", str(args.ttp_n), "--dtype", dtype]
-        cmd += ["--batch", str(args.batch)] if args.batch else []
-        cmd += ["--ttp-steps-cap", str(args.ttp_steps_cap)] if args.ttp_steps_cap else []
-        cmd += ["--smoke"] if args.smoke else []
         print(f"[{m.key}] time to protect {args.ttp_n} photos: {side} ...", flush=True)
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.ttp_timeout)
-        if p.returncode:
-            raise RuntimeError(f"{side} TTP child failed:\n{p.stderr[-2000:]}")
-        out[side] = json.loads(p.stdout.strip().splitlines()[-1])
+        out[side] = _ttp_side(m, args, weights, dtype, side)
+    cached = {}
+    if args.ttp_cached:  # ppjax again, its programs from a persistent cache a first run filled
+        with tempfile.TemporaryDirectory() as d:
+            env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": d,
+                   "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+            print(f"[{m.key}] time to protect: ppjax, filling a compilation cache ...", flush=True)
+            _ttp_side(m, args, weights, dtype, "ppjax", env)
+            print(f"[{m.key}] time to protect: ppjax from the cache ...", flush=True)
+            warm = _ttp_side(m, args, weights, dtype, "ppjax", env)
+        cached = {"ttp_ppjax_cached_s": warm["seconds"],
+                  "ratio_ttp_cached": out["torch"]["seconds"] / warm["seconds"]}
     return {"ttp_ppjax_s": out["ppjax"]["seconds"], "ttp_torch_s": out["torch"]["seconds"],
+            **cached,
             "ratio_ttp": out["torch"]["seconds"] / out["ppjax"]["seconds"],
             # the torch side with its success judged too, as ppjax's time always is
             "ratio_ttp_judged": (out["torch"]["seconds"] + out["torch"].get("judge_seconds", 0))
@@ -372,6 +393,13 @@ def _markdown(payload: dict) -> str:
         md += ("\n\nWith the original's result judged too (one forward pass, as every ppjax call "
                "does to report success), `ratio_vs_torch_judged` / `ratio_ttp_judged`: "
                + "; ".join(judged) + ".")
+    cached = [f"{r['key']} {r['ratio_ttp_cached']:.2f} ({r['ttp_ppjax_cached_s']:.1f} s against "
+              f"{r['ttp_ppjax_s']:.1f} s cold)" for r in payload["rows"]
+              if r.get("ratio_ttp_cached")]
+    if cached:
+        md += ("\n\nWith ppjax's compiled programs from a persistent cache an earlier run filled "
+               "(`ppjax protect`'s default: every run after the first), `ratio_ttp_cached`: "
+               + "; ".join(cached) + ".")
     pk = payload.get("peak")
     if pk:
         g = pk["gemm"]
@@ -400,7 +428,8 @@ def _markdown(payload: dict) -> str:
     return md
 
 
-TTP_FIELDS = ("ttp_ppjax_s", "ttp_torch_s", "ratio_ttp", "ratio_ttp_judged", "ttp_success_ppjax",
+TTP_FIELDS = ("ttp_ppjax_s", "ttp_torch_s", "ratio_ttp", "ratio_ttp_judged", "ttp_ppjax_cached_s",
+              "ratio_ttp_cached", "ttp_success_ppjax",
               "ttp_success_torch", "ttp_steps_budget", "ttp_settings", "peak_rss_mib",
               "peak_rss_mib_torch")
 
@@ -478,6 +507,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="cap on every method's step budget in the TTP runs (both sides)")
     p.add_argument("--ttp-timeout", type=int, default=6 * 3600, help="seconds per TTP process")
     p.add_argument("--no-ttp", dest="ttp", action="store_false", help="skip ratio_ttp")
+    p.add_argument("--ttp-cached", action="store_true",
+                   help="also ratio_ttp_cached: ppjax's time to protect with its compiled programs "
+                        "in a persistent cache (as every `ppjax protect` after the first run)")
     p.add_argument("--no-peak", dest="peak", action="store_false", help="skip peak_fraction")
     p.add_argument("--peak-only", action="store_true", help="only the peak section, no row")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
