@@ -121,13 +121,7 @@ def _jax_gemm(dtype: str, n: int, repeats: int) -> float:
     a = jax.random.normal(k1, (n, n), jnp.float32).astype(dtype)
     b = jax.random.normal(k2, (n, n), jnp.float32).astype(dtype)
     dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-    dot(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        dot(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return 2 * n**3 / best_of(lambda: dot(a, b), repeats)
 
 
 def _torch_gemm(dtype: str, n: int, repeats: int) -> float | None:
@@ -139,13 +133,7 @@ def _torch_gemm(dtype: str, n: int, repeats: int) -> float | None:
     g = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=g).to(dt)
     b = torch.randn(n, n, generator=g).to(dt)
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return 2 * n**3 / best_of(lambda: torch.matmul(a, b), repeats)
 
 
 def gemm_peak(dtype: str = "bfloat16", n: int = 4096, repeats: int = 3) -> dict:
@@ -239,7 +227,8 @@ def onednn_only(judge, batch: int, dtype: str, repeats: int = 5) -> dict:
     calls = _ffi_calls(jax.make_jaxpr(jax.grad(_iteration_loss))(x, fast).jaxpr)
     groups: dict[tuple, list] = {}
     for eqn in calls:  # the same primitive on the same shapes: timed once
-        key = (tuple((tuple(v.aval.shape), str(v.aval.dtype)) for v in eqn.invars),
+        key = (eqn.params["target_name"],
+               tuple((tuple(v.aval.shape), str(v.aval.dtype)) for v in eqn.invars),
                tuple(tuple(v.aval.shape) for v in eqn.outvars), repr(eqn.params["attributes"]))
         groups.setdefault(key, []).append(eqn)
     rng = np.random.default_rng(0)
@@ -253,13 +242,7 @@ def onednn_only(judge, batch: int, dtype: str, repeats: int = 5) -> dict:
                                                                              v.aval.dtype)
                 for v in eqn.invars]
         f = jax.jit(lambda *a, eqn=eqn: eqn.primitive.bind(*a, **eqn.params))
-        jax.block_until_ready(f(*args))
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(f(*args))
-            best = min(best, time.perf_counter() - t0)
-        seconds += best * len(eqns)
+        seconds += best_of(lambda f=f, args=args: f(*args), repeats) * len(eqns)
         if eqn.params["target_name"].endswith("_conv"):
             # forward: (x, kernel HWIO) -> y; input gradient (mode 1): (dy, kernel) -> dx
             attrs = dict(eqn.params["attributes"])
@@ -277,6 +260,13 @@ def timed_first(fn: Callable[[], object]) -> float:
     t = time.perf_counter()
     jax.block_until_ready(fn())
     return time.perf_counter() - t
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn`` (:func:`timed_first`), after one warm
+    call (compilation, caches)."""
+    timed_first(fn)
+    return min(timed_first(fn) for _ in range(repeats))
 
 
 def interleaved(engines: list[Engine], rounds: int) -> dict[str, list[float]]:
