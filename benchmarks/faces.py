@@ -193,7 +193,9 @@ def merge(results: list[dict]) -> dict:
            # a run stopped after some rows (each row is saved as it ends) has no total: its rows'
            "seconds": sum(r.get("seconds", sum(w.get("seconds", 0.0) for w in r["rows"]))
                           for r in results),
-           "merged_from": [r.get("source", "?") for r in results]}
+           # a merged result lists its own runs: the runs, not the intermediate files
+           "merged_from": [s for r in results
+                           for s in (r.get("merged_from") or [r.get("source", "?")])]}
     out["smallest_eps"] = smallest_eps(out["rows"])
     out["smallest_eps_any_ssim"] = smallest_eps(out["rows"], None)
     out["goals"] = goals_met(out)

@@ -80,6 +80,10 @@ def test_faces_rows_and_merge():
                                                                (16, True), (8, False)]
     assert m["rows"][1]["detect_rate_upload"] == 0.08 and m["rows"][1]["machine"]["date"] == "d2"
     assert m["ratio_vs_torch"] == 1.5 and m["seconds"] == 20.0
+    # merging a merged result counts the runs it came from, not the file
+    again = merge([{**m, "source": "m.json"}, {**run([row(4, True, 0.3, "d8")], None, "d8"),
+                                               "source": "c.json"}])
+    assert len(again["merged_from"]) == 3 and again["merged_from"][-1] == "c.json"
     assert m["smallest_eps"] == {"detect_rate_jpeg90": 2, "detect_rate_upload": 8}
     # a lower eps that reaches a rate only below the SSIM floor is reported apart
     low = merge([a, b, run([{**row(4, True, 0.09, "d7"), "ssim_mean": 0.85}], None, "d7")])
