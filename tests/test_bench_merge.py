@@ -48,6 +48,12 @@ def test_methods_speed_merge(tmp_path):
     out = tmp_path / "all.json"
     assert ms.main(["--merge", *map(str, paths), "--json", str(out), "--no-results-md"]) == 0
     assert [r["key"] for r in json.loads(out.read_text())["rows"]] == ["fgsm", "pgd", "ace"]
+    # merging that result again lists the two runs it came from, then the new one
+    paths.append(tmp_path / "2.json")
+    paths[-1].write_text(json.dumps(c))
+    assert ms.main(["--merge", str(out), str(paths[-1]), "--json", str(out),
+                    "--no-results-md"]) == 0
+    assert json.loads(out.read_text())["merged_from"] == [str(p) for p in paths]
     assert ms.main(["--merge", str(tmp_path / "missing.json"), "--no-results-md"]) == 2
 
 
