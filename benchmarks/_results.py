@@ -48,6 +48,13 @@ def load_results(paths) -> list[dict]:
     return out
 
 
+def merged_sources(results: list[dict]) -> list[str]:
+    """The runs a merge of ``results`` (:func:`load_results`) came from: each result's own
+    ``merged_from`` where it is itself a merge (the runs, not the intermediate file), else its
+    ``source``."""
+    return [s for r in results for s in (r.get("merged_from") or [r.get("source", "?")])]
+
+
 def write_json(path: str | os.PathLike | None, payload: dict) -> None:
     if not path:
         return

@@ -36,7 +36,14 @@ import time
 
 import numpy as np
 
-from benchmarks._results import load_results, machine, markdown_table, update_section, write_json
+from benchmarks._results import (
+    load_results,
+    machine,
+    markdown_table,
+    merged_sources,
+    update_section,
+    write_json,
+)
 from ppjax.cli.overrides import parse_overrides
 
 EPS_LEVELS = (2, 4, 8, 16)
@@ -193,9 +200,7 @@ def merge(results: list[dict]) -> dict:
            # a run stopped after some rows (each row is saved as it ends) has no total: its rows'
            "seconds": sum(r.get("seconds", sum(w.get("seconds", 0.0) for w in r["rows"]))
                           for r in results),
-           # a merged result lists its own runs: the runs, not the intermediate files
-           "merged_from": [s for r in results
-                           for s in (r.get("merged_from") or [r.get("source", "?")])]}
+           "merged_from": merged_sources(results)}
     out["smallest_eps"] = smallest_eps(out["rows"])
     out["smallest_eps_any_ssim"] = smallest_eps(out["rows"], None)
     out["goals"] = goals_met(out)

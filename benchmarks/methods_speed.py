@@ -459,9 +459,7 @@ def merge(payloads: list[dict]) -> dict:
             rows[r["key"]] = {**r, **kept, "machine": machine, "measured": measured}
     order = [m.key for m in METHODS]
     out = {**payloads[-1], "rows": sorted(rows.values(), key=lambda r: order.index(r["key"])),
-           # a merged result lists its own runs: the runs, not the intermediate files
-           "merged_from": [s for p in payloads
-                           for s in (p.get("merged_from") or [p.get("source", "?")])]}
+           "merged_from": _results.merged_sources(payloads)}
     peaks = [p["peak"] for p in payloads if p.get("peak")]
     out.pop("peak", None)
     if peaks:
