@@ -30,8 +30,8 @@ BENCHMARKS = [
 ]
 
 #: every benchmark module, as ``--smoke`` runs them (cheapest first)
-SMOKE = ["jpeg_survival", "time_to_protect", "attacks", "methods", "methods_speed", "transfer",
-         "judges", "throughput", "jpeg_fidelity", "pipeline", "faces"]
+SMOKE = ["jpeg_survival", "colour_speed", "time_to_protect", "attacks", "methods", "methods_speed",
+         "transfer", "judges", "throughput", "jpeg_fidelity", "pipeline", "faces"]
 #: benchmark modules without a smoke run here: GPU measurements (benchmarks/gpu_check.sh)
 NO_SMOKE = {"gpu": "GPU only (benchmarks/gpu_check.sh)",
             "gpu_env": "GPU only (benchmarks/gpu_check.sh)"}

@@ -113,3 +113,44 @@ def test_jit_vmap_and_plain_calls_agree():
     np.testing.assert_allclose(jax.vmap(ciede2000_rgb)(a, b), plain, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ciede2000_l2(a, b),
                                np.sqrt((np.asarray(plain) ** 2).reshape(3, -1).sum(1)), rtol=1e-5)
+
+
+def test_hand_written_gradients_match_torch_autograd():
+    """The hand-written VJPs against torch autograd in float64 of the independent reference
+    (tests/torch_attack_ref.py): CIEDE2000 in both Lab arguments (the Sharma pairs, with
+    their neutral colours and hue wraps, and random pairs), rgb_to_lab, and the PerC distance
+    on an image pair with clipped pixels."""
+    import torch
+
+    from tests import torch_attack_ref as ref
+
+    rng = np.random.default_rng(3)
+    rand1 = rng.uniform([0, -90, -90], [100, 90, 90], (4000, 3))
+    rand2 = rand1 + rng.normal(0, 4, rand1.shape)
+    lab1 = np.concatenate([SHARMA[:, :3], rand1]).astype(np.float32)
+    lab2 = np.concatenate([SHARMA[:, 3:6], rand2]).astype(np.float32)
+    w = rng.uniform(0.5, 2, len(lab1)).astype(np.float32)           # a non-uniform cotangent
+    gj = jax.jit(jax.grad(lambda a, b: jnp.sum(ciede2000(a, b) * w), argnums=(0, 1)))(lab1, lab2)
+    t1, t2 = (torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (lab1, lab2))
+    gt = torch.autograd.grad((ref.ciede2000(t1, t2) * torch.tensor(w, dtype=torch.float64)).sum(),
+                             (t1, t2))
+    for a, b in zip(gj, gt, strict=True):
+        np.testing.assert_allclose(np.asarray(a), b.numpy(), rtol=2e-3, atol=2e-4)
+
+    x = rng.uniform(0.0, 1.0, (2, 24, 24, 3)).astype(np.float32)
+    cot = rng.normal(size=(2, 24, 24, 3)).astype(np.float32)
+    g_lab = jax.grad(lambda v: jnp.sum(rgb_to_lab(v) * cot))(x)
+    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    (t_lab,) = torch.autograd.grad((ref.rgb_to_lab(tx) * torch.tensor(cot, dtype=torch.float64)).sum(),
+                                   tx)
+    np.testing.assert_allclose(np.asarray(g_lab), t_lab.numpy(), rtol=1e-3, atol=1e-3)
+
+    x0 = rng.uniform(0.05, 0.95, (2, 24, 24, 3)).astype(np.float32)
+    xa = np.clip(x0 + rng.uniform(-0.1, 0.1, x0.shape), 0, 1).astype(np.float32)
+    xa[0, 0, :4] = [1.0, 0.3, 0.0]                                   # clipped channels
+    g = jax.jit(jax.grad(lambda v: jnp.sum(ciede2000_l2(v, jnp.asarray(x0)))))(xa)
+    tx = torch.tensor(xa, dtype=torch.float64, requires_grad=True)
+    (gt,) = torch.autograd.grad(ref.perc_distance(tx, torch.tensor(x0, dtype=torch.float64)).sum(),
+                                tx)
+    gt = gt.numpy()
+    np.testing.assert_allclose(np.asarray(g), gt, rtol=2e-3, atol=2e-3 * np.abs(gt).max())
