@@ -29,6 +29,7 @@ on CPU, and both are avoided here:
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -147,8 +148,14 @@ def _hue(b: jnp.ndarray, ap: jnp.ndarray) -> jnp.ndarray:
 
 def _ciede(l1, a1, b1, l2, a2, b2, kl=1.0, kc=1.0, kh=1.0, ge=None):
     """CIEDE2000 on planes. Without ``ge``: the value. With ``ge`` (the value's cotangent): the
-    six planes' cotangents (l1, a1, b1, l2, a2, b2), derived by hand; every singular point
-    (a zero chroma, a zero difference) gets 0.
+    six planes' cotangents (l1, a1, b1, l2, a2, b2), derived by hand
+    (:func:`_ciede_backward`); every singular point (a zero chroma, a zero difference) gets 0."""
+    v = _ciede_forward(l1, a1, b1, l2, a2, b2, kl, kc, kh)
+    return v.e if ge is None else _ciede_backward(v, ge)
+
+
+def _ciede_forward(l1, a1, b1, l2, a2, b2, kl, kc, kh) -> SimpleNamespace:
+    """The value ``e`` and every intermediate the gradient reads, by the formula's names.
 
     The four cosines of T come from cos and sin of the mean hue by the multiple-angle
     identities, and T's derivative from the same two values."""
@@ -199,10 +206,19 @@ def _ciede(l1, a1, b1, l2, a2, b2, kl=1.0, kc=1.0, kh=1.0, ge=None):
     rt = -sin_th * rc
     tl, tc, th = (l2 - l1) / (kl * sl), (c2p - c1p) / (kc * sc), dhp / (kh * sh)
     e = _safe_sqrt(tl * tl + tc * tc + th * th + rt * tc * th)
-    if ge is None:
-        return e
+    return SimpleNamespace(**locals())
 
-    # ---- the gradient, from the output back
+
+def _ciede_backward(v: SimpleNamespace, ge: jnp.ndarray):
+    """The cotangents of (l1, a1, b1, l2, a2, b2) for the cotangent ``ge`` of CIEDE2000, from the
+    output back through :func:`_ciede_forward`'s intermediates ``v``."""
+    kl, kc, kh, e, tl, tc, th, rt = v.kl, v.kc, v.kh, v.e, v.tl, v.tc, v.th, v.rt
+    sl, sc, sh, rc, t, w, q, sq_q = v.sl, v.sc, v.sh, v.rc, v.t, v.w, v.q, v.sq_q
+    s, c, s2h, s3h, c3h, s4h, c4h = v.s, v.c, v.s2h, v.s3h, v.c3h, v.s4h, v.c4h
+    cbarp, cbarp7, u, dtheta, sin_th, cos_th = v.cbarp, v.cbarp7, v.u, v.dtheta, v.sin_th, v.cos_th
+    chroma0, sin_half, cos_half, sqp = v.chroma0, v.sin_half, v.cos_half, v.sqp
+    a1, b1, a2, b2, a1p, a2p, c1p, c2p = v.a1, v.b1, v.a2, v.b2, v.a1p, v.a2p, v.c1p, v.c2p
+    g, sq_g, cb, cb7, c1, c2 = v.g, v.sq_g, v.cb, v.cb7, v.c1, v.c2
     ge2 = _safe_div(ge, 2.0 * e)                                  # d e / d(e^2)
     g_tl = ge2 * 2.0 * tl
     g_tc = ge2 * (2.0 * tc + rt * th)
