@@ -32,7 +32,7 @@ from benchmarks._results import (
     update_section,
     write_json,
 )
-from ppjax.bench import best_of
+from ppjax import bench
 from ppjax.image import fastmath
 from ppjax.image.color import ciede2000_l2
 
@@ -64,8 +64,7 @@ def elementwise(shape, repeats: int) -> dict:
         row = {}
         for side, fn in (("xla", xla_fn), ("fastmath", fast_fn)):
             f = jax.jit(fn)
-            row[side] = 1e3 * best_of(lambda f=f, args=args: jax.block_until_ready(f(*args)),
-                                      repeats)
+            row[side] = 1e3 * bench.best_of(lambda f=f, args=args: f(*args), repeats)
         out[name] = row
     return out
 
@@ -85,7 +84,6 @@ def main(argv=None) -> int:
 
     from tests import torch_attack_ref as ref
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     x0, source = _photos(a.batch, a.size)
     noise = np.random.default_rng(2).uniform(-3 / 255, 3 / 255, x0.shape).astype(np.float32)
     x = np.clip(x0 + noise, 0, 1)
@@ -102,17 +100,11 @@ def main(argv=None) -> int:
         with torch.no_grad():
             return ref.perc_distance(torch.from_numpy(x.copy()), t0).sum()
 
-    runs = {"ppjax_grad": lambda: jax.block_until_ready(grad(jx)),
-            "torch_grad": torch_grad,
-            "ppjax_value": lambda: jax.block_until_ready(value(jx)),
-            "torch_value": torch_value}
-    times = {k: [] for k in runs}
-    for f in runs.values():
-        f()                                                  # compile / warm
-    for _ in range(a.rounds):                                # interleaved rounds
-        for k, f in runs.items():
-            times[k].append(best_of(f, 1))
-    ms = {k: 1e3 * min(v) for k, v in times.items()}
+    runs = {"ppjax_grad": lambda: grad(jx), "torch_grad": torch_grad,
+            "ppjax_value": lambda: value(jx), "torch_value": torch_value}
+    engines = [bench.Engine(k, k.split("_")[0], f, a.batch, bench.timed_first(f))
+               for k, f in runs.items()]                      # the first call compiles / warms
+    ms = {k: 1e3 * min(v) for k, v in bench.interleaved(engines, a.rounds).items()}
 
     tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     g64 = torch.autograd.grad(ref.perc_distance(tx, torch.tensor(x0, dtype=torch.float64)).sum(),

@@ -69,12 +69,13 @@ def _safe_div(n: jnp.ndarray, d: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(nz, n / jnp.where(nz, d, 1.0), 0.0)
 
 
-def _materialise(planes: tuple, key: jnp.ndarray) -> tuple:
+def _materialise(planes: tuple, cotangent: jnp.ndarray) -> tuple:
     """``planes`` unchanged, but computed into memory before their consumers run: an XLA
-    conditional whose predicate it cannot fold (``key == key`` is false only for a NaN key, and
-    then the planes come back as NaN). XLA removes ``optimization_barrier`` before fusion
-    on CPU; without this it fuses the whole gradient into the channel interleave, and runs it
-    once per channel."""
+    conditional whose predicate it cannot fold (``key == key``, ``key`` an element of the
+    incoming ``cotangent``, is false only for NaN, and then the planes come back as NaN). XLA
+    removes ``optimization_barrier`` before fusion on CPU; without this it fuses the whole
+    gradient into the channel interleave, and runs it once per channel."""
+    key = cotangent[(0,) * cotangent.ndim]
     return jax.lax.cond(key == key, lambda p: p, lambda p: tuple(q * key for q in p), planes)
 
 
@@ -130,7 +131,7 @@ def _rgb_to_lab_fwd(x01):
 
 def _rgb_to_lab_bwd(x01, g):
     _, res = _lab_planes(*_channels(x01.astype(jnp.float32)))
-    planes = _materialise(_lab_planes_vjp(res, *_channels(g)), g[(0,) * g.ndim])
+    planes = _materialise(_lab_planes_vjp(res, *_channels(g)), g)
     return (jnp.stack(planes, axis=-1).astype(x01.dtype),)
 
 
@@ -146,16 +147,9 @@ def _hue(b: jnp.ndarray, ap: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(h < 0.0, h + 360.0, h)
 
 
-def _ciede(l1, a1, b1, l2, a2, b2, kl=1.0, kc=1.0, kh=1.0, ge=None):
-    """CIEDE2000 on planes. Without ``ge``: the value. With ``ge`` (the value's cotangent): the
-    six planes' cotangents (l1, a1, b1, l2, a2, b2), derived by hand
-    (:func:`_ciede_backward`); every singular point (a zero chroma, a zero difference) gets 0."""
-    v = _ciede_forward(l1, a1, b1, l2, a2, b2, kl, kc, kh)
-    return v.e if ge is None else _ciede_backward(v, ge)
-
-
 def _ciede_forward(l1, a1, b1, l2, a2, b2, kl, kc, kh) -> SimpleNamespace:
-    """The value ``e`` and every intermediate the gradient reads, by the formula's names.
+    """CIEDE2000 on planes: the value ``e`` and every intermediate its hand-written gradient
+    (:func:`_ciede_backward`) reads, by the formula's names.
 
     The four cosines of T come from cos and sin of the mean hue by the multiple-angle
     identities, and T's derivative from the same two values."""
@@ -211,7 +205,8 @@ def _ciede_forward(l1, a1, b1, l2, a2, b2, kl, kc, kh) -> SimpleNamespace:
 
 def _ciede_backward(v: SimpleNamespace, ge: jnp.ndarray):
     """The cotangents of (l1, a1, b1, l2, a2, b2) for the cotangent ``ge`` of CIEDE2000, from the
-    output back through :func:`_ciede_forward`'s intermediates ``v``."""
+    output back through :func:`_ciede_forward`'s intermediates ``v``; every singular point (a
+    zero chroma, a zero difference) gets 0."""
     kl, kc, kh, e, tl, tc, th, rt = v.kl, v.kc, v.kh, v.e, v.tl, v.tc, v.th, v.rt
     sl, sc, sh, rc, t, w, q, sq_q = v.sl, v.sc, v.sh, v.rc, v.t, v.w, v.q, v.sq_q
     s, c, s2h, s3h, c3h, s4h, c4h = v.s, v.c, v.s2h, v.s3h, v.c3h, v.s4h, v.c4h
@@ -263,7 +258,7 @@ def _ciede_backward(v: SimpleNamespace, ge: jnp.ndarray):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _ciede_lab(lab1, lab2, kl, kc, kh):
-    return _ciede(*_channels(lab1), *_channels(lab2), kl, kc, kh)
+    return _ciede_forward(*_channels(lab1), *_channels(lab2), kl, kc, kh).e
 
 
 def _ciede_lab_fwd(lab1, lab2, kl, kc, kh):
@@ -272,10 +267,10 @@ def _ciede_lab_fwd(lab1, lab2, kl, kc, kh):
 
 def _ciede_lab_bwd(kl, kc, kh, res, ge):
     lab1, lab2 = res
-    g = _ciede(*_channels(lab1), *_channels(lab2), kl, kc, kh, ge=ge)
-    key = ge[(0,) * ge.ndim]
-    return (jnp.stack(_materialise(g[:3], key), axis=-1),
-            jnp.stack(_materialise(g[3:], key), axis=-1))
+    g = _ciede_backward(_ciede_forward(*_channels(lab1), *_channels(lab2), kl, kc, kh), ge)
+    # each side on its own, so that XLA drops the side nobody differentiates
+    return (jnp.stack(_materialise(g[:3], ge), axis=-1),
+            jnp.stack(_materialise(g[3:], ge), axis=-1))
 
 
 _ciede_lab.defvjp(_ciede_lab_fwd, _ciede_lab_bwd)
@@ -288,37 +283,10 @@ def ciede2000(lab1: jnp.ndarray, lab2: jnp.ndarray, kl: float = 1.0, kc: float =
                       float(kh))
 
 
-@jax.custom_vjp
-def _ciede_rgb(x01: jnp.ndarray, y01: jnp.ndarray) -> jnp.ndarray:
-    lab1, _ = _lab_planes(*_channels(x01))
-    lab2, _ = _lab_planes(*_channels(y01))
-    return _ciede(*lab1, *lab2)
-
-
-def _ciede_rgb_fwd(x01, y01):
-    # the residuals are the two images: the backward recomputes the forward (cheap, elementwise)
-    return _ciede_rgb(x01, y01), (x01, y01)
-
-
-def _ciede_rgb_bwd(res, ge):
-    x01, y01 = res
-    lab1, rx = _lab_planes(*_channels(x01))
-    lab2, ry = _lab_planes(*_channels(y01))
-    g = _ciede(*lab1, *lab2, ge=ge)
-    key = ge[(0,) * ge.ndim]
-    # each side on its own, so that XLA drops the side nobody differentiates
-    gx = _materialise(_lab_planes_vjp(rx, *g[:3]), key)
-    gy = _materialise(_lab_planes_vjp(ry, *g[3:]), key)
-    return jnp.stack(gx, axis=-1), jnp.stack(gy, axis=-1)
-
-
-_ciede_rgb.defvjp(_ciede_rgb_fwd, _ciede_rgb_bwd)
-
-
 def ciede2000_rgb(x01: jnp.ndarray, y01: jnp.ndarray) -> jnp.ndarray:
     """Per-pixel CIEDE2000 between two sRGB images. ``x01``, ``y01``: [..., H, W, 3] in [0, 1]
     -> [..., H, W]."""
-    return _ciede_rgb(x01.astype(jnp.float32), y01.astype(jnp.float32))
+    return ciede2000(rgb_to_lab(x01), rgb_to_lab(y01))
 
 
 def ciede2000_l2(x01: jnp.ndarray, y01: jnp.ndarray) -> jnp.ndarray:
